@@ -1,0 +1,87 @@
+"""The global adapter as plain arrays, and the payloads that travel between server and clients.
+
+A payload is a flat dict of float32 arrays, exactly what goes into a Flower
+ArrayRecord: `A.{i}` (rank x in) and `B.{i}` (out x rank) for every adapted layer
+i with rank > 0, plus `head.weight` and `head.bias`. Bits are counted from these
+arrays, so what is metered is what is sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedsim.model import LoraClassifier
+
+HEAD_KEYS = ("head.weight", "head.bias")
+
+
+@dataclass
+class AdapterState:
+    A: list[np.ndarray]  # per layer, [max_rank, in]
+    B: list[np.ndarray]  # per layer, [out, max_rank]
+    head: dict[str, np.ndarray]
+
+    @property
+    def max_rank(self) -> int:
+        return self.A[0].shape[0]
+
+    def delta(self, index: int) -> np.ndarray:
+        """B A of one layer (without the LoRA scaling), float64."""
+        return self.B[index].astype(np.float64) @ self.A[index].astype(np.float64)
+
+    def copy(self) -> "AdapterState":
+        return AdapterState([a.copy() for a in self.A], [b.copy() for b in self.B], {k: v.copy() for k, v in self.head.items()})
+
+
+def state_from_model(model: LoraClassifier) -> AdapterState:
+    factors = [model.factor(i) for i in range(len(model.layers))]
+    return AdapterState(
+        A=[a.detach().numpy().copy() for a, _ in factors],
+        B=[b.detach().numpy().copy() for _, b in factors],
+        head={"head.weight": model.head.weight.detach().numpy().copy(), "head.bias": model.head.bias.detach().numpy().copy()},
+    )
+
+
+def truncate(state: AdapterState, ranks) -> dict[str, np.ndarray]:
+    """The payload of `state` at per-layer `ranks`: only components inside each rank, plus the head."""
+    payload: dict[str, np.ndarray] = {}
+    for i, rank in enumerate(ranks):
+        if rank > 0:
+            payload[f"A.{i}"] = np.ascontiguousarray(state.A[i][:rank], dtype=np.float32)
+            payload[f"B.{i}"] = np.ascontiguousarray(state.B[i][:, :rank], dtype=np.float32)
+    for key in HEAD_KEYS:
+        payload[key] = np.ascontiguousarray(state.head[key], dtype=np.float32)
+    return payload
+
+
+def payload_ranks(payload: dict[str, np.ndarray], n_layers: int) -> list[int]:
+    return [payload[f"A.{i}"].shape[0] if f"A.{i}" in payload else 0 for i in range(n_layers)]
+
+
+@torch.no_grad()
+def load_payload(model: LoraClassifier, payload: dict[str, np.ndarray]) -> list[int]:
+    """Write a payload into the model; components beyond each rank are zeroed (and masked). Returns the ranks."""
+    ranks = payload_ranks(payload, len(model.layers))
+    for i, rank in enumerate(ranks):
+        a, b = model.factor(i)
+        a.zero_()
+        b.zero_()
+        if rank:
+            a[:rank] = torch.from_numpy(payload[f"A.{i}"])
+            b[:, :rank] = torch.from_numpy(payload[f"B.{i}"])
+    model.head.weight.copy_(torch.from_numpy(payload["head.weight"]))
+    model.head.bias.copy_(torch.from_numpy(payload["head.bias"]))
+    model.set_ranks(ranks)
+    return ranks
+
+
+def payload_params(payload: dict[str, np.ndarray]) -> int:
+    return int(sum(v.size for v in payload.values()))
+
+
+def payload_bits(payload: dict[str, np.ndarray], bits_per_param: int) -> int:
+    """Bits on the air for a payload: parameters actually sent times bits per parameter."""
+    return payload_params(payload) * bits_per_param

@@ -1,0 +1,205 @@
+"""The scenario: one pydantic model, loaded from YAML, every field defaulted, unknown keys rejected.
+
+`load_scenario(path, overrides)` is the only way in; every failure becomes one
+`FedsimError` line naming the file, the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from channels import ChannelConfig
+from fedsim.types import FedsimError
+from policies import PolicyConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PartitionConfig(_Section):
+    kind: Literal["iid", "dirichlet", "quantity_skew"] = Field(
+        "dirichlet", description="How training examples are split across clients."
+    )
+    alpha: float = Field(
+        0.5, gt=0, description="Dirichlet concentration: small = very non-IID labels (dirichlet), very unequal sizes (quantity_skew)."
+    )
+    min_examples: int = Field(8, ge=1, description="Every client gets at least this many examples.")
+
+
+class DataConfig(_Section):
+    dataset: str = Field(
+        "banking77",
+        description="'banking77' (embedded) or a directory holding train.csv and test.csv.",
+    )
+    text_column: str = Field("text", description="CSV column with the input text.")
+    label_column: str = Field("category", description="CSV column with the class label.")
+    max_length: int = Field(64, ge=8, description="Texts are truncated to this many tokens; batches pad only to their own longest.")
+    partition: PartitionConfig = Field(default_factory=PartitionConfig)
+    eval_samples: int | None = Field(
+        500, ge=1, description="Per-round server evaluation on a fixed random subset of this size (null = whole test set)."
+    )
+    eval_full_final: bool = Field(True, description="Evaluate the last round on the whole test set.")
+
+
+class ModelConfig(_Section):
+    backbone: str = Field(
+        "minilm", description="'minilm' (embedded all-MiniLM-L6-v2), 'tiny-random' (for tests), or an HF model id / local path."
+    )
+
+
+class AdapterConfig(_Section):
+    kind: Literal["lora"] = Field("lora", description="Adapter type.")
+    target_modules: list[str] = Field(["query", "value"], min_length=1, description="Module names LoRA is injected into.")
+    max_rank: int = Field(8, ge=1, description="The largest rank a policy may give a layer; the global adapter's rank.")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator: the update is (alpha / max_rank) * B A.")
+
+
+class TrainConfig(_Section):
+    local_steps: int = Field(5, ge=1, description="Optimizer steps each selected client takes per round.")
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(2e-3, gt=0, description="Adam learning rate for the LoRA factors.")
+    head_lr: float = Field(5e-3, gt=0, description="Adam learning rate for the classification head.")
+
+
+class ClientsConfig(_Section):
+    num_clients: int = Field(20, ge=1, description="Total simulated clients.")
+    per_round: int = Field(5, ge=1, description="Clients sampled each round.")
+
+
+class AggregationConfig(_Section):
+    method: Literal["svd", "fedavg-factors"] = Field(
+        "svd",
+        description="'svd': weighted mean of B_k A_k, refactored by truncated SVD (exact across ranks); "
+        "'fedavg-factors': average zero-padded A and B separately.",
+    )
+
+
+class Scenario(_Section):
+    """A complete, reproducible description of one federated fine-tuning run."""
+
+    name: str = Field("scenario", description="Label used in run directory names and plots.")
+    seed: int = Field(0, description="Seeds partitioning, sampling, channel draws, initialisation and training.")
+    rounds: int = Field(20, ge=1, description="Federated rounds.")
+    engine: Literal["flower", "inline"] = Field(
+        "flower",
+        description="'flower': Flower's simulation engine (Ray); 'inline': the same ServerApp and ClientApp called in-process (faster start, identical ledger).",
+    )
+    threads: int | None = Field(None, ge=1, description="torch threads for training (null = all cores).")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    clients: ClientsConfig = Field(default_factory=ClientsConfig)
+    aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
+    channel: ChannelConfig = Field(default_factory=lambda: ChannelConfig())  # type: ignore[operator]
+    policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig())  # type: ignore[operator]
+
+    @model_validator(mode="after")
+    def _cross_field_checks(self) -> "Scenario":
+        if self.clients.per_round > self.clients.num_clients:
+            raise ValueError(
+                f"clients.per_round={self.clients.per_round} exceeds clients.num_clients={self.clients.num_clients}; "
+                "allowed: 1..num_clients"
+            )
+        rank = getattr(self.policy, "rank", None)
+        if rank is not None and rank > self.adapter.max_rank:
+            raise ValueError(f"policy.rank={rank} exceeds adapter.max_rank={self.adapter.max_rank}; allowed: 0..{self.adapter.max_rank}")
+        for r in getattr(self.policy, "ranks", None) or []:
+            if not 0 <= r <= self.adapter.max_rank:
+                raise ValueError(f"policy.ranks contains {r}; allowed: 0..{self.adapter.max_rank}")
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _describe_validation_error(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{loc}'; see `fedsim validate --help` for the allowed fields"
+    if err["type"] == "value_error":
+        msg = msg.removeprefix("Value error, ")
+        return f"{source}: {msg}" if not loc else f"{source}: {loc}: {msg}"
+    value = err.get("input")
+    shown = repr(value) if not isinstance(value, dict) else "{...}"
+    return f"{source}: {loc or '(top level)'} = {shown} is invalid: {msg}"
+
+
+# Discriminator tags pydantic inserts into error locations of tagged unions; users never write them.
+_UNION_TAGS: set[str] = set()
+
+
+def _register_union_tags() -> None:
+    from channels import CHANNELS
+    from policies import POLICIES
+
+    _UNION_TAGS.update(CHANNELS, POLICIES)
+
+
+_register_union_tags()
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse one `--set a.b=value`; the value is YAML, so `8`, `0.5`, `[1,2]`, `null` and `true` work."""
+    if "=" not in text:
+        raise FedsimError(f"--set {text!r}: expected FIELD=VALUE, for example --set adapter.max_rank=4")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise FedsimError(f"--set {text!r}: the field path is empty or has an empty part")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise FedsimError(f"--set {text!r}: '{part}' is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def read_yaml_mapping(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FedsimError(f"{path}: no such file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "could not parse"
+        raise FedsimError(f"{path}: invalid YAML{where}: {problem}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise FedsimError(f"{path}: expected a mapping of fields at the top level, found {type(raw).__name__}")
+    return raw
+
+
+def scenario_from_dict(raw: dict, source: str = "scenario") -> Scenario:
+    try:
+        return Scenario.model_validate(raw)
+    except ValidationError as exc:
+        raise FedsimError(_describe_validation_error(exc, source)) from None
+
+
+def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
+    raw = apply_overrides(read_yaml_mapping(path), overrides or [])
+    return scenario_from_dict(raw, str(path))

@@ -1,0 +1,143 @@
+"""Data: the embedded BANKING77 set or a local CSV pair, seeded client partitions, dynamic-padding batches."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedsim.config import DataConfig, PartitionConfig
+from fedsim.types import FedsimError
+
+EMBEDDED = {"banking77": Path(__file__).parent / "data" / "banking77"}
+
+
+@dataclass
+class TextDataset:
+    texts: list[str]
+    labels: np.ndarray  # int64 label ids
+
+
+@dataclass
+class Corpus:
+    train: TextDataset
+    test: TextDataset
+    label_names: list[str]
+
+
+def _read_csv(path: Path, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
+    if not path.is_file():
+        raise FedsimError(f"{path}: no such file (data.dataset must be 'banking77' or a directory with train.csv and test.csv)")
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        columns = reader.fieldnames or []
+        for column, field in ((text_column, "data.text_column"), (label_column, "data.label_column")):
+            if column not in columns:
+                raise FedsimError(f"{path}: {field}={column!r} is not a column; columns are {columns}")
+        texts, labels = [], []
+        for row in reader:
+            texts.append(row[text_column] or "")
+            labels.append(row[label_column])
+    if not texts:
+        raise FedsimError(f"{path}: no rows")
+    return texts, labels
+
+
+@lru_cache(maxsize=4)
+def _load_corpus_cached(dataset: str, text_column: str, label_column: str) -> Corpus:
+    root = EMBEDDED.get(dataset, Path(dataset))
+    if not root.is_dir():
+        raise FedsimError(f"data.dataset={dataset!r}: not 'banking77' and not a directory with train.csv and test.csv")
+    train_texts, train_labels = _read_csv(root / "train.csv", text_column, label_column)
+    test_texts, test_labels = _read_csv(root / "test.csv", text_column, label_column)
+    categories = root / "categories.json"
+    names = json.loads(categories.read_text()) if categories.is_file() else sorted(set(train_labels))
+    index = {name: i for i, name in enumerate(names)}
+    unknown = sorted(set(test_labels) - set(index)) + sorted(set(train_labels) - set(index))
+    if unknown:
+        raise FedsimError(f"{root}: label {unknown[0]!r} is not among the {len(names)} training labels")
+    return Corpus(
+        TextDataset(train_texts, np.array([index[x] for x in train_labels], dtype=np.int64)),
+        TextDataset(test_texts, np.array([index[x] for x in test_labels], dtype=np.int64)),
+        list(names),
+    )
+
+
+def load_corpus(config: DataConfig) -> Corpus:
+    return _load_corpus_cached(config.dataset, config.text_column, config.label_column)
+
+
+# --- partitioners -----------------------------------------------------------------------------
+
+
+def partition(labels: np.ndarray, num_clients: int, config: PartitionConfig, seed: int) -> list[np.ndarray]:
+    """Split example indices among clients. Seeded and deterministic; every client gets >= min_examples.
+
+    - iid: a random permutation cut into equal parts.
+    - dirichlet: per class, proportions ~ Dir(alpha) over clients (label skew).
+    - quantity_skew: client sizes ~ Dir(alpha), labels IID (size skew).
+    """
+    n = len(labels)
+    if num_clients * config.min_examples > n:
+        raise FedsimError(
+            f"clients.num_clients={num_clients} x data.partition.min_examples={config.min_examples} exceeds the {n} training examples"
+        )
+    rng = np.random.default_rng([seed, 7001])
+    if config.kind == "iid":
+        parts = np.array_split(rng.permutation(n), num_clients)
+    elif config.kind == "quantity_skew":
+        shares = rng.dirichlet(np.full(num_clients, config.alpha))
+        sizes = config.min_examples + np.floor(shares * (n - num_clients * config.min_examples)).astype(int)
+        cuts = np.cumsum(sizes)[:-1]
+        parts = np.split(rng.permutation(n)[: sizes.sum()], cuts)
+    else:
+        buckets: list[list[int]] = [[] for _ in range(num_clients)]
+        for cls in np.unique(labels):
+            idx = rng.permutation(np.flatnonzero(labels == cls))
+            props = rng.dirichlet(np.full(num_clients, config.alpha))
+            cuts = (np.cumsum(props)[:-1] * len(idx)).astype(int)
+            for client, chunk in enumerate(np.split(idx, cuts)):
+                buckets[client].extend(chunk.tolist())
+        # Top up starved clients from the largest ones so that every client can train.
+        for client in range(num_clients):
+            while len(buckets[client]) < config.min_examples:
+                donor = max(range(num_clients), key=lambda c: len(buckets[c]))
+                buckets[client].append(buckets[donor].pop())
+        parts = [np.array(b, dtype=np.int64) for b in buckets]
+    return [np.sort(p.astype(np.int64)) for p in parts]
+
+
+# --- tokenisation and batching ------------------------------------------------------------------
+
+
+class Tokenized:
+    """Token ids of a dataset, unpadded; `batch(indices)` pads to the batch's own longest text."""
+
+    def __init__(self, token_ids: list[list[int]], labels: np.ndarray, pad_id: int):
+        self.token_ids = token_ids
+        self.labels = labels
+        self.pad_id = pad_id
+        self.lengths = np.array([len(t) for t in token_ids])
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    def batch(self, indices: np.ndarray, pad_to: int | None = None) -> dict[str, torch.Tensor]:
+        width = pad_to or int(self.lengths[indices].max())
+        ids = torch.full((len(indices), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(indices), width), dtype=torch.long)
+        for row, i in enumerate(indices):
+            seq = self.token_ids[i][:width]
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": torch.as_tensor(self.labels[indices])}
+
+
+def tokenize(tokenizer, dataset: TextDataset, max_length: int) -> Tokenized:
+    encoded = tokenizer(dataset.texts, truncation=True, max_length=max_length, padding=False)["input_ids"]
+    return Tokenized(encoded, dataset.labels, tokenizer.pad_token_id)

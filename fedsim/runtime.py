@@ -1,0 +1,83 @@
+"""Per-process working set: one model, the tokenised data and the client partitions.
+
+Clients never hold a model copy. A process (the server, a Ray actor, a SuperNode)
+builds one `Runtime` per scenario and every client it serves loads its adapter
+into that one model, trains, and hands the payload back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import torch
+
+from fedsim.adapter_state import AdapterState, state_from_model
+from fedsim.config import Scenario
+from fedsim.data import Tokenized, load_corpus, partition, tokenize
+from fedsim.model import LoraClassifier, load_tokenizer
+
+
+def _runtime_key(scenario: Scenario) -> str:
+    """The parts of a scenario that decide the model and data (not rounds, policy or channel)."""
+    parts = {
+        "model": scenario.model.model_dump(),
+        "data": scenario.data.model_dump(),
+        "adapter": scenario.adapter.model_dump(),
+        "num_clients": scenario.clients.num_clients,
+        "seed": scenario.seed,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+class Runtime:
+    def __init__(self, scenario: Scenario):
+        self.scenario = scenario
+        corpus = load_corpus(scenario.data)
+        self.label_names = corpus.label_names
+        tokenizer = load_tokenizer(scenario.model.backbone)
+        self.train = tokenize(tokenizer, corpus.train, scenario.data.max_length)
+        self.test = tokenize(tokenizer, corpus.test, scenario.data.max_length)
+        self.partitions = partition(corpus.train.labels, scenario.clients.num_clients, scenario.data.partition, scenario.seed)
+        adapter = scenario.adapter
+        with torch.random.fork_rng():
+            torch.manual_seed(scenario.seed)  # seeds PEFT's initialisation of A, so the initial global adapter is reproducible
+            self.model = LoraClassifier(
+                scenario.model.backbone, len(self.label_names), adapter.target_modules, adapter.max_rank, adapter.alpha
+            )
+            torch.nn.init.normal_(self.model.head.weight, std=0.02)
+            torch.nn.init.zeros_(self.model.head.bias)
+        self.initial_state: AdapterState = state_from_model(self.model)
+        self.eval_subset = self._eval_subset()
+
+    def _eval_subset(self) -> np.ndarray:
+        n = len(self.test)
+        size = self.scenario.data.eval_samples
+        if size is None or size >= n:
+            return np.arange(n)
+        return np.sort(np.random.default_rng([self.scenario.seed, 7002]).choice(n, size, replace=False))
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.model.layers)
+
+
+_RUNTIMES: dict[str, Runtime] = {}
+
+
+def get_runtime(scenario: Scenario) -> Runtime:
+    """The process's runtime for this scenario's model and data, built once (the last two are kept)."""
+    key = _runtime_key(scenario)
+    if key not in _RUNTIMES:
+        while len(_RUNTIMES) >= 2:
+            _RUNTIMES.pop(next(iter(_RUNTIMES)))
+        _RUNTIMES[key] = Runtime(scenario)
+    return _RUNTIMES[key]
+
+
+def batches_by_length(data: Tokenized, indices: np.ndarray, batch_size: int):
+    """Evaluation batches of similar length, so dynamic padding wastes little."""
+    order = indices[np.argsort(data.lengths[indices], kind="stable")]
+    for start in range(0, len(order), batch_size):
+        yield data.batch(order[start : start + batch_size])

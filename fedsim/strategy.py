@@ -1,0 +1,208 @@
+"""The round logic, shaped like a Flower strategy: `configure_train`, `aggregate_train`, `evaluate`.
+
+Each round: sample clients, draw their channel, ask the policy for ranks, send
+each client the global adapter truncated to its ranks (metered on the
+downlink), then meter every reply on the uplink, drop what the channel loses,
+aggregate what arrived, and evaluate. Whoever owns the round loop (the
+ServerApp, or a gymnasium Env) calls these hooks in that order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+
+from channels import Channel
+from fedsim.adapter_state import AdapterState, payload_bits, payload_params, truncate
+from fedsim.aggregation import aggregate
+from fedsim.config import Scenario
+from fedsim.runtime import Runtime
+from fedsim.training import evaluate
+from fedsim.types import ChannelStates, FedsimError, Observation
+from policies import RankPolicy
+
+
+def to_array_record(payload: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({key: Array(value) for key, value in payload.items()})
+
+
+def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {key: record[key].numpy() for key in record}
+
+
+@dataclass
+class PendingRound:
+    """What `configure_train` decided, kept for `aggregate_train`."""
+
+    server_round: int
+    clients: np.ndarray
+    states: ChannelStates
+    ranks: np.ndarray  # [clients, layers]
+    bytes_down: np.ndarray
+    replies: dict[int, tuple[dict, dict]] = field(default_factory=dict)
+
+
+@dataclass
+class RoundResult:
+    row: dict
+    client_rows: list[dict]
+
+
+class RankAdaptiveStrategy:
+    """Federated LoRA with per-client, per-layer ranks chosen by a `RankPolicy`, metered by a `Channel`."""
+
+    def __init__(self, scenario: Scenario, runtime: Runtime, channel: Channel, policy: RankPolicy):
+        self.scenario = scenario
+        self.runtime = runtime
+        self.channel = channel
+        self.policy = policy
+        self.scenario_yaml = scenario.to_yaml()
+        self.global_state: AdapterState = runtime.initial_state.copy()
+        n_layers = runtime.n_layers
+        self.params_per_rank = np.array(runtime.model.params_per_rank())
+        self.head_params = runtime.model.head_param_count()
+        # Independent streams, so that e.g. a policy asking for more randomness never shifts client sampling.
+        self.rng_sampling = np.random.default_rng([scenario.seed, 7010])
+        self.rng_channel = np.random.default_rng([scenario.seed, 7011])
+        self.rng_aggregation = np.random.default_rng([scenario.seed, 7012])
+        self.last_ranks = np.full((scenario.clients.num_clients, n_layers), scenario.adapter.max_rank)
+        self.last_loss, self.last_accuracy = float("nan"), float("nan")
+        self.layer_importance = np.zeros(n_layers)
+        self.cum_bytes_up = 0
+        self.cum_bytes_down = 0
+        self.pending: PendingRound | None = None
+
+    # --- configure --------------------------------------------------------------------------
+    def sample_clients(self) -> np.ndarray:
+        c = self.scenario.clients
+        return np.sort(self.rng_sampling.choice(c.num_clients, size=c.per_round, replace=False))
+
+    def observe(self, server_round: int, states: ChannelStates) -> Observation:
+        return Observation(
+            round=server_round,
+            total_rounds=self.scenario.rounds,
+            channel=states,
+            layer_names=self.runtime.model.layer_names,
+            max_rank=self.scenario.adapter.max_rank,
+            params_per_rank=self.params_per_rank,
+            fixed_params=self.head_params,
+            bits_per_param=self.channel.bits_per_param,
+            last_ranks=self.last_ranks[states.client_ids],
+            last_loss=self.last_loss,
+            last_accuracy=self.last_accuracy,
+            layer_importance=self.layer_importance,
+        )
+
+    def configure_train(self, server_round: int, node_of_client: dict[int, int]) -> list[Message]:
+        clients = self.sample_clients()
+        states = self.channel.draw(server_round, clients, self.rng_channel)
+        observation = self.observe(server_round, states)
+        ranks = np.asarray(self.policy.ranks(observation))
+        expected = (len(clients), len(self.params_per_rank))
+        if ranks.shape != expected or ranks.min() < 0 or ranks.max() > self.scenario.adapter.max_rank:
+            raise RuntimeError(f"policy '{self.policy.name}' returned ranks of shape {ranks.shape} in [{ranks.min()}, {ranks.max()}]; expected {expected} in [0, max_rank]")
+        ranks = ranks.astype(np.int64)
+        messages, bytes_down = [], []
+        for client, client_ranks in zip(clients, ranks):
+            payload = truncate(self.global_state, client_ranks)
+            bytes_down.append(payload_bits(payload, self.channel.bits_per_param) // 8)
+            config = ConfigRecord({"server-round": server_round, "client-id": int(client), "scenario": self.scenario_yaml})
+            content = RecordDict({"arrays": to_array_record(payload), "config": config})
+            messages.append(Message(content, dst_node_id=node_of_client[int(client)], message_type=MessageType.TRAIN, group_id=str(server_round)))
+        self.pending = PendingRound(server_round, clients, states, ranks, np.array(bytes_down))
+        return messages
+
+    # --- aggregate --------------------------------------------------------------------------
+    def aggregate_train(self, server_round: int, replies: list[Message]) -> RoundResult:
+        pending = self.pending
+        assert pending is not None and pending.server_round == server_round
+        received: dict[int, tuple[dict, dict]] = {}
+        for reply in replies:
+            if reply.has_error():
+                continue
+            metrics = dict(reply.content["metrics"])
+            received[int(metrics["client-id"])] = (from_array_record(reply.content["arrays"]), metrics)
+
+        bits_per_param = self.channel.bits_per_param
+        uploads = [received.get(int(c), (None, None))[0] for c in pending.clients]
+        up_bits = np.array([payload_bits(u, bits_per_param) if u is not None else 0 for u in uploads])
+        transmissions = self.channel.uplink(pending.states, up_bits, self.rng_channel)
+        downlinks = self.channel.downlink(pending.states, pending.bytes_down * 8)
+
+        delivered_uploads, weights, client_rows = [], [], []
+        for k, client in enumerate(pending.clients):
+            upload, metrics = received.get(int(client), (None, None))
+            tx = transmissions[k]
+            delivered = upload is not None and tx.delivered
+            reason = "" if delivered else ("no-reply" if upload is None else tx.drop_reason)
+            if delivered:
+                delivered_uploads.append(upload)
+                weights.append(float(metrics["num-examples"]))
+            self.last_ranks[client] = pending.ranks[k]
+            client_rows.append(
+                {
+                    "round": server_round,
+                    "client": int(client),
+                    "ranks": " ".join(str(int(r)) for r in pending.ranks[k]),
+                    "mean_rank": float(pending.ranks[k].mean()),
+                    "params_up": payload_params(upload) if upload is not None else 0,
+                    "bytes_up": int(up_bits[k] // 8),
+                    "bytes_down": int(pending.bytes_down[k]),
+                    "snr_db": float(pending.states.snr_db[k]),
+                    "fading_gain": float(pending.states.fading_gain[k]),
+                    "bandwidth_hz": float(pending.states.bandwidth_hz[k]),
+                    "rate_bps": float(pending.states.rate_bps[k]),
+                    "latency_s": tx.latency_s,
+                    "energy_j": tx.energy_j,
+                    "delivered": int(delivered),
+                    "drop_reason": reason,
+                    "num_examples": int(metrics["num-examples"]) if metrics else 0,
+                    "train_loss": float(metrics["train-loss"]) if metrics else float("nan"),
+                    **{f"{name}": float(values[k]) for name, values in pending.states.extra.items()},
+                }
+            )
+
+        self.global_state, self.layer_importance = aggregate(
+            self.global_state, delivered_uploads, weights, self.scenario.aggregation.method, self.rng_aggregation
+        )
+        bytes_up = int(up_bits.sum() // 8)
+        bytes_down = int(pending.bytes_down.sum())
+        self.cum_bytes_up += bytes_up
+        self.cum_bytes_down += bytes_down
+        train_losses = [r["train_loss"] for r in client_rows if r["delivered"]]
+        row = {
+            "round": server_round,
+            "bytes_up": bytes_up,
+            "bytes_down": bytes_down,
+            "cum_bytes_up": self.cum_bytes_up,
+            "cum_bytes_down": self.cum_bytes_down,
+            "uplink_latency_s": self.channel.round_latency(transmissions),
+            "downlink_latency_s": max((t.latency_s for t in downlinks), default=0.0),
+            "energy_j": float(sum(t.energy_j for t in transmissions)),
+            "mean_rank": float(pending.ranks.mean()),
+            "clients_selected": len(pending.clients),
+            "clients_dropped": len(pending.clients) - len(delivered_uploads),
+            "train_loss": float(np.mean(train_losses)) if train_losses else float("nan"),
+        }
+        self.pending = None
+        return RoundResult(row, client_rows)
+
+    # --- evaluate ---------------------------------------------------------------------------
+    def evaluate(self, server_round: int) -> tuple[float, float, int]:
+        """Centralised evaluation of the global adapter: (loss, accuracy, examples)."""
+        final = server_round == self.scenario.rounds and self.scenario.data.eval_full_final
+        indices = np.arange(len(self.runtime.test)) if final else self.runtime.eval_subset
+        full = truncate(self.global_state, [self.scenario.adapter.max_rank] * self.runtime.n_layers)
+        loss, accuracy = evaluate(self.runtime, full, indices)
+        reward = -loss
+        self.policy.feedback(reward, {"round": server_round, "loss": loss, "accuracy": accuracy})
+        self.last_loss, self.last_accuracy = loss, accuracy
+        return loss, accuracy, len(indices)
+
+
+def check_node_map(node_of_client: dict[int, int], num_clients: int) -> None:
+    missing = sorted(set(range(num_clients)) - set(node_of_client))
+    if missing:
+        raise FedsimError(f"no SuperNode serves client(s) {missing[:5]}; start one per client with partition-id 0..{num_clients - 1}")

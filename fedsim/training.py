@@ -1,0 +1,67 @@
+"""Local training of one client, and the server's evaluation of the global model."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedsim.adapter_state import load_payload, truncate, state_from_model
+from fedsim.runtime import Runtime, batches_by_length
+
+EVAL_BATCH = 128
+
+
+def client_seed(seed: int, server_round: int, client_id: int) -> list[int]:
+    return [seed, server_round, client_id, 7003]
+
+
+def local_train(runtime: Runtime, payload: dict[str, np.ndarray], client_id: int, server_round: int) -> tuple[dict[str, np.ndarray], dict]:
+    """Train one client from the received payload at the payload's ranks; return its upload and metrics.
+
+    Only components inside each layer's rank (and the head) are trained and sent back.
+    """
+    scenario = runtime.scenario
+    cfg = scenario.train
+    model = runtime.model
+    ranks = load_payload(model, payload)
+    lora = [p for i, r in enumerate(ranks) if r > 0 for p in model.factor(i)]
+    groups = [{"params": model.head_parameters(), "lr": cfg.head_lr}]
+    if lora:
+        groups.append({"params": lora, "lr": cfg.lr})
+    optimizer = torch.optim.Adam(groups)
+
+    shard = runtime.partitions[client_id]
+    seed = client_seed(scenario.seed, server_round, client_id)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
+    order = rng.permutation(shard)
+    cursor, losses, tokens = 0, [], 0
+    for _ in range(cfg.local_steps):
+        if cursor + cfg.batch_size > len(order):
+            order, cursor = rng.permutation(shard), 0
+        batch = runtime.train.batch(order[cursor : cursor + cfg.batch_size])
+        cursor += cfg.batch_size
+        logits = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        loss = F.cross_entropy(logits, batch["labels"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        tokens += int(batch["attention_mask"].sum())
+    upload = truncate(state_from_model(model), ranks)
+    metrics = {"num-examples": len(shard), "train-loss": float(np.mean(losses)), "tokens": tokens}
+    return upload, metrics
+
+
+@torch.no_grad()
+def evaluate(runtime: Runtime, payload: dict[str, np.ndarray], indices: np.ndarray) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of the adapter in `payload` on test examples `indices`."""
+    model = runtime.model
+    load_payload(model, payload)
+    total_loss, correct = 0.0, 0
+    for batch in batches_by_length(runtime.test, indices, EVAL_BATCH):
+        logits = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        total_loss += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
+        correct += int((logits.argmax(-1) == batch["labels"]).sum())
+    return total_loss / len(indices), correct / len(indices)

@@ -1,0 +1,81 @@
+"""Small shared types: the only part of fedsim that `channels` and `policies` import.
+
+Keeping these plain dataclasses of numpy arrays means channels and policies never
+see torch, Flower or each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class FedsimError(Exception):
+    """Bad user input (config, data, checkpoint, CLI). The CLI prints it as one line and exits 2."""
+
+
+@dataclass
+class ChannelStates:
+    """One round's uplink state of the selected clients, one entry per client (aligned arrays)."""
+
+    client_ids: np.ndarray  # int, shape [n]
+    snr_db: np.ndarray  # large-scale SNR in dB (path loss, shadowing, configured value)
+    fading_gain: np.ndarray  # |h|^2, 1.0 for AWGN
+    bandwidth_hz: np.ndarray  # this client's share of the uplink band
+    rate_bps: np.ndarray  # achievable rate at this round's fading
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # model-specific columns for the ledger
+
+    def __len__(self) -> int:
+        return len(self.client_ids)
+
+    def subset(self, index: np.ndarray) -> "ChannelStates":
+        return ChannelStates(
+            client_ids=self.client_ids[index],
+            snr_db=self.snr_db[index],
+            fading_gain=self.fading_gain[index],
+            bandwidth_hz=self.bandwidth_hz[index],
+            rate_bps=self.rate_bps[index],
+            extra={k: v[index] for k, v in self.extra.items()},
+        )
+
+
+@dataclass
+class Transmission:
+    """What one upload (or download) cost and whether it arrived."""
+
+    n_bits: int
+    latency_s: float
+    energy_j: float
+    delivered: bool
+    drop_reason: str = ""  # "" when delivered; e.g. "outage", "packet-error", "deadline"
+    packets: int = 1
+    retransmissions: int = 0
+
+
+@dataclass
+class Observation:
+    """What a rank policy sees before a round: channel, training signals and the adapter layout."""
+
+    round: int  # 1-based
+    total_rounds: int
+    channel: ChannelStates  # the selected clients, in the order ranks must be returned
+    layer_names: list[str]
+    max_rank: int
+    params_per_rank: np.ndarray  # int [layers]: parameters one rank component of each layer costs (A row + B column)
+    fixed_params: int  # parameters sent regardless of ranks (the classification head)
+    bits_per_param: int
+    last_ranks: np.ndarray  # int [clients, layers]; the ranks each client had last time, or max_rank
+    last_loss: float  # global evaluation loss after the previous round (nan before round 1)
+    last_accuracy: float
+    layer_importance: np.ndarray  # float [layers], >= 0; e.g. singular-value mass of the aggregated update
+    data_stats: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # [clients, 2]: token entropy, OOV rate
+    deadline_s: float = float("inf")  # the round's upload deadline, if any
+
+    @property
+    def n_clients(self) -> int:
+        return len(self.channel)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layer_names)
