@@ -44,6 +44,7 @@ def load_encoder(backbone: str) -> nn.Module:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     if backbone == "tiny-random":
         vocab = load_tokenizer(backbone).vocab_size
         # A fixed generator, so every process builds the very same random weights.
@@ -150,7 +151,7 @@ class LoraClassifier:
 
     def save_adapter(self, directory: Path) -> None:
         self.set_ranks([self.max_rank] * len(self.layers))
-        self.model.save_pretrained(str(directory))
+        self.model.save_pretrained(str(directory), save_embedding_layers=False)
 
 
 def validate_backbone(backbone: str) -> None:

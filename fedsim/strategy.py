@@ -9,7 +9,7 @@ ServerApp, or a gymnasium Env) calls these hooks in that order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
@@ -41,7 +41,7 @@ class PendingRound:
     states: ChannelStates
     ranks: np.ndarray  # [clients, layers]
     bytes_down: np.ndarray
-    replies: dict[int, tuple[dict, dict]] = field(default_factory=dict)
+    nodes: list[int]
 
 
 @dataclass
@@ -111,7 +111,8 @@ class RankAdaptiveStrategy:
             config = ConfigRecord({"server-round": server_round, "client-id": int(client), "scenario": self.scenario_yaml})
             content = RecordDict({"arrays": to_array_record(payload), "config": config})
             messages.append(Message(content, dst_node_id=node_of_client[int(client)], message_type=MessageType.TRAIN, group_id=str(server_round)))
-        self.pending = PendingRound(server_round, clients, states, ranks, np.array(bytes_down))
+        nodes = [node_of_client[int(c)] for c in clients]
+        self.pending = PendingRound(server_round, clients, states, ranks, np.array(bytes_down), nodes)
         return messages
 
     # --- aggregate --------------------------------------------------------------------------
@@ -119,8 +120,11 @@ class RankAdaptiveStrategy:
         pending = self.pending
         assert pending is not None and pending.server_round == server_round
         received: dict[int, tuple[dict, dict]] = {}
+        errors: set[int] = set()
+        by_node = {node: int(c) for c, node in zip(pending.clients, pending.nodes)}
         for reply in replies:
             if reply.has_error():
+                errors.add(by_node.get(reply.metadata.src_node_id, -1))
                 continue
             metrics = dict(reply.content["metrics"])
             received[int(metrics["client-id"])] = (from_array_record(reply.content["arrays"]), metrics)
@@ -136,7 +140,12 @@ class RankAdaptiveStrategy:
             upload, metrics = received.get(int(client), (None, None))
             tx = transmissions[k]
             delivered = upload is not None and tx.delivered
-            reason = "" if delivered else ("no-reply" if upload is None else tx.drop_reason)
+            if delivered:
+                reason = ""
+            elif upload is None:
+                reason = "client-error" if int(client) in errors else "no-reply"
+            else:
+                reason = tx.drop_reason
             if delivered:
                 delivered_uploads.append(upload)
                 weights.append(float(metrics["num-examples"]))
