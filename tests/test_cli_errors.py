@@ -1,0 +1,66 @@
+"""Bad input: one clear line on stderr, exit code 2, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedsim.cli import main
+
+QUICKSTART = "scenarios/quickstart.yaml"
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.err.strip()
+
+
+def write(tmp_path, text):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "text, overrides, expected",
+    [
+        ("rounds: 2\nadapter: {max_rank: 8, colour: red}\n", [], "unknown key 'adapter.colour'"),
+        ("policy: {name: fixed, rank: -1}\n", [], "policy.rank = -1 is invalid"),
+        ("policy: {name: fixed, rank: 9}\nadapter: {max_rank: 8}\n", [], "policy.rank=9 exceeds adapter.max_rank=8"),
+        ("clients: {num_clients: 4, per_round: 5}\n", [], "clients.per_round=5 exceeds clients.num_clients=4"),
+        ("rounds: [1\n", [], "invalid YAML at line"),
+        ("rounds: 2\n", ["adapter.max_rank=-3"], "adapter.max_rank = -3 is invalid"),
+        ("rounds: 2\n", ["nosuch.field=1"], "unknown key 'nosuch'"),
+        ("rounds: 2\n", ["rounds"], "expected FIELD=VALUE"),
+        ("model: {backbone: no-such-model-xyz}\n", [], "model.backbone='no-such-model-xyz'"),
+    ],
+)
+def test_bad_scenario_is_one_line_exit_2(tmp_path, capsys, text, overrides, expected):
+    path = write(tmp_path, text)
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    out = tmp_path / "run"
+    code, err = run_cli(capsys, "run", path, *sets, "--out", str(out), "--no-progress")
+    assert code == 2
+    assert expected in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists(), "a rejected scenario must not leave a run directory"
+
+
+def test_missing_file(capsys, tmp_path):
+    code, err = run_cli(capsys, "validate", str(tmp_path / "nope.yaml"))
+    assert code == 2 and "no such file" in err and len(err.splitlines()) == 1
+
+
+def test_validate_prints_resolved_scenario(capsys):
+    code = main(["validate", QUICKSTART, "--set", "adapter.max_rank=4", "--set", "policy.rank=4"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "max_rank: 4" in out and "eval_full_final: true" in out
+
+
+def test_out_dir_with_finished_run_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    code, err = run_cli(capsys, "run", QUICKSTART, "--out", str(out), "--no-progress")
+    assert code == 2 and "already holds a finished run" in err

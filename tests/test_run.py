@@ -1,0 +1,102 @@
+"""End-to-end runs on the inline engine (tiny-random): determinism, metering, export."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fedsim.adapter_state import load_payload, truncate
+from fedsim.run import run_scenario
+from fedsim.runtime import get_runtime
+from fedsim.training import local_train
+
+
+def read_rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_same_scenario_and_seed_give_byte_identical_ledgers(tmp_path, tiny):
+    scenario = tiny()
+    run_scenario(scenario, tmp_path / "a", progress=False)
+    run_scenario(scenario, tmp_path / "b", progress=False)
+    for name in ("rounds.csv", "clients.csv", "config.yaml"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    run_scenario(tiny(seed=4), tmp_path / "c", progress=False)
+    assert (tmp_path / "a" / "clients.csv").read_bytes() != (tmp_path / "c" / "clients.csv").read_bytes()
+
+
+def test_run_directory_is_complete_and_sealed_by_summary(tmp_path, tiny):
+    out = tmp_path / "run"
+    summary = run_scenario(tiny(), out, progress=False)
+    names = {p.name for p in out.iterdir()}
+    assert {"config.yaml", "rounds.csv", "clients.csv", "timings.csv", "summary.json", "adapter"} <= names
+    assert not any(n.startswith(".") for n in names), "no temporary files left behind"
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    rounds = read_rows(out / "rounds.csv")
+    clients = read_rows(out / "clients.csv")
+    assert [int(r["round"]) for r in rounds] == [1, 2]
+    assert len(clients) == 2 * 3
+    assert sum(int(c["bytes_up"]) for c in clients) == summary["total_bytes_up"]
+    assert int(rounds[-1]["cum_bytes_up"]) == summary["total_bytes_up"]
+
+
+def test_bytes_up_ratio_rank8_vs_rank2_is_exact(tmp_path, tiny):
+    run_scenario(tiny(policy={"name": "fixed", "rank": 8}), tmp_path / "r8", progress=False)
+    run_scenario(tiny(policy={"name": "fixed", "rank": 2}), tmp_path / "r2", progress=False)
+    runtime = get_runtime(tiny())
+    per_rank = sum(runtime.model.params_per_rank())  # A row + B column, summed over adapted layers
+    head = runtime.model.head_param_count()
+    params8, params2 = 8 * per_rank + head, 2 * per_rank + head
+    for r8, r2 in zip(read_rows(tmp_path / "r8" / "rounds.csv"), read_rows(tmp_path / "r2" / "rounds.csv")):
+        bytes8, bytes2 = int(r8["bytes_up"]), int(r2["bytes_up"])
+        assert bytes8 * params2 == bytes2 * params8
+        assert bytes8 == 3 * params8 * 4  # 3 clients, float32
+
+
+def test_components_beyond_rank_are_masked_and_untrained(tiny):
+    runtime = get_runtime(tiny())
+    model = runtime.model
+    payload = truncate(runtime.initial_state, [2] * runtime.n_layers)
+    load_payload(model, payload)
+    batch = runtime.train.batch(np.arange(4))
+    with torch.no_grad():
+        before = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        for i in range(runtime.n_layers):
+            a, b = model.factor(i)
+            a[2:] = torch.randn_like(a[2:])
+            b[:, 2:] = torch.randn_like(b[:, 2:])
+        after = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    torch.testing.assert_close(before, after)
+    upload, _ = local_train(runtime, payload, client_id=0, server_round=1)
+    assert upload["A.0"].shape[0] == 2 and upload["B.0"].shape[1] == 2
+    assert not np.allclose(upload["A.0"], payload["A.0"]), "components inside the rank are trained"
+
+
+def test_rank_zero_layer_is_neither_trained_nor_sent(tiny):
+    runtime = get_runtime(tiny())
+    ranks = [0] + [4] * (runtime.n_layers - 1)
+    upload, _ = local_train(runtime, truncate(runtime.initial_state, ranks), client_id=1, server_round=1)
+    assert "A.0" not in upload and "B.0" not in upload and "A.1" in upload
+
+
+def test_exported_adapter_loads_with_peft_and_gives_the_same_logits(tmp_path, tiny):
+    from peft import PeftModel
+
+    from fedsim.model import build_classifier
+
+    scenario = tiny(rounds=1)
+    run_scenario(scenario, tmp_path / "run", progress=False)
+    runtime = get_runtime(scenario)  # this process's simulator model now holds the final global adapter
+    batch = runtime.test.batch(np.arange(16))
+    with torch.no_grad():
+        simulator = runtime.model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        base = build_classifier("tiny-random", len(runtime.label_names))
+        peft_model = PeftModel.from_pretrained(base, str(tmp_path / "run" / "adapter")).eval()
+        exported = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    torch.testing.assert_close(exported, simulator, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(exported, base.head(torch.zeros(1, base.head.in_features))), "the trained head is loaded"
