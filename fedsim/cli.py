@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check a scenario file (and any --set overrides) and print every field with its resolved value.",
     )
     _add_scenario_args(validate)
+
+    from fedsim.sweep_cli import add_commands
+
+    COMMANDS.update(add_commands(sub))
     return parser
 
 

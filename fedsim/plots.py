@@ -1,0 +1,312 @@
+"""Figures from a sweep (or any directory of finished runs), written as PNG and SVG.
+
+* ``<y>_vs_<x>``: one curve per hue group, one panel per facet value. A curve
+  is the mean over seeds at each round; the band is the 95% confidence interval
+  of that mean, ``mean ± t_{0.975, n-1} · s / sqrt(n)`` (Student t, n seeds; no
+  band for one seed). x is the seed mean too (with fading, bytes and airtime
+  differ per seed).
+* ``rank_heatmap``: mean rank over the round's selected clients, layer × round,
+  for one run.
+* ``accuracy_at_budget``: per group, the accuracy of the last round whose
+  cumulative upload is within the byte budget (seed mean ± 95% CI).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from fedsim.collect import FinishedRun, results_table
+from fedsim.types import FedsimError
+
+X_AXES = {
+    # name -> (results column, scale, axis label, title words)
+    "bytes_up": ("cum_bytes_up", 1e-6, "uploaded (MB, cumulative)", "uploaded MB"),
+    "latency": ("cum_uplink_latency_s", 1.0, "uplink airtime (s, cumulative)", "uplink airtime"),
+    "energy": ("cum_energy_j", 1.0, "client transmit energy (J, cumulative)", "transmit energy"),
+    "round": ("round", 1.0, "round", "round"),
+}
+Y_AXES = {"accuracy": ("accuracy", "test accuracy"), "loss": ("loss", "test loss")}
+
+# Okabe-Ito: distinguishable with colour-vision deficiency and in greyscale print.
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+
+
+def _style():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update(
+        {
+            "figure.dpi": 110,
+            "savefig.dpi": 160,
+            "font.size": 10,
+            "axes.titlesize": 11,
+            "axes.titleweight": "bold",
+            "axes.labelsize": 10,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.grid": True,
+            "grid.color": "#dddddd",
+            "grid.linewidth": 0.6,
+            "axes.edgecolor": "#555555",
+            "legend.frameon": False,
+            "svg.fonttype": "none",
+        }
+    )
+    return plt
+
+
+def _save(fig, out_dir: Path, stem: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.svg"]
+    for path in paths:
+        fig.savefig(path, bbox_inches="tight")
+    return paths
+
+
+def t_ci95(values: np.ndarray) -> float:
+    """Half-width of the 95% CI of the mean (Student t); 0 for fewer than two values."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, n - 1) * np.std(values, ddof=1) / np.sqrt(n))
+
+
+def _fmt_value(value) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _short(field: str) -> str:
+    return field.rsplit(".", 1)[-1]
+
+
+def _group_label(fields: list[str], key: tuple) -> str:
+    return ", ".join(f"{_short(f)}={_fmt_value(v)}" for f, v in zip(fields, key)) or "all runs"
+
+
+def _sort_key(value):
+    return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
+
+
+def _load(root: Path):
+    columns, rows, runs, fields = results_table(root)
+    if not runs:
+        raise FedsimError(f"{root}: no finished runs (no run directory with summary.json); run `fedsim sweep` or `fedsim run` first")
+    return columns, rows, runs, fields
+
+
+def _choose_roles(fields: list[str], hue: str | None, facet: str | None) -> tuple[list[str], str | None]:
+    """Hue fields and facet field; every varying field lands in one of them, so nothing is averaged over silently."""
+    for name, value in (("--hue", hue), ("--facet", facet)):
+        if value is not None and value not in fields:
+            allowed = ", ".join(fields) if fields else "(none: the runs differ only by seed)"
+            raise FedsimError(f"{name} {value!r}: not a field that varies across these runs; allowed: {allowed}")
+    if hue is None and fields:
+        hue = "policy.name" if "policy.name" in fields else next((f for f in fields if f != facet), None)
+    if facet is None:
+        facet = next((f for f in fields if f != hue), None)
+    hue_fields = ([hue] if hue else []) + [f for f in fields if f != facet and f != hue]
+    return hue_fields, facet
+
+
+def _curves(rows: list[dict], x_col: str, y_col: str, hue_fields: list[str], facet: str | None):
+    """{facet value: {hue key: (x mean, y mean, y ci, n seeds)}} with rounds aligned across seeds."""
+    table: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))  # facet -> hue -> round -> [(x, y)]
+    for row in rows:
+        if not isinstance(row.get(y_col), (int, float)) or not isinstance(row.get(x_col), (int, float)):
+            continue
+        fkey = row.get(facet) if facet else None
+        hkey = tuple(row.get(f) for f in hue_fields)
+        table[fkey][hkey][row["round"]].append((row[x_col], row[y_col]))
+    curves: dict = {}
+    for fkey, hues in table.items():
+        curves[fkey] = {}
+        for hkey, by_round in hues.items():
+            rounds = sorted(by_round)
+            xs = np.array([np.mean([p[0] for p in by_round[r]]) for r in rounds])
+            ys = np.array([np.mean([p[1] for p in by_round[r]]) for r in rounds])
+            ci = np.array([t_ci95(np.array([p[1] for p in by_round[r]])) for r in rounds])
+            n = min(len(by_round[r]) for r in rounds)
+            curves[fkey][hkey] = (xs, ys, ci, n)
+    return curves
+
+
+def plot_curves(root: Path, out_dir: Path, x: str, y: str, hue: str | None, facet: str | None, rows=None, fields=None) -> list[Path]:
+    plt = _style()
+    if rows is None:
+        _, rows, _, fields = _load(root)
+    x_col, scale, x_label, x_title = X_AXES[x]
+    y_col, y_label = Y_AXES[y]
+    hue_fields, facet = _choose_roles(fields, hue, facet)
+    curves = _curves(rows, x_col, y_col, hue_fields, facet)
+    facets = sorted(curves, key=_sort_key)
+    hue_keys = sorted({h for c in curves.values() for h in c}, key=lambda k: tuple(_sort_key(v) for v in k))
+    colors = {h: PALETTE[i % len(PALETTE)] for i, h in enumerate(hue_keys)}
+    markers = {h: MARKERS[i % len(MARKERS)] for i, h in enumerate(hue_keys)}
+
+    ncols = min(len(facets), 3)
+    nrows = int(np.ceil(len(facets) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.4 * nrows), sharey=True, squeeze=False)
+    seeds = set()
+    for ax, fkey in zip(axes.flat, facets):
+        for hkey in hue_keys:
+            if hkey not in curves[fkey]:
+                continue
+            xs, ys, ci, n = curves[fkey][hkey]
+            seeds.add(n)
+            xs = xs * scale
+            ax.plot(xs, ys, color=colors[hkey], lw=1.8, marker=markers[hkey], ms=3.5, label=_group_label(hue_fields, hkey))
+            if np.any(ci > 0):
+                ax.fill_between(xs, ys - ci, ys + ci, color=colors[hkey], alpha=0.18, lw=0)
+        if facet:
+            ax.set_title(f"{facet} = {_fmt_value(fkey)}", fontsize=10, fontweight="normal")
+        ax.set_xlabel(x_label)
+        if y == "accuracy":
+            ax.set_ylim(bottom=0)
+            ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+    for ax in axes[:, 0]:
+        ax.set_ylabel(y_label)
+    for ax in list(axes.flat)[len(facets):]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    for ax in list(axes.flat)[1 : len(facets)]:
+        for h, l in zip(*ax.get_legend_handles_labels()):
+            if l not in labels:
+                handles.append(h)
+                labels.append(l)
+    seed_text = f"mean of {min(seeds)} seeds, 95% CI" if seeds and min(seeds) > 1 else "single seed"
+    fig.suptitle(f"{Y_AXES[y][1].capitalize()} vs {x_title}  ·  {root.name}  ({seed_text})", fontweight="bold", y=1.0)
+    if len(labels) > 1 or hue_fields:
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), title=", ".join(_short(f) for f in hue_fields) or None)
+    fig.tight_layout()
+    paths = _save(fig, out_dir, f"{y}_vs_{x}")
+    plt.close(fig)
+    return paths
+
+
+def _layer_label(name: str) -> str:
+    match = re.search(r"layer\.(\d+)\..*?(\w+)$", name)
+    return f"L{match.group(1)} {match.group(2)}" if match else name.rsplit(".", 1)[-1]
+
+
+def rank_matrix(run: FinishedRun) -> tuple[np.ndarray, list[int], list[str]]:
+    """[layers, rounds] mean rank over the clients selected in each round, from clients.csv."""
+    sums: dict[int, np.ndarray] = {}
+    counts: dict[int, int] = defaultdict(int)
+    with open(run.path / "clients.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            ranks = np.array([float(r) for r in row["ranks"].split()])
+            rnd = int(row["round"])
+            sums[rnd] = sums.get(rnd, 0) + ranks
+            counts[rnd] += 1
+    rounds = sorted(sums)
+    matrix = np.stack([sums[r] / counts[r] for r in rounds], axis=1) if rounds else np.zeros((0, 0))
+    layers = run.summary.get("layers") or [f"layer {i}" for i in range(matrix.shape[0])]
+    return matrix, rounds, [_layer_label(n) for n in layers]
+
+
+def plot_rank_heatmap(run: FinishedRun, out_dir: Path, max_rank: int | None = None) -> list[Path]:
+    plt = _style()
+    matrix, rounds, layers = rank_matrix(run)
+    if matrix.size == 0:
+        return []
+    vmax = max_rank or run.config.get("adapter.max_rank") or float(matrix.max())
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.32 * len(rounds) + 2.5), max(2.4, 0.28 * len(layers) + 1.2)))
+    image = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
+    ax.grid(False)
+    ax.set_yticks(range(len(layers)), layers, fontsize=8)
+    step = max(1, len(rounds) // 12)
+    ax.set_xticks(range(0, len(rounds), step), [str(r) for r in rounds[::step]])
+    ax.set_xlabel("round")
+    ax.set_ylabel("adapted layer")
+    ax.set_title(f"LoRA rank per layer (mean over selected clients)\n{run.name}", fontsize=10)
+    bar = fig.colorbar(image, ax=ax, pad=0.02)
+    bar.set_label("mean rank")
+    fig.tight_layout()
+    paths = _save(fig, out_dir, "rank_heatmap")
+    plt.close(fig)
+    return paths
+
+
+def accuracy_at_budget(rows: list[dict], budget_bytes: float, group_fields: list[str]) -> dict:
+    """{group key: [accuracy at budget per run]}: the last round whose cumulative upload fits the budget."""
+    best: dict[str, tuple[int, float, tuple]] = {}
+    for row in rows:
+        if row["cum_bytes_up"] <= budget_bytes and (row["run_dir"] not in best or row["round"] > best[row["run_dir"]][0]):
+            best[row["run_dir"]] = (row["round"], row["accuracy"], tuple(row.get(f) for f in group_fields))
+    groups: dict = defaultdict(list)
+    for _, accuracy, key in best.values():
+        groups[key].append(accuracy)
+    return groups
+
+
+def plot_budget_bars(root: Path, out_dir: Path, rows: list[dict], fields: list[str], budget_mb: float | None) -> tuple[list[Path], float]:
+    plt = _style()
+    finals: dict[str, float] = {}
+    for row in rows:
+        finals[row["run_dir"]] = max(finals.get(row["run_dir"], 0), row["cum_bytes_up"])
+    # Default budget: the most every run reached, so every bar is measured at the same spend.
+    budget = budget_mb * 1e6 if budget_mb is not None else min(finals.values())
+    group_fields = (["policy.name"] if "policy.name" in fields else []) + [f for f in fields if f != "policy.name"]
+    groups = accuracy_at_budget(rows, budget, group_fields)
+    if not groups:
+        raise FedsimError(f"--budget {budget / 1e6:g} MB: no run uploads that little in its first round; choose a larger budget")
+    keys = sorted(groups, key=lambda k: tuple(_sort_key(v) for v in k))
+    means = [float(np.mean(groups[k])) for k in keys]
+    cis = [t_ci95(np.array(groups[k])) for k in keys]
+    colors = [PALETTE[0] if not k or len(group_fields) == 0 else PALETTE[sorted({kk[0] for kk in keys}, key=_sort_key).index(k[0]) % len(PALETTE)] for k in keys]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(keys) + 2.0), 3.6))
+    positions = np.arange(len(keys))
+    ax.bar(positions, means, yerr=cis, color=colors, capsize=3, edgecolor="white", error_kw={"ecolor": "#333333", "lw": 1})
+    for pos, mean in zip(positions, means):
+        ax.text(pos, mean, f"{mean:.1%}", ha="center", va="bottom", fontsize=8, color="#333333")
+    ax.set_xticks(positions, [_group_label(group_fields, k).replace(", ", "\n") for k in keys], fontsize=8, rotation=0 if len(keys) <= 6 else 45, ha="center" if len(keys) <= 6 else "right")
+    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(bottom=0)
+    ax.grid(axis="x", visible=False)
+    ax.set_title(f"Accuracy within an upload budget of {budget / 1e6:.2f} MB\n{root.name} (seed mean, 95% CI)", fontsize=10)
+    fig.tight_layout()
+    paths = _save(fig, out_dir, "accuracy_at_budget")
+    plt.close(fig)
+    return paths, budget
+
+
+def make_plots(
+    root: str | Path,
+    x: str = "bytes_up",
+    y: str = "accuracy",
+    hue: str | None = None,
+    facet: str | None = None,
+    run: str | None = None,
+    budget_mb: float | None = None,
+    out_dir: str | Path | None = None,
+) -> list[Path]:
+    """Every figure for the finished runs under `root`; returns the files written."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FedsimError(f"{root}: no such directory")
+    out_dir = Path(out_dir) if out_dir else root / "plots"
+    _, rows, runs, fields = _load(root)
+    paths = plot_curves(root, out_dir, x, y, hue, facet, rows=rows, fields=fields)
+    if run is not None:
+        chosen = [r for r in runs if r.name == run or str(r.path) == run]
+        if not chosen:
+            raise FedsimError(f"--run {run!r}: no finished run of that name under {root}; e.g. {runs[0].name}")
+    else:
+        chosen = runs
+    paths += plot_rank_heatmap(chosen[0], out_dir)
+    bar_paths, _ = plot_budget_bars(root, out_dir, rows, fields, budget_mb)
+    return paths + bar_paths

@@ -1,0 +1,473 @@
+"""Sweeps: a grid of scenarios, one run directory per grid point, parallel and resumable.
+
+A sweep file is YAML::
+
+    base: quickstart.yaml            # scenario path, relative to the sweep file
+    engine: inline                   # default; `flower` runs every point on Flower's simulation engine
+    set:                             # optional fixed overrides applied to every point
+      rounds: 10
+    grid:                            # dotted scenario field -> list of values (Cartesian product)
+      channel.snr_db: [-5, 0, 10, 20]
+      policy.name: [fixed]
+    zip:                             # optional: fields that vary *together* (one axis, equal lengths);
+      data.partition.alpha: [0.1, 100]   # a list of such mappings gives several zipped axes
+      name: [noniid, iid]
+    seeds: [0, 1, 2]
+
+The points are grid x zip x seeds. Each point is the base scenario with
+`set`, then the point's values applied, validated as a whole before any run
+starts. Its run directory is ``<labels>-<hash10>``: readable labels of the
+varying values, and the first 10 hex digits of the SHA-256 of the resolved
+scenario (canonical JSON, without the execution-only fields ``threads`` and
+``engine``, which by the ledger invariant do not change results). The same
+point therefore maps to the same directory in any process, on any day.
+
+Resuming is by directory state alone: ``summary.json`` present = done (skipped);
+a directory without it = unfinished (deleted and redone from scratch); no
+directory = pending. Failures are recorded in ``failed.json`` and retried by the
+next invocation.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import difflib
+import fcntl
+import hashlib
+import itertools
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+import time
+import traceback
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from fedsim.config import Scenario, apply_overrides, read_yaml_mapping, scenario_from_dict
+from fedsim.ledger import atomic_write_text, is_finished
+from fedsim.types import FedsimError
+
+# Fields that choose *how* a run executes, not *what* it computes; left out of the directory hash.
+EXECUTION_FIELDS = ("threads", "engine")
+SWEEP_KEYS = {"base", "grid", "zip", "seeds", "set", "engine"}
+MANIFEST = "sweep.json"
+FAILED = "failed.json"
+LOCK = ".sweep.lock"
+
+
+# ----------------------------------------------------------------------------- field paths
+
+
+def _models_in(annotation) -> list[type[BaseModel]]:
+    """Every pydantic model class reachable in a type annotation (through Optional, Union, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for arg in typing.get_args(annotation):
+        found.extend(_models_in(arg))
+    return found
+
+
+def scenario_field_paths() -> list[str]:
+    """All dotted field paths a scenario may hold (for channel/policy: any registered kind's fields)."""
+    paths: list[str] = []
+
+    def walk(models: list[type[BaseModel]], prefix: str) -> None:
+        seen: set[str] = set()
+        for model in models:
+            for name, info in model.model_fields.items():
+                if name in seen:
+                    continue
+                seen.add(name)
+                path = f"{prefix}{name}"
+                paths.append(path)
+                walk(_models_in(info.annotation), path + ".")
+
+    walk([Scenario], "")
+    return paths
+
+
+def check_field_path(path: str, source: str) -> None:
+    known = scenario_field_paths()
+    if path in known:
+        return
+    close = difflib.get_close_matches(path, known, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else "; see `fedsim validate SCENARIO` for the fields"
+    raise FedsimError(f"{source}: '{path}' is not a scenario field{hint}")
+
+
+# ----------------------------------------------------------------------------- the sweep file
+
+
+@dataclass
+class GridPoint:
+    """One run of the sweep: its varying values, its resolved scenario and its directory name."""
+
+    values: dict[str, Any]  # varying field path -> value, in sweep-file order, `seed` last
+    scenario: Scenario
+    digest: str
+    name: str
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.values.items())
+
+
+@dataclass
+class Sweep:
+    path: Path
+    base: Path
+    engine: str
+    fixed: dict[str, Any]
+    grid: dict[str, list]
+    zips: list[dict[str, list]]
+    seeds: list[int]
+    points: list[GridPoint] = field(default_factory=list)
+
+    @property
+    def fields(self) -> list[str]:
+        """The varying fields, grid then zip, as they name result columns (seed excluded)."""
+        names = list(self.grid)
+        for group in self.zips:
+            names.extend(k for k in group if k not in names)
+        return names
+
+
+def config_digest(scenario: Scenario) -> str:
+    """SHA-256 (hex) of the scenario's canonical JSON, execution-only fields removed."""
+    data = scenario.model_dump(mode="json")
+    for key in EXECUTION_FIELDS:
+        data.pop(key, None)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _short_names(paths: list[str]) -> dict[str, str]:
+    """Last path component as the label, unless two fields share it (then the full path)."""
+    last = [p.rsplit(".", 1)[-1] for p in paths]
+    return {p: (l if last.count(l) == 1 else p) for p, l in zip(paths, last)}
+
+
+def _label_value(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        value = int(value)
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return re.sub(r"[^A-Za-z0-9.+\-]+", "_", text).strip("_") or "_"
+
+
+def run_dir_name(values: dict[str, Any], digest: str) -> str:
+    short = _short_names(list(values))
+    labels = "_".join(f"{short[k]}={_label_value(v)}" for k, v in values.items())
+    return f"{labels[:120]}-{digest[:10]}"
+
+
+def _value_list(raw: Any, where: str) -> list:
+    if not isinstance(raw, list):
+        raise FedsimError(f"{where}: expected a list of values, got {raw!r}")
+    if not raw:
+        raise FedsimError(f"{where}: empty list; give at least one value")
+    return raw
+
+
+def _mapping_of_lists(raw: Any, where: str) -> dict[str, list]:
+    if not isinstance(raw, dict):
+        raise FedsimError(f"{where}: expected a mapping of dotted field -> list of values")
+    if not raw:
+        raise FedsimError(f"{where}: empty mapping; give at least one field")
+    out = {}
+    for key, values in raw.items():
+        key = str(key)
+        check_field_path(key, f"{where}.{key}")
+        out[key] = _value_list(values, f"{where}.{key}")
+    return out
+
+
+def load_sweep(path: str | Path, engine: str | None = None, workers: int = 1) -> Sweep:
+    """Parse and validate a sweep file and every one of its grid points; raises FedsimError on the first problem."""
+    path = Path(path)
+    raw = read_yaml_mapping(path)
+    unknown = sorted(set(raw) - SWEEP_KEYS)
+    if unknown:
+        raise FedsimError(f"{path}: unknown key '{unknown[0]}'; allowed: {', '.join(sorted(SWEEP_KEYS))}")
+    if "base" not in raw or not isinstance(raw["base"], str):
+        raise FedsimError(f"{path}: 'base' is missing; give the base scenario's path (relative to the sweep file)")
+    base = (path.parent / raw["base"]).resolve() if not Path(raw["base"]).is_absolute() else Path(raw["base"])
+    if not base.is_file():
+        raise FedsimError(f"{path}: base: no such scenario file {raw['base']!r} (looked for {base})")
+
+    sweep_engine = engine or raw.get("engine", "inline")
+    if sweep_engine not in ("inline", "flower"):
+        raise FedsimError(f"{path}: engine = {sweep_engine!r} is invalid; allowed: inline, flower")
+    fixed = raw.get("set") or {}
+    if not isinstance(fixed, dict):
+        raise FedsimError(f"{path}: set: expected a mapping of dotted field -> value")
+    for key in fixed:
+        check_field_path(str(key), f"{path}: set.{key}")
+
+    grid = _mapping_of_lists(raw["grid"], f"{path}: grid") if raw.get("grid") is not None else {}
+    zip_raw = raw.get("zip")
+    zip_groups = [] if zip_raw is None else (zip_raw if isinstance(zip_raw, list) else [zip_raw])
+    zips = []
+    for i, group in enumerate(zip_groups):
+        where = f"{path}: zip" if not isinstance(zip_raw, list) else f"{path}: zip[{i}]"
+        group = _mapping_of_lists(group, where)
+        lengths = {k: len(v) for k, v in group.items()}
+        if len(set(lengths.values())) > 1:
+            raise FedsimError(f"{where}: zipped lists must have equal lengths, got {lengths}")
+        zips.append(group)
+    seen: set[str] = set()
+    for key in list(grid) + [k for g in zips for k in g]:
+        if key in seen:
+            raise FedsimError(f"{path}: field '{key}' appears twice in grid/zip; give each field one axis")
+        seen.add(key)
+    if "seed" in seen:
+        raise FedsimError(f"{path}: vary the seed with 'seeds:', not in grid/zip")
+
+    seeds = _value_list(raw.get("seeds", [0]), f"{path}: seeds")
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise FedsimError(f"{path}: seeds: expected a list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise FedsimError(f"{path}: seeds: {seeds!r} repeats a seed")
+
+    sweep = Sweep(path, base, sweep_engine, fixed, grid, zips, seeds)
+    sweep.points = expand(sweep, workers)
+    return sweep
+
+
+def _set_path(raw: dict, dotted: str, value: Any) -> None:
+    node = raw
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value
+
+
+def threads_per_run(workers: int) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, workers))
+
+
+def expand(sweep: Sweep, workers: int = 1) -> list[GridPoint]:
+    """grid (Cartesian, in file order) x each zip axis x seeds; every point validated before any run starts."""
+    base_raw = read_yaml_mapping(sweep.base)
+    axes: list[list[dict[str, Any]]] = [[{key: v} for v in values] for key, values in sweep.grid.items()]
+    for group in sweep.zips:
+        n = len(next(iter(group.values())))
+        axes.append([{key: values[i] for key, values in group.items()} for i in range(n)])
+    axes.append([{"seed": s} for s in sweep.seeds])
+
+    threads = threads_per_run(workers)
+    points: list[GridPoint] = []
+    by_name: dict[str, GridPoint] = {}
+    for combo in itertools.product(*axes):
+        values: dict[str, Any] = {}
+        for part in combo:
+            values.update(part)
+        raw = json.loads(json.dumps(base_raw))  # deep copy of plain YAML data
+        for key, value in sweep.fixed.items():
+            _set_path(raw, str(key), value)
+        for key, value in values.items():
+            _set_path(raw, key, value)
+        raw["engine"] = sweep.engine
+        # Split the cores among the workers, never more than the scenario itself asks for.
+        raw["threads"] = min(threads, raw["threads"]) if isinstance(raw.get("threads"), int) else threads
+        point_text = "{" + ", ".join(f"{k}: {v}" for k, v in values.items()) + "}"
+        scenario = scenario_from_dict(raw, f"{sweep.path}: grid point {point_text}")
+        digest = config_digest(scenario)
+        name = run_dir_name(values, digest)
+        if name in by_name:
+            raise FedsimError(
+                f"{sweep.path}: grid points {by_name[name].label} and {', '.join(f'{k}={v}' for k, v in values.items())} "
+                "resolve to the same scenario; remove the duplicate value"
+            )
+        point = GridPoint(values, scenario, digest, name)
+        by_name[name] = point
+        points.append(point)
+    return points
+
+
+# ----------------------------------------------------------------------------- state of a sweep directory
+
+
+def read_failed(out_dir: Path) -> dict[str, dict]:
+    try:
+        return json.loads((out_dir / FAILED).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def point_states(sweep: Sweep, out_dir: Path) -> dict[str, str]:
+    """run dir name -> 'done' | 'failed' | 'unfinished' | 'pending'."""
+    failed = read_failed(out_dir)
+    states = {}
+    for point in sweep.points:
+        run_dir = out_dir / point.name
+        if is_finished(run_dir):
+            states[point.name] = "done"
+        elif point.name in failed:
+            states[point.name] = "failed"
+        elif run_dir.exists():
+            states[point.name] = "unfinished"
+        else:
+            states[point.name] = "pending"
+    return states
+
+
+def status_report(sweep: Sweep, out_dir: Path) -> str:
+    states = point_states(sweep, out_dir)
+    failed = read_failed(out_dir)
+    counts = {s: sum(1 for v in states.values() if v == s) for s in ("done", "unfinished", "failed", "pending")}
+    lines = [
+        f"sweep {sweep.path} -> {out_dir}: {len(states)} runs: "
+        + ", ".join(f"{n} {s}" for s, n in counts.items())
+    ]
+    for point in sweep.points:
+        state = states[point.name]
+        extra = f"  ({failed[point.name]['error']})" if state == "failed" else ""
+        lines.append(f"  {state:<10} {point.name}{extra}")
+    return "\n".join(lines)
+
+
+def write_manifest(sweep: Sweep, out_dir: Path) -> None:
+    manifest = {
+        "sweep_file": str(sweep.path),
+        "base": str(sweep.base),
+        "engine": sweep.engine,
+        "fields": sweep.fields,
+        "seeds": sweep.seeds,
+        "points": [{"dir": p.name, "values": p.values, "hash": p.digest} for p in sweep.points],
+    }
+    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _run_point(scenario_json: dict, run_dir: str) -> tuple[str, float, dict | None, str | None]:
+    """Worker entry (a fresh 'spawn' process): run one scenario; never raises, reports the error instead."""
+    from fedsim.run import run_scenario
+
+    started = time.time()
+    try:
+        scenario = Scenario.model_validate(scenario_json)
+        summary = run_scenario(scenario, run_dir, progress=False, overwrite=True)
+        return run_dir, time.time() - started, summary, None
+    except Exception as exc:  # noqa: BLE001 - a failing run must not take the sweep down
+        tail = traceback.format_exc(limit=-3)
+        return run_dir, time.time() - started, None, f"{type(exc).__name__}: {exc}\n{tail}"
+
+
+class _SweepLock:
+    """An flock on DIR/.sweep.lock: two sweeps writing one directory would redo each other's runs.
+
+    The kernel drops the lock when the holder dies, so a SIGKILLed sweep never leaves it stale.
+    """
+
+    def __init__(self, out_dir: Path):
+        self.path = out_dir / LOCK
+        self.handle = None
+
+    def __enter__(self):
+        self.handle = open(self.path, "w")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            raise FedsimError(f"{self.path.parent}: another `fedsim sweep` is running in this directory") from None
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+def run_sweep(sweep: Sweep, out_dir: str | Path, workers: int = 1, progress: bool = True) -> dict[str, int]:
+    """Run every point not yet done; returns counts {'done', 'ran', 'failed', 'skipped'}."""
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _SweepLock(out_dir):
+        write_manifest(sweep, out_dir)
+        failed = read_failed(out_dir)
+        todo = []
+        for point in sweep.points:
+            run_dir = out_dir / point.name
+            if is_finished(run_dir):
+                failed.pop(point.name, None)
+                continue
+            if run_dir.exists():
+                shutil.rmtree(run_dir)  # unfinished (killed or failed): redo from scratch
+            todo.append(point)
+        skipped = len(sweep.points) - len(todo)
+        _write_failed(out_dir, failed)
+
+        bar = tqdm(
+            total=len(sweep.points), initial=skipped, desc="sweep", unit="run",
+            disable=not progress, dynamic_ncols=True, smoothing=0.0,
+        )
+        ran = 0
+        n_failed = 0
+
+        def record(point: GridPoint, result) -> None:
+            nonlocal ran, n_failed
+            _, wall, summary, error = result
+            if error is None:
+                ran += 1
+                failed.pop(point.name, None)
+                msg = f"done  {point.name}  acc={summary['final_accuracy']:.3f}  {wall:.0f}s"
+            else:
+                n_failed += 1
+                failed[point.name] = {"values": point.values, "error": error.splitlines()[0], "traceback": error}
+                msg = f"FAIL  {point.name}: {error.splitlines()[0]}"
+            _write_failed(out_dir, failed)
+            bar.update(1)
+            bar.set_postfix(failed=n_failed)
+            if progress:
+                bar.write(msg)
+            else:
+                print(msg, flush=True)
+
+        jobs = [(p, p.scenario.model_dump(mode="json"), str(out_dir / p.name)) for p in todo]
+        if workers <= 1:
+            for point, scenario_json, run_dir in jobs:
+                record(point, _run_point(scenario_json, run_dir))
+        else:
+            context = multiprocessing.get_context("spawn")
+            with futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                pending = {pool.submit(_run_point, s, d): p for p, s, d in jobs}
+                for future in futures.as_completed(pending):
+                    point = pending[future]
+                    try:
+                        result = future.result()
+                    except Exception as exc:  # a worker process died (e.g. out of memory)
+                        result = (None, 0.0, None, f"{type(exc).__name__}: {exc}")
+                    record(point, result)
+        bar.close()
+    return {"done": skipped + ran, "ran": ran, "skipped": skipped, "failed": n_failed, "total": len(sweep.points)}
+
+
+def _write_failed(out_dir: Path, failed: dict) -> None:
+    if failed:
+        atomic_write_text(out_dir / FAILED, json.dumps(failed, indent=2, sort_keys=True) + "\n")
+    else:
+        (out_dir / FAILED).unlink(missing_ok=True)
+
+
+def default_out_dir(sweep_path: str | Path) -> Path:
+    return Path("runs") / Path(sweep_path).stem
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m fedsim.sweep FILE` prints the points
+    for p in load_sweep(sys.argv[1]).points:
+        print(p.name)
