@@ -1,23 +1,19 @@
-"""Channel registry: a new channel model is one file plus one line here."""
+"""Channel registry: a new channel model is one file plus one line here.
+
+The scenario's `channel:` section is `channels.wireless.ChannelConfig`, one composable
+model whose blocks (fading, large-scale SNR, access, ...) are registered in `channels.blocks`.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Union
-
-from pydantic import Field
-
-from channels.awgn import AWGNChannel, AWGNConfig
 from channels.base import Channel
+from channels.wireless import ChannelConfig, WirelessChannel
 
 CHANNELS: dict[str, tuple[type, type[Channel]]] = {
-    "awgn": (AWGNConfig, AWGNChannel),
+    "wireless": (ChannelConfig, WirelessChannel),
 }
 
-# The scenario's `channel:` section: one config class per kind, chosen by `kind`.
-_configs = tuple(cfg for cfg, _ in CHANNELS.values())
-ChannelConfig = _configs[0] if len(_configs) == 1 else Annotated[Union[_configs], Field(discriminator="kind")]  # type: ignore[valid-type]
 
-
-def build_channel(config) -> Channel:
-    _, channel_cls = CHANNELS[config.kind]
-    return channel_cls(config)
+def build_channel(config: ChannelConfig, seed: int = 0) -> Channel:
+    """The channel for a scenario's `channel:` section; `seed` fixes client placement and per-client draws."""
+    return WirelessChannel(config, seed)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
 import torch
 import yaml
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from channels.quantization import quantize_payload
 from fedsim.config import Scenario, scenario_from_dict
 from fedsim.runtime import get_runtime
 from fedsim.strategy import from_array_record, to_array_record
@@ -47,6 +49,11 @@ def train(message: Message, context: Context) -> Message:
     client_id = int(config["client-id"])
     runtime = get_runtime(scenario)
     payload = from_array_record(message.content["arrays"])
-    upload, metrics = local_train(runtime, payload, client_id, int(config["server-round"]))
+    server_round = int(config["server-round"])
+    upload, metrics = local_train(runtime, payload, client_id, server_round)
+    # The upload goes on the air quantised (codes + per-tensor scales when bits_per_param < 32).
+    channel = scenario.channel
+    rounding_rng = np.random.default_rng([scenario.seed, server_round, client_id, 7031])
+    upload = quantize_payload(upload, channel.bits_per_param, channel.rounding, rounding_rng)
     content = RecordDict({"arrays": to_array_record(upload), "metrics": MetricRecord({**metrics, "client-id": client_id})})
     return Message(content, reply_to=message)

@@ -52,7 +52,7 @@ def run_server(grid: Grid, scenario: Scenario, out_dir: Path, progress: bool = T
     run_dir.start(scenario.to_yaml())
     started = time.time()
     runtime = get_runtime(scenario)
-    strategy = RankAdaptiveStrategy(scenario, runtime, build_channel(scenario.channel), build_policy(scenario.policy))
+    strategy = RankAdaptiveStrategy(scenario, runtime, build_channel(scenario.channel, scenario.seed), build_policy(scenario.policy))
     nodes = discover_nodes(grid, scenario.clients.num_clients)
 
     bar = tqdm(range(1, scenario.rounds + 1), desc=scenario.name, unit="round", disable=not progress, dynamic_ncols=True)

@@ -15,7 +15,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from channels import Channel
-from fedsim.adapter_state import AdapterState, payload_bits, payload_params, truncate
+from channels.quantization import dequantize_payload, encoded_bits
+from fedsim.adapter_state import HEAD_KEYS, AdapterState, payload_bits, payload_params, truncate
 from fedsim.aggregation import aggregate
 from fedsim.config import Scenario
 from fedsim.runtime import Runtime
@@ -57,6 +58,7 @@ class RankAdaptiveStrategy:
         self.scenario = scenario
         self.runtime = runtime
         self.channel = channel
+        channel.set_data_sizes([len(p) for p in runtime.partitions])  # for access: fdma-proportional
         self.policy = policy
         self.scenario_yaml = scenario.to_yaml()
         self.global_state: AdapterState = runtime.initial_state.copy()
@@ -73,11 +75,44 @@ class RankAdaptiveStrategy:
         self.cum_bytes_up = 0
         self.cum_bytes_down = 0
         self.pending: PendingRound | None = None
+        self.prepared: tuple | None = None
+        self._data_stats: np.ndarray | None = None
+        self.round_info: dict = {}
+        self.last_reward = float("nan")
 
     # --- configure --------------------------------------------------------------------------
     def sample_clients(self) -> np.ndarray:
         c = self.scenario.clients
         return np.sort(self.rng_sampling.choice(c.num_clients, size=c.per_round, replace=False))
+
+    def client_data_stats(self) -> np.ndarray:
+        """[num_clients, 2]: token entropy (bits) and OOV ([UNK]) rate of each client's tokenised shard, as AirLLM observes."""
+        if self._data_stats is None:
+            from fedsim.model import load_tokenizer
+
+            unk = load_tokenizer(self.scenario.model.backbone).unk_token_id
+            stats = []
+            for indices in self.runtime.partitions:
+                tokens = np.concatenate([np.asarray(self.runtime.train.token_ids[i]) for i in indices])
+                _, counts = np.unique(tokens, return_counts=True)
+                p = counts / counts.sum()
+                stats.append((float(-(p * np.log2(p)).sum()), float(np.mean(tokens == unk)) if unk is not None else 0.0))
+            self._data_stats = np.array(stats)
+        return self._data_stats
+
+    def channel_deadline(self) -> float:
+        """The channel's upload deadline in seconds (inf when it has none)."""
+        deadline = getattr(self.channel, "deadline_s", None)
+        if deadline is None:
+            deadline = getattr(getattr(self.channel, "config", None), "deadline_s", None)
+        return float(deadline) if deadline else float("inf")
+
+    def prepare_round(self, server_round: int) -> Observation:
+        """Sample this round's clients, draw their channel and build what the policy observes."""
+        clients = self.sample_clients()
+        states = self.channel.draw(server_round, clients, self.rng_channel)
+        self.prepared = (server_round, clients, states, self.observe(server_round, states))
+        return self.prepared[3]
 
     def observe(self, server_round: int, states: ChannelStates) -> Observation:
         return Observation(
@@ -93,13 +128,17 @@ class RankAdaptiveStrategy:
             last_loss=self.last_loss,
             last_accuracy=self.last_accuracy,
             layer_importance=self.layer_importance,
+            data_stats=self.client_data_stats()[states.client_ids],
+            deadline_s=self.channel_deadline(),
         )
 
-    def configure_train(self, server_round: int, node_of_client: dict[int, int]) -> list[Message]:
-        clients = self.sample_clients()
-        states = self.channel.draw(server_round, clients, self.rng_channel)
-        observation = self.observe(server_round, states)
-        ranks = np.asarray(self.policy.ranks(observation))
+    def configure_train(self, server_round: int, node_of_client: dict[int, int], ranks: np.ndarray | None = None) -> list[Message]:
+        """Send the round's train messages; `ranks` (from a gymnasium agent) overrides asking the policy."""
+        if self.prepared is None or self.prepared[0] != server_round:
+            self.prepare_round(server_round)
+        _, clients, states, observation = self.prepared
+        self.prepared = None
+        ranks = np.asarray(self.policy.ranks(observation) if ranks is None else ranks)
         expected = (len(clients), len(self.params_per_rank))
         if ranks.shape != expected or ranks.min() < 0 or ranks.max() > self.scenario.adapter.max_rank:
             raise RuntimeError(f"policy '{self.policy.name}' returned ranks of shape {ranks.shape} in [{ranks.min()}, {ranks.max()}]; expected {expected} in [0, max_rank]")
@@ -107,7 +146,7 @@ class RankAdaptiveStrategy:
         messages, bytes_down = [], []
         for client, client_ranks in zip(clients, ranks):
             payload = truncate(self.global_state, client_ranks)
-            bytes_down.append(payload_bits(payload, self.channel.bits_per_param) // 8)
+            bytes_down.append(payload_bits(payload, 32) // 8)  # the broadcast is float32, as sent
             config = ConfigRecord({"server-round": server_round, "client-id": int(client), "scenario": self.scenario_yaml})
             content = RecordDict({"arrays": to_array_record(payload), "config": config})
             messages.append(Message(content, dst_node_id=node_of_client[int(client)], message_type=MessageType.TRAIN, group_id=str(server_round)))
@@ -130,14 +169,25 @@ class RankAdaptiveStrategy:
             received[int(metrics["client-id"])] = (from_array_record(reply.content["arrays"]), metrics)
 
         bits_per_param = self.channel.bits_per_param
-        uploads = [received.get(int(c), (None, None))[0] for c in pending.clients]
-        up_bits = np.array([payload_bits(u, bits_per_param) if u is not None else 0 for u in uploads])
-        transmissions = self.channel.uplink(pending.states, up_bits, self.rng_channel)
+        # Bits are those of the arrays the client sent (quantised codes and scales); the server
+        # aggregates their dequantised values, so quantisation error is real.
+        encoded = [received.get(int(c), (None, None))[0] for c in pending.clients]
+        up_bits = np.array([encoded_bits(e) if e is not None else 0 for e in encoded])
+        uploads = [self.decode_upload(e, r) if e is not None else None for e, r in zip(encoded, pending.ranks)]
+        samples = np.full(len(pending.clients), self.scenario.train.local_steps * self.scenario.train.batch_size)
+        superposition = None
+        if self.channel.mode == "aircomp":
+            sizes = np.array([float(received[int(c)][1]["num-examples"]) if int(c) in received else 0.0 for c in pending.clients])
+            transmissions, superposition = self.channel.superpose(
+                uploads, sizes, pending.states, self.rng_channel, self.upload_shapes([self.scenario.adapter.max_rank] * self.runtime.n_layers), samples
+            )
+        else:
+            transmissions = self.channel.uplink(pending.states, up_bits, self.rng_channel, samples)
         downlinks = self.channel.downlink(pending.states, pending.bytes_down * 8)
 
         delivered_uploads, weights, client_rows = [], [], []
         for k, client in enumerate(pending.clients):
-            upload, metrics = received.get(int(client), (None, None))
+            upload, metrics = uploads[k], received.get(int(client), (None, None))[1]
             tx = transmissions[k]
             delivered = upload is not None and tx.delivered
             if delivered:
@@ -167,15 +217,22 @@ class RankAdaptiveStrategy:
                     "energy_j": tx.energy_j,
                     "delivered": int(delivered),
                     "drop_reason": reason,
+                    "packets": tx.packets,
+                    "retransmissions": tx.retransmissions,
+                    "compute_s": tx.compute_s,
+                    "compute_energy_j": tx.compute_energy_j,
                     "num_examples": int(metrics["num-examples"]) if metrics else 0,
                     "train_loss": float(metrics["train-loss"]) if metrics else float("nan"),
                     **{f"{name}": float(values[k]) for name, values in pending.states.extra.items()},
                 }
             )
 
-        self.global_state, self.layer_importance = aggregate(
-            self.global_state, delivered_uploads, weights, self.scenario.aggregation.method, self.rng_aggregation
-        )
+        if superposition is not None:
+            self.global_state, self.layer_importance = self.apply_superposition(superposition.aggregate)
+        else:
+            self.global_state, self.layer_importance = aggregate(
+                self.global_state, delivered_uploads, weights, self.scenario.aggregation.method, self.rng_aggregation
+            )
         bytes_up = int(up_bits.sum() // 8)
         bytes_down = int(pending.bytes_down.sum())
         self.cum_bytes_up += bytes_up
@@ -194,9 +251,52 @@ class RankAdaptiveStrategy:
             "clients_selected": len(pending.clients),
             "clients_dropped": len(pending.clients) - len(delivered_uploads),
             "train_loss": float(np.mean(train_losses)) if train_losses else float("nan"),
+            "packets": int(sum(t.packets for t in transmissions)),
+            "retransmissions": int(sum(t.retransmissions for t in transmissions)),
+            "compute_energy_j": float(sum(t.compute_energy_j for t in transmissions)),
+        }
+        if superposition is not None:
+            row["aircomp_mse"] = superposition.mse
+        full_params = int(self.params_per_rank.sum()) * self.scenario.adapter.max_rank + self.head_params
+        self.round_info = {  # what a learning policy's reward needs (policies.common.round_reward)
+            "bits_up": up_bits.astype(float),
+            "bits_full": np.full(len(up_bits), float(full_params * bits_per_param)),
+            "rate_bps": np.asarray(pending.states.rate_bps, dtype=float),
+            "latency_s": np.array([t.latency_s for t in transmissions]),
+            "energy_j": np.array([t.energy_j for t in transmissions]),
+            "drop_reasons": [r["drop_reason"] for r in client_rows],
+            "deadline_s": self.channel_deadline(),
         }
         self.pending = None
         return RoundResult(row, client_rows)
+
+    def upload_shapes(self, ranks) -> dict[str, tuple[int, ...]]:
+        """Shapes of the tensors in a payload at per-layer `ranks` (what the server expects back)."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for i, rank in enumerate(ranks):
+            if rank > 0:
+                shapes[f"A.{i}"] = (int(rank), self.global_state.A[i].shape[1])
+                shapes[f"B.{i}"] = (self.global_state.B[i].shape[0], int(rank))
+        for key in HEAD_KEYS:
+            shapes[key] = tuple(self.global_state.head[key].shape)
+        return shapes
+
+    def decode_upload(self, encoded: dict[str, np.ndarray], ranks) -> dict[str, np.ndarray]:
+        return dequantize_payload(encoded, self.channel.bits_per_param, self.upload_shapes(ranks))
+
+    def apply_superposition(self, superposed: dict[str, np.ndarray]) -> tuple[AdapterState, np.ndarray]:
+        """AirComp: the received (noisy) zero-padded factor average becomes the global adapter; unsent layers keep theirs."""
+        state = self.global_state.copy()
+        importance = np.zeros(len(state.A))
+        for i in range(len(state.A)):
+            if f"A.{i}" in superposed:
+                state.A[i] = superposed[f"A.{i}"].astype(np.float32)
+                state.B[i] = superposed[f"B.{i}"].astype(np.float32)
+                importance[i] = float(np.linalg.svd(state.B[i].astype(np.float64) @ state.A[i], compute_uv=False).sum())
+        for key in HEAD_KEYS:
+            if key in superposed:
+                state.head[key] = superposed[key].astype(np.float32)
+        return state, importance
 
     # --- evaluate ---------------------------------------------------------------------------
     def evaluate(self, server_round: int) -> tuple[float, float, int]:
@@ -205,8 +305,16 @@ class RankAdaptiveStrategy:
         indices = np.arange(len(self.runtime.test)) if final else self.runtime.eval_subset
         full = truncate(self.global_state, [self.scenario.adapter.max_rank] * self.runtime.n_layers)
         loss, accuracy = evaluate(self.runtime, full, indices)
-        reward = -loss
-        self.policy.feedback(reward, {"round": server_round, "loss": loss, "accuracy": accuracy})
+        info = {
+            **self.round_info,
+            "round": server_round,
+            "done": server_round == self.scenario.rounds,
+            "loss": loss,
+            "accuracy": accuracy,
+            "last_accuracy": self.last_accuracy,
+        }
+        self.last_reward = self.policy.reward(info) if self.round_info else -loss
+        self.policy.feedback(self.last_reward, info)
         self.last_loss, self.last_accuracy = loss, accuracy
         return loss, accuracy, len(indices)
 

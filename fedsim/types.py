@@ -51,6 +51,8 @@ class Transmission:
     drop_reason: str = ""  # "" when delivered; e.g. "outage", "packet-error", "deadline"
     packets: int = 1
     retransmissions: int = 0
+    compute_s: float = 0.0  # local computation before the upload (0 unless the channel models it)
+    compute_energy_j: float = 0.0  # included in energy_j
 
 
 @dataclass

@@ -1,0 +1,199 @@
+r"""The composed wireless uplink: large-scale SNR x fading -> rate -> latency, energy, losses.
+
+One round, for the K scheduled clients (each block's formula is in its module):
+
+1. bandwidth share :math:`B_k` (`channels.access`), large-scale SNR :math:`\bar\gamma_k`
+   (`channels.large_scale`), fading gain :math:`g_k = |h_k|^2` (`channels.fading`);
+2. rate :math:`R_k = B_k \log_2(1 + \bar\gamma_k g_k / \Gamma)` (`channels.rate`);
+3. the client sends :math:`n_k` bits (after quantisation, `channels.quantization`) in
+   :math:`\lceil n_k / L\rceil` packets at :math:`R_k`, or at the target rate :math:`R_0` when one is set;
+   airtime :math:`t_k = (n_k + r_k L_k) / R` with :math:`r_k` HARQ resends, energy :math:`P\,t_k`
+   plus optional compute energy (`channels.compute`);
+4. the update is lost, in this order of blame, by ``outage`` (:math:`R_k < R_0`), ``packet-error``
+   (a packet still lost after the resends, `channels.packet_error`) or ``deadline`` (computation plus
+   upload ends after the round deadline; the transmission is cut off there).
+
+In ``mode: aircomp`` steps 3-4 are replaced by analog superposition (`channels.aircomp`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from channels import access as access_block
+from channels.aircomp import AirCompConfig, Superposition, slot_seconds, superpose
+from channels.base import Channel
+from channels.blocks import ACCESS, BITS_PER_PARAM, FADING, LARGE_SCALE, ROUNDING
+from channels.compute import ComputeConfig, ComputeModel
+from channels.large_scale import GeometryConfig, LargeScaleSNR
+from channels.packet_error import packet_count, packet_error_rate, send_packets
+from channels.presets import PRESETS, merge_preset
+from channels.rate import achievable_rate, db_to_linear
+from fedsim.types import ChannelStates, Transmission
+
+
+class ChannelConfig(BaseModel):
+    """The scenario's `channel:` section. `preset: NAME` fills defaults; fields written beside it win."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: Optional[Literal[tuple(PRESETS)]] = Field(None, description=f"Named preset ({', '.join(PRESETS)}); explicit fields override it.")  # type: ignore[valid-type]
+    mode: Literal["digital", "aircomp"] = Field("digital", description="'digital': separate metered uploads; 'aircomp': analog over-the-air superposition.")
+    kind: Literal[tuple(FADING)] = Field("awgn", description="Small-scale fading: awgn (none), rayleigh, rician.")  # type: ignore[valid-type]
+    k_factor: float = Field(5.0, ge=0, description="Rician K-factor (linear, >= 0; 0 = Rayleigh). Used by kind: rician.")
+    correlation: float = Field(0.0, ge=0, le=1, description="Gauss-Markov correlation rho of fading between consecutive rounds (0 = independent).")
+    snr_db: float = Field(10.0, description="Large-scale SNR in dB (fixed), or the centre of the uniform/normal spread.")
+    large_scale: Literal[LARGE_SCALE] = Field("fixed", description="Per-client SNR: fixed, uniform (+-snr_spread_db), normal (std snr_spread_db), distance (geometry).")  # type: ignore[valid-type]
+    snr_spread_db: float = Field(0.0, ge=0, description="Half-width (uniform) or std (normal) of the per-client SNR in dB.")
+    geometry: GeometryConfig = Field(default_factory=GeometryConfig, description="Placement and path loss for large_scale: distance.")
+    bandwidth_hz: float = Field(1e6, gt=0, description="Total uplink bandwidth shared by the round's clients (Hz).")
+    access: Literal[ACCESS] = Field("fdma-equal", description="fdma-equal, fdma-proportional (to data size), or tdma (full band, sequential slots).")  # type: ignore[valid-type]
+    tx_power_w: float = Field(0.2, gt=0, description="Client transmit power (W); transmit energy = power x airtime.")
+    snr_gap_db: float = Field(0.0, ge=0, description="SNR gap (coding loss) in dB: R = B log2(1 + SNR |h|^2 / gap).")
+    target_rate_bps: Optional[float] = Field(None, gt=0, description="Fixed transmission rate; outage when the capacity is below it (null = rate adapts, no outage).")
+    deadline_s: Optional[float] = Field(None, gt=0, description="Round deadline for computation plus upload (s); later updates are dropped (null = none).")
+    packet_error: bool = Field(False, description="Lose packets with PER = 1 - exp(-m / SNR); an update with a lost packet is dropped.")
+    packet_bits: int = Field(12000, ge=1, description="Packet size in bits.")
+    per_m: float = Field(0.023, gt=0, description="Waterfall threshold m of the PER model.")
+    harq_retransmissions: int = Field(0, ge=0, description="Resends allowed per lost packet before the update is dropped.")
+    bits_per_param: Literal[BITS_PER_PARAM] = Field(32, description="Upload precision in bits: 32 (float32), 16, 8 or 4 (integer codes + a float32 scale per tensor).")  # type: ignore[valid-type]
+    rounding: Literal[ROUNDING] = Field("nearest", description="Quantisation rounding: nearest or stochastic (unbiased).")  # type: ignore[valid-type]
+    compute: ComputeConfig = Field(default_factory=ComputeConfig, description="Optional local computation time and energy.")
+    aircomp: AirCompConfig = Field(default_factory=AirCompConfig, description="Over-the-air aggregation settings (mode: aircomp).")
+    downlink_bandwidth_hz: float = Field(10e6, gt=0, description="Downlink (server broadcast) bandwidth (Hz).")
+    downlink_snr_db: float = Field(20.0, description="Downlink SNR in dB (AWGN, never lost).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data):
+        return merge_preset(data) if isinstance(data, dict) else data
+
+
+class WirelessChannel(Channel):
+    """Composes the blocks in `channels.blocks` as the module docstring says."""
+
+    def __init__(self, config: ChannelConfig, seed: int = 0):
+        self.config = config
+        self.bits_per_param = int(config.bits_per_param)
+        self.rounding = config.rounding
+        self.mode = config.mode
+        self.deadline_s = float(config.deadline_s) if config.deadline_s is not None else math.inf
+        self.large_scale = LargeScaleSNR(config.large_scale, config.snr_db, config.snr_spread_db, config.geometry, config.tx_power_w, seed)
+        self.fading = FADING[config.kind](k_factor=config.k_factor, correlation=config.correlation)
+        self.compute = ComputeModel(config.compute, seed)
+        self.data_sizes: np.ndarray | None = None
+
+    def set_data_sizes(self, sizes) -> None:
+        self.data_sizes = np.asarray(sizes, dtype=float)
+
+    # --- state -------------------------------------------------------------------------------
+    def draw(self, round: int, client_ids: np.ndarray, rng: np.random.Generator) -> ChannelStates:
+        ids = np.asarray(client_ids, dtype=np.int64)
+        access = "tdma" if self.mode == "aircomp" else self.config.access  # AirComp: everyone on the whole band
+        bandwidth = access_block.bandwidth_shares(access, self.config.bandwidth_hz, ids, self.data_sizes)
+        snr_db = self.large_scale.draw(ids, bandwidth)
+        gain = self.fading.draw(round, ids, rng)
+        rate = achievable_rate(bandwidth, snr_db, gain, self.config.snr_gap_db)
+        extra = {"distance_m": self.large_scale.distances(ids)} if self.config.large_scale == "distance" else {}
+        return ChannelStates(ids, snr_db, gain, bandwidth, rate, extra)
+
+    # --- digital uplink ------------------------------------------------------------------------
+    def uplink(self, states: ChannelStates, n_bits: np.ndarray, rng: np.random.Generator, samples: np.ndarray | None = None) -> list[Transmission]:
+        cfg = self.config
+        n = len(states)
+        bits = np.asarray(n_bits, dtype=float)
+        packets = packet_count(bits, cfg.packet_bits)
+        if cfg.target_rate_bps is not None:
+            send_rate = np.full(n, float(cfg.target_rate_bps))
+            outage = states.rate_bps < cfg.target_rate_bps
+        else:
+            send_rate = np.asarray(states.rate_bps, dtype=float)
+            outage = np.zeros(n, dtype=bool)
+        if cfg.packet_error:
+            snr = db_to_linear(states.snr_db) * states.fading_gain / db_to_linear(cfg.snr_gap_db)
+            retransmissions, lost = send_packets(packets, packet_error_rate(snr, cfg.per_m), cfg.harq_retransmissions, rng)
+            retransmissions = np.where(outage, 0, retransmissions)
+        else:
+            retransmissions, lost = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            airtime = np.where(bits > 0, (bits + retransmissions * bits / packets) / send_rate, 0.0)
+        compute_s, compute_j = self.compute.cost(states.client_ids, samples)
+        starts = access_block.slot_starts(compute_s, airtime, access_block.is_sequential(cfg.access))
+        late = starts + airtime > self.deadline_s
+        airtime = np.where(late, np.clip(self.deadline_s - starts, 0.0, None), airtime)  # cut off at the deadline
+        reasons = np.where(outage, "outage", np.where(lost, "packet-error", np.where(late, "deadline", "")))
+        return [
+            Transmission(
+                n_bits=int(bits[k]),
+                latency_s=float(airtime[k]),
+                energy_j=float(cfg.tx_power_w * airtime[k] + compute_j[k]),
+                delivered=not reasons[k],
+                drop_reason=str(reasons[k]),
+                packets=int(packets[k]),
+                retransmissions=int(retransmissions[k]),
+                compute_s=float(compute_s[k]),
+                compute_energy_j=float(compute_j[k]),
+            )
+            for k in range(n)
+        ]
+
+    def round_latency(self, transmissions: list[Transmission]) -> float:
+        if not transmissions:
+            return 0.0
+        compute = np.array([t.compute_s for t in transmissions])
+        airtime = np.array([t.latency_s for t in transmissions])
+        sequential = self.mode != "aircomp" and access_block.is_sequential(self.config.access)
+        return float(np.max(access_block.slot_starts(compute, airtime, sequential) + airtime))
+
+    def downlink(self, states: ChannelStates, n_bits: np.ndarray) -> list[Transmission]:
+        rate = float(achievable_rate(self.config.downlink_bandwidth_hz, self.config.downlink_snr_db, 1.0))
+        return [Transmission(n_bits=int(b), latency_s=float(b / rate), energy_j=0.0, delivered=True) for b in n_bits]
+
+    # --- over-the-air aggregation --------------------------------------------------------------
+    def superpose(
+        self,
+        updates: list[dict[str, np.ndarray] | None],
+        weights: np.ndarray,
+        states: ChannelStates,
+        rng: np.random.Generator,
+        shapes: dict[str, tuple[int, ...]],
+        samples: np.ndarray | None = None,
+    ) -> tuple[list[Transmission], Superposition]:
+        """AirComp round: who transmits (truncation, deadline), what each spends, and the noisy aggregate."""
+        cfg = self.config
+        n = len(states)
+        slot = slot_seconds(shapes, cfg.bandwidth_hz)
+        compute_s, compute_j = self.compute.cost(states.client_ids, samples)
+        present = np.array([u is not None for u in updates], dtype=bool)
+        truncated = states.fading_gain < cfg.aircomp.gain_threshold
+        late = compute_s.max(initial=0.0) + slot > self.deadline_s  # one shared slot after the slowest computation
+        senders = present & ~truncated & ~late
+        result = superpose(updates, weights, states.snr_db, states.fading_gain, senders, shapes, cfg.aircomp.noise, rng)
+        effective = db_to_linear(states.snr_db) * states.fading_gain
+        eta = float(effective[senders].min()) if senders.any() else 0.0
+        power = np.where(senders, cfg.tx_power_w * eta / np.maximum(effective, 1e-300), 0.0)
+        bits = np.array([sum(int(np.prod(s)) for s in shapes.values()) * self.bits_per_param] * n)
+        reasons = np.where(truncated, "aircomp-truncated", np.where(late, "deadline", ""))
+        transmissions = [
+            Transmission(
+                n_bits=int(bits[k]) if senders[k] else 0,
+                latency_s=slot if senders[k] else 0.0,
+                energy_j=float(power[k] * slot + compute_j[k]),
+                delivered=bool(senders[k]),
+                drop_reason=str(reasons[k]),
+                packets=0,
+                retransmissions=0,
+                compute_s=float(compute_s[k]),
+                compute_energy_j=float(compute_j[k]),
+            )
+            for k in range(n)
+        ]
+        return transmissions, result
+
+
+def build_wireless(config: ChannelConfig, seed: int = 0) -> WirelessChannel:
+    return WirelessChannel(config, seed)
