@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fedsim.sweep_cli import add_commands
 
     COMMANDS.update(add_commands(sub))
+    from policies.train import add_commands as add_policy_commands
+
+    COMMANDS.update(add_policy_commands(sub))
     return parser
 
 

@@ -75,11 +75,44 @@ class RankAdaptiveStrategy:
         self.cum_bytes_up = 0
         self.cum_bytes_down = 0
         self.pending: PendingRound | None = None
+        self.prepared: tuple | None = None
+        self._data_stats: np.ndarray | None = None
+        self.round_info: dict = {}
+        self.last_reward = float("nan")
 
     # --- configure --------------------------------------------------------------------------
     def sample_clients(self) -> np.ndarray:
         c = self.scenario.clients
         return np.sort(self.rng_sampling.choice(c.num_clients, size=c.per_round, replace=False))
+
+    def client_data_stats(self) -> np.ndarray:
+        """[num_clients, 2]: token entropy (bits) and OOV ([UNK]) rate of each client's tokenised shard, as AirLLM observes."""
+        if self._data_stats is None:
+            from fedsim.model import load_tokenizer
+
+            unk = load_tokenizer(self.scenario.model.backbone).unk_token_id
+            stats = []
+            for indices in self.runtime.partitions:
+                tokens = np.concatenate([np.asarray(self.runtime.train.token_ids[i]) for i in indices])
+                _, counts = np.unique(tokens, return_counts=True)
+                p = counts / counts.sum()
+                stats.append((float(-(p * np.log2(p)).sum()), float(np.mean(tokens == unk)) if unk is not None else 0.0))
+            self._data_stats = np.array(stats)
+        return self._data_stats
+
+    def channel_deadline(self) -> float:
+        """The channel's upload deadline in seconds (inf when it has none)."""
+        deadline = getattr(self.channel, "deadline_s", None)
+        if deadline is None:
+            deadline = getattr(getattr(self.channel, "config", None), "deadline_s", None)
+        return float(deadline) if deadline else float("inf")
+
+    def prepare_round(self, server_round: int) -> Observation:
+        """Sample this round's clients, draw their channel and build what the policy observes."""
+        clients = self.sample_clients()
+        states = self.channel.draw(server_round, clients, self.rng_channel)
+        self.prepared = (server_round, clients, states, self.observe(server_round, states))
+        return self.prepared[3]
 
     def observe(self, server_round: int, states: ChannelStates) -> Observation:
         return Observation(
@@ -95,13 +128,17 @@ class RankAdaptiveStrategy:
             last_loss=self.last_loss,
             last_accuracy=self.last_accuracy,
             layer_importance=self.layer_importance,
+            data_stats=self.client_data_stats()[states.client_ids],
+            deadline_s=self.channel_deadline(),
         )
 
-    def configure_train(self, server_round: int, node_of_client: dict[int, int]) -> list[Message]:
-        clients = self.sample_clients()
-        states = self.channel.draw(server_round, clients, self.rng_channel)
-        observation = self.observe(server_round, states)
-        ranks = np.asarray(self.policy.ranks(observation))
+    def configure_train(self, server_round: int, node_of_client: dict[int, int], ranks: np.ndarray | None = None) -> list[Message]:
+        """Send the round's train messages; `ranks` (from a gymnasium agent) overrides asking the policy."""
+        if self.prepared is None or self.prepared[0] != server_round:
+            self.prepare_round(server_round)
+        _, clients, states, observation = self.prepared
+        self.prepared = None
+        ranks = np.asarray(self.policy.ranks(observation) if ranks is None else ranks)
         expected = (len(clients), len(self.params_per_rank))
         if ranks.shape != expected or ranks.min() < 0 or ranks.max() > self.scenario.adapter.max_rank:
             raise RuntimeError(f"policy '{self.policy.name}' returned ranks of shape {ranks.shape} in [{ranks.min()}, {ranks.max()}]; expected {expected} in [0, max_rank]")
@@ -220,6 +257,16 @@ class RankAdaptiveStrategy:
         }
         if superposition is not None:
             row["aircomp_mse"] = superposition.mse
+        full_params = int(self.params_per_rank.sum()) * self.scenario.adapter.max_rank + self.head_params
+        self.round_info = {  # what a learning policy's reward needs (policies.common.round_reward)
+            "bits_up": up_bits.astype(float),
+            "bits_full": np.full(len(up_bits), float(full_params * bits_per_param)),
+            "rate_bps": np.asarray(pending.states.rate_bps, dtype=float),
+            "latency_s": np.array([t.latency_s for t in transmissions]),
+            "energy_j": np.array([t.energy_j for t in transmissions]),
+            "drop_reasons": [r["drop_reason"] for r in client_rows],
+            "deadline_s": self.channel_deadline(),
+        }
         self.pending = None
         return RoundResult(row, client_rows)
 
@@ -258,8 +305,16 @@ class RankAdaptiveStrategy:
         indices = np.arange(len(self.runtime.test)) if final else self.runtime.eval_subset
         full = truncate(self.global_state, [self.scenario.adapter.max_rank] * self.runtime.n_layers)
         loss, accuracy = evaluate(self.runtime, full, indices)
-        reward = -loss
-        self.policy.feedback(reward, {"round": server_round, "loss": loss, "accuracy": accuracy})
+        info = {
+            **self.round_info,
+            "round": server_round,
+            "done": server_round == self.scenario.rounds,
+            "loss": loss,
+            "accuracy": accuracy,
+            "last_accuracy": self.last_accuracy,
+        }
+        self.last_reward = self.policy.reward(info) if self.round_info else -loss
+        self.policy.feedback(self.last_reward, info)
         self.last_loss, self.last_accuracy = loss, accuracy
         return loss, accuracy, len(indices)
 

@@ -40,16 +40,35 @@ class RankPolicy(ABC):
     def reset(self) -> None:
         """Called at the start of each federated run (episode)."""
 
+    def reward(self, info: dict) -> float:
+        """Score a finished round (see policies.common.round_reward); the config's `reward:` section, if any, decides how."""
+        from policies.common import RewardConfig, round_reward
+
+        return round_reward(getattr(self.config, "reward", None) or RewardConfig(), info)
+
     # --- persistence -----------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """JSON-able state (hyperparameters, shapes, counters)."""
         return {}
 
     def load_state_dict(self, state: dict) -> None:
         pass
 
+    def tensors(self) -> dict:
+        """Named torch tensors to store in weights.safetensors (network weights)."""
+        return {}
+
+    def load_tensors(self, tensors: dict, source: Path) -> None:
+        pass
+
     def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.tensors().items()}
+        if tensors:
+            save_file(tensors, str(path / "weights.safetensors"))
         meta = {"policy": self.name, "config": self.config.model_dump(mode="json"), "state": self.state_dict()}
         (path / "policy.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
 
@@ -64,10 +83,40 @@ class RankPolicy(ABC):
             raise FedsimError(f"policy checkpoint {meta_file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
         if meta.get("policy") != self.name:
             raise FedsimError(f"policy checkpoint {path}: holds policy '{meta.get('policy')}', but the scenario asks for '{self.name}'")
+        if not isinstance(meta.get("state", {}), dict):
+            raise FedsimError(f"policy checkpoint {meta_file}: 'state' must be a mapping")
         self.load_state_dict(meta.get("state", {}))
+        weights = path / "weights.safetensors"
+        if weights.is_file():
+            from safetensors.torch import load_file
+
+            try:
+                tensors = load_file(str(weights))
+            except Exception as exc:  # safetensors raises its own error types for truncated or garbled files
+                raise FedsimError(f"policy checkpoint {weights}: unreadable safetensors file ({str(exc).splitlines()[0][:120]})") from None
+            self.load_tensors(tensors, weights)
+        elif self.tensors():
+            raise FedsimError(f"policy checkpoint {path}: no weights.safetensors, but policy '{self.name}' has learned weights")
         return self
 
 
 def clip_ranks(ranks: np.ndarray, max_rank: int) -> np.ndarray:
     """Round and clip to the integer range every policy must honour."""
     return np.clip(np.rint(np.asarray(ranks, dtype=float)), 0, max_rank).astype(np.int64)
+
+
+def assign_tensors(targets: dict, tensors: dict, source: Path) -> None:
+    """Copy `tensors` into the named `targets` (torch tensors), refusing a missing, extra or mis-shaped entry."""
+    import torch
+
+    missing, extra = sorted(set(targets) - set(tensors)), sorted(set(tensors) - set(targets))
+    if missing or extra:
+        which = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
+        raise FedsimError(f"policy checkpoint {source}: weights do not match this policy ({which}); was it saved with other sizes?")
+    with torch.no_grad():
+        for key, target in targets.items():
+            if tuple(target.shape) != tuple(tensors[key].shape):
+                raise FedsimError(
+                    f"policy checkpoint {source}: '{key}' has shape {tuple(tensors[key].shape)}, this policy needs {tuple(target.shape)}"
+                )
+            target.copy_(tensors[key])

@@ -7,10 +7,18 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from policies.base import RankPolicy
+from policies.adalora import AdaLoraConfig, AdaLoraPolicy
+from policies.airllm import AirLlmConfig, AirLlmPolicy
+from policies.channel_greedy import ChannelGreedyConfig, ChannelGreedyPolicy
 from policies.fixed import FixedConfig, FixedPolicy
+from policies.ppo import PpoConfig, PpoPolicy
 
 POLICIES: dict[str, tuple[type, type[RankPolicy]]] = {
     "fixed": (FixedConfig, FixedPolicy),
+    "channel-greedy": (ChannelGreedyConfig, ChannelGreedyPolicy),
+    "adalora": (AdaLoraConfig, AdaLoraPolicy),
+    "ppo": (PpoConfig, PpoPolicy),
+    "airllm": (AirLlmConfig, AirLlmPolicy),
 }
 
 _configs = tuple(cfg for cfg, _ in POLICIES.values())

@@ -1,0 +1,416 @@
+"""`airllm`: PPO + DDIM rank policy, after "AirLLM: Diffusion Policy-based Adaptive LoRA for Remote
+Fine-Tuning of LLM over the Air" (arXiv 2507.11515), in one file, top to bottom.
+
+How it decides, per selected client k (weights shared by all clients; client k sees its own
+channel in its features, so clients on different channels get different rank vectors):
+
+ 1. features s_k = policies.common.client_features(observation)[k]
+ 2. PPO actor: u ~ N(μ(s_k), σ), coarse action a_k = tanh(u) in [-1, 1]^16 (mean action when frozen)
+ 3. DDIM refinement: start from x_T ~ N(0, I) in R^L (L adapted layers) and run the 50-step DDIM
+    sampler (diffusers' `DDIMScheduler`) with a conditional denoiser ε_θ(x_t, t, a_k) and
+    classifier-free guidance
+        ε = ε_θ(x_t, t, ∅) + w · (ε_θ(x_t, t, a_k) - ε_θ(x_t, t, ∅)),   w = 1.5
+ 4. x_0 in [-1, 1]^L -> integer ranks r_l = round(min_rank + (x_l + 1)/2 · (max_rank - min_rank)).
+
+How it learns (alternating, `learn: true`), after each round's reward r_t:
+  * PPO (clip 0.2, GAE λ 0.95, γ 0.95, entropy 0.01) on the per-client transitions (s_k, u_k, r_t);
+    rewards are standardised by a running mean/std. Clients are re-sampled every round, so GAE runs
+    along client *slots*: an independent-learner approximation with the round reward shared.
+  * DDIM on a replay buffer of (a_k, x_k, r_t) with the reward-weighted denoising loss
+        L = E[ w(r) · ||ε - ε_θ(√ᾱ_t x + √(1-ᾱ_t) ε, t, a or ∅)||² ],  w(r) = clamp(1 + 0.1 · z(r), 0.1, 10)
+    (z = z-score of r over the buffer; the condition is dropped with p = 0.1 to learn ε_θ(·, ∅)).
+  * Exploration: while learning, executed rank vectors get Gaussian noise (σ = explore_noise).
+  * Bootstrapping: until the denoiser has trained on `warmup_transitions` transitions, the executed
+    rank vector is the coarse action resampled to L layers (so that the buffer's rank vectors already
+    depend on the coarse action; an untrained denoiser would ignore it).
+
+Checkpoint: policy.json (config, sizes, counters, reward statistics) + weights.safetensors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedsim.types import FedsimError, Observation
+from policies.base import RankPolicy, assign_tensors, clip_ranks
+from policies.common import RewardConfig, action_to_ranks, client_features, n_features
+
+
+class AirLlmConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["airllm"] = "airllm"
+    checkpoint: str | None = Field(None, description="Directory written by `fedsim train-policy` (policy.json + weights.safetensors).")
+    learn: bool = Field(False, description="Keep learning online from each round's reward (true) or act frozen (false).")
+    seed: int = Field(0, description="Seeds network initialisation, exploration and the DDIM start noise.")
+    min_rank: int = Field(0, ge=0, description="Smallest rank the policy may give a layer.")
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    # PPO (coarse action)
+    coarse_dim: int = Field(16, ge=1, description="Dimension of PPO's tanh-squashed coarse action.")
+    hidden: int = Field(64, ge=4, description="Width of the actor and critic MLPs.")
+    lr: float = Field(3e-4, gt=0)
+    clip: float = Field(0.2, gt=0)
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    gamma: float = Field(0.95, ge=0, le=1)
+    ent_coef: float = Field(0.01, ge=0)
+    vf_coef: float = Field(0.5, ge=0)
+    update_epochs: int = Field(4, ge=1)
+    minibatch: int = Field(64, ge=1)
+    rollout_rounds: int = Field(16, ge=1, description="PPO updates after this many rounds (and at the end of every run).")
+    init_log_std: float = Field(-0.5, description="Initial log σ of the coarse action's Gaussian.")
+    # DDIM (refinement)
+    denoiser_hidden: int = Field(128, ge=4)
+    denoiser_blocks: int = Field(2, ge=1)
+    train_timesteps: int = Field(100, ge=2, description="Diffusion steps of the training noise schedule.")
+    sampling_steps: int = Field(50, ge=1, description="DDIM sampling steps per decision.")
+    guidance: float = Field(1.5, ge=0, description="Classifier-free guidance weight w.")
+    cond_drop: float = Field(0.1, ge=0, le=1, description="Probability of dropping the condition while training the denoiser.")
+    ddim_lr: float = Field(1e-3, gt=0)
+    ddim_batch: int = Field(128, ge=1)
+    ddim_updates: int = Field(20, ge=0, description="Denoiser gradient steps per PPO update.")
+    buffer_size: int = Field(4096, ge=1)
+    explore_noise: float = Field(0.15, ge=0, description="σ of the Gaussian noise on executed rank vectors while learning.")
+    warmup_transitions: int = Field(128, ge=0)
+
+
+# --- networks ---------------------------------------------------------------------------------
+
+
+def mlp(sizes: list[int], out_gain: float = 1.0) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        linear = nn.Linear(a, b)
+        last = i == len(sizes) - 2
+        nn.init.orthogonal_(linear.weight, out_gain if last else math.sqrt(2))
+        nn.init.zeros_(linear.bias)
+        layers += [linear] if last else [linear, nn.Tanh()]
+    return nn.Sequential(*layers)
+
+
+class ActorCritic(nn.Module):
+    """PPO's Gaussian actor over the pre-tanh coarse action, and its critic."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int, init_log_std: float):
+        super().__init__()
+        self.actor = mlp([obs_dim, hidden, hidden, act_dim], out_gain=0.01)
+        self.critic = mlp([obs_dim, hidden, hidden, 1], out_gain=1.0)
+        self.log_std = nn.Parameter(torch.full((act_dim,), init_log_std))
+
+    def distribution(self, obs: torch.Tensor) -> torch.distributions.Normal:
+        return torch.distributions.Normal(self.actor(obs), self.log_std.exp().expand(obs.shape[0], -1))
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.critic(obs).squeeze(-1)
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Transformer-style embedding of the diffusion step: [sin(t ω_i), cos(t ω_i)], ω_i = 10000^(-i/(dim/2))."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+    angles = t.float()[:, None] * freqs[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden)
+        self.body = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return h + self.body(self.norm(h) + emb)
+
+
+class Denoiser(nn.Module):
+    """ε_θ(x_t, t, c): MLP with residual blocks; the time and condition embeddings enter every block.
+    A dropped condition (∅) is a learned null embedding."""
+
+    def __init__(self, x_dim: int, cond_dim: int, hidden: int, blocks: int, time_dim: int = 32):
+        super().__init__()
+        self.time_dim = time_dim
+        self.inp = nn.Linear(x_dim, hidden)
+        self.time = nn.Sequential(nn.Linear(time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.cond = nn.Sequential(nn.Linear(cond_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.null_cond = nn.Parameter(torch.zeros(hidden))
+        self.blocks = nn.ModuleList(ResidualBlock(hidden) for _ in range(blocks))
+        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, x_dim))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        cond_emb = torch.where(keep[:, None], self.cond(cond), self.null_cond.expand(x.shape[0], -1))
+        emb = self.time(sinusoidal_embedding(t, self.time_dim)) + cond_emb
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h, emb)
+        return self.out(h)
+
+
+def make_scheduler(train_timesteps: int):
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        num_train_timesteps=train_timesteps, beta_schedule="squaredcos_cap_v2", clip_sample=True, prediction_type="epsilon"
+    )
+
+
+@torch.no_grad()
+def ddim_sample(denoiser: Denoiser, scheduler, cond: torch.Tensor, x_dim: int, steps: int, guidance: float, generator: torch.Generator) -> torch.Tensor:
+    """DDIM (η = 0) with classifier-free guidance; conditional and unconditional passes share one batch."""
+    n = cond.shape[0]
+    scheduler.set_timesteps(steps)
+    x = torch.randn(n, x_dim, generator=generator)
+    keep = torch.cat([torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)])
+    for t in scheduler.timesteps:
+        eps = denoiser(torch.cat([x, x]), t.repeat(2 * n), torch.cat([cond, cond]), keep)
+        eps_cond, eps_uncond = eps[:n], eps[n:]
+        x = scheduler.step(eps_uncond + guidance * (eps_cond - eps_uncond), t, x).prev_sample
+    return x.clamp(-1.0, 1.0)
+
+
+def denoising_loss(denoiser: Denoiser, scheduler, x0: torch.Tensor, cond: torch.Tensor, weights: torch.Tensor, cond_drop: float, generator: torch.Generator) -> torch.Tensor:
+    """Reward-weighted ε-prediction loss with the condition dropped with probability `cond_drop`."""
+    n = x0.shape[0]
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=generator)
+    noise = torch.randn(x0.shape, generator=generator)
+    keep = torch.rand(n, generator=generator) >= cond_drop
+    predicted = denoiser(scheduler.add_noise(x0, noise, t), t, cond, keep)
+    return (weights * ((predicted - noise) ** 2).mean(dim=1)).mean()
+
+
+def reward_weights(rewards: np.ndarray) -> np.ndarray:
+    """w = clamp(1 + 0.1 · zscore(r), 0.1, 10)."""
+    std = rewards.std()
+    z = (rewards - rewards.mean()) / std if std > 1e-12 else np.zeros_like(rewards)
+    return np.clip(1.0 + 0.1 * z, 0.1, 10.0)
+
+
+def resample(coarse: np.ndarray, n_layers: int) -> np.ndarray:
+    """The coarse action, linearly resampled to one value per layer (bootstrapping only)."""
+    grid = np.linspace(0.0, 1.0, coarse.shape[1])
+    return np.stack([np.interp(np.linspace(0.0, 1.0, n_layers), grid, row) for row in coarse])
+
+
+# --- the policy -------------------------------------------------------------------------------
+
+
+@dataclass
+class Rollout:
+    """Per-round PPO data: one row per selected client."""
+
+    obs: list[np.ndarray] = field(default_factory=list)
+    pre_tanh: list[np.ndarray] = field(default_factory=list)
+    log_prob: list[np.ndarray] = field(default_factory=list)
+    value: list[np.ndarray] = field(default_factory=list)
+    reward: list[float] = field(default_factory=list)
+    done: list[bool] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.reward)
+
+
+class AirLlmPolicy(RankPolicy):
+    name = "airllm"
+
+    def __init__(self, config: AirLlmConfig):
+        super().__init__(config)
+        self.n_layers: int | None = None
+        self.updates = 0
+        self.ddim_trained_on = 0
+        self.reward_stats = [0, 0.0, 0.0]  # Welford count, mean, M2
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.scheduler = make_scheduler(config.train_timesteps)
+        self.rollout = Rollout()
+        self.buffer: list[tuple[np.ndarray, np.ndarray, float]] = []
+        self.pending: dict | None = None
+
+    # networks are sized by the first observation (or the checkpoint)
+    def _build(self, n_layers: int) -> None:
+        c = self.config
+        with torch.random.fork_rng():  # seeded initialisation without touching the global RNG
+            torch.manual_seed(c.seed)
+            self.agent = ActorCritic(n_features(n_layers), c.coarse_dim, c.hidden, c.init_log_std)
+            self.denoiser = Denoiser(n_layers, c.coarse_dim, c.denoiser_hidden, c.denoiser_blocks)
+        self.agent_opt = torch.optim.Adam(self.agent.parameters(), lr=c.lr, eps=1e-5)
+        self.denoiser_opt = torch.optim.Adam(self.denoiser.parameters(), lr=c.ddim_lr)
+        self.n_layers = n_layers
+
+    def _ensure_built(self, n_layers: int) -> None:
+        if self.n_layers is None:
+            self._build(n_layers)
+        elif self.n_layers != n_layers:
+            raise FedsimError(f"policy airllm: trained for {self.n_layers} adapted layers, the scenario has {n_layers}; retrain it for this adapter")
+
+    def reset(self) -> None:
+        self.pending = None
+
+    # --- acting -------------------------------------------------------------------------
+    def ranks(self, observation: Observation) -> np.ndarray:
+        c = self.config
+        self._ensure_built(observation.n_layers)
+        features = client_features(observation)
+        obs = torch.as_tensor(features)
+        if c.learn and len(self.rollout) >= c.rollout_rounds:
+            self._update(next_obs=obs)
+        generator = self.generator if c.learn else torch.Generator().manual_seed(
+            hash((c.seed, observation.round, tuple(int(i) for i in observation.channel.client_ids))) & 0x7FFFFFFF
+        )
+        with torch.no_grad():
+            dist = self.agent.distribution(obs)
+            pre_tanh = dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=generator) if c.learn else dist.mean
+            coarse = torch.tanh(pre_tanh)
+            if c.learn and self.ddim_trained_on < c.warmup_transitions:
+                x = torch.as_tensor(resample(coarse.numpy(), observation.n_layers), dtype=torch.float32)
+            else:
+                x = ddim_sample(self.denoiser, self.scheduler, coarse, observation.n_layers, c.sampling_steps, c.guidance, generator)
+            if c.learn:
+                x = (x + c.explore_noise * torch.randn(x.shape, generator=generator)).clamp(-1.0, 1.0)
+                self.pending = {
+                    "obs": features,
+                    "pre_tanh": pre_tanh.numpy(),
+                    "log_prob": dist.log_prob(pre_tanh).sum(-1).numpy(),
+                    "value": self.agent.value(obs).numpy(),
+                    "coarse": coarse.numpy(),
+                    "x": x.numpy(),
+                }
+        ranks = action_to_ranks(x.numpy(), min(c.min_rank, observation.max_rank), observation.max_rank)
+        return clip_ranks(ranks, observation.max_rank)
+
+    # --- learning -----------------------------------------------------------------------
+    def feedback(self, reward: float, info: dict) -> None:
+        if not self.config.learn or self.pending is None:
+            return
+        p, self.pending = self.pending, None
+        if len(self.rollout) and self.rollout.obs[-1].shape != p["obs"].shape:
+            self.rollout = Rollout()  # the number of clients changed: start a fresh rollout
+        self.rollout.obs.append(p["obs"])
+        self.rollout.pre_tanh.append(p["pre_tanh"])
+        self.rollout.log_prob.append(p["log_prob"])
+        self.rollout.value.append(p["value"])
+        self.rollout.reward.append(self._standardise(reward))
+        done = bool(info.get("done", False))
+        self.rollout.done.append(done)
+        for coarse, x in zip(p["coarse"], p["x"]):
+            self.buffer.append((coarse, x, float(reward)))
+        del self.buffer[: max(0, len(self.buffer) - self.config.buffer_size)]
+        if done:
+            self._update(next_obs=None)
+
+    def _standardise(self, reward: float) -> float:
+        count, mean, m2 = self.reward_stats
+        count += 1
+        delta = reward - mean
+        mean += delta / count
+        m2 += delta * (reward - mean)
+        self.reward_stats = [count, mean, m2]
+        std = math.sqrt(m2 / count) if count > 1 else 1.0
+        return (reward - mean) / max(std, 1e-3)
+
+    def _update(self, next_obs: torch.Tensor | None) -> None:
+        if len(self.rollout):
+            self._ppo_update(next_obs)
+        self._ddim_update()
+        self.rollout = Rollout()
+        self.updates += 1
+
+    def _ppo_update(self, next_obs: torch.Tensor | None) -> None:
+        c, r = self.config, self.rollout
+        values = np.stack(r.value)  # [T, clients]
+        next_value = self.agent.value(next_obs).detach().numpy() if next_obs is not None and not r.done[-1] else np.zeros(values.shape[1])
+        if next_value.shape != values[-1].shape:
+            next_value = np.zeros(values.shape[1])
+        advantages = np.zeros_like(values)
+        last = np.zeros(values.shape[1])
+        for t in reversed(range(len(r))):
+            following = next_value if t == len(r) - 1 else values[t + 1]
+            nonterminal = 0.0 if r.done[t] else 1.0
+            delta = r.reward[t] + c.gamma * following * nonterminal - values[t]
+            last = delta + c.gamma * c.gae_lambda * nonterminal * last
+            advantages[t] = last
+        returns = advantages + values
+        obs = torch.as_tensor(np.concatenate(r.obs))
+        pre_tanh = torch.as_tensor(np.concatenate(r.pre_tanh))
+        old_log_prob = torch.as_tensor(np.concatenate(r.log_prob))
+        adv = torch.as_tensor(advantages.reshape(-1), dtype=torch.float32)
+        ret = torch.as_tensor(returns.reshape(-1), dtype=torch.float32)
+        n = len(obs)
+        for _ in range(c.update_epochs):
+            order = torch.randperm(n, generator=self.generator)
+            for start in range(0, n, c.minibatch):
+                idx = order[start : start + c.minibatch]
+                dist = self.agent.distribution(obs[idx])
+                log_prob = dist.log_prob(pre_tanh[idx]).sum(-1)
+                ratio = (log_prob - old_log_prob[idx]).exp()
+                a = adv[idx]
+                if len(idx) > 1:
+                    a = (a - a.mean()) / (a.std() + 1e-8)
+                policy_loss = torch.max(-a * ratio, -a * ratio.clamp(1 - c.clip, 1 + c.clip)).mean()
+                value_loss = 0.5 * ((self.agent.value(obs[idx]) - ret[idx]) ** 2).mean()
+                entropy = dist.entropy().sum(-1).mean()
+                loss = policy_loss + c.vf_coef * value_loss - c.ent_coef * entropy
+                self.agent_opt.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.agent.parameters(), 0.5)
+                self.agent_opt.step()
+
+    def _ddim_update(self) -> None:
+        c = self.config
+        if not self.buffer or c.ddim_updates == 0:
+            return
+        coarse = torch.as_tensor(np.stack([b[0] for b in self.buffer]), dtype=torch.float32)
+        x0 = torch.as_tensor(np.stack([b[1] for b in self.buffer]), dtype=torch.float32)
+        weights = torch.as_tensor(reward_weights(np.array([b[2] for b in self.buffer])), dtype=torch.float32)
+        for _ in range(c.ddim_updates):
+            idx = torch.randint(0, len(self.buffer), (min(c.ddim_batch, len(self.buffer)),), generator=self.generator)
+            loss = denoising_loss(self.denoiser, self.scheduler, x0[idx], coarse[idx], weights[idx], c.cond_drop, self.generator)
+            self.denoiser_opt.zero_grad()
+            loss.backward()
+            self.denoiser_opt.step()
+        self.ddim_trained_on = len(self.buffer)
+
+    # --- persistence --------------------------------------------------------------------
+    ARCHITECTURE = ("coarse_dim", "hidden", "denoiser_hidden", "denoiser_blocks", "train_timesteps")
+
+    def state_dict(self) -> dict:
+        return {
+            "n_layers": self.n_layers,
+            "architecture": {k: getattr(self.config, k) for k in self.ARCHITECTURE},
+            "updates": self.updates,
+            "ddim_trained_on": self.ddim_trained_on,
+            "reward_stats": self.reward_stats,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        # The checkpoint decides the network sizes, so `policy: {name: airllm, checkpoint: DIR}` needs no other field.
+        architecture = state.get("architecture", {})
+        if not isinstance(architecture, dict) or set(architecture) - set(self.ARCHITECTURE):
+            raise FedsimError(f"policy checkpoint: airllm 'architecture' must hold only {list(self.ARCHITECTURE)}")
+        try:
+            self.config = AirLlmConfig.model_validate({**self.config.model_dump(), **architecture})
+        except Exception as exc:
+            raise FedsimError(f"policy checkpoint: airllm architecture {architecture} is invalid ({str(exc).splitlines()[0]})") from None
+        self.scheduler = make_scheduler(self.config.train_timesteps)
+        n_layers = state.get("n_layers")
+        if n_layers is not None:
+            if not isinstance(n_layers, int) or n_layers < 1:
+                raise FedsimError(f"policy checkpoint: airllm state n_layers={n_layers!r}; expected a positive integer")
+            self.n_layers = None
+            self._build(n_layers)
+        self.updates = int(state.get("updates", 0))
+        self.ddim_trained_on = int(state.get("ddim_trained_on", 0))
+        self.reward_stats = list(state.get("reward_stats", [0, 0.0, 0.0]))
+
+    def tensors(self) -> dict:
+        if self.n_layers is None:
+            return {}
+        return {**{f"agent.{k}": v for k, v in self.agent.state_dict().items()}, **{f"denoiser.{k}": v for k, v in self.denoiser.state_dict().items()}}
+
+    def load_tensors(self, tensors: dict, source) -> None:
+        if self.n_layers is None:
+            raise FedsimError(f"policy checkpoint {source}: weights present but policy.json has no n_layers")
+        assign_tensors(self.tensors(), tensors, source)

@@ -1,0 +1,136 @@
+"""`ppo`: stable-baselines3 PPO whose continuous action maps straight to per-layer ranks.
+
+The agent sees the whole round: the selected clients' feature rows (policies.common.client_features),
+flattened, and acts with a Box action in [-1, 1]^(clients · layers), mapped linearly to integer ranks
+
+    r_{k,l} = round(min_rank + (a_{k,l} + 1)/2 · (max_rank - min_rank)).
+
+It learns only under `fedsim train-policy` (SB3's `learn()` drives `policies.env.FederatedRoundEnv`);
+in a `fedsim run` it acts with the deterministic (mean) action of a checkpoint. Because the
+action covers a fixed number of clients, it must run with the `clients.per_round` it was trained with.
+
+Checkpoint: policy.json (config, sizes) + weights.safetensors (SB3's policy network). SB3's own
+zip format pickles parts of the model, so it is not used.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedsim.types import FedsimError, Observation
+from policies.base import RankPolicy, assign_tensors, clip_ranks
+from policies.common import RewardConfig, action_to_ranks, client_features, n_features
+
+
+class PpoConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["ppo"] = "ppo"
+    checkpoint: str | None = Field(None, description="Directory written by `fedsim train-policy` (policy.json + weights.safetensors).")
+    seed: int = Field(0, description="Seeds SB3's initialisation and sampling.")
+    min_rank: int = Field(0, ge=0, description="Smallest rank the policy may give a layer.")
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    hidden: int = Field(64, ge=4, description="Width of the two hidden layers of actor and critic.")
+    lr: float = Field(3e-4, gt=0)
+    n_steps: int = Field(64, ge=2, description="Rounds per PPO rollout (across episodes).")
+    batch_size: int = Field(32, ge=2)
+    n_epochs: int = Field(10, ge=1)
+    gamma: float = Field(0.95, ge=0, le=1)
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    clip: float = Field(0.2, gt=0)
+    ent_coef: float = Field(0.01, ge=0)
+
+
+def spaces_only_env(observation_space, action_space):
+    """Just enough of a gymnasium Env for SB3 to size its networks when acting from a checkpoint."""
+    import gymnasium as gym
+
+    class SpacesOnlyEnv(gym.Env):
+        def __init__(self):
+            self.observation_space, self.action_space = observation_space, action_space
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            return np.zeros(observation_space.shape, dtype=np.float32), {}
+
+        def step(self, action):
+            raise RuntimeError("a loaded PPO checkpoint acts through RankPolicy.ranks, not env.step")
+
+    return SpacesOnlyEnv()
+
+
+class PpoPolicy(RankPolicy):
+    name = "ppo"
+
+    def __init__(self, config: PpoConfig):
+        super().__init__(config)
+        self.model = None
+        self.n_clients: int | None = None
+        self.n_layers: int | None = None
+
+    def build(self, env) -> None:
+        """Create the SB3 model for `env` (a FederatedRoundEnv while training, a spaces-only env when loading)."""
+        from stable_baselines3 import PPO
+
+        c = self.config
+        self.model = PPO(
+            "MlpPolicy",
+            env,
+            learning_rate=c.lr,
+            n_steps=c.n_steps,
+            batch_size=c.batch_size,
+            n_epochs=c.n_epochs,
+            gamma=c.gamma,
+            gae_lambda=c.gae_lambda,
+            clip_range=c.clip,
+            ent_coef=c.ent_coef,
+            policy_kwargs={"net_arch": [c.hidden, c.hidden]},
+            seed=c.seed,
+            device="cpu",
+            verbose=0,
+        )
+
+    def _spaces(self, n_clients: int, n_layers: int):
+        import gymnasium as gym
+
+        obs = gym.spaces.Box(-5.0, 5.0, (n_clients * n_features(n_layers),), np.float32)
+        act = gym.spaces.Box(-1.0, 1.0, (n_clients * n_layers,), np.float32)
+        return obs, act
+
+    def ranks(self, observation: Observation) -> np.ndarray:
+        n, n_layers = observation.n_clients, observation.n_layers
+        if self.model is None:
+            self.n_clients, self.n_layers = n, n_layers
+            self.build(spaces_only_env(*self._spaces(n, n_layers)))
+        if (n, n_layers) != (self.n_clients, self.n_layers):
+            raise FedsimError(
+                f"policy ppo: trained for {self.n_clients} clients per round x {self.n_layers} layers, "
+                f"the scenario has {n} x {n_layers}; set clients.per_round={self.n_clients} or retrain"
+            )
+        action, _ = self.model.predict(client_features(observation).reshape(-1), deterministic=True)
+        ranks = action_to_ranks(np.asarray(action).reshape(n, n_layers), min(self.config.min_rank, observation.max_rank), observation.max_rank)
+        return clip_ranks(ranks, observation.max_rank)
+
+    def state_dict(self) -> dict:
+        return {"n_clients": self.n_clients, "n_layers": self.n_layers, "hidden": self.config.hidden}
+
+    def load_state_dict(self, state: dict) -> None:
+        n_clients, n_layers, hidden = state.get("n_clients"), state.get("n_layers"), state.get("hidden", self.config.hidden)
+        if n_clients is None:
+            return
+        if not all(isinstance(v, int) and v >= 1 for v in (n_clients, n_layers, hidden)):
+            raise FedsimError(f"policy checkpoint: ppo sizes n_clients={n_clients!r}, n_layers={n_layers!r}, hidden={hidden!r}; expected positive integers")
+        self.config = self.config.model_copy(update={"hidden": hidden})
+        self.n_clients, self.n_layers = n_clients, n_layers
+        self.build(spaces_only_env(*self._spaces(n_clients, n_layers)))
+
+    def tensors(self) -> dict:
+        return {} if self.model is None else dict(self.model.policy.state_dict())
+
+    def load_tensors(self, tensors: dict, source) -> None:
+        if self.model is None:
+            raise FedsimError(f"policy checkpoint {source}: weights present but policy.json has no sizes")
+        assign_tensors(self.tensors(), tensors, source)
