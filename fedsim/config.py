@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from channels import ChannelConfig
 from fedsim.types import FedsimError
-from policies import PolicyConfig
+from policies import POLICIES, PolicyConfig
 
 
 class _Section(BaseModel):
@@ -57,6 +57,11 @@ class AdapterConfig(_Section):
     target_modules: list[str] = Field(["query", "value"], min_length=1, description="Module names LoRA is injected into.")
     max_rank: int = Field(8, ge=1, description="The largest rank a policy may give a layer; the global adapter's rank.")
     alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator: the update is (alpha / max_rank) * B A.")
+    layers: list[int] | None = Field(
+        None,
+        description="Transformer layer indices to adapt (null = all). Adapting only upper layers lets fedsim cache "
+        "the frozen layers below them once per example, which makes training much faster.",
+    )
 
 
 class TrainConfig(_Section):
@@ -64,6 +69,13 @@ class TrainConfig(_Section):
     batch_size: int = Field(16, ge=1)
     lr: float = Field(2e-3, gt=0, description="Adam learning rate for the LoRA factors.")
     head_lr: float = Field(5e-3, gt=0, description="Adam learning rate for the classification head.")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="'bf16' runs forward/backward under bfloat16 autocast (faster on CPUs with bf16 support, not exact)."
+    )
+    prefix_cache: bool = Field(
+        True,
+        description="Cache the hidden states entering the lowest adapted layer (exact; used only when no adapter sits below it).",
+    )
 
 
 class ClientsConfig(_Section):
@@ -97,7 +109,7 @@ class Scenario(_Section):
     clients: ClientsConfig = Field(default_factory=ClientsConfig)
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
     channel: ChannelConfig = Field(default_factory=lambda: ChannelConfig())  # type: ignore[operator]
-    policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig())  # type: ignore[operator]
+    policy: PolicyConfig = Field(default_factory=lambda: POLICIES["fixed"][0]())  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _cross_field_checks(self) -> "Scenario":

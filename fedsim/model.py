@@ -9,6 +9,7 @@ run exports is a standard PEFT adapter: build the same classifier with
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -64,7 +65,11 @@ def load_encoder(backbone: str) -> nn.Module:
 
 
 class SentenceClassifier(nn.Module):
-    """Encoder -> masked mean pooling -> linear head (logits over the classes)."""
+    """Encoder -> masked mean pooling -> linear head (logits over the classes).
+
+    `forward(prefix_hidden=h, prefix_layers=k)` starts from cached hidden states
+    entering transformer layer k instead of from token ids (see `encode_prefix`).
+    """
 
     def __init__(self, encoder: nn.Module, num_labels: int):
         super().__init__()
@@ -72,11 +77,43 @@ class SentenceClassifier(nn.Module):
         self.head = nn.Linear(encoder.config.hidden_size, num_labels)
         self.name_or_path = getattr(encoder.config, "_name_or_path", "")  # PEFT records it in adapter_config.json
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def _layers(self) -> nn.ModuleList:
+        return self.encoder.encoder.layer
+
+    def _mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor):
+        from transformers.masking_utils import create_bidirectional_mask
+
+        return create_bidirectional_mask(config=self.encoder.config, inputs_embeds=hidden, attention_mask=attention_mask)
+
+    def supports_prefix(self) -> bool:
+        return hasattr(self.encoder, "embeddings") and hasattr(getattr(self.encoder, "encoder", None), "layer")
+
+    def encode_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: int) -> torch.Tensor:
+        """Hidden states entering transformer layer `layers`: embeddings plus the layers below it."""
+        hidden = self.encoder.embeddings(input_ids=input_ids)
+        mask = self._mask(hidden, attention_mask)
+        for layer in self._layers()[:layers]:
+            hidden = layer(hidden, mask)
+        return hidden
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        prefix_hidden: torch.Tensor | None = None,
+        prefix_layers: int = 0,
+        **_,
+    ) -> torch.Tensor:
+        if prefix_hidden is None:
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        else:
+            hidden = prefix_hidden
+            mask = self._mask(hidden, attention_mask)
+            for layer in self._layers()[prefix_layers:]:
+                hidden = layer(hidden, mask)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        return self.head(pooled)
+        return self.head(pooled.to(self.head.weight.dtype))
 
 
 def build_classifier(backbone: str, num_labels: int) -> SentenceClassifier:
@@ -96,7 +133,15 @@ class LoraClassifier:
     neither affect the output nor receive gradient.
     """
 
-    def __init__(self, backbone: str, num_labels: int, target_modules: list[str], max_rank: int, alpha: float):
+    def __init__(
+        self,
+        backbone: str,
+        num_labels: int,
+        target_modules: list[str],
+        max_rank: int,
+        alpha: float,
+        layers: list[int] | None = None,
+    ):
         from peft import LoraConfig, get_peft_model
         from peft.tuners.lora import LoraLayer
 
@@ -108,6 +153,7 @@ class LoraClassifier:
             lora_dropout=0.0,
             target_modules=list(target_modules),
             modules_to_save=["head"],
+            layers_to_transform=list(layers) if layers is not None else None,
         )
         try:
             self.model = get_peft_model(base, config)
@@ -122,9 +168,23 @@ class LoraClassifier:
         ]
         self.layer_names = [name for name, _ in self.layers]
         self.head = self.model.base_model.model.head.modules_to_save["default"]
+        self.classifier: SentenceClassifier = self.model.base_model.model
+        self.frozen_prefix_layers = self._frozen_prefix_layers()
         self._masks = [torch.ones(max_rank) for _ in self.layers]
         for (_, layer), mask in zip(self.layers, self._masks):
             layer.lora_A["default"].register_forward_hook(lambda _m, _i, out, mask=mask: out * mask)
+
+    def _frozen_prefix_layers(self) -> int:
+        """How many transformer layers sit below every adapter (0 when caching is not valid)."""
+        if not self.classifier.supports_prefix():
+            return 0
+        indices = []
+        for name in self.layer_names:
+            match = re.search(r"(?:^|\.)layer\.(\d+)\.", name)
+            if match is None:  # an adapter outside the transformer layers (e.g. embeddings): nothing is frozen
+                return 0
+            indices.append(int(match.group(1)))
+        return min(indices)
 
     # --- factors ----------------------------------------------------------------------------
     def factor(self, index: int) -> tuple[nn.Parameter, nn.Parameter]:

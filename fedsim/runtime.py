@@ -17,6 +17,7 @@ from fedsim.adapter_state import AdapterState, state_from_model
 from fedsim.config import Scenario
 from fedsim.data import Tokenized, load_corpus, partition, tokenize
 from fedsim.model import LoraClassifier, load_tokenizer
+from fedsim.prefix_cache import PrefixCache
 
 
 def _runtime_key(scenario: Scenario) -> str:
@@ -25,6 +26,8 @@ def _runtime_key(scenario: Scenario) -> str:
         "model": scenario.model.model_dump(),
         "data": scenario.data.model_dump(),
         "adapter": scenario.adapter.model_dump(),
+        "precision": scenario.train.precision,
+        "prefix_cache": scenario.train.prefix_cache,
         "num_clients": scenario.clients.num_clients,
         "seed": scenario.seed,
     }
@@ -44,12 +47,36 @@ class Runtime:
         with torch.random.fork_rng():
             torch.manual_seed(scenario.seed)  # seeds PEFT's initialisation of A, so the initial global adapter is reproducible
             self.model = LoraClassifier(
-                scenario.model.backbone, len(self.label_names), adapter.target_modules, adapter.max_rank, adapter.alpha
+                scenario.model.backbone,
+                len(self.label_names),
+                adapter.target_modules,
+                adapter.max_rank,
+                adapter.alpha,
+                adapter.layers,
             )
             torch.nn.init.normal_(self.model.head.weight, std=0.02)
             torch.nn.init.zeros_(self.model.head.bias)
         self.initial_state: AdapterState = state_from_model(self.model)
         self.eval_subset = self._eval_subset()
+        prefix_layers = self.model.frozen_prefix_layers if scenario.train.prefix_cache else 0
+        cache_dtype = torch.bfloat16 if scenario.train.precision == "bf16" else torch.float32
+        self.prefix = (
+            {
+                "train": PrefixCache(self.model.classifier, self.train, prefix_layers, cache_dtype),
+                "test": PrefixCache(self.model.classifier, self.test, prefix_layers, cache_dtype),
+            }
+            if prefix_layers > 0
+            else None
+        )
+
+    def batch(self, split: str, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        """Model inputs and labels for examples `indices` of 'train' or 'test', from the prefix cache when valid."""
+        if self.prefix is not None:
+            return self.prefix[split].batch(indices)
+        return (self.train if split == "train" else self.test).batch(indices)
+
+    def autocast(self):
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.scenario.train.precision == "bf16")
 
     def _eval_subset(self) -> np.ndarray:
         n = len(self.test)
@@ -76,8 +103,9 @@ def get_runtime(scenario: Scenario) -> Runtime:
     return _RUNTIMES[key]
 
 
-def batches_by_length(data: Tokenized, indices: np.ndarray, batch_size: int):
+def batches_by_length(runtime: Runtime, split: str, indices: np.ndarray, batch_size: int):
     """Evaluation batches of similar length, so dynamic padding wastes little."""
+    data = runtime.train if split == "train" else runtime.test
     order = indices[np.argsort(data.lengths[indices], kind="stable")]
     for start in range(0, len(order), batch_size):
-        yield data.batch(order[start : start + batch_size])
+        yield runtime.batch(split, order[start : start + batch_size])

@@ -40,10 +40,12 @@ def local_train(runtime: Runtime, payload: dict[str, np.ndarray], client_id: int
     for _ in range(cfg.local_steps):
         if cursor + cfg.batch_size > len(order):
             order, cursor = rng.permutation(shard), 0
-        batch = runtime.train.batch(order[cursor : cursor + cfg.batch_size])
+        batch = runtime.batch("train", order[cursor : cursor + cfg.batch_size])
         cursor += cfg.batch_size
-        logits = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        loss = F.cross_entropy(logits, batch["labels"])
+        labels = batch.pop("labels")
+        with runtime.autocast():
+            logits = model.model(**batch)
+        loss = F.cross_entropy(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -60,8 +62,10 @@ def evaluate(runtime: Runtime, payload: dict[str, np.ndarray], indices: np.ndarr
     model = runtime.model
     load_payload(model, payload)
     total_loss, correct = 0.0, 0
-    for batch in batches_by_length(runtime.test, indices, EVAL_BATCH):
-        logits = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        total_loss += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
-        correct += int((logits.argmax(-1) == batch["labels"]).sum())
+    for batch in batches_by_length(runtime, "test", indices, EVAL_BATCH):
+        labels = batch.pop("labels")
+        with runtime.autocast():
+            logits = model.model(**batch).float()
+        total_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
+        correct += int((logits.argmax(-1) == labels).sum())
     return total_loss / len(indices), correct / len(indices)
