@@ -33,9 +33,9 @@ class ComputeModel:
     def speeds(self, client_ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(client_ids, dtype=np.int64)
         need = int(ids.max(initial=-1)) + 1
-        if need > len(self._speed):
-            new = [np.exp(self.config.speed_sigma * np.random.default_rng([self.seed, 7021, c]).standard_normal()) for c in range(len(self._speed), need)]
-            self._speed = np.concatenate([self._speed, new])
+        while len(self._speed) < need:  # seeded blocks of clients: a client's speed never depends on the others
+            rng = np.random.default_rng([self.seed, 7021, len(self._speed) // 256])
+            self._speed = np.concatenate([self._speed, np.exp(self.config.speed_sigma * rng.standard_normal(256))])
         return self._speed[ids]
 
     def cost(self, client_ids: np.ndarray, samples: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

@@ -1,8 +1,8 @@
 r"""Large-scale SNR of each client: fixed, a per-client distribution, or distance-based.
 
 Every value here is fixed for a client for the whole run (heterogeneity, not
-fading): the per-client draws and the placement come from a generator seeded by
-(run seed, client id), so a client keeps its SNR whichever rounds it is picked in
+fading): the per-client draws and the placement come from generators seeded by
+(run seed, block of 256 client ids), so a client keeps its SNR whichever rounds it is picked in
 and however many clients the run has.
 
 * ``fixed``:    :math:`\bar\gamma_k = \mathrm{snr\_db}`.
@@ -28,6 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 NOISE_PSD_DBM_HZ = -174.0  # thermal noise at 290 K
+CLIENT_BLOCK = 256  # per-client draws are made this many clients at a time, each block from its own seed
 
 
 class GeometryConfig(BaseModel):
@@ -75,22 +76,22 @@ class LargeScaleSNR:
 
     def _client_draws(self, client_ids: np.ndarray) -> np.ndarray:
         need = int(client_ids.max(initial=-1)) + 1
-        if need > len(self._drawn):
-            rows = [self._draw_one(c) for c in range(len(self._drawn), need)]
-            self._drawn = np.vstack([self._drawn, np.array(rows).reshape(-1, 2)])
+        while len(self._drawn) < need:  # clients come in seeded blocks, so a client's draw never depends on the others
+            self._drawn = np.vstack([self._drawn, self._draw_block(len(self._drawn) // CLIENT_BLOCK)])
         return self._drawn[client_ids]
 
-    def _draw_one(self, client: int) -> tuple[float, float]:
-        rng = np.random.default_rng([self.seed, 7020, client])
+    def _draw_block(self, block: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, 7020, block])
+        first, second = np.zeros(CLIENT_BLOCK), np.zeros(CLIENT_BLOCK)
         if self.kind == "uniform":
-            return rng.uniform(-self.spread_db, self.spread_db), 0.0
-        if self.kind == "normal":
-            return rng.normal(0.0, self.spread_db), 0.0
-        if self.kind == "distance":
+            first = rng.uniform(-self.spread_db, self.spread_db, CLIENT_BLOCK)
+        elif self.kind == "normal":
+            first = rng.normal(0.0, self.spread_db, CLIENT_BLOCK)
+        elif self.kind == "distance":
             g = self.geometry
-            distance = np.sqrt(rng.uniform(g.min_distance_m**2, g.max_distance_m**2))
-            return distance, rng.normal(0.0, g.shadowing_db) if g.shadowing_db > 0 else 0.0
-        return 0.0, 0.0
+            first = np.sqrt(rng.uniform(g.min_distance_m**2, g.max_distance_m**2, CLIENT_BLOCK))
+            second = rng.normal(0.0, g.shadowing_db, CLIENT_BLOCK)
+        return np.stack([first, second], axis=1)
 
     def distances(self, client_ids: np.ndarray) -> np.ndarray:
         """Client distances in metres (`distance` kind only)."""

@@ -31,7 +31,7 @@ def merge_preset(raw: dict) -> dict:
     if name is None:
         return raw
     if name not in PRESETS:
-        raise ValueError(f"channel.preset = {name!r} is unknown; allowed: {', '.join(PRESETS)}")
+        raise ValueError(f"unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
     merged = {key: (dict(value) if isinstance(value, dict) else value) for key, value in PRESETS[name].items()}
     for key, value in raw.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):

@@ -74,6 +74,7 @@ class RankAdaptiveStrategy:
         self.layer_importance = np.zeros(n_layers)
         self.cum_bytes_up = 0
         self.cum_bytes_down = 0
+        self.cum_bytes_delivered = 0
         self.pending: PendingRound | None = None
         self.prepared: tuple | None = None
         self._data_stats: np.ndarray | None = None
@@ -237,6 +238,8 @@ class RankAdaptiveStrategy:
         bytes_down = int(pending.bytes_down.sum())
         self.cum_bytes_up += bytes_up
         self.cum_bytes_down += bytes_down
+        bytes_delivered = int(sum(r["bytes_up"] for r in client_rows if r["delivered"]))
+        self.cum_bytes_delivered += bytes_delivered
         train_losses = [r["train_loss"] for r in client_rows if r["delivered"]]
         row = {
             "round": server_round,
@@ -251,6 +254,8 @@ class RankAdaptiveStrategy:
             "clients_selected": len(pending.clients),
             "clients_dropped": len(pending.clients) - len(delivered_uploads),
             "train_loss": float(np.mean(train_losses)) if train_losses else float("nan"),
+            "bytes_delivered": bytes_delivered,
+            "cum_bytes_delivered": self.cum_bytes_delivered,
             "packets": int(sum(t.packets for t in transmissions)),
             "retransmissions": int(sum(t.retransmissions for t in transmissions)),
             "compute_energy_j": float(sum(t.compute_energy_j for t in transmissions)),

@@ -1,0 +1,333 @@
+"""Channel blocks against their closed forms (Monte Carlo, 10^5 seeded draws) and their exact properties."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import integrate, special
+
+from channels import ChannelConfig, build_channel
+from channels.aircomp import superpose
+from channels.large_scale import GeometryConfig, distance_snr_db
+from channels.packet_error import packet_error_rate
+from channels.quantization import dequantize_payload, encoded_bits, expected_bytes, quantize_payload, quantize_tensor
+from channels.rate import rayleigh_mean_rate, rayleigh_outage_probability
+from fedsim.adapter_state import AdapterState
+from fedsim.aggregation import aggregate
+
+N = 100_000
+IDS = np.arange(N)
+
+
+def channel(**fields):
+    return build_channel(ChannelConfig.model_validate(fields), seed=0)
+
+
+def close(estimate: float, exact: float, standard_error: float) -> bool:
+    """The acceptance rule: within 1 % relative or 3 standard errors."""
+    return abs(estimate - exact) <= max(0.01 * abs(exact), 3.0 * standard_error)
+
+
+@pytest.mark.parametrize("snr_db", [0.0, 10.0, 20.0])
+def test_rayleigh_mean_rate_matches_closed_form(snr_db):
+    ch = channel(kind="rayleigh", snr_db=snr_db, bandwidth_hz=1e6, access="tdma")  # tdma: every client gets B
+    rate = ch.draw(1, IDS, np.random.default_rng(1)).rate_bps
+    exact = 1e6 * np.exp(10 ** (-snr_db / 10)) * special.exp1(10 ** (-snr_db / 10)) / np.log(2)
+    assert exact == pytest.approx(rayleigh_mean_rate(1e6, snr_db))
+    assert close(rate.mean(), exact, rate.std() / np.sqrt(N))
+
+
+@pytest.mark.parametrize("snr_db, target", [(5.0, 1e6), (10.0, 2e6), (15.0, 1e6)])
+def test_rayleigh_outage_matches_closed_form(snr_db, target):
+    ch = channel(kind="rayleigh", snr_db=snr_db, bandwidth_hz=1e6, access="tdma", target_rate_bps=target)
+    rng = np.random.default_rng(2)
+    sent = ch.uplink(ch.draw(1, IDS, rng), np.full(N, 1000), rng)
+    observed = np.mean([t.drop_reason == "outage" for t in sent])
+    exact = 1 - np.exp(-(2 ** (target / 1e6) - 1) / 10 ** (snr_db / 10))
+    assert exact == pytest.approx(rayleigh_outage_probability(target, 1e6, snr_db))
+    assert close(observed, exact, np.sqrt(exact * (1 - exact) / N))
+
+
+@pytest.mark.parametrize("snr_db", [0.0, 5.0])
+def test_packet_error_mean_matches_integral_over_fading(snr_db):
+    m, snr = 0.023, 10 ** (snr_db / 10)
+    integral = 1 - integrate.quad(lambda g: np.exp(-m / (snr * g)) * np.exp(-g), 0, np.inf)[0]
+    a = m / snr
+    assert integral == pytest.approx(1 - 2 * np.sqrt(a) * special.k1(2 * np.sqrt(a)), rel=1e-6)
+    ch = channel(kind="rayleigh", snr_db=snr_db, access="tdma", packet_error=True, packet_bits=12000, per_m=m)
+    rng = np.random.default_rng(3)
+    states = ch.draw(1, IDS, rng)
+    per = packet_error_rate(snr * states.fading_gain, m)
+    assert close(per.mean(), integral, per.std() / np.sqrt(N))
+    # The simulated loss of one-packet uploads has the same mean.
+    sent = ch.uplink(states, np.full(N, 8000), rng)
+    lost = np.mean([t.drop_reason == "packet-error" for t in sent])
+    assert close(lost, integral, np.sqrt(integral * (1 - integral) / N))
+
+
+@pytest.mark.parametrize("k_factor", [0.0, 1.0, 5.0, 20.0])
+def test_rician_mean_gain_is_one(k_factor):
+    gain = channel(kind="rician", k_factor=k_factor).draw(1, IDS, np.random.default_rng(4)).fading_gain
+    assert close(gain.mean(), 1.0, gain.std() / np.sqrt(N))
+    if k_factor > 0:  # a stronger line of sight fluctuates less
+        assert gain.var() < 1.0
+
+
+def test_gauss_markov_fading_is_correlated_across_rounds():
+    ch = channel(kind="rayleigh", correlation=0.9)
+    rng = np.random.default_rng(5)
+    g1 = ch.draw(1, IDS, rng).fading_gain
+    g2 = ch.draw(2, IDS, rng).fading_gain
+    g4 = ch.draw(4, IDS, rng).fading_gain  # two rounds later: rho^2
+    assert np.corrcoef(g1, g2)[0, 1] == pytest.approx(0.9**2, abs=0.01)  # corr(|h1|^2, |h2|^2) = rho^2
+    assert np.corrcoef(g2, g4)[0, 1] == pytest.approx(0.9**4, abs=0.01)
+    assert close(g2.mean(), 1.0, g2.std() / np.sqrt(N))
+    independent = channel(kind="rayleigh").draw(1, IDS, rng).fading_gain
+    assert abs(np.corrcoef(g1, independent)[0, 1]) < 0.01
+
+
+def test_path_loss_difference_is_exact():
+    geometry = GeometryConfig(path_loss_exponent=3.7, shadowing_db=0.0)
+    d1, d2 = 35.0, 410.0
+    snr1, snr2 = distance_snr_db(np.array([d1, d2]), 0.2, 1e5, geometry)
+    assert snr1 - snr2 == pytest.approx(10 * 3.7 * np.log10(d2 / d1), abs=1e-9)
+    # Through the channel: placed clients, same band, shadowing off.
+    ch = channel(large_scale="distance", geometry={"path_loss_exponent": 3.7, "shadowing_db": 0.0}, access="tdma")
+    states = ch.draw(1, np.arange(50), np.random.default_rng(0))
+    d = states.extra["distance_m"]
+    assert np.all((d >= 10) & (d <= 500))
+    diff = states.snr_db[:, None] - states.snr_db[None, :]
+    assert np.allclose(diff, 10 * 3.7 * np.log10(d[None, :] / d[:, None]), atol=1e-9)
+    # The thermal noise floor: -174 dBm/Hz + NF over the band, 23 dBm transmit power.
+    pl = 40 + 10 * 3.7 * np.log10(d[0])
+    assert states.snr_db[0] == pytest.approx(10 * np.log10(200) - pl - (-174 + 10 * np.log10(1e6) + 7.0))
+
+
+def test_placement_is_seeded_and_fixed_for_the_run():
+    cfg = ChannelConfig.model_validate({"large_scale": "distance"})
+    a, b = build_channel(cfg, seed=1), build_channel(cfg, seed=1)
+    rng = np.random.default_rng(0)
+    first = a.draw(1, np.array([3, 7]), rng).extra["distance_m"]
+    again = a.draw(9, np.array([7, 3]), rng).extra["distance_m"]
+    assert np.array_equal(first, again[::-1])
+    assert np.array_equal(first, b.draw(1, np.array([3, 7]), rng).extra["distance_m"])
+    assert not np.array_equal(first, build_channel(cfg, seed=2).draw(1, np.array([3, 7]), rng).extra["distance_m"])
+
+
+def test_per_client_snr_distributions():
+    uniform = channel(large_scale="uniform", snr_db=10, snr_spread_db=5).draw(1, IDS, np.random.default_rng(0)).snr_db
+    assert uniform.min() >= 5 and uniform.max() <= 15 and close(uniform.mean(), 10, uniform.std() / np.sqrt(N))
+    normal = channel(large_scale="normal", snr_db=10, snr_spread_db=3).draw(1, IDS[:20000], np.random.default_rng(0)).snr_db
+    assert normal.std() == pytest.approx(3, rel=0.03)
+
+
+# --- quantisation -------------------------------------------------------------------------------
+
+
+def test_nearest_rounding_error_is_within_half_a_step():
+    x = np.random.default_rng(0).standard_normal((64, 33)).astype(np.float32)
+    for bits in (16, 8, 4):
+        codes, scale = quantize_tensor(x, bits, "nearest", None)
+        back = dequantize_payload({"t": codes, "t/scale": scale}, bits, {"t": x.shape})["t"]
+        assert scale[0] == pytest.approx(np.abs(x).max() / (2 ** (bits - 1) - 1))
+        assert np.abs(back - x).max() <= scale[0] / 2 * (1 + 1e-5)
+        assert np.abs(back - x).max() > 0  # the error is real
+
+
+def test_stochastic_rounding_is_unbiased():
+    x = np.random.default_rng(1).uniform(-1, 1, 200).astype(np.float32)
+    rng = np.random.default_rng(2)
+    draws = 4000
+    total = np.zeros_like(x, dtype=np.float64)
+    for _ in range(draws):
+        codes, scale = quantize_tensor(x, 8, "stochastic", rng)
+        total += dequantize_payload({"t": codes, "t/scale": scale}, 8, {"t": x.shape})["t"]
+    step = np.abs(x).max() / 127
+    mean_error = total / draws - x
+    assert np.abs(mean_error).max() < 4 * (step / 2) / np.sqrt(draws)  # each draw errs < step, sd <= step/2
+    codes, scale = quantize_tensor(x, 8, "nearest", None)
+    nearest_bias = np.abs(dequantize_payload({"t": codes, "t/scale": scale}, 8, {"t": x.shape})["t"] - x).mean()
+    assert np.abs(mean_error).mean() < nearest_bias / 5
+
+
+@pytest.mark.parametrize("bits", [32, 16, 8, 4])
+def test_quantised_bytes_are_exact(bits):
+    rng = np.random.default_rng(0)
+    shapes = {"A.0": (3, 31), "B.0": (31, 3), "head.weight": (7, 31), "head.bias": (7,)}
+    payload = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    encoded = quantize_payload(payload, bits, "stochastic", rng)
+    n = {k: int(np.prod(s)) for k, s in shapes.items()}
+    exact = 4 * sum(n.values()) if bits == 32 else sum((v * bits + 7) // 8 + 4 for v in n.values())
+    assert encoded_bits(encoded) == 8 * exact == 8 * expected_bytes(shapes, bits)
+    decoded = dequantize_payload(encoded, bits, shapes)
+    assert {k: v.shape for k, v in decoded.items()} == shapes
+    assert all(v.dtype == np.float32 for v in decoded.values())
+    if bits == 32:
+        assert all(np.array_equal(decoded[k], payload[k]) for k in shapes)
+
+
+# --- AirComp --------------------------------------------------------------------------------
+
+
+def _client_updates(rng, ranks_per_client, in_dim=12, out_dim=10, max_rank=4, classes=5):
+    updates = []
+    for ranks in ranks_per_client:
+        u = {"head.weight": rng.standard_normal((classes, in_dim)).astype(np.float32), "head.bias": rng.standard_normal(classes).astype(np.float32)}
+        for i, r in enumerate(ranks):
+            if r:
+                u[f"A.{i}"] = rng.standard_normal((r, in_dim)).astype(np.float32)
+                u[f"B.{i}"] = rng.standard_normal((out_dim, r)).astype(np.float32)
+        updates.append(u)
+    shapes = {"head.weight": (classes, in_dim), "head.bias": (classes,)}
+    for i in range(len(ranks_per_client[0])):
+        shapes[f"A.{i}"], shapes[f"B.{i}"] = (max_rank, in_dim), (out_dim, max_rank)
+    glob = AdapterState(
+        A=[rng.standard_normal((max_rank, in_dim)).astype(np.float32) for _ in ranks_per_client[0]],
+        B=[rng.standard_normal((out_dim, max_rank)).astype(np.float32) for _ in ranks_per_client[0]],
+        head={k: np.zeros(s, dtype=np.float32) for k, s in shapes.items() if k.startswith("head")},
+    )
+    return updates, shapes, glob
+
+
+def test_aircomp_without_noise_equals_digital_fedavg():
+    rng = np.random.default_rng(0)
+    updates, shapes, glob = _client_updates(rng, [[4, 2, 0], [1, 3, 0], [4, 4, 0]])
+    weights = np.array([10.0, 30.0, 60.0])
+    ch = channel(mode="aircomp", kind="awgn", snr_db=0.0, aircomp={"noise": False})
+    states = ch.draw(1, np.arange(3), rng)
+    sent, result = ch.superpose(updates, weights, states, rng, shapes)
+    assert all(t.delivered for t in sent) and result.mse == 0.0
+    digital, _ = aggregate(glob, updates, list(weights), "fedavg-factors", rng)
+    for i in range(2):
+        assert np.allclose(result.aggregate[f"A.{i}"], digital.A[i], atol=1e-6)
+        assert np.allclose(result.aggregate[f"B.{i}"], digital.B[i], atol=1e-6)
+    assert "A.2" not in result.aggregate  # nobody sent layer 2: the server keeps its own
+    for key in ("head.weight", "head.bias"):
+        assert np.allclose(result.aggregate[key], digital.head[key], atol=1e-6)
+    # One slot for everyone, whatever the number of clients: ceil(D/2) complex symbols over B.
+    symbols = sum(int(np.prod(s)) for s in shapes.values())
+    assert {t.latency_s for t in sent} == {np.ceil(symbols / 2) / 1e6}
+
+
+def test_aircomp_mse_grows_as_snr_falls():
+    updates, shapes, _ = _client_updates(np.random.default_rng(0), [[4, 4], [2, 4], [4, 1], [3, 3]])
+    weights = np.ones(4)
+    mses = []
+    for snr_db in range(-10, 31, 5):
+        ch = channel(mode="aircomp", kind="rayleigh", snr_db=float(snr_db), aircomp={"gain_threshold": 0.05})
+        rng = np.random.default_rng(7)
+        states = ch.draw(1, np.arange(4), rng)
+        _, result = ch.superpose(updates, weights, states, rng, shapes)
+        mses.append(result.mse)
+    assert all(a > b for a, b in zip(mses, mses[1:])), mses
+    assert mses[0] / mses[-1] == pytest.approx(10 ** 4, rel=1e-6)  # MSE = P / eta: exactly 1/SNR
+
+
+def test_aircomp_truncates_deep_fades():
+    rng = np.random.default_rng(1)
+    updates, shapes, _ = _client_updates(rng, [[2]] * 4)
+    ch = channel(mode="aircomp", kind="rayleigh", snr_db=10.0, aircomp={"gain_threshold": 0.5})
+    states = ch.draw(1, np.arange(4), rng)
+    states.fading_gain[:] = [0.1, 2.0, 0.6, 1.0]
+    sent, result = ch.superpose(updates, np.ones(4), states, rng, shapes)
+    assert [t.drop_reason for t in sent] == ["aircomp-truncated", "", "", ""]
+    assert list(result.senders) == [False, True, True, True]
+    assert sent[2].energy_j == pytest.approx(0.2 * sent[2].latency_s)  # the weakest sender uses full power
+    assert sent[1].energy_j == pytest.approx(0.2 * sent[1].latency_s * 0.6 / 2.0)
+
+
+def test_superpose_function_rejects_no_senders():
+    updates, shapes, _ = _client_updates(np.random.default_rng(0), [[1]])
+    result = superpose(updates, np.ones(1), np.zeros(1), np.ones(1), np.zeros(1, bool), shapes, True, np.random.default_rng(0))
+    assert result.aggregate == {} and np.isnan(result.mse)
+
+
+# --- access, losses, cost -------------------------------------------------------------------------
+
+
+def test_fdma_round_latency_is_max_and_tdma_is_sum():
+    bits = np.array([1e5, 2e5, 4e5])
+    fdma = channel(snr_db=10.0, bandwidth_hz=3e6)
+    states = fdma.draw(1, np.arange(3), np.random.default_rng(0))
+    assert np.allclose(states.bandwidth_hz, 1e6)
+    sent = fdma.uplink(states, bits, np.random.default_rng(0))
+    assert [t.latency_s for t in sent] == pytest.approx(list(bits / (1e6 * np.log2(11))))
+    assert fdma.round_latency(sent) == pytest.approx(4e5 / (1e6 * np.log2(11)))
+    tdma = channel(snr_db=10.0, bandwidth_hz=3e6, access="tdma")
+    sent = tdma.uplink(tdma.draw(1, np.arange(3), np.random.default_rng(0)), bits, np.random.default_rng(0))
+    assert tdma.round_latency(sent) == pytest.approx(bits.sum() / (3e6 * np.log2(11)))
+    assert sent[0].energy_j == pytest.approx(0.2 * sent[0].latency_s)
+
+
+def test_proportional_fdma_shares_by_data_size():
+    ch = channel(access="fdma-proportional", bandwidth_hz=1e6)
+    ch.set_data_sizes([100, 300, 600, 50])
+    states = ch.draw(1, np.array([0, 1, 2]), np.random.default_rng(0))
+    assert np.allclose(states.bandwidth_hz, [1e5, 3e5, 6e5])
+
+
+def test_snr_gap_lowers_the_rate():
+    rate = channel(snr_db=10.0, snr_gap_db=3.0, access="tdma").draw(1, np.arange(1), np.random.default_rng(0)).rate_bps[0]
+    assert rate == pytest.approx(1e6 * np.log2(1 + 10 / 10**0.3))
+
+
+def test_harq_retransmissions_recover_packets_and_cost_airtime():
+    rng = np.random.default_rng(0)
+    ids = np.arange(20000)
+    bits = np.full(len(ids), 120000)  # 10 packets
+    plain = channel(kind="rayleigh", snr_db=5.0, packet_error=True, access="tdma")
+    states = plain.draw(1, ids, rng)
+    lost_plain = np.mean([not t.delivered for t in plain.uplink(states, bits, np.random.default_rng(1))])
+    harq = channel(kind="rayleigh", snr_db=5.0, packet_error=True, access="tdma", harq_retransmissions=2)
+    sent = harq.uplink(states, bits, np.random.default_rng(1))
+    lost_harq = np.mean([not t.delivered for t in sent])
+    assert lost_harq < lost_plain / 2
+    resent = [t for t in sent if t.retransmissions]
+    assert resent and all(t.packets == 10 for t in sent)
+    t = resent[0]
+    k = sent.index(t)
+    assert t.latency_s == pytest.approx((120000 + t.retransmissions * 12000) / states.rate_bps[k])
+
+
+def test_deadline_drops_late_uploads_and_cuts_their_airtime():
+    ch = channel(snr_db=10.0, bandwidth_hz=1e6, access="tdma", deadline_s=1.0, compute={"enabled": True, "cycles_per_sample": 1e7, "cpu_hz": 1e9})
+    assert ch.deadline_s == 1.0
+    rate = 1e6 * np.log2(11)
+    bits = np.array([0.3, 0.3, 0.3]) * rate  # 0.3 s each, after 0.16 s of computation (16 samples)
+    sent = ch.uplink(ch.draw(1, np.arange(3), np.random.default_rng(0)), bits, np.random.default_rng(0), samples=np.full(3, 16))
+    assert [t.drop_reason for t in sent] == ["", "", "deadline"]
+    assert sent[0].compute_s == pytest.approx(0.16)
+    assert sent[2].latency_s == pytest.approx(1.0 - 0.16 - 0.6)
+    assert sent[0].compute_energy_j == pytest.approx(1e-28 * 16e7 * 1e9**2)
+    assert sent[0].energy_j == pytest.approx(0.2 * 0.3 + sent[0].compute_energy_j)
+    assert ch.round_latency(sent) == pytest.approx(1.0)
+    assert channel().deadline_s == np.inf
+
+
+def test_presets_ideal_never_drops_and_harsh_does():
+    rng = np.random.default_rng(0)
+    bits = np.full(2000, 150000)
+    ideal = build_channel(ChannelConfig.model_validate({"preset": "ideal"}))
+    assert all(t.delivered for t in ideal.uplink(ideal.draw(1, np.arange(2000), rng), bits, rng))
+    harsh_cfg = ChannelConfig.model_validate({"preset": "harsh", "snr_db": 6.0, "access": "tdma"})
+    assert (harsh_cfg.kind, harsh_cfg.snr_db, harsh_cfg.packet_error) == ("rayleigh", 6.0, True)
+    harsh = build_channel(harsh_cfg)
+    reasons = {t.drop_reason for t in harsh.uplink(harsh.draw(1, np.arange(2000), rng), bits, rng)}
+    assert {"outage", "packet-error"} <= reasons
+    moderate = ChannelConfig.model_validate({"preset": "moderate"})
+    assert (moderate.kind, moderate.k_factor, moderate.snr_db) == ("rician", 5.0, 20.0)
+    # The resolved config (preset + every field) loads back to itself.
+    assert ChannelConfig.model_validate(harsh_cfg.model_dump()) == harsh_cfg
+
+
+def test_same_seed_same_draws():
+    def run():
+        ch = build_channel(ChannelConfig.model_validate({"preset": "harsh", "large_scale": "distance", "correlation": 0.5}), seed=4)
+        rng = np.random.default_rng(9)
+        out = []
+        for r in range(1, 4):
+            s = ch.draw(r, np.array([1, 4, 6]), rng)
+            out.append((s.snr_db, s.fading_gain, [t.drop_reason for t in ch.uplink(s, np.full(3, 50000), rng)]))
+        return repr(out)
+
+    assert run() == run()

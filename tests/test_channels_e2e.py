@@ -1,0 +1,96 @@
+"""The channel inside real runs (tiny-random backbone, inline engine), and bad channel config at the CLI."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from channels.quantization import expected_bytes
+from fedsim.cli import main
+from fedsim.config import load_scenario
+from fedsim.run import run_scenario
+
+QUICKSTART = "scenarios/quickstart.yaml"
+FAST = ["engine=inline", "model.backbone=tiny-random", "rounds=2", "data.eval_samples=32", "data.eval_full_final=false", "train.local_steps=2"]
+
+
+def read_rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_quickstart_drops_updates_at_harsh_and_none_at_ideal(tmp_path):
+    ledgers = {}
+    for preset in ("harsh", "ideal"):
+        scenario = load_scenario(QUICKSTART, FAST + [f"channel={{preset: {preset}, bandwidth_hz: 1.0e+6}}"])
+        run_scenario(scenario, tmp_path / preset, progress=False)
+        ledgers[preset] = (read_rows(tmp_path / preset / "rounds.csv"), read_rows(tmp_path / preset / "clients.csv"))
+
+    rounds, clients = ledgers["harsh"]
+    dropped = [c for c in clients if c["delivered"] == "0"]
+    assert dropped, "harsh drops some updates"
+    assert {c["drop_reason"] for c in dropped} <= {"outage", "packet-error", "deadline"}
+    assert all(c["drop_reason"] == "" for c in clients if c["delivered"] == "1")
+    for column in ("snr_db", "fading_gain", "rate_bps", "latency_s", "energy_j", "packets", "retransmissions"):
+        assert all(c[column] != "" for c in clients), column
+    assert len({c["fading_gain"] for c in clients}) > 1  # Rayleigh: drawn per client per round
+    assert sum(int(r["clients_dropped"]) for r in rounds) == len(dropped)
+    assert all(int(r["packets"]) == sum(int(c["packets"]) for c in clients if c["round"] == r["round"]) for r in rounds)
+
+    ideal_rounds, ideal_clients = ledgers["ideal"]
+    assert all(c["delivered"] == "1" for c in ideal_clients)
+    assert all(r["clients_dropped"] == "0" for r in ideal_rounds)
+    # Same clients, same ranks, same bytes sent; fewer of them arrive at harsh.
+    assert [r["cum_bytes_up"] for r in rounds] == [r["cum_bytes_up"] for r in ideal_rounds]
+    for harsh_row, ideal_row in zip(rounds, ideal_rounds):
+        assert int(harsh_row["cum_bytes_delivered"]) <= int(ideal_row["cum_bytes_delivered"])
+    assert int(rounds[-1]["cum_bytes_delivered"]) < int(ideal_rounds[-1]["cum_bytes_delivered"])
+    assert int(rounds[-1]["cum_bytes_delivered"]) == sum(int(c["bytes_up"]) for c in clients if c["delivered"] == "1")
+
+
+def test_aircomp_run_with_4_bit_uploads(tmp_path, tiny):
+    scenario = tiny(
+        channel={"mode": "aircomp", "kind": "rayleigh", "snr_db": 10.0, "bits_per_param": 4, "rounding": "stochastic"},
+        policy={"name": "fixed", "rank": 3},
+    )
+    run_scenario(scenario, tmp_path / "air", progress=False)
+    rounds = read_rows(tmp_path / "air" / "rounds.csv")
+    clients = read_rows(tmp_path / "air" / "clients.csv")
+    assert all(float(r["aircomp_mse"]) > 0 for r in rounds if int(r["clients_dropped"]) < int(r["clients_selected"]))
+    assert all(np.isfinite(float(r["loss"])) for r in rounds)
+    # One slot per round whatever the number of senders.
+    assert all(float(r["uplink_latency_s"]) == float(rounds[0]["uplink_latency_s"]) for r in rounds)
+    assert {c["drop_reason"] for c in clients} <= {"", "aircomp-truncated"}
+    # 4-bit codes, two per byte, plus a 4-byte scale per tensor: exactly what the arrays sent weigh.
+    from fedsim.runtime import get_runtime
+
+    model = get_runtime(scenario).model
+    hidden = model.head.weight.shape[1]
+    shapes = {"head.weight": tuple(model.head.weight.shape), "head.bias": tuple(model.head.bias.shape)}
+    for i in range(len(model.layers)):
+        a, b = model.factor(i)
+        shapes[f"A.{i}"], shapes[f"B.{i}"] = (3, a.shape[1]), (b.shape[0], 3)
+    assert hidden > 0
+    assert {int(c["bytes_up"]) for c in clients} == {expected_bytes(shapes, 4)}
+    assert {int(c["params_up"]) for c in clients} == {sum(int(np.prod(s)) for s in shapes.values())}
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("channel.bandwidth_hz=-1", "channel.bandwidth_hz = -1 is invalid: Input should be greater than 0"),
+        ("channel.k_factor=-0.5", "channel.k_factor = -0.5 is invalid: Input should be greater than or equal to 0"),
+        ("channel.bits_per_param=12", "channel.bits_per_param = 12 is invalid: Input should be 32, 16, 8 or 4"),
+        ("channel.preset=stormy", "channel: unknown preset 'stormy'; allowed: ideal, good, moderate, challenging, harsh"),
+        ("channel={preset: nope}", "unknown preset 'nope'"),
+        ("channel.kind=nakagami", "Input should be 'awgn', 'rayleigh' or 'rician'"),
+    ],
+)
+def test_bad_channel_config_is_one_line_exit_2(tmp_path, capsys, override, expected):
+    code = main(["run", QUICKSTART, "--set", override, "--out", str(tmp_path / "never"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and expected in err, err
+    assert "Traceback" not in err and not (tmp_path / "never").exists()
