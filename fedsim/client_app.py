@@ -15,6 +15,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from channels.quantization import quantize_payload
+from fedsim.cohort import cohort_train
 from fedsim.config import Scenario, scenario_from_dict
 from fedsim.runtime import get_runtime
 from fedsim.strategy import from_array_record, to_array_record
@@ -41,6 +42,13 @@ def identify(message: Message, context: Context) -> Message:
     return Message(RecordDict({"node": ConfigRecord({"partition-id": partition_id})}), reply_to=message)
 
 
+def _on_air(scenario: Scenario, upload: dict, client_id: int, server_round: int) -> dict:
+    """The upload as it goes on the air: quantised (codes + per-tensor scales when bits_per_param < 32)."""
+    channel = scenario.channel
+    rounding_rng = np.random.default_rng([scenario.seed, server_round, client_id, 7031])
+    return quantize_payload(upload, channel.bits_per_param, channel.rounding, rounding_rng)
+
+
 @app.train()
 def train(message: Message, context: Context) -> Message:
     config = message.content["config"]
@@ -51,9 +59,23 @@ def train(message: Message, context: Context) -> Message:
     payload = from_array_record(message.content["arrays"])
     server_round = int(config["server-round"])
     upload, metrics = local_train(runtime, payload, client_id, server_round)
-    # The upload goes on the air quantised (codes + per-tensor scales when bits_per_param < 32).
-    channel = scenario.channel
-    rounding_rng = np.random.default_rng([scenario.seed, server_round, client_id, 7031])
-    upload = quantize_payload(upload, channel.bits_per_param, channel.rounding, rounding_rng)
+    upload = _on_air(scenario, upload, client_id, server_round)
     content = RecordDict({"arrays": to_array_record(upload), "metrics": MetricRecord({**metrics, "client-id": client_id})})
+    return Message(content, reply_to=message)
+
+
+@app.train("cohort")
+def train_cohort(message: Message, context: Context) -> Message:
+    """Train several clients together (`train.engine: cohort`); one reply carries every client's upload."""
+    config = message.content["config"]
+    scenario = _scenario(str(config["scenario"]))
+    set_threads(scenario)
+    client_ids = [int(c) for c in config["client-ids"]]
+    server_round = int(config["server-round"])
+    payloads = [from_array_record(message.content[f"arrays.{cid}"]) for cid in client_ids]
+    results = cohort_train(get_runtime(scenario), payloads, client_ids, server_round)
+    content = RecordDict()
+    for cid, (upload, metrics) in zip(client_ids, results):
+        content[f"arrays.{cid}"] = to_array_record(_on_air(scenario, upload, cid, server_round))
+        content[f"metrics.{cid}"] = MetricRecord({**metrics, "client-id": cid})
     return Message(content, reply_to=message)

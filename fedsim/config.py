@@ -69,6 +69,11 @@ class TrainConfig(_Section):
     batch_size: int = Field(16, ge=1)
     lr: float = Field(2e-3, gt=0, description="Adam learning rate for the LoRA factors.")
     head_lr: float = Field(5e-3, gt=0, description="Adam learning rate for the classification head.")
+    engine: Literal["per-client", "cohort"] = Field(
+        "per-client",
+        description="'per-client': each client trains in its own ClientApp call; 'cohort': the round's clients train "
+        "together in one batched pass (one ClientApp call per round; same results within float tolerance, faster).",
+    )
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="'bf16' runs forward/backward under bfloat16 autocast (faster on CPUs with bf16 support, not exact)."
     )

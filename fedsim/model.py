@@ -96,14 +96,14 @@ class SentenceClassifier(nn.Module):
             hidden = layer(hidden, mask)
         return hidden
 
-    def forward(
+    def features(
         self,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         prefix_hidden: torch.Tensor | None = None,
         prefix_layers: int = 0,
-        **_,
     ) -> torch.Tensor:
+        """Mean-pooled sentence embeddings (what the head sees)."""
         if prefix_hidden is None:
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         else:
@@ -112,8 +112,10 @@ class SentenceClassifier(nn.Module):
             for layer in self._layers()[prefix_layers:]:
                 hidden = layer(hidden, mask)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        return self.head(pooled.to(self.head.weight.dtype))
+        return ((hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)).float()
+
+    def forward(self, input_ids=None, attention_mask=None, prefix_hidden=None, prefix_layers: int = 0, **_) -> torch.Tensor:
+        return self.head(self.features(input_ids, attention_mask, prefix_hidden, prefix_layers))
 
 
 def build_classifier(backbone: str, num_labels: int) -> SentenceClassifier:

@@ -16,6 +16,19 @@ def client_seed(seed: int, server_round: int, client_id: int) -> list[int]:
     return [seed, server_round, client_id, 7003]
 
 
+def client_batches(runtime: Runtime, client_id: int, server_round: int):
+    """The example indices of each local step of one client in one round (seeded; shared by every engine)."""
+    cfg = runtime.scenario.train
+    shard = runtime.partitions[client_id]
+    rng = np.random.default_rng(client_seed(runtime.scenario.seed, server_round, client_id))
+    order, cursor = rng.permutation(shard), 0
+    for _ in range(cfg.local_steps):
+        if cursor + cfg.batch_size > len(order):
+            order, cursor = rng.permutation(shard), 0
+        yield order[cursor : cursor + cfg.batch_size]
+        cursor += cfg.batch_size
+
+
 def local_train(runtime: Runtime, payload: dict[str, np.ndarray], client_id: int, server_round: int) -> tuple[dict[str, np.ndarray], dict]:
     """Train one client from the received payload at the payload's ranks; return its upload and metrics.
 
@@ -31,17 +44,9 @@ def local_train(runtime: Runtime, payload: dict[str, np.ndarray], client_id: int
         groups.append({"params": lora, "lr": cfg.lr})
     optimizer = torch.optim.Adam(groups)
 
-    shard = runtime.partitions[client_id]
-    seed = client_seed(scenario.seed, server_round, client_id)
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
-    order = rng.permutation(shard)
-    cursor, losses, tokens = 0, [], 0
-    for _ in range(cfg.local_steps):
-        if cursor + cfg.batch_size > len(order):
-            order, cursor = rng.permutation(shard), 0
-        batch = runtime.batch("train", order[cursor : cursor + cfg.batch_size])
-        cursor += cfg.batch_size
+    losses, tokens = [], 0
+    for indices in client_batches(runtime, client_id, server_round):
+        batch = runtime.batch("train", indices)
         labels = batch.pop("labels")
         with runtime.autocast():
             logits = model.model(**batch)
@@ -52,7 +57,7 @@ def local_train(runtime: Runtime, payload: dict[str, np.ndarray], client_id: int
         losses.append(loss.item())
         tokens += int(batch["attention_mask"].sum())
     upload = truncate(state_from_model(model), ranks)
-    metrics = {"num-examples": len(shard), "train-loss": float(np.mean(losses)), "tokens": tokens}
+    metrics = {"num-examples": len(runtime.partitions[client_id]), "train-loss": float(np.mean(losses)), "tokens": tokens}
     return upload, metrics
 
 
