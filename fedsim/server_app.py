@@ -8,6 +8,7 @@ config.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 from tqdm.auto import tqdm
 
 from channels import build_channel
+from fedsim.cohort import pack, unpack
 from fedsim.config import Scenario, load_scenario
 from fedsim.ledger import RunDirectory
 from fedsim.runtime import get_runtime
@@ -24,26 +26,108 @@ from fedsim.types import FedsimError
 from policies import build_policy
 
 NODE_WAIT_S = 120.0
+ABSENT_NODE = 0  # destination of a client whose SuperNode is gone: its message is not sent, the client is dropped
+DROP_NO_NODE = "no-node"
 
 
 def discover_nodes(grid: Grid, num_clients: int, wait_s: float = NODE_WAIT_S) -> dict[int, int]:
-    """Map client index -> node id by asking each node for its partition-id."""
+    """Map client index -> node id by asking each node for its partition-id; every client must be served."""
     deadline = time.monotonic() + wait_s
     while len(list(grid.get_node_ids())) < num_clients and time.monotonic() < deadline:
         time.sleep(0.05)
-    node_ids = sorted(grid.get_node_ids())
-    queries = [
-        Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=node, message_type=MessageType.QUERY) for node in node_ids
-    ]
-    mapping: dict[int, int] = {}
-    for reply in grid.send_and_receive(queries, timeout=wait_s):
-        if not reply.has_error():
-            mapping[int(reply.content["node"]["partition-id"])] = reply.metadata.src_node_id
+    mapping = query_partitions(grid, sorted(grid.get_node_ids()), num_clients, wait_s)
     check_node_map(mapping, num_clients)
     return mapping
 
 
-def run_server(grid: Grid, scenario: Scenario, out_dir: Path, progress: bool = True) -> dict:
+def query_partitions(grid: Grid, node_ids: list[int], num_clients: int, timeout: float) -> dict[int, int]:
+    """Ask `node_ids` for their partition-id; returns client index -> node id for those that answered in time."""
+    queries = [Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=node, message_type=MessageType.QUERY) for node in node_ids]
+    mapping: dict[int, int] = {}
+    for reply in grid.send_and_receive(queries, timeout=timeout) if queries else []:
+        if not reply.has_error():
+            partition = int(reply.content["node"]["partition-id"])
+            if 0 <= partition < num_clients:
+                mapping[partition] = reply.metadata.src_node_id
+    return mapping
+
+
+class NodeDirectory:
+    """Which SuperNode serves which client, kept current between rounds.
+
+    A SuperNode that dies keeps its node id until the SuperLink stops listing it; one that
+    restarts registers under a new id. Before each round the directory drops clients whose
+    node is no longer listed and asks only newly listed nodes for their partition-id (one
+    query per new node, never again), so a returning SuperNode serves its client in the next
+    round and an unchanged federation costs one `get_node_ids` call per round.
+    """
+
+    def __init__(self, grid: Grid, initial: dict[int, int], num_clients: int, query_timeout_s: float):
+        self.grid = grid
+        self.num_clients = num_clients
+        self.query_timeout_s = query_timeout_s
+        self.node_of_client = dict(initial)
+        self.seen = set(grid.get_node_ids()) | set(initial.values())
+
+    def refresh(self) -> dict[int, int]:
+        live = set(self.grid.get_node_ids())
+        self.node_of_client = {c: n for c, n in self.node_of_client.items() if n in live}
+        new = sorted(live - self.seen)
+        self.seen |= live
+        if new:
+            self.node_of_client.update(query_partitions(self.grid, new, self.num_clients, self.query_timeout_s))
+        return self.node_of_client
+
+    def routing(self) -> dict[int, int]:
+        """Client -> node for every client; clients without a node get ABSENT_NODE."""
+        return {c: self.node_of_client.get(c, ABSENT_NODE) for c in range(self.num_clients)}
+
+
+def content_wire_bytes(message: Message) -> int:
+    """Bytes of the message content as Flower ships it: its serialized objects, deduplicated by object id.
+
+    Flower transfers a message as a tree of content-addressed objects (RecordDict, records,
+    Arrays and their chunks) pushed and pulled over HTTP. This sums the serialized size of the
+    content's objects, so it is the same on every engine; the envelope (metadata: ids, node
+    ids, timestamps, ~0.2 kB) and HTTP framing are not counted.
+    """
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    return sum(len(obj.deflate()) for obj in get_all_nested_objects(message.content).values())
+
+
+def run_train_round(grid: Grid, strategy: RankAdaptiveStrategy, server_round: int, routing: dict[int, int], timeout: float | None):
+    """One round through the grid: send to reachable clients, wait until `timeout`, aggregate what came back."""
+    messages = strategy.configure_train(server_round, routing)
+    cohort = strategy.scenario.train.engine == "cohort"
+    clients = [int(c) for c in strategy.pending.clients]
+    sent = [(c, m) for c, m in zip(clients, messages) if m.metadata.dst_node_id != ABSENT_NODE]
+    wire_down = {c: content_wire_bytes(m) for c, m in sent}
+    client_of_node = {m.metadata.dst_node_id: c for c, m in sent}
+    replies = list(grid.send_and_receive([m for _, m in sent], timeout=timeout)) if sent and not cohort else []
+    if sent and cohort:  # the whole round as one `train.cohort` message, answered as one reply per client
+        batch = [m for _, m in sent]
+        replies = unpack(list(grid.send_and_receive([pack(batch)], timeout=timeout)), batch)
+    wire_up = {client_of_node[r.metadata.src_node_id]: content_wire_bytes(r) for r in replies if not r.has_error() and r.metadata.src_node_id in client_of_node}
+    result = strategy.aggregate_train(server_round, replies)
+    for row in result.client_rows:
+        if routing.get(row["client"], ABSENT_NODE) == ABSENT_NODE:
+            row["drop_reason"] = DROP_NO_NODE
+        row["wire_bytes_down"] = wire_down.get(row["client"], 0)
+        row["wire_bytes_up"] = wire_up.get(row["client"], 0)
+    result.row["wire_bytes_down"] = sum(wire_down.values())
+    result.row["wire_bytes_up"] = sum(wire_up.values())
+    return result
+
+
+def run_server(
+    grid: Grid, scenario: Scenario, out_dir: Path, progress: bool = True, round_timeout_s: float | None = None, log_rounds: bool = False
+) -> dict:
+    """Run every round of `scenario` through `grid` into `out_dir`.
+
+    `round_timeout_s` is the deployment's round deadline: replies that have not arrived by
+    then are dropped ("no-reply") and the round closes with those that came (None = wait for all).
+    """
     import torch
 
     if scenario.threads:
@@ -53,18 +137,25 @@ def run_server(grid: Grid, scenario: Scenario, out_dir: Path, progress: bool = T
     started = time.time()
     runtime = get_runtime(scenario)
     strategy = RankAdaptiveStrategy(scenario, runtime, build_channel(scenario.channel, scenario.seed), build_policy(scenario.policy))
-    nodes = discover_nodes(grid, scenario.clients.num_clients)
+    num_clients = scenario.clients.num_clients
+    nodes = NodeDirectory(grid, discover_nodes(grid, num_clients), num_clients, min(round_timeout_s or NODE_WAIT_S, NODE_WAIT_S))
 
     bar = tqdm(range(1, scenario.rounds + 1), desc=scenario.name, unit="round", disable=not progress, dynamic_ncols=True)
     for server_round in bar:
         round_start = time.time()
-        messages = strategy.configure_train(server_round, nodes)
-        replies = list(grid.send_and_receive(messages))
-        result = strategy.aggregate_train(server_round, replies)
+        if server_round > 1:
+            nodes.refresh()
+        result = run_train_round(grid, strategy, server_round, nodes.routing(), round_timeout_s)
         loss, accuracy, n_eval = strategy.evaluate(server_round)
         row = {"round": server_round, "accuracy": accuracy, "loss": loss, "eval_examples": n_eval, **result.row}
         run_dir.add_round(row, result.client_rows, time.time() - round_start)
         bar.set_postfix(acc=f"{accuracy:.3f}", MB_up=f"{strategy.cum_bytes_up / 1e6:.2f}")
+        if log_rounds:
+            print(
+                f"[fedsim] round {server_round}/{scenario.rounds}: accuracy {accuracy:.4f}, loss {loss:.4f}, "
+                f"dropped {row['clients_dropped']}/{row['clients_selected']}, {time.time() - round_start:.1f} s",
+                flush=True,
+            )
 
     run_dir.save_adapter(lambda d: _export_adapter(strategy, d))
     rounds = run_dir.rounds
@@ -114,10 +205,31 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    from fedsim.run import quiet_frameworks
+
+    quiet_frameworks()
     cfg = context.run_config
-    if "scenario" not in cfg:
+    if not str(cfg.get("scenario", "")):
         raise FedsimError("run config needs scenario=PATH (for example --run-config 'scenario=\"scenarios/quickstart.yaml\"')")
-    overrides = [s for s in str(cfg.get("set", "")).split(";") if s]
-    scenario = load_scenario(str(cfg["scenario"]), overrides)
-    out = Path(str(cfg.get("out", f"runs/{scenario.name}-deploy")))
-    run_server(grid, scenario, out, progress=True)
+    overrides = [s.strip() for s in str(cfg.get("set", "")).split(";") if s.strip()]
+    scenario = load_scenario(str(resolve_app_path(str(cfg["scenario"]))), overrides)
+    out = Path(str(cfg.get("out", "")) or f"runs/{scenario.name}-deploy-{context.run_id}")
+    timeout = float(cfg.get("round-timeout", 0) or 0) or None
+    print(f"[fedsim] scenario {scenario.name}: {scenario.rounds} rounds, {scenario.clients.num_clients} clients -> {out.resolve()}", flush=True)
+    summary = run_server(grid, scenario, out, progress=False, round_timeout_s=timeout, log_rounds=True)
+    print(f"[fedsim] finished: final accuracy {summary['final_accuracy']:.4f}, {summary['clients_dropped']} updates dropped, run directory {out.resolve()}", flush=True)
+
+
+def resolve_app_path(path: str) -> Path:
+    """A relative scenario path names a file inside the Flower app (the FAB carries scenarios/*.yaml).
+
+    Flower installs the FAB in its own directory and puts that directory first on sys.path;
+    the current directory is the fallback (a scenario file placed on the SuperLink's machine).
+    """
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute():
+        return candidate
+    for entry in sys.path:
+        if entry and (Path(entry) / "pyproject.toml").is_file() and (Path(entry) / candidate).is_file():
+            return Path(entry) / candidate
+    return candidate
