@@ -96,9 +96,10 @@ def content_wire_bytes(message: Message) -> int:
     return sum(len(obj.deflate()) for obj in get_all_nested_objects(message.content).values())
 
 
-def run_train_round(grid: Grid, strategy: RankAdaptiveStrategy, server_round: int, routing: dict[int, int], timeout: float | None):
-    """One round through the grid: send to reachable clients, wait until `timeout`, aggregate what came back."""
-    messages = strategy.configure_train(server_round, routing)
+def run_train_round(grid: Grid, strategy: RankAdaptiveStrategy, server_round: int, routing: dict[int, int], timeout: float | None, ranks=None):
+    """One round through the grid: send to reachable clients, wait until `timeout`, aggregate what came back.
+    `ranks` (a gymnasium agent's action) replaces asking the strategy's policy."""
+    messages = strategy.configure_train(server_round, routing, ranks=ranks)
     cohort = strategy.scenario.train.engine == "cohort"
     clients = [int(c) for c in strategy.pending.clients]
     sent = [(c, m) for c, m in zip(clients, messages) if m.metadata.dst_node_id != ABSENT_NODE]
