@@ -59,12 +59,27 @@ def read_csv_rows(path: Path) -> list[dict]:
         return [{k: parse_number(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
+def sweep_run_names(root: Path) -> set[str] | None:
+    """The run directories of the sweep that last ran in `root` (its sweep.json), or None outside a sweep."""
+    manifest = root / "sweep.json"
+    if not manifest.is_file():
+        return None
+    return {point["dir"] for point in json.loads(manifest.read_text()).get("points", [])}
+
+
 def find_finished_runs(root: str | Path) -> list[FinishedRun]:
-    """Every finished run directory at or below `root`, sorted by path."""
+    """Every finished run directory at or below `root`, sorted by path.
+
+    In a sweep directory only the current sweep's points count: runs left by an edited sweep file
+    (or by an older fedsim whose scenario schema hashed differently) stay on disk but out of the results.
+    """
     root = Path(root)
+    members = sweep_run_names(root)
     runs = []
     for summary_path in sorted(root.rglob(SUMMARY)):
         run_dir = summary_path.parent
+        if members is not None and run_dir.name not in members:
+            continue
         if not (run_dir / "rounds.csv").is_file() or not (run_dir / "config.yaml").is_file():
             continue
         config = flatten(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})

@@ -107,27 +107,59 @@ def _load(root: Path):
     return columns, rows, runs, fields
 
 
-def _choose_roles(fields: list[str], hue: str | None, facet: str | None) -> tuple[list[str], str | None]:
-    """Hue fields and facet field; every varying field lands in one of them, so nothing is averaged over silently."""
+def sweep_axes(root: Path, fields: list[str]) -> list[list[str]]:
+    """The varying fields grouped into axes: a sweep's zipped fields form one axis, every other field its own."""
+    import json
+
+    groups: list[list[str]] = []
+    manifest = root / "sweep.json"
+    if manifest.is_file():
+        for group in json.loads(manifest.read_text()).get("zip_groups", []):
+            present = [f for f in group if f in fields]
+            if present:
+                groups.append(present)
+    axes: list[list[str]] = []
+    for name in fields:
+        if any(name in axis for axis in axes):
+            continue
+        axes.append(next((g for g in groups if name in g), [name]))
+    return axes
+
+
+def _choose_roles(axes: list[list[str]], hue: str | None, facet: str | None) -> tuple[list[str], list[str]]:
+    """(hue fields, facet fields). Every varying field lands in one of them, so nothing is averaged over silently;
+    zipped fields travel together."""
+    fields = [f for axis in axes for f in axis]
     for name, value in (("--hue", hue), ("--facet", facet)):
         if value is not None and value not in fields:
             allowed = ", ".join(fields) if fields else "(none: the runs differ only by seed)"
             raise FedsimError(f"{name} {value!r}: not a field that varies across these runs; allowed: {allowed}")
-    if hue is None and fields:
-        hue = "policy.name" if "policy.name" in fields else next((f for f in fields if f != facet), None)
-    if facet is None:
-        facet = next((f for f in fields if f != hue), None)
-    hue_fields = ([hue] if hue else []) + [f for f in fields if f != facet and f != hue]
-    return hue_fields, facet
+
+    def axis_of(name):
+        return next(axis for axis in axes if name in axis)
+
+    facet_axis = axis_of(facet) if facet else None
+    if hue is not None:
+        hue_axis = axis_of(hue)
+    elif "policy.name" in fields and axis_of("policy.name") != facet_axis:
+        hue_axis = axis_of("policy.name")
+    else:
+        hue_axis = next((axis for axis in axes if axis != facet_axis), None)
+    if facet_axis is None:
+        facet_axis = next((axis for axis in axes if axis != hue_axis), None)
+    if facet_axis == hue_axis:
+        raise FedsimError(f"--hue {hue!r} and --facet {facet!r} vary together (one zip axis); choose fields of different axes")
+    hue_fields = list(hue_axis or []) + [f for axis in axes if axis not in (hue_axis, facet_axis) for f in axis]
+    return hue_fields, list(facet_axis or [])
 
 
-def _curves(rows: list[dict], x_col: str, y_col: str, hue_fields: list[str], facet: str | None):
-    """{facet value: {hue key: (x mean, y mean, y ci, n seeds)}} with rounds aligned across seeds."""
+def _curves(rows: list[dict], x_col: str, y_col: str, hue_fields: list[str], facet_fields: list[str]):
+    """{facet key: {hue key: (x mean, y mean, y ci, n seeds)}} with rounds aligned across seeds."""
     table: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))  # facet -> hue -> round -> [(x, y)]
     for row in rows:
         if not isinstance(row.get(y_col), (int, float)) or not isinstance(row.get(x_col), (int, float)):
             continue
-        fkey = row.get(facet) if facet else None
+        fkey = tuple(row.get(f) for f in facet_fields)
         hkey = tuple(row.get(f) for f in hue_fields)
         table[fkey][hkey][row["round"]].append((row[x_col], row[y_col]))
     curves: dict = {}
@@ -149,9 +181,9 @@ def plot_curves(root: Path, out_dir: Path, x: str, y: str, hue: str | None, face
         _, rows, _, fields = _load(root)
     x_col, scale, x_label, x_title = X_AXES[x]
     y_col, y_label = Y_AXES[y]
-    hue_fields, facet = _choose_roles(fields, hue, facet)
-    curves = _curves(rows, x_col, y_col, hue_fields, facet)
-    facets = sorted(curves, key=_sort_key)
+    hue_fields, facet_fields = _choose_roles(sweep_axes(root, fields), hue, facet)
+    curves = _curves(rows, x_col, y_col, hue_fields, facet_fields)
+    facets = sorted(curves, key=lambda k: tuple(_sort_key(v) for v in k))
     hue_keys = sorted({h for c in curves.values() for h in c}, key=lambda k: tuple(_sort_key(v) for v in k))
     colors = {h: PALETTE[i % len(PALETTE)] for i, h in enumerate(hue_keys)}
     markers = {h: MARKERS[i % len(MARKERS)] for i, h in enumerate(hue_keys)}
@@ -170,8 +202,9 @@ def plot_curves(root: Path, out_dir: Path, x: str, y: str, hue: str | None, face
             ax.plot(xs, ys, color=colors[hkey], lw=1.8, marker=markers[hkey], ms=3.5, label=_group_label(hue_fields, hkey))
             if np.any(ci > 0):
                 ax.fill_between(xs, ys - ci, ys + ci, color=colors[hkey], alpha=0.18, lw=0)
-        if facet:
-            ax.set_title(f"{facet} = {_fmt_value(fkey)}", fontsize=10, fontweight="normal")
+        if facet_fields:
+            title = _group_label(facet_fields, fkey) if len(facet_fields) > 1 else f"{facet_fields[0]} = {_fmt_value(fkey[0])}"
+            ax.set_title(title, fontsize=10, fontweight="normal")
         ax.set_xlabel(x_label)
         if y == "accuracy":
             ax.set_ylim(bottom=0)

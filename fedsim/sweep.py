@@ -344,6 +344,7 @@ def write_manifest(sweep: Sweep, out_dir: Path) -> None:
         "base": str(sweep.base),
         "engine": sweep.engine,
         "fields": sweep.fields,
+        "zip_groups": [list(group) for group in sweep.zips],
         "seeds": sweep.seeds,
         "points": [{"dir": p.name, "values": p.values, "hash": p.digest} for p in sweep.points],
     }

@@ -231,3 +231,33 @@ def test_unfinished_and_failed_runs_are_redone_and_recorded(tmp_path, capsys):
     assert "0.99" not in rounds and rounds.count("\n") == 2  # redone from scratch: header + 1 round
     code, stdout, _ = run_cli(capsys, "sweep", path, "--out", out, "--status")
     assert f"done       {good.name}" in stdout and f"failed     {bad.name}" in stdout
+
+
+def test_zipped_fields_share_one_plot_axis_and_nothing_is_averaged_away():
+    from fedsim.plots import _choose_roles
+    from fedsim.types import FedsimError
+
+    axes = [["data.partition.alpha"], ["channel.snr_spread_db", "channel.compute.speed_sigma"], ["policy.name"]]
+    hue, facet = _choose_roles(axes, None, None)
+    assert facet == ["data.partition.alpha"]  # policy.name is the default hue; the next axis becomes the panels
+    assert hue == ["policy.name", "channel.snr_spread_db", "channel.compute.speed_sigma"]
+    hue, facet = _choose_roles(axes, "data.partition.alpha", "channel.compute.speed_sigma")
+    assert facet == ["channel.snr_spread_db", "channel.compute.speed_sigma"] and hue == ["data.partition.alpha", "policy.name"]
+    with pytest.raises(FedsimError, match="vary together"):
+        _choose_roles(axes, "channel.snr_spread_db", "channel.compute.speed_sigma")
+
+
+def test_collect_reads_only_the_current_sweeps_runs(finished_sweep, tmp_path):
+    import shutil
+
+    from fedsim.collect import results_table
+
+    sweep, out, _ = finished_sweep
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    # A run left over from an earlier version of the sweep file: on disk, finished, not in sweep.json.
+    shutil.copytree(copy / sweep.points[0].name, copy / "rounds=9_seed=0-0000000000")
+    _, rows, runs, fields = results_table(copy)
+    assert len(runs) == 8 and fields == ["channel.snr_db", "policy.rank"]
+    (copy / "sweep.json").unlink()
+    assert len(results_table(copy)[2]) == 9  # outside a sweep, every finished run counts
