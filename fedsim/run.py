@@ -22,7 +22,16 @@ def quiet_frameworks() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     for name in ("flwr", "ray", "peft", "transformers"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.ERROR)
+        # Flower resets its logger's level when a simulation starts; a filter survives that.
+        if not any(isinstance(f, _ErrorsOnly) for f in logger.filters):
+            logger.addFilter(_ErrorsOnly())
+
+
+class _ErrorsOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
 
 
 def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True, overwrite: bool = False) -> dict:
