@@ -445,7 +445,8 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, workers: int = 1, progress: boo
                 record(point, _run_point(scenario_json, run_dir))
         else:
             context = multiprocessing.get_context("spawn")
-            with futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            pool = futures.ProcessPoolExecutor(max_workers=workers, mp_context=context)
+            try:
                 pending = {pool.submit(_run_point, s, d): p for p, s, d in jobs}
                 for future in futures.as_completed(pending):
                     point = pending[future]
@@ -454,6 +455,14 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, workers: int = 1, progress: boo
                     except Exception as exc:  # a worker process died (e.g. out of memory)
                         result = (None, 0.0, None, f"{type(exc).__name__}: {exc}")
                     record(point, result)
+            except BaseException:
+                # Ctrl-C: a plain shutdown would wait for (and even start) the queued runs.
+                workers_alive = list(getattr(pool, "_processes", {}).values())
+                pool.shutdown(wait=False, cancel_futures=True)
+                for process in workers_alive:
+                    process.terminate()
+                raise
+            pool.shutdown()
         bar.close()
     return {"done": skipped + ran, "ran": ran, "skipped": skipped, "failed": n_failed, "total": len(sweep.points)}
 
