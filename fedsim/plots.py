@@ -1,14 +1,15 @@
 """Figures from a sweep (or any directory of finished runs), written as PNG and SVG.
 
 * ``<y>_vs_<x>``: one curve per hue group, one panel per facet value. A curve
-  is the mean over seeds at each round; the band is the 95% confidence interval
-  of that mean, ``mean ± t_{0.975, n-1} · s / sqrt(n)`` (Student t, n seeds; no
-  band for one seed). x is the seed mean too (with fading, bytes and airtime
-  differ per seed).
+  is the mean over seeds at each round; for 3+ seeds the band is the 95%
+  confidence interval of that mean, ``mean ± t_{0.975, n-1} · s / sqrt(n)``
+  (Student t); for 2 seeds it is their min-max range (the t-interval would be
+  ±12.7 standard errors); no band for one seed. x is the seed mean too (with
+  fading, bytes and airtime differ per seed).
 * ``rank_heatmap``: mean rank over the round's selected clients, layer × round,
   for one run.
 * ``accuracy_at_budget``: per group, the accuracy of the last round whose
-  cumulative upload is within the byte budget (seed mean ± 95% CI).
+  cumulative upload is within the byte budget (seed mean, band as above).
 """
 
 from __future__ import annotations
@@ -80,6 +81,25 @@ def t_ci95(values: np.ndarray) -> float:
     from scipy.stats import t
 
     return float(t.ppf(0.975, n - 1) * np.std(values, ddof=1) / np.sqrt(n))
+
+
+def band(values: np.ndarray) -> tuple[float, float]:
+    """(low, high) of the band around the seed mean: the 95% CI for 3+ seeds, the min-max range for 2.
+
+    With two seeds the t-interval is mean +- 12.7 standard errors, wider than any accuracy axis; the
+    range of the two runs says more. One seed: no band.
+    """
+    mean = float(np.mean(values))
+    if len(values) >= 3:
+        half = t_ci95(values)
+        return mean - half, mean + half
+    return float(np.min(values)), float(np.max(values))
+
+
+def band_name(n_seeds: int) -> str:
+    if n_seeds >= 3:
+        return f"mean of {n_seeds} seeds, 95% CI"
+    return "mean of 2 seeds, band = their range" if n_seeds == 2 else "single seed"
 
 
 def _fmt_value(value) -> str:
@@ -169,9 +189,9 @@ def _curves(rows: list[dict], x_col: str, y_col: str, hue_fields: list[str], fac
             rounds = sorted(by_round)
             xs = np.array([np.mean([p[0] for p in by_round[r]]) for r in rounds])
             ys = np.array([np.mean([p[1] for p in by_round[r]]) for r in rounds])
-            ci = np.array([t_ci95(np.array([p[1] for p in by_round[r]])) for r in rounds])
+            edges = np.array([band(np.array([p[1] for p in by_round[r]])) for r in rounds])
             n = min(len(by_round[r]) for r in rounds)
-            curves[fkey][hkey] = (xs, ys, ci, n)
+            curves[fkey][hkey] = (xs, ys, edges[:, 0], edges[:, 1], n)
     return curves
 
 
@@ -196,12 +216,14 @@ def plot_curves(root: Path, out_dir: Path, x: str, y: str, hue: str | None, face
         for hkey in hue_keys:
             if hkey not in curves[fkey]:
                 continue
-            xs, ys, ci, n = curves[fkey][hkey]
+            xs, ys, low, high, n = curves[fkey][hkey]
             seeds.add(n)
             xs = xs * scale
             ax.plot(xs, ys, color=colors[hkey], lw=1.8, marker=markers[hkey], ms=3.5, label=_group_label(hue_fields, hkey))
-            if np.any(ci > 0):
-                ax.fill_between(xs, ys - ci, ys + ci, color=colors[hkey], alpha=0.18, lw=0)
+            if np.any(high > low):
+                if y == "accuracy":
+                    low, high = np.clip(low, 0, 1), np.clip(high, 0, 1)
+                ax.fill_between(xs, low, high, color=colors[hkey], alpha=0.15, lw=0)
         if facet_fields:
             title = _group_label(facet_fields, fkey) if len(facet_fields) > 1 else f"{facet_fields[0]} = {_fmt_value(fkey[0])}"
             ax.set_title(title, fontsize=10, fontweight="normal")
@@ -219,7 +241,7 @@ def plot_curves(root: Path, out_dir: Path, x: str, y: str, hue: str | None, face
             if l not in labels:
                 handles.append(h)
                 labels.append(l)
-    seed_text = f"mean of {min(seeds)} seeds, 95% CI" if seeds and min(seeds) > 1 else "single seed"
+    seed_text = band_name(min(seeds)) if seeds else "no data"
     fig.suptitle(f"{Y_AXES[y][1].capitalize()} vs {x_title}  ·  {root.name}  ({seed_text})", fontweight="bold", y=1.0)
     if len(labels) > 1 or hue_fields:
         fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), title=", ".join(_short(f) for f in hue_fields) or None)
@@ -298,11 +320,12 @@ def plot_budget_bars(root: Path, out_dir: Path, rows: list[dict], fields: list[s
         raise FedsimError(f"--budget {budget / 1e6:g} MB: no run uploads that little in its first round; choose a larger budget")
     keys = sorted(groups, key=lambda k: tuple(_sort_key(v) for v in k))
     means = [float(np.mean(groups[k])) for k in keys]
-    cis = [t_ci95(np.array(groups[k])) for k in keys]
+    edges = np.array([band(np.array(groups[k])) for k in keys])
+    errors = np.clip(np.stack([means - edges[:, 0], edges[:, 1] - means]), 0, None)
     colors = [PALETTE[0] if not k or len(group_fields) == 0 else PALETTE[sorted({kk[0] for kk in keys}, key=_sort_key).index(k[0]) % len(PALETTE)] for k in keys]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(keys) + 2.0), 3.6))
     positions = np.arange(len(keys))
-    ax.bar(positions, means, yerr=cis, color=colors, capsize=3, edgecolor="white", error_kw={"ecolor": "#333333", "lw": 1})
+    ax.bar(positions, means, yerr=errors, color=colors, capsize=3, edgecolor="white", error_kw={"ecolor": "#333333", "lw": 1})
     for pos, mean in zip(positions, means):
         ax.text(pos, mean, f"{mean:.1%}", ha="center", va="bottom", fontsize=8, color="#333333")
     ax.set_xticks(positions, [_group_label(group_fields, k).replace(", ", "\n") for k in keys], fontsize=8, rotation=0 if len(keys) <= 6 else 45, ha="center" if len(keys) <= 6 else "right")
@@ -310,7 +333,7 @@ def plot_budget_bars(root: Path, out_dir: Path, rows: list[dict], fields: list[s
     ax.set_ylabel("test accuracy")
     ax.set_ylim(bottom=0)
     ax.grid(axis="x", visible=False)
-    ax.set_title(f"Accuracy within an upload budget of {budget / 1e6:.2f} MB\n{root.name} (seed mean, 95% CI)", fontsize=10)
+    ax.set_title(f"Accuracy within an upload budget of {budget / 1e6:.2f} MB\n{root.name} ({band_name(min(len(v) for v in groups.values()))})", fontsize=10)
     fig.tight_layout()
     paths = _save(fig, out_dir, "accuracy_at_budget")
     plt.close(fig)
