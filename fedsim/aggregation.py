@@ -11,7 +11,14 @@ stacked components instead of a dense out×in decomposition.
 `fedavg-factors`: A and B are zero-padded to max_rank and averaged separately
 (the classic, inexact way; kept for comparison).
 
-In both, a layer is averaged over the clients that sent it (rank > 0), with
+`fisher` (FedNano): parameter-wise Fisher merging of A and B (zero-padded to max_rank),
+    θ = Σ_k w_k (F_k + ε) θ_k / Σ_k w_k (F_k + ε),
+with F_k the client's diagonal Fisher estimate (mean squared gradient, sent as `F.A.{i}`,
+`F.B.{i}`), w_k its sample weight and ε = FISHER_EPS. Equal Fisher values give FedAvg;
+a client whose Fisher dominates a parameter sets it. A component is merged over the
+clients that sent it; one nobody sent keeps its global value.
+
+In all, a layer is averaged over the clients that sent it (rank > 0), with
 their weights renormalised; a layer nobody sent keeps its global value. The head
 is a plain weighted mean.
 """
@@ -69,7 +76,28 @@ def _fedavg_factors(factors, weights, max_rank, rng):
     return a_mean.astype(np.float32), b_mean.astype(np.float32), sigma
 
 
-AGGREGATORS: dict[str, Callable] = {"svd": svd_refactor, "fedavg-factors": _fedavg_factors}
+FISHER_EPS = 1e-12
+
+
+def fisher_merge(factors, weights, max_rank, rng, fishers, global_factors):
+    """Parameter-wise Fisher-weighted mean of A and B; `fishers[k]` = (F_A, F_B) shaped like client k's factors."""
+    merged = []
+    for side in (0, 1):  # 0: A [r, in] (rank on rows), 1: B [out, r] (rank on columns)
+        current = global_factors[side].astype(np.float64)
+        numerator, denominator = np.zeros_like(current), np.zeros_like(current)
+        for k, w in enumerate(weights):
+            theta, fisher = factors[k][side].astype(np.float64), fishers[k][side].astype(np.float64)
+            region = (slice(0, theta.shape[0]), slice(None)) if side == 0 else (slice(None), slice(0, theta.shape[1]))
+            numerator[region] += w * (fisher + FISHER_EPS) * theta
+            denominator[region] += w * (fisher + FISHER_EPS)
+        sent = denominator > 0
+        merged.append(np.where(sent, numerator / np.where(sent, denominator, 1.0), current).astype(np.float32))
+    a_new, b_new = merged
+    sigma = np.linalg.svd(b_new.astype(np.float64) @ a_new.astype(np.float64), compute_uv=False)[:max_rank]
+    return a_new, b_new, sigma
+
+
+AGGREGATORS: dict[str, Callable] = {"svd": svd_refactor, "fedavg-factors": _fedavg_factors, "fisher": fisher_merge}
 
 
 def aggregate(
@@ -94,7 +122,14 @@ def aggregate(
             continue
         w = weights_arr[senders] / weights_arr[senders].sum()
         factors = [(uploads[k][f"A.{i}"], uploads[k][f"B.{i}"]) for k in senders]
-        state.A[i], state.B[i], sigma = merge(factors, w, global_state.max_rank, rng)
+        if method == "fisher":
+            missing = [k for k in senders if f"F.A.{i}" not in uploads[k]]
+            if missing:
+                raise ValueError(f"aggregation 'fisher': upload {missing[0]} has no Fisher estimate for layer {i}")
+            fishers = [(uploads[k][f"F.A.{i}"], uploads[k][f"F.B.{i}"]) for k in senders]
+            state.A[i], state.B[i], sigma = merge(factors, w, global_state.max_rank, rng, fishers, (global_state.A[i], global_state.B[i]))
+        else:
+            state.A[i], state.B[i], sigma = merge(factors, w, global_state.max_rank, rng)
         importance[i] = float(np.sum(sigma))
     w_all = weights_arr / weights_arr.sum()
     for key in HEAD_KEYS:

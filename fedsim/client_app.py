@@ -17,6 +17,7 @@ from flwr.clientapp import ClientApp
 from channels.quantization import quantize_payload
 from fedsim.cohort import cohort_train
 from fedsim.config import Scenario, scenario_from_dict
+from fedsim.nano import server_side_keys
 from fedsim.runtime import get_runtime
 from fedsim.strategy import from_array_record, to_array_record
 from fedsim.training import local_train
@@ -46,7 +47,9 @@ def _on_air(scenario: Scenario, upload: dict, client_id: int, server_round: int)
     """The upload as it goes on the air: quantised (codes + per-tensor scales when bits_per_param < 32)."""
     channel = scenario.channel
     rounding_rng = np.random.default_rng([scenario.seed, server_round, client_id, 7031])
-    return quantize_payload(upload, channel.bits_per_param, channel.rounding, rounding_rng)
+    server_side = {k: v for k, v in upload.items() if k in server_side_keys(scenario)}  # nano: the head never leaves the server
+    sent = {k: v for k, v in upload.items() if k not in server_side}
+    return quantize_payload(sent, channel.bits_per_param, channel.rounding, rounding_rng) | server_side
 
 
 @app.train()

@@ -53,7 +53,11 @@ class ModelConfig(_Section):
 
 
 class AdapterConfig(_Section):
-    kind: Literal["lora"] = Field("lora", description="Adapter type.")
+    kind: Literal["lora", "nano"] = Field(
+        "lora",
+        description="'lora': LoRA in the backbone, the client holds the whole model; 'nano': FedNano NanoAdapters on the "
+        "token embeddings' output, the backbone and head stay on the server (split computation, activations metered).",
+    )
     target_modules: list[str] = Field(["query", "value"], min_length=1, description="Module names LoRA is injected into.")
     max_rank: int = Field(8, ge=1, description="The largest rank a policy may give a layer; the global adapter's rank.")
     alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator: the update is (alpha / max_rank) * B A.")
@@ -89,10 +93,11 @@ class ClientsConfig(_Section):
 
 
 class AggregationConfig(_Section):
-    method: Literal["svd", "fedavg-factors"] = Field(
+    method: Literal["svd", "fedavg-factors", "fisher"] = Field(
         "svd",
         description="'svd': weighted mean of B_k A_k, refactored by truncated SVD (exact across ranks); "
-        "'fedavg-factors': average zero-padded A and B separately.",
+        "'fedavg-factors': average zero-padded A and B separately; 'fisher': Fisher merging of A and B, "
+        "each client also sends its diagonal Fisher estimate (FedNano).",
     )
 
 
@@ -126,6 +131,9 @@ class Scenario(_Section):
         rank = getattr(self.policy, "rank", None)
         if rank is not None and rank > self.adapter.max_rank:
             raise ValueError(f"policy.rank={rank} exceeds adapter.max_rank={self.adapter.max_rank}; allowed: 0..{self.adapter.max_rank}")
+        if self.train.engine == "cohort" and (self.adapter.kind == "nano" or self.aggregation.method == "fisher"):
+            field = "adapter.kind=nano" if self.adapter.kind == "nano" else "aggregation.method=fisher"
+            raise ValueError(f"train.engine=cohort does not support {field}; allowed: train.engine=per-client")
         for r in getattr(self.policy, "ranks", None) or []:
             if not 0 <= r <= self.adapter.max_rank:
                 raise ValueError(f"policy.ranks contains {r}; allowed: 0..{self.adapter.max_rank}")

@@ -46,14 +46,19 @@ class Runtime:
         adapter = scenario.adapter
         with torch.random.fork_rng():
             torch.manual_seed(scenario.seed)  # seeds PEFT's initialisation of A, so the initial global adapter is reproducible
-            self.model = LoraClassifier(
-                scenario.model.backbone,
-                len(self.label_names),
-                adapter.target_modules,
-                adapter.max_rank,
-                adapter.alpha,
-                adapter.layers,
-            )
+            if adapter.kind == "nano":
+                from fedsim.nano import NanoClassifier
+
+                self.model = NanoClassifier(scenario.model.backbone, len(self.label_names), adapter.max_rank, adapter.alpha)
+            else:
+                self.model = LoraClassifier(
+                    scenario.model.backbone,
+                    len(self.label_names),
+                    adapter.target_modules,
+                    adapter.max_rank,
+                    adapter.alpha,
+                    adapter.layers,
+                )
             torch.nn.init.normal_(self.model.head.weight, std=0.02)
             torch.nn.init.zeros_(self.model.head.bias)
         self.initial_state: AdapterState = state_from_model(self.model)

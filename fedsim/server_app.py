@@ -174,10 +174,20 @@ def run_server(
         "total_energy_j": float(sum(r["energy_j"] for r in rounds)),
         "clients_dropped": int(sum(r["clients_dropped"] for r in rounds)),
         "layers": runtime.model.layer_names,
+        **storage_summary(runtime.model, rounds),
         "wall_s": round(time.time() - started, 2),
     }
     run_dir.finish(summary)
     return summary
+
+
+def storage_summary(model, rounds: list[dict]) -> dict:
+    """Client-side storage (both adapter kinds) and the split of the traffic, for summary.json."""
+    from fedsim.nano import client_storage
+
+    client_params, model_params = client_storage(model)
+    totals = {f"total_{key}": int(sum(r.get(key, 0) for r in rounds)) for key in ("bytes_up_adapter", "bytes_up_fisher", "bytes_up_activations", "bytes_down_gradients")}
+    return {"client_params": client_params, "model_params": model_params, "client_params_ratio": client_params / model_params, **totals}
 
 
 def _export_adapter(strategy: RankAdaptiveStrategy, directory: Path) -> None:

@@ -19,6 +19,7 @@ from channels.quantization import dequantize_payload, encoded_bits
 from fedsim.adapter_state import HEAD_KEYS, AdapterState, payload_bits, payload_params, truncate
 from fedsim.aggregation import aggregate
 from fedsim.config import Scenario
+from fedsim.nano import server_side_keys
 from fedsim.runtime import Runtime
 from fedsim.training import evaluate
 from fedsim.types import ChannelStates, FedsimError, Observation
@@ -65,6 +66,8 @@ class RankAdaptiveStrategy:
         n_layers = runtime.n_layers
         self.params_per_rank = np.array(runtime.model.params_per_rank())
         self.head_params = runtime.model.head_param_count()
+        # Nano mode: the head lives on the server, so it is neither broadcast nor uploaded (not metered).
+        self.server_side_keys = server_side_keys(scenario)
         # Independent streams, so that e.g. a policy asking for more randomness never shifts client sampling.
         self.rng_sampling = np.random.default_rng([scenario.seed, 7010])
         self.rng_channel = np.random.default_rng([scenario.seed, 7011])
@@ -147,7 +150,8 @@ class RankAdaptiveStrategy:
         messages, bytes_down = [], []
         for client, client_ranks in zip(clients, ranks):
             payload = truncate(self.global_state, client_ranks)
-            bytes_down.append(payload_bits(payload, 32) // 8)  # the broadcast is float32, as sent
+            on_air = {k: v for k, v in payload.items() if k not in self.server_side_keys}
+            bytes_down.append(payload_bits(on_air, 32) // 8)  # the broadcast is float32, as sent
             config = ConfigRecord({"server-round": server_round, "client-id": int(client), "scenario": self.scenario_yaml})
             content = RecordDict({"arrays": to_array_record(payload), "config": config})
             messages.append(Message(content, dst_node_id=node_of_client[int(client)], message_type=MessageType.TRAIN, group_id=str(server_round)))
@@ -173,7 +177,13 @@ class RankAdaptiveStrategy:
         # Bits are those of the arrays the client sent (quantised codes and scales); the server
         # aggregates their dequantised values, so quantisation error is real.
         encoded = [received.get(int(c), (None, None))[0] for c in pending.clients]
-        up_bits = np.array([encoded_bits(e) if e is not None else 0 for e in encoded])
+        adapter_bits = np.array([encoded_bits(self.on_air(e)) if e is not None else 0 for e in encoded])
+        fisher_bits = np.array([encoded_bits({k: v for k, v in self.on_air(e).items() if k.startswith("F.")}) if e is not None else 0 for e in encoded])
+        # Nano mode: every local step also sent activations up and got gradients down (split computation).
+        replied = [received.get(int(c), (None, {}))[1] for c in pending.clients]
+        activation_bytes = np.array([int(m.get("bytes-up-activations", 0)) if m else 0 for m in replied])
+        gradient_bytes = np.array([int(m.get("bytes-down-gradients", 0)) if m else 0 for m in replied])
+        up_bits = adapter_bits + 8 * activation_bytes
         uploads = [self.decode_upload(e, r) if e is not None else None for e, r in zip(encoded, pending.ranks)]
         samples = np.full(len(pending.clients), self.scenario.train.local_steps * self.scenario.train.batch_size)
         superposition = None
@@ -184,7 +194,7 @@ class RankAdaptiveStrategy:
             )
         else:
             transmissions = self.channel.uplink(pending.states, up_bits, self.rng_channel, samples)
-        downlinks = self.channel.downlink(pending.states, pending.bytes_down * 8)
+        downlinks = self.channel.downlink(pending.states, (pending.bytes_down + gradient_bytes) * 8)
 
         delivered_uploads, weights, client_rows = [], [], []
         for k, client in enumerate(pending.clients):
@@ -209,7 +219,11 @@ class RankAdaptiveStrategy:
                     "mean_rank": float(pending.ranks[k].mean()),
                     "params_up": payload_params(upload) if upload is not None else 0,
                     "bytes_up": int(up_bits[k] // 8),
-                    "bytes_down": int(pending.bytes_down[k]),
+                    "bytes_down": int(pending.bytes_down[k] + gradient_bytes[k]),
+                    "bytes_up_adapter": int(adapter_bits[k] // 8),
+                    "bytes_up_fisher": int(fisher_bits[k] // 8),
+                    "bytes_up_activations": int(activation_bytes[k]),
+                    "bytes_down_gradients": int(gradient_bytes[k]),
                     "snr_db": float(pending.states.snr_db[k]),
                     "fading_gain": float(pending.states.fading_gain[k]),
                     "bandwidth_hz": float(pending.states.bandwidth_hz[k]),
@@ -235,7 +249,7 @@ class RankAdaptiveStrategy:
                 self.global_state, delivered_uploads, weights, self.scenario.aggregation.method, self.rng_aggregation
             )
         bytes_up = int(up_bits.sum() // 8)
-        bytes_down = int(pending.bytes_down.sum())
+        bytes_down = int(pending.bytes_down.sum() + gradient_bytes.sum())
         self.cum_bytes_up += bytes_up
         self.cum_bytes_down += bytes_down
         bytes_delivered = int(sum(r["bytes_up"] for r in client_rows if r["delivered"]))
@@ -245,6 +259,10 @@ class RankAdaptiveStrategy:
             "round": server_round,
             "bytes_up": bytes_up,
             "bytes_down": bytes_down,
+            "bytes_up_adapter": int(adapter_bits.sum() // 8),
+            "bytes_up_fisher": int(fisher_bits.sum() // 8),
+            "bytes_up_activations": int(activation_bytes.sum()),
+            "bytes_down_gradients": int(gradient_bytes.sum()),
             "cum_bytes_up": self.cum_bytes_up,
             "cum_bytes_down": self.cum_bytes_down,
             "uplink_latency_s": self.channel.round_latency(transmissions),
@@ -282,12 +300,19 @@ class RankAdaptiveStrategy:
             if rank > 0:
                 shapes[f"A.{i}"] = (int(rank), self.global_state.A[i].shape[1])
                 shapes[f"B.{i}"] = (self.global_state.B[i].shape[0], int(rank))
+        if self.scenario.aggregation.method == "fisher":  # the Fisher estimate has the factors' shapes
+            shapes |= {f"F.{key}": shape for key, shape in shapes.items()}
         for key in HEAD_KEYS:
             shapes[key] = tuple(self.global_state.head[key].shape)
         return shapes
 
+    def on_air(self, encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The arrays of a reply that crossed the uplink (not the server-side head of nano mode)."""
+        return {k: v for k, v in encoded.items() if k not in self.server_side_keys}
+
     def decode_upload(self, encoded: dict[str, np.ndarray], ranks) -> dict[str, np.ndarray]:
-        return dequantize_payload(encoded, self.channel.bits_per_param, self.upload_shapes(ranks))
+        decoded = dequantize_payload(self.on_air(encoded), self.channel.bits_per_param, self.upload_shapes(ranks))
+        return decoded | {k: np.asarray(encoded[k], dtype=np.float32) for k in self.server_side_keys if k in encoded}
 
     def apply_superposition(self, superposed: dict[str, np.ndarray]) -> tuple[AdapterState, np.ndarray]:
         """AirComp: the received (noisy) zero-padded factor average becomes the global adapter; unsent layers keep theirs."""

@@ -33,7 +33,12 @@ def local_train(runtime: Runtime, payload: dict[str, np.ndarray], client_id: int
     """Train one client from the received payload at the payload's ranks; return its upload and metrics.
 
     Only components inside each layer's rank (and the head) are trained and sent back.
+    Nano mode (`adapter.kind: nano`) trains by split computation instead (`fedsim.nano.split_train`).
     """
+    if runtime.scenario.adapter.kind == "nano":
+        from fedsim.nano import split_train
+
+        return split_train(runtime, payload, client_id, server_round)
     scenario = runtime.scenario
     cfg = scenario.train
     model = runtime.model
@@ -44,7 +49,9 @@ def local_train(runtime: Runtime, payload: dict[str, np.ndarray], client_id: int
         groups.append({"params": lora, "lr": cfg.lr})
     optimizer = torch.optim.Adam(groups)
 
-    losses, tokens = [], 0
+    want_fisher = scenario.aggregation.method == "fisher"
+    fisher = [(torch.zeros_like(a), torch.zeros_like(b)) for a, b in map(model.factor, range(len(model.layers)))] if want_fisher else []
+    losses, tokens, steps = [], 0, 0
     for indices in client_batches(runtime, client_id, server_round):
         batch = runtime.batch("train", indices)
         labels = batch.pop("labels")
@@ -53,10 +60,20 @@ def local_train(runtime: Runtime, payload: dict[str, np.ndarray], client_id: int
         loss = F.cross_entropy(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        for i, (f_a, f_b) in enumerate(fisher):  # squared gradients, for Fisher merging (empty unless wanted)
+            a, b = model.factor(i)
+            if a.grad is not None:
+                f_a += a.grad.detach().float() ** 2
+                f_b += b.grad.detach().float() ** 2
         optimizer.step()
         losses.append(loss.item())
         tokens += int(batch["attention_mask"].sum())
+        steps += 1
     upload = truncate(state_from_model(model), ranks)
+    if want_fisher:
+        from fedsim.nano import add_fisher
+
+        add_fisher(upload, fisher, steps)
     metrics = {"num-examples": len(runtime.partitions[client_id]), "train-loss": float(np.mean(losses)), "tokens": tokens}
     return upload, metrics
 
