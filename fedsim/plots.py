@@ -27,8 +27,9 @@ from fedsim.types import FedsimError
 X_AXES = {
     # name -> (results column, scale, axis label, title words)
     "bytes_up": ("cum_bytes_up", 1e-6, "uploaded (MB, cumulative)", "uploaded MB"),
-    "latency": ("cum_uplink_latency_s", 1.0, "uplink airtime (s, cumulative)", "uplink airtime"),
-    "energy": ("cum_energy_j", 1.0, "client transmit energy (J, cumulative)", "transmit energy"),
+    # rounds.csv uplink_latency_s is the round's latency: the slowest client's computation + upload.
+    "latency": ("cum_uplink_latency_s", 1.0, "simulated time: compute + uplink (s, cumulative)", "simulated time"),
+    "energy": ("cum_energy_j", 1.0, "client energy: transmit + compute (J, cumulative)", "client energy"),
     "round": ("round", 1.0, "round", "round"),
 }
 Y_AXES = {"accuracy": ("accuracy", "test accuracy"), "loss": ("loss", "test loss")}
