@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     from policies.train import add_commands as add_policy_commands
 
     COMMANDS.update(add_policy_commands(sub))
+    from fedsim.deploy import add_commands as add_deploy_commands
+
+    COMMANDS.update(add_deploy_commands(sub))
     return parser
 
 

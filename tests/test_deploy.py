@@ -1,0 +1,125 @@
+"""Flower's deployment engine on loopback: a real SuperLink and SuperNodes, `flwr run`, the same ledger as in-process.
+
+Select these alone with `pytest -m deploy`. They start real processes (each message runs
+in a fresh `flwr-clientapp` process), so they use a small CSV corpus and 3 clients.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import psutil
+import pytest
+
+from fedsim.deploy import LocalFederation, deploy_local
+from fedsim.run import run_scenario
+
+BANKING77 = Path(__file__).resolve().parents[1] / "fedsim" / "data" / "banking77"
+FLOWER_PROCESSES = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-serverapp", "flwr-clientapp", "flwr run")
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory) -> Path:
+    """Every 40th training and every 30th test example of BANKING77, with all 77 label names."""
+    root = tmp_path_factory.mktemp("corpus")
+    for name, step in (("train.csv", 40), ("test.csv", 30)):
+        with open(BANKING77 / name, newline="") as src:
+            rows = list(csv.reader(src))
+        with open(root / name, "w", newline="") as dst:
+            csv.writer(dst).writerows([rows[0], *rows[1::step]])
+    shutil.copy(BANKING77 / "categories.json", root)
+    return root
+
+
+def deploy_scenario(tiny, corpus: Path):
+    return tiny(
+        name="deploy",
+        rounds=2,
+        clients={"num_clients": 3, "per_round": 3},
+        data={"dataset": str(corpus), "eval_samples": 48, "eval_full_final": False, "partition": {"kind": "iid"}},
+        adapter={"max_rank": 4},
+        policy={"name": "fixed", "rank": 4},
+    )
+
+
+def flower_pids_under(workdir: Path) -> list[int]:
+    """PIDs of Flower processes that belong to this launch (their environment names its FLWR_HOME)."""
+    home = str(workdir / "flwr-home")
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if any(name in cmdline for name in FLOWER_PROCESSES) and proc.environ().get("FLWR_HOME") == home:
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc.info["pid"])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.deploy
+def test_loopback_deployment_writes_the_same_ledger_as_the_inline_engine(tmp_path, tiny, small_corpus):
+    scenario = deploy_scenario(tiny, small_corpus)
+    workdir = tmp_path / "flower"
+    summary = deploy_local(scenario, tmp_path / "deployed", num_nodes=3, round_timeout_s=None, workdir=workdir, log=lambda line: None)
+    run_scenario(scenario, tmp_path / "inline", progress=False)
+
+    for name in ("rounds.csv", "clients.csv"):
+        deployed, inline = (tmp_path / "deployed" / name).read_text(), (tmp_path / "inline" / name).read_text()
+        assert deployed.splitlines()[0] == inline.splitlines()[0], f"{name}: columns differ"
+        assert deployed == inline, f"{name}: the deployment's ledger differs from the inline engine's"
+    clients = read_csv(tmp_path / "deployed" / "clients.csv")
+    assert all(int(r["wire_bytes_up"]) > int(r["bytes_up"]) for r in clients), "Flower's serialized upload is larger than the modelled bits"
+    assert summary["rounds"] == 2 and (tmp_path / "deployed" / "adapter" / "adapter_model.safetensors").is_file()
+    assert flower_pids_under(workdir) == []
+
+
+@pytest.mark.deploy
+def test_a_supernode_killed_in_round_one_is_dropped_and_rejoins_after_restart(tmp_path, tiny, small_corpus):
+    scenario = deploy_scenario(tiny, small_corpus)
+    workdir = tmp_path / "flower"
+    victim = 1
+    events: list[str] = []
+
+    def chaos(federation: LocalFederation, line: str) -> None:
+        if "[fedsim] round 1/2 started" in line and not events:
+            federation.kill_node(victim)  # SIGKILL: the SuperNode and its superexec/clientapp children
+            events.append("killed")
+            federation.start_node(victim)  # comes back under a new node id
+            events.append("restarted")
+
+    deploy_local(scenario, tmp_path / "run", num_nodes=3, round_timeout_s=150.0, workdir=workdir, log=lambda line: None, on_line=chaos)
+
+    assert events == ["killed", "restarted"]
+    rows = {(int(r["round"]), int(r["client"])): r for r in read_csv(tmp_path / "run" / "clients.csv")}
+    assert rows[(1, victim)]["delivered"] == "0" and rows[(1, victim)]["drop_reason"] == "no-reply"
+    assert rows[(1, victim)]["wire_bytes_up"] == "0"
+    assert rows[(2, victim)]["delivered"] == "1", "the restarted SuperNode did not rejoin in round 2"
+    rounds = read_csv(tmp_path / "run" / "rounds.csv")
+    assert [int(r["round"]) for r in rounds] == [1, 2]
+    assert int(rounds[0]["clients_dropped"]) >= 1
+    assert flower_pids_under(workdir) == []
+
+
+def test_the_project_declares_a_valid_flower_app():
+    """`flwr run . <connection>` reads [tool.flwr.app] from the project's pyproject.toml."""
+    from flwr.cli.config_utils import load_and_validate
+
+    config, _warnings = load_and_validate(Path(__file__).resolve().parents[1] / "pyproject.toml")
+    app = config["tool"]["flwr"]["app"]
+    assert app["components"] == {"serverapp": "fedsim.server_app:app", "clientapp": "fedsim.client_app:app"}
+    assert {"scenario", "out", "set", "round-timeout"} <= set(app["config"])
+
+
+def test_deploy_local_rejects_a_node_count_that_differs_from_the_clients(tmp_path, tiny):
+    from fedsim.types import FedsimError
+
+    with pytest.raises(FedsimError, match="--nodes 2"):
+        deploy_local(tiny(), tmp_path / "run", num_nodes=2)
