@@ -105,7 +105,11 @@ def get_runtime(scenario: Scenario) -> Runtime:
         while len(_RUNTIMES) >= 2:
             _RUNTIMES.pop(next(iter(_RUNTIMES)))
         _RUNTIMES[key] = Runtime(scenario)
-    return _RUNTIMES[key]
+    runtime = _RUNTIMES[key]
+    # The cached model and data depend only on the key's fields; training, channel and aggregation
+    # settings (lr, local_steps, bits_per_param, ...) must come from the scenario asked for now.
+    runtime.scenario = scenario
+    return runtime
 
 
 def batches_by_length(runtime: Runtime, split: str, indices: np.ndarray, batch_size: int):
