@@ -134,6 +134,9 @@ class Scenario(_Section):
         if self.train.engine == "cohort" and (self.adapter.kind == "nano" or self.aggregation.method == "fisher"):
             field = "adapter.kind=nano" if self.adapter.kind == "nano" else "aggregation.method=fisher"
             raise ValueError(f"train.engine=cohort does not support {field}; allowed: train.engine=per-client")
+        if getattr(self.channel, "mode", "digital") == "aircomp" and (self.adapter.kind == "nano" or self.aggregation.method == "fisher"):
+            field = "adapter.kind=nano" if self.adapter.kind == "nano" else "aggregation.method=fisher"
+            raise ValueError(f"channel.mode=aircomp does not support {field} (AirComp receives only the sum of the updates); allowed: channel.mode=digital")
         for r in getattr(self.policy, "ranks", None) or []:
             if not 0 <= r <= self.adapter.max_rank:
                 raise ValueError(f"policy.ranks contains {r}; allowed: 0..{self.adapter.max_rank}")

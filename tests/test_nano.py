@@ -163,9 +163,13 @@ def test_nano_client_holds_embeddings_and_adapters_only(nano_runtime, tiny):
     assert client < whole < lora_client
 
 
-def test_nano_with_cohort_engine_is_a_one_line_error(tiny):
+def test_nano_and_fisher_with_unsupported_engines_are_one_line_errors(tiny):
     with pytest.raises(FedsimError, match="train.engine=cohort does not support adapter.kind=nano"):
         tiny(**NANO, train={"engine": "cohort"})
+    with pytest.raises(FedsimError, match="train.engine=cohort does not support aggregation.method=fisher"):
+        tiny(aggregation={"method": "fisher"}, train={"engine": "cohort"})
+    with pytest.raises(FedsimError, match="channel.mode=aircomp does not support adapter.kind=nano"):
+        tiny(**NANO, channel={"kind": "awgn", "mode": "aircomp"})
 
 
 # --- end to end -------------------------------------------------------------------------------
