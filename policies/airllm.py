@@ -83,6 +83,18 @@ class AirLlmConfig(BaseModel):
 # --- networks ---------------------------------------------------------------------------------
 
 
+class single_thread:
+    """The policy's networks are tiny: one thread is faster than several, and far faster when cores are busy
+    (intra-op threads spin-wait on a loaded machine; measured 40x slower updates with 2 threads)."""
+
+    def __enter__(self):
+        self.threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.threads)
+
+
 def mlp(sizes: list[int], out_gain: float = 1.0) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -251,6 +263,10 @@ class AirLlmPolicy(RankPolicy):
 
     # --- acting -------------------------------------------------------------------------
     def ranks(self, observation: Observation) -> np.ndarray:
+        with single_thread():
+            return self._ranks(observation)
+
+    def _ranks(self, observation: Observation) -> np.ndarray:
         c = self.config
         self._ensure_built(observation.n_layers)
         features = client_features(observation)
@@ -267,7 +283,8 @@ class AirLlmPolicy(RankPolicy):
             if c.learn and self.ddim_trained_on < c.warmup_transitions:
                 x = torch.as_tensor(resample(coarse.numpy(), observation.n_layers), dtype=torch.float32)
             else:
-                x = ddim_sample(self.denoiser, self.scheduler, coarse, observation.n_layers, c.sampling_steps, c.guidance, generator)
+                steps = min(c.sampling_steps, c.train_timesteps)
+                x = ddim_sample(self.denoiser, self.scheduler, coarse, observation.n_layers, steps, c.guidance, generator)
             if c.learn:
                 x = (x + c.explore_noise * torch.randn(x.shape, generator=generator)).clamp(-1.0, 1.0)
                 self.pending = {
@@ -312,6 +329,10 @@ class AirLlmPolicy(RankPolicy):
         return (reward - mean) / max(std, 1e-3)
 
     def _update(self, next_obs: torch.Tensor | None) -> None:
+        with single_thread():
+            self._update_networks(next_obs)
+
+    def _update_networks(self, next_obs: torch.Tensor | None) -> None:
         if len(self.rollout):
             self._ppo_update(next_obs)
         self._ddim_update()

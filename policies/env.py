@@ -4,13 +4,15 @@
                  the first round's observation
     step(a)      a in [-1, 1]^(clients · layers) -> integer ranks (policies.common.action_to_ranks);
                  the round runs through the strategy's hooks and an InlineGrid with the real
-                 ClientApp: configure_train -> send_and_receive -> aggregate_train -> evaluate
+                 ClientApp, exactly as the ServerApp does (fedsim.server_app.run_train_round, then
+                 strategy.evaluate)
     observation  the selected clients' feature rows (policies.common.client_features), flattened
     reward       the strategy's round reward (policies.common.round_reward, configured by the
                  policy's `reward:` section)
     terminated   after `rounds` rounds
 
-Episode seeds: reset(seed=s) uses s; reset() uses scenario.seed + (episodes so far), so every
+Episode seeds: reset(seed=s) runs the scenario with seed scenario.seed + s; reset() with
+scenario.seed + (episodes so far), so every
 episode draws new partitions, channels and initialisation. The policy whose `feedback` the
 strategy calls (the one being trained, e.g. airllm) is `env.policy`; `env.observation` is the
 pending round's full `Observation` for agents that act on it directly.
@@ -61,11 +63,11 @@ class FederatedRoundEnv(gym.Env):
 
         if self.scenario.threads:
             torch.set_num_threads(self.scenario.threads)
-        episode_seed = int(seed) if seed is not None else self.scenario.seed + self.episodes
+        episode_seed = self.scenario.seed + (int(seed) if seed is not None else self.episodes)
         self.episodes += 1
         scenario = self.scenario.model_copy(update={"seed": episode_seed})
         self.episode_scenario = scenario
-        self.strategy = RankAdaptiveStrategy(scenario, get_runtime(scenario), build_channel(scenario.channel), self.policy)
+        self.strategy = RankAdaptiveStrategy(scenario, get_runtime(scenario), build_channel(scenario.channel, scenario.seed), self.policy)
         self.grid = InlineGrid(client_app, scenario.clients.num_clients)
         self.nodes = discover_nodes(self.grid, scenario.clients.num_clients)
         self.policy.reset()
@@ -74,13 +76,14 @@ class FederatedRoundEnv(gym.Env):
         return client_features(self.observation).reshape(-1), {"seed": episode_seed}
 
     def step(self, action):
+        from fedsim.server_app import run_train_round
+
         assert self.strategy is not None, "call reset() first"
         ranks = action_to_ranks(np.asarray(action).reshape(self.n_clients, self.n_layers), self.min_rank, self.max_rank)
-        messages = self.strategy.configure_train(self.round, self.nodes, ranks=ranks)
-        result = self.strategy.aggregate_train(self.round, list(self.grid.send_and_receive(messages)))
+        result = run_train_round(self.grid, self.strategy, self.round, self.nodes, None, ranks=ranks)
         loss, accuracy, _ = self.strategy.evaluate(self.round)
         reward = float(self.strategy.last_reward)
-        info = {"round": self.round, "loss": loss, "accuracy": accuracy, "bytes_up": result.row["bytes_up"], "mean_rank": result.row["mean_rank"]}
+        info = {"episode_index": self.episodes, "seed": self.episode_scenario.seed, "round": self.round, "loss": loss, "accuracy": accuracy, "bytes_up": result.row["bytes_up"], "mean_rank": result.row["mean_rank"], "bytes_up_total": self.strategy.cum_bytes_up}
         terminated = self.round >= self.scenario.rounds
         if terminated:
             features = client_features(self.observation).reshape(-1)  # terminal: any valid observation

@@ -102,13 +102,14 @@ def _airllm_episode(env, policy) -> dict:
 
 
 def _episode_row(env, seed: int, total: float, mean_rank: float, last_info: dict, started: float) -> dict:
+    # From the terminal step's info: SB3's vectorised env has already reset `env` for the next episode.
     return {
-        "episode": env.episodes,
-        "seed": seed,
+        "episode": last_info["episode_index"],
+        "seed": last_info["seed"],
         "return": total,
         "mean_rank": mean_rank,
         "final_accuracy": last_info["accuracy"],
-        "bytes_up": env.strategy.cum_bytes_up,
+        "bytes_up": last_info["bytes_up_total"],
         "wall_s": round(time.time() - started, 2),
     }
 
@@ -119,15 +120,17 @@ def _ppo_learn(env, policy, episodes: int, finish_episode) -> None:
     class EpisodeRows(BaseCallback):
         def _on_training_start(self) -> None:
             self.total, self.ranks, self.started = 0.0, [], time.time()
+            self.finished = 0
 
         def _on_step(self) -> bool:
             info = self.locals["infos"][0]
             self.total += float(self.locals["rewards"][0])
             self.ranks.append(info["mean_rank"])
             if self.locals["dones"][0]:
-                finish_episode(_episode_row(env, env.episode_scenario.seed, self.total, float(np.mean(self.ranks)), info, self.started))
+                finish_episode(_episode_row(env, info["seed"], self.total, float(np.mean(self.ranks)), info, self.started))
                 self.total, self.ranks, self.started = 0.0, [], time.time()
-            return env.episodes < episodes or not self.locals["dones"][0]  # SB3 rounds steps up to whole rollouts
+                self.finished += 1
+            return self.finished < episodes  # SB3 would round the steps up to whole rollouts
 
     policy.n_clients, policy.n_layers = env.n_clients, env.n_layers
     policy.build(env)
