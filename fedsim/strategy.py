@@ -65,9 +65,10 @@ class RankAdaptiveStrategy:
         self.global_state: AdapterState = runtime.initial_state.copy()
         n_layers = runtime.n_layers
         self.params_per_rank = np.array(runtime.model.params_per_rank())
-        self.head_params = runtime.model.head_param_count()
-        # Nano mode: the head lives on the server, so it is neither broadcast nor uploaded (not metered).
+        # Nano mode: the head lives on the server, so it is neither broadcast nor uploaded (not metered),
+        # and a policy's bit budget carries no fixed head cost.
         self.server_side_keys = server_side_keys(scenario)
+        self.head_params = 0 if self.server_side_keys else runtime.model.head_param_count()
         # Independent streams, so that e.g. a policy asking for more randomness never shifts client sampling.
         self.rng_sampling = np.random.default_rng([scenario.seed, 7010])
         self.rng_channel = np.random.default_rng([scenario.seed, 7011])

@@ -198,3 +198,16 @@ def test_nano_run_end_to_end_meters_adapter_and_split_traffic(tmp_path, tiny):
     saved = load_file(str(tmp_path / "run" / "adapter" / "nano_adapter.safetensors"))
     assert saved["nano.segment0.lora_B"].abs().sum() > 0  # trained
     assert torch.equal(saved["nano.segment1.lora_B"], torch.zeros_like(saved["nano.segment1.lora_B"]))  # never saw a token
+
+
+def test_lora_clients_send_a_fisher_estimate_when_fisher_merging_is_on(tiny):
+    from fedsim.training import local_train
+
+    runtime = get_runtime(tiny(aggregation={"method": "fisher"}))
+    upload, _ = local_train(runtime, truncate(runtime.initial_state, [2] * runtime.n_layers), client_id=0, server_round=1)
+    for i in range(runtime.n_layers):
+        assert upload[f"F.A.{i}"].shape == upload[f"A.{i}"].shape == (2, runtime.model.factor(i)[0].shape[1])
+        assert upload[f"F.B.{i}"].shape == upload[f"B.{i}"].shape
+        assert (upload[f"F.A.{i}"] >= 0).all() and upload[f"F.B.{i}"].sum() > 0
+    plain, _ = local_train(get_runtime(tiny()), truncate(runtime.initial_state, [2] * runtime.n_layers), client_id=0, server_round=1)
+    assert not any(key.startswith("F.") for key in plain)
