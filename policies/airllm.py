@@ -154,9 +154,13 @@ class Denoiser(nn.Module):
         self.blocks = nn.ModuleList(ResidualBlock(hidden) for _ in range(blocks))
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, x_dim))
 
+    def condition_embedding(self, cond: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return torch.where(keep[:, None], self.cond(cond), self.null_cond.expand(cond.shape[0], -1))
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        cond_emb = torch.where(keep[:, None], self.cond(cond), self.null_cond.expand(x.shape[0], -1))
-        emb = self.time(sinusoidal_embedding(t, self.time_dim)) + cond_emb
+        return self.denoise(x, self.time(sinusoidal_embedding(t, self.time_dim)) + self.condition_embedding(cond, keep))
+
+    def denoise(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)
@@ -171,15 +175,16 @@ def make_scheduler(train_timesteps: int):
     )
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def ddim_sample(denoiser: Denoiser, scheduler, cond: torch.Tensor, x_dim: int, steps: int, guidance: float, generator: torch.Generator) -> torch.Tensor:
     """DDIM (η = 0) with classifier-free guidance; conditional and unconditional passes share one batch."""
     n = cond.shape[0]
     scheduler.set_timesteps(steps)
     x = torch.randn(n, x_dim, generator=generator)
     keep = torch.cat([torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)])
+    cond_emb = denoiser.condition_embedding(torch.cat([cond, cond]), keep)  # fixed across steps: embed once
     for t in scheduler.timesteps:
-        eps = denoiser(torch.cat([x, x]), t.repeat(2 * n), torch.cat([cond, cond]), keep)
+        eps = denoiser.denoise(torch.cat([x, x]), denoiser.time(sinusoidal_embedding(t.reshape(1), denoiser.time_dim)) + cond_emb)
         eps_cond, eps_uncond = eps[:n], eps[n:]
         x = scheduler.step(eps_uncond + guidance * (eps_cond - eps_uncond), t, x).prev_sample
     return x.clamp(-1.0, 1.0)
