@@ -327,8 +327,8 @@ def plot_budget_bars(root: Path, out_dir: Path, rows: list[dict], fields: list[s
     fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(keys) + 2.0), 3.6))
     positions = np.arange(len(keys))
     ax.bar(positions, means, yerr=errors, color=colors, capsize=3, edgecolor="white", error_kw={"ecolor": "#333333", "lw": 1})
-    for pos, mean in zip(positions, means):
-        ax.text(pos, mean, f"{mean:.1%}", ha="center", va="bottom", fontsize=8, color="#333333")
+    for pos, mean, top in zip(positions, means, edges[:, 1]):  # above the error bar, never crossed by it
+        ax.text(pos, max(mean, top) + 0.005, f"{mean:.1%}", ha="center", va="bottom", fontsize=8, color="#333333")
     ax.set_xticks(positions, [_group_label(group_fields, k).replace(", ", "\n") for k in keys], fontsize=8, rotation=0 if len(keys) <= 6 else 45, ha="center" if len(keys) <= 6 else "right")
     ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
     ax.set_ylabel("test accuracy")
