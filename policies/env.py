@@ -83,7 +83,7 @@ class FederatedRoundEnv(gym.Env):
         result = run_train_round(self.grid, self.strategy, self.round, self.nodes, None, ranks=ranks)
         loss, accuracy, _ = self.strategy.evaluate(self.round)
         reward = float(self.strategy.last_reward)
-        info = {"episode_index": self.episodes, "seed": self.episode_scenario.seed, "round": self.round, "loss": loss, "accuracy": accuracy, "bytes_up": result.row["bytes_up"], "mean_rank": result.row["mean_rank"], "bytes_up_total": self.strategy.cum_bytes_up}
+        info = {"seed": self.episode_scenario.seed, "round": self.round, "loss": loss, "accuracy": accuracy, "bytes_up": result.row["bytes_up"], "mean_rank": result.row["mean_rank"], "bytes_up_total": self.strategy.cum_bytes_up}
         terminated = self.round >= self.scenario.rounds
         if terminated:
             features = client_features(self.observation).reshape(-1)  # terminal: any valid observation

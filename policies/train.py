@@ -74,7 +74,7 @@ def train_policy(scenario, episodes: int, out: Path, progress: bool = True) -> l
     bar = tqdm(total=episodes, desc=f"train {name}", unit="episode", disable=not progress, dynamic_ncols=True)
 
     def finish_episode(row: dict) -> None:
-        rows.append(row)
+        rows.append({**row, "episode": len(rows) + 1})
         bar.update(1)
         bar.set_postfix(ret=f"{row['return']:.3f}", rank=f"{row['mean_rank']:.2f}", acc=f"{row['final_accuracy']:.3f}")
         _write_rows(out / "training.csv", rows)
@@ -104,7 +104,7 @@ def _airllm_episode(env, policy) -> dict:
 def _episode_row(env, seed: int, total: float, mean_rank: float, last_info: dict, started: float) -> dict:
     # From the terminal step's info: SB3's vectorised env has already reset `env` for the next episode.
     return {
-        "episode": last_info["episode_index"],
+        "episode": 0,  # numbered by finish_episode
         "seed": last_info["seed"],
         "return": total,
         "mean_rank": mean_rank,
