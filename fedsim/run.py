@@ -37,12 +37,14 @@ class _ErrorsOnly(logging.Filter):
 def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True, overwrite: bool = False) -> dict:
     """Run `scenario` into `out_dir`; returns the summary. The directory is finished only when summary.json exists."""
     from fedsim.model import validate_backbone
+    from policies import build_policy
 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         state = "a finished run" if is_finished(out_dir) else "files"
         raise FedsimError(f"--out {out_dir}: already holds {state}; choose another directory or pass --overwrite")
     validate_backbone(scenario.model.backbone)
+    build_policy(scenario.policy)  # a bad checkpoint is a one-line error before any engine starts
     quiet_frameworks()
     if scenario.engine == "inline":
         from fedsim.client_app import app as client_app

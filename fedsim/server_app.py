@@ -145,6 +145,12 @@ def run_train_round(grid: Grid, strategy: RankAdaptiveStrategy, server_round: in
     return result
 
 
+def build_strategy(scenario: Scenario, policy=None) -> RankAdaptiveStrategy:
+    """The round logic for `scenario`, wired to its channel and policy (or the `policy` given)."""
+    policy = policy if policy is not None else build_policy(scenario.policy)
+    return RankAdaptiveStrategy(scenario, get_runtime(scenario), build_channel(scenario.channel, scenario.seed), policy)
+
+
 def run_server(
     grid: Grid, scenario: Scenario, out_dir: Path, progress: bool = True, round_timeout_s: float | None = None, log_rounds: bool = False
 ) -> dict:
@@ -158,10 +164,10 @@ def run_server(
     if scenario.threads:
         torch.set_num_threads(scenario.threads)
     run_dir = RunDirectory(out_dir)
-    run_dir.start(scenario.to_yaml())
     started = time.time()
-    runtime = get_runtime(scenario)
-    strategy = RankAdaptiveStrategy(scenario, runtime, build_channel(scenario.channel, scenario.seed), build_policy(scenario.policy))
+    strategy = build_strategy(scenario)  # a bad policy checkpoint fails here, before the run directory exists
+    runtime = strategy.runtime
+    run_dir.start(scenario.to_yaml())
     num_clients = scenario.clients.num_clients
     nodes = NodeDirectory(grid, discover_nodes(grid, num_clients), num_clients, min(round_timeout_s or NODE_WAIT_S, NODE_WAIT_S))
 

@@ -54,12 +54,9 @@ class FederatedRoundEnv(gym.Env):
         super().reset(seed=seed)
         import torch
 
-        from channels import build_channel
         from fedsim.client_app import app as client_app
         from fedsim.inline_grid import InlineGrid
-        from fedsim.runtime import get_runtime
-        from fedsim.server_app import discover_nodes
-        from fedsim.strategy import RankAdaptiveStrategy
+        from fedsim.server_app import build_strategy, discover_nodes
 
         if self.scenario.threads:
             torch.set_num_threads(self.scenario.threads)
@@ -67,7 +64,7 @@ class FederatedRoundEnv(gym.Env):
         self.episodes += 1
         scenario = self.scenario.model_copy(update={"seed": episode_seed})
         self.episode_scenario = scenario
-        self.strategy = RankAdaptiveStrategy(scenario, get_runtime(scenario), build_channel(scenario.channel, scenario.seed), self.policy)
+        self.strategy = build_strategy(scenario, self.policy)
         self.grid = InlineGrid(client_app, scenario.clients.num_clients)
         self.nodes = discover_nodes(self.grid, scenario.clients.num_clients)
         self.policy.reset()

@@ -257,6 +257,7 @@ def test_corrupt_or_mismatched_checkpoint_is_one_line_exit_2(tmp_path, capsys, d
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and expected in err, err
+    assert not (tmp_path / "run").exists(), "a rejected checkpoint must not leave an unfinished run directory"
 
 
 # --- the gymnasium environment ----------------------------------------------------------------------
