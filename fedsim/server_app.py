@@ -132,7 +132,7 @@ def run_train_round(grid: Grid, strategy: RankAdaptiveStrategy, server_round: in
     replies = send_and_collect(grid, [m for _, m in sent], timeout) if sent and not cohort else []
     if sent and cohort:  # the whole round as one `train.cohort` message, answered as one reply per client
         batch = [m for _, m in sent]
-        replies = unpack(list(grid.send_and_receive([pack(batch)], timeout=timeout)), batch)
+        replies = unpack(send_and_collect(grid, [pack(batch)], timeout), batch)
     wire_up = {client_of_node[r.metadata.src_node_id]: content_wire_bytes(r) for r in replies if not r.has_error() and r.metadata.src_node_id in client_of_node}
     result = strategy.aggregate_train(server_round, replies)
     for row in result.client_rows:
