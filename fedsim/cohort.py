@@ -1,14 +1,16 @@
 """Cohort-batched local training: the round's selected clients train together.
 
-One forward pass runs the shared frozen backbone on every client's batch at
-once; each client's LoRA factors and head are applied to its own rows with
-batched matmuls (as multi-LoRA serving does). The loss is the sum of the
+The shared frozen backbone runs on every client's batch at once: each step's
+rows (all clients') are sorted by length and cut into forward passes of similar
+length (`length_chunks`), so there is almost no padding, and each
+row gets its own client's LoRA factors and head (two dense matmuls over all
+clients' factors side by side, see `_cohort_lora`). The loss is the sum of the
 clients' own mean losses, and the clients' parameters are disjoint, so each
 client gets exactly the gradient it would get alone. Adam is elementwise, so
 one Adam over the stacked parameters is each client's own Adam. Batches, ranks
 and seeds are those of `training.local_train`; results agree with training the
-clients one after another within float tolerance (only the padding width of the
-shared batch differs).
+clients one after another within float tolerance (only padding widths and the
+order of float sums differ).
 
 Flower stays the orchestrator: the server sends the round as one `train.cohort`
 message (`pack`), the ClientApp trains the cohort, and `unpack` turns the reply
@@ -59,25 +61,29 @@ def cohort_train(
     steps = [list(client_batches(runtime, cid, server_round)) for cid in client_ids]
     losses = np.zeros((n_clients, cfg.local_steps))
     tokens = np.zeros(n_clients, dtype=np.int64)
-    with _cohort_lora(model, a_stack, b_stack, masks, n_clients):
+    lengths = runtime.train.lengths
+    with _cohort_lora(model, a_stack, b_stack, masks) as owner_of_rows:
         for step in range(cfg.local_steps):
             groups = [steps[c][step] for c in range(n_clients)]
-            group = max(len(g) for g in groups)
-            # Equal-sized row groups for the batched matmuls: short groups repeat a row with zero loss weight.
-            rows = np.concatenate([np.resize(g, group) for g in groups])
-            weight = torch.tensor([1.0 / len(g) if k < len(g) else 0.0 for g in groups for k in range(group)])
-            batch = runtime.batch("train", rows)
-            labels = batch.pop("labels")
-            with runtime.autocast():
-                pooled = model.classifier.features(**batch).view(n_clients, group, -1)
-                logits = torch.baddbmm(head_b.unsqueeze(1), pooled, head_w.transpose(1, 2)).float()
-            per_row = F.cross_entropy(logits.reshape(n_clients * group, -1), labels, reduction="none")
-            loss = (per_row * weight).sum()
+            rows = np.concatenate(groups)
+            owner = np.repeat(np.arange(n_clients), [len(g) for g in groups])
+            weight = torch.from_numpy(np.concatenate([np.full(len(g), 1.0 / len(g)) for g in groups])).float()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            for chunk in length_chunks(lengths[rows]):
+                batch = runtime.batch("train", rows[chunk])
+                labels = batch.pop("labels")
+                chunk_owner = torch.from_numpy(owner[chunk])
+                owner_of_rows(chunk_owner)
+                with runtime.autocast():
+                    pooled = model.classifier.features(**batch)
+                    # Every client's head on every row is only rows x clients x classes; keep each row's own.
+                    logits_all = torch.einsum("nh,coh->nco", pooled, head_w) + head_b
+                    logits = logits_all[torch.arange(len(chunk)), chunk_owner].float()
+                per_row = F.cross_entropy(logits, labels, reduction="none") * weight[chunk]
+                per_row.sum().backward()
+                np.add.at(losses[:, step], owner[chunk], per_row.detach().numpy())
+                np.add.at(tokens, owner[chunk], batch["attention_mask"].sum(1).numpy())
             optimizer.step()
-            losses[:, step] = (per_row * weight).detach().view(n_clients, group).sum(1).numpy()
-            tokens += np.array([int(batch["attention_mask"][c * group : c * group + len(groups[c])].sum()) for c in range(n_clients)])
 
     results = []
     for c, cid in enumerate(client_ids):
@@ -94,24 +100,70 @@ def cohort_train(
     return results
 
 
+CHUNK_TOKENS = 4096  # the most padded tokens in one forward pass (bounds activation memory)
+PASS_OVERHEAD_TOKENS = 128  # a pass's fixed cost (per-op dispatch, hooks), in padded-token equivalents
+
+
+def length_chunks(row_lengths: np.ndarray, max_padded_tokens: int = CHUNK_TOKENS) -> list[np.ndarray]:
+    """Split a step's rows into forward passes of similar length, as cheaply as possible.
+
+    Rows are sorted by length (stable, so the split is deterministic) and cut into contiguous runs
+    by dynamic programming, minimising the padded tokens computed plus `PASS_OVERHEAD_TOKENS` per
+    pass, with no pass above `max_padded_tokens` (a longer single row gets a pass of its own).
+    The loss is a sum over rows, so accumulating the passes' gradients gives the gradient of one
+    pass over all rows.
+    """
+    order = np.argsort(row_lengths, kind="stable")
+    sorted_lengths = row_lengths[order].astype(np.int64)
+    n = len(order)
+    best = np.zeros(n + 1)  # best[j]: cheapest split of the first j sorted rows
+    cut = np.zeros(n + 1, dtype=np.int64)
+    for end in range(1, n + 1):
+        starts = np.arange(end)
+        padded = (end - starts) * sorted_lengths[end - 1]
+        cost = best[:end] + padded + PASS_OVERHEAD_TOKENS
+        cost[(padded > max_padded_tokens) & (starts < end - 1)] = np.inf
+        cut[end] = int(np.argmin(cost))
+        best[end] = cost[cut[end]]
+    chunks, end = [], n
+    while end > 0:
+        chunks.append(order[cut[end] : end])
+        end = cut[end]
+    return chunks[::-1]
+
+
 @contextmanager
-def _cohort_lora(model, a_stack, b_stack, masks, n_clients):
-    """Swap PEFT's single-client LoRA path for per-client batched factors on every adapted layer."""
+def _cohort_lora(model, a_stack, b_stack, masks):
+    """Swap PEFT's single-client LoRA path for per-row factors on every adapted layer.
+
+    Yields a setter for the client that owns each row of the next forward pass. Row n gets
+    scaling * B_c (m_c * (A_c x_n)) with c its owner. As two dense matmuls over all clients' factors
+    side by side, [A_1; ...; A_C] and [B_1 ... B_C], with every other client's block of the low-rank
+    activation zeroed: the zeros add nothing to the result or the gradients, and two large matmuls
+    are far cheaper on a CPU than one tiny matmul per row.
+    """
+    owner_onehot = torch.zeros(0)
+
+    def set_owner(rows_owner: torch.Tensor) -> None:
+        nonlocal owner_onehot
+        owner_onehot = F.one_hot(rows_owner, len(a_stack[0]) if a_stack else 0).float()
+
     handles = []
     for i, (_, layer) in enumerate(model.layers):
         scaling = layer.scaling["default"]
 
         def add_delta(_module, inputs, output, i=i, scaling=scaling):
-            x = inputs[0]
-            x = x.reshape(n_clients, -1, x.shape[-1])
-            low = torch.bmm(x, a_stack[i].transpose(1, 2)) * masks[i].unsqueeze(1)
-            delta = torch.bmm(low, b_stack[i].transpose(1, 2)) * scaling
-            return output + delta.reshape(output.shape).to(output.dtype)
+            n_clients, rank, fan_in = a_stack[i].shape
+            a_all = a_stack[i].reshape(n_clients * rank, fan_in)
+            b_all = b_stack[i].permute(1, 0, 2).reshape(-1, n_clients * rank)
+            keep = (owner_onehot[:, :, None] * masks[i][None]).reshape(len(owner_onehot), 1, n_clients * rank)
+            delta = ((inputs[0] @ a_all.T) * keep) @ b_all.T
+            return output + (delta * scaling).to(output.dtype)
 
         layer.enable_adapters(False)
         handles.append(layer.base_layer.register_forward_hook(add_delta))
     try:
-        yield
+        yield set_owner
     finally:
         for handle in handles:
             handle.remove()

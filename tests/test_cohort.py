@@ -43,3 +43,18 @@ def test_cohort_engine_run_matches_per_client_run(tmp_path, tiny):
     for a, b in zip(*rows):
         assert (a["client"], a["ranks"], a["bytes_up"], a["delivered"]) == (b["client"], b["ranks"], b["bytes_up"], b["delivered"])
         assert abs(float(a["train_loss"]) - float(b["train_loss"])) < 1e-4
+
+
+def test_length_chunks_cover_every_row_once_within_the_token_budget(tiny):
+    from fedsim.cohort import length_chunks
+
+    lengths = get_runtime(tiny()).train.lengths[:160]
+    chunks = length_chunks(lengths, max_padded_tokens=512)
+    rows = np.concatenate(chunks)
+    assert sorted(rows.tolist()) == list(range(len(lengths)))
+    assert all(len(c) * lengths[c].max() <= 512 or len(c) == 1 for c in chunks)
+    padded = sum(len(c) * int(lengths[c].max()) for c in chunks)
+    one_pass = len(lengths) * int(lengths.max())
+    assert padded < 0.75 * one_pass  # sorting and cutting removes most of the padding of one wide pass
+    again = length_chunks(lengths, max_padded_tokens=512)
+    assert len(again) == len(chunks) and all((a == b).all() for a, b in zip(again, chunks))  # deterministic
