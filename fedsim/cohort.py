@@ -28,6 +28,7 @@ from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDic
 
 from fedsim.adapter_state import HEAD_KEYS, payload_ranks
 from fedsim.runtime import Runtime
+from fedsim.sensitivity import SensitivityMeter, sensitivity_betas
 from fedsim.training import client_batches
 
 COHORT_TYPE = f"{MessageType.TRAIN}.cohort"
@@ -58,6 +59,8 @@ def cohort_train(
     head_b = torch.stack([torch.from_numpy(p["head.bias"]) for p in payloads]).requires_grad_()
     optimizer = torch.optim.Adam([{"params": [head_w, head_b], "lr": cfg.head_lr}, {"params": a_stack + b_stack, "lr": cfg.lr}])
 
+    betas = sensitivity_betas(runtime.scenario)
+    meter = SensitivityMeter(list(zip(a_stack, b_stack)), *betas, stacked=True) if betas else None
     steps = [list(client_batches(runtime, cid, server_round)) for cid in client_ids]
     losses = np.zeros((n_clients, cfg.local_steps))
     tokens = np.zeros(n_clients, dtype=np.int64)
@@ -83,8 +86,11 @@ def cohort_train(
                 per_row.sum().backward()
                 np.add.at(losses[:, step], owner[chunk], per_row.detach().numpy())
                 np.add.at(tokens, owner[chunk], batch["attention_mask"].sum(1).numpy())
+            if meter is not None:
+                meter.update()
             optimizer.step()
 
+    sensitivity = meter.scores() if meter is not None else None
     results = []
     for c, cid in enumerate(client_ids):
         upload = {}
@@ -96,6 +102,8 @@ def cohort_train(
         upload["head.weight"] = head_w[c].detach().numpy().copy()
         upload["head.bias"] = head_b[c].detach().numpy().copy()
         metrics = {"num-examples": len(runtime.partitions[cid]), "train-loss": float(losses[c].mean()), "tokens": int(tokens[c])}
+        if meter is not None:
+            metrics["sensitivity"] = sensitivity[c].tolist()
         results.append((upload, metrics))
     return results
 

@@ -198,6 +198,7 @@ class RankAdaptiveStrategy:
         downlinks = self.channel.downlink(pending.states, (pending.bytes_down + gradient_bytes) * 8)
 
         delivered_uploads, weights, client_rows = [], [], []
+        sensitivities, sensitivity_weights = [], []
         for k, client in enumerate(pending.clients):
             upload, metrics = uploads[k], received.get(int(client), (None, None))[1]
             tx = transmissions[k]
@@ -211,6 +212,9 @@ class RankAdaptiveStrategy:
             if delivered:
                 delivered_uploads.append(upload)
                 weights.append(float(metrics["num-examples"]))
+                if "sensitivity" in metrics:
+                    sensitivities.append(np.asarray(metrics["sensitivity"], dtype=float))
+                    sensitivity_weights.append(weights[-1])
             self.last_ranks[client] = pending.ranks[k]
             client_rows.append(
                 {
@@ -249,6 +253,8 @@ class RankAdaptiveStrategy:
             self.global_state, self.layer_importance = aggregate(
                 self.global_state, delivered_uploads, weights, self.scenario.aggregation.method, self.rng_aggregation
             )
+        if sensitivities:  # the clients' AdaLoRA sensitivity replaces the server-side singular values
+            self.layer_importance = np.average(sensitivities, axis=0, weights=sensitivity_weights)
         bytes_up = int(up_bits.sum() // 8)
         bytes_down = int(pending.bytes_down.sum() + gradient_bytes.sum())
         self.cum_bytes_up += bytes_up

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from fedsim.adapter_state import load_payload, truncate, state_from_model
 from fedsim.runtime import Runtime, batches_by_length
+from fedsim.sensitivity import SensitivityMeter, sensitivity_betas
 
 EVAL_BATCH = 128
 
@@ -49,6 +50,8 @@ def local_train(runtime: Runtime, payload: dict[str, np.ndarray], client_id: int
         groups.append({"params": lora, "lr": cfg.lr})
     optimizer = torch.optim.Adam(groups)
 
+    betas = sensitivity_betas(scenario)
+    meter = SensitivityMeter([model.factor(i) for i in range(len(model.layers))], *betas) if betas else None
     want_fisher = scenario.aggregation.method == "fisher"
     fisher = [(torch.zeros_like(a), torch.zeros_like(b)) for a, b in map(model.factor, range(len(model.layers)))] if want_fisher else []
     losses, tokens, steps = [], 0, 0
@@ -65,6 +68,8 @@ def local_train(runtime: Runtime, payload: dict[str, np.ndarray], client_id: int
             if a.grad is not None:
                 f_a += a.grad.detach().float() ** 2
                 f_b += b.grad.detach().float() ** 2
+        if meter is not None:
+            meter.update()
         optimizer.step()
         losses.append(loss.item())
         tokens += int(batch["attention_mask"].sum())
@@ -75,6 +80,8 @@ def local_train(runtime: Runtime, payload: dict[str, np.ndarray], client_id: int
 
         add_fisher(upload, fisher, steps)
     metrics = {"num-examples": len(runtime.partitions[client_id]), "train-loss": float(np.mean(losses)), "tokens": tokens}
+    if meter is not None:
+        metrics["sensitivity"] = meter.scores().tolist()
     return upload, metrics
 
 

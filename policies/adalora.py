@@ -12,11 +12,17 @@ to their importance s_l, water-filled so that no layer exceeds max_rank:
 
     r_l = min(max_rank, c · s_l),  c chosen so that Σ_l r_l = b(t), rounded by largest remainder.
 
-Importance s_l is the server-side singular-value mass of the last aggregated ΔW_l (the
-observation's `layer_importance`), smoothed across rounds with AdaLoRA's β1 (EMA of s) and
-β2 (EMA of |s - EMA|, the uncertainty): s̄ ← β1 s̄ + (1-β1) s, ū ← β2 ū + (1-β2)|s - s̄|, score = s̄ · ū
-(or s̄ alone before ū is informative). AdaLoRA's client-side |w·∇w| sensitivity is not
-reported by our clients; this policy uses the server-side signal only.
+Importance s_l is the observation's `layer_importance`:
+
+- `importance: sensitivity` (default): AdaLoRA's own signal. Each client smooths |w·∇w| over its
+  local steps with β1 and β2 (`fedsim.sensitivity`) and reports Σ Ī·Ū per layer; the server
+  averages the delivered reports, weighted by examples.
+- `importance: singular-values`: the server-side singular-value mass of the last aggregated ΔW_l
+  (clients report nothing extra).
+
+Across rounds the policy smooths s_l once more with the same β1 (EMA of s) and β2 (EMA of |s - EMA|):
+s̄ ← β1 s̄ + (1-β1) s, ū ← β2 ū + (1-β2)|s - s̄|, score = s̄ · ū (or s̄ alone before ū is informative),
+since each round hears from different clients.
 
 With `rate_scaling`, client k's budget is b(t) · min(1, C_k / mean(C)): slow clients send less.
 """
@@ -44,6 +50,14 @@ class AdaLoraConfig(BaseModel):
     beta1: float = Field(0.85, ge=0, lt=1, description="EMA factor of the importance.")
     beta2: float = Field(0.85, ge=0, lt=1, description="EMA factor of the importance's uncertainty.")
     rate_scaling: bool = Field(False, description="Scale each client's budget by min(1, its rate / the mean rate).")
+    importance: Literal["sensitivity", "singular-values"] = Field(
+        "sensitivity", description="Layer importance: clients' smoothed |w·grad w| (AdaLoRA), or the server's singular values of ΔW."
+    )
+
+    @property
+    def sensitivity_betas(self) -> tuple[float, float] | None:
+        """Read by the clients (`fedsim.sensitivity`): report sensitivity, smoothed with these."""
+        return (self.beta1, self.beta2) if self.importance == "sensitivity" else None
 
 
 def cubic_budget(round_: int, total_rounds: int, init: float, target: float, tinit: int, tfinal: int) -> float:

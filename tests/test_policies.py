@@ -375,3 +375,21 @@ def test_trained_airllm_gives_higher_ranks_at_15_db_than_at_minus_5_db(tmp_path)
     frozen = AirLlmPolicy(AirLlmConfig(learn=False, seed=1)).load(tmp_path / "ckpt")
     mean_rank = {snr: np.mean([frozen.ranks(snr_observation(snr, r, c)).mean() for r in range(1, 11) for c in range(3)]) for snr in (-5.0, 15.0)}
     assert mean_rank[15.0] > mean_rank[-5.0] + 1.0, mean_rank
+
+
+def test_adalora_clients_report_smoothed_sensitivity_and_the_cohort_engine_agrees(tiny):
+    from fedsim.adapter_state import truncate
+    from fedsim.cohort import cohort_train
+    from fedsim.runtime import get_runtime
+    from fedsim.training import local_train
+
+    runtime = get_runtime(tiny(policy={"name": "adalora"}, train={"local_steps": 3}))
+    n = runtime.n_layers
+    payload = truncate(runtime.initial_state, [0] + [4] * (n - 1))
+    _, alone = local_train(runtime, payload, 1, server_round=2)
+    sensitivity = np.array(alone["sensitivity"])
+    assert sensitivity.shape == (n,) and sensitivity[0] == 0 and (sensitivity[1:] > 0).all()  # rank 0: no gradient
+    [(_, together)] = cohort_train(runtime, [payload], [1], server_round=2)
+    np.testing.assert_allclose(together["sensitivity"], sensitivity, rtol=1e-3)
+    server_side = get_runtime(tiny(policy={"name": "adalora", "importance": "singular-values"}, train={"local_steps": 3}))
+    assert "sensitivity" not in local_train(server_side, payload, 1, server_round=2)[1]
