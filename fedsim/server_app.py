@@ -41,10 +41,14 @@ def discover_nodes(grid: Grid, num_clients: int, wait_s: float = NODE_WAIT_S) ->
 
 
 def query_partitions(grid: Grid, node_ids: list[int], num_clients: int, timeout: float) -> dict[int, int]:
-    """Ask `node_ids` for their partition-id; returns client index -> node id for those that answered in time."""
+    """Ask `node_ids` for their partition-id; returns client index -> node id for those that answered.
+
+    `timeout` bounds the wait for the next reply, not for all of them: a simulation of 1,000 clients
+    answers its queries one actor call at a time, which on a busy machine takes minutes in all.
+    """
     queries = [Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=node, message_type=MessageType.QUERY) for node in node_ids]
     mapping: dict[int, int] = {}
-    for reply in grid.send_and_receive(queries, timeout=timeout) if queries else []:
+    for reply in send_and_collect(grid, queries, timeout=None, idle_timeout=timeout):
         if not reply.has_error():
             partition = int(reply.content["node"]["partition-id"])
             if 0 <= partition < num_clients:
@@ -99,8 +103,9 @@ def content_wire_bytes(message: Message) -> int:
 REPLY_POLL_S = 0.2
 
 
-def send_and_collect(grid: Grid, messages: list[Message], timeout: float | None) -> list[Message]:
-    """Push `messages`, then pull replies until all came or `timeout` seconds passed (None = wait for all).
+def send_and_collect(grid: Grid, messages: list[Message], timeout: float | None, idle_timeout: float | None = None) -> list[Message]:
+    """Push `messages`, then pull replies until all came, `timeout` seconds passed (None = wait for all),
+    or, with `idle_timeout`, no reply came for that long.
 
     The same push/pull as Flower's `Grid.send_and_receive`, polled every REPLY_POLL_S instead of
     its fixed 3 s sleep (flwr 1.42 HttpGrid), so a deployed round ends as soon as its last reply lands.
@@ -109,12 +114,16 @@ def send_and_collect(grid: Grid, messages: list[Message], timeout: float | None)
         return []
     pending = set(grid.push_messages(messages))
     deadline = time.monotonic() + timeout if timeout else float("inf")
+    last_progress = time.monotonic()
     replies: list[Message] = []
     while pending:
         arrived = list(grid.pull_messages(sorted(pending)))
         replies.extend(arrived)
         pending -= {m.metadata.reply_to_message_id for m in arrived}
-        if not pending or time.monotonic() >= deadline:
+        now = time.monotonic()
+        if arrived:
+            last_progress = now
+        if not pending or now >= deadline or (idle_timeout is not None and now - last_progress >= idle_timeout):
             break
         time.sleep(REPLY_POLL_S)
     return replies
