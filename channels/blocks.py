@@ -12,7 +12,7 @@ FADING: dict[str, type[Fading]] = {
 }
 
 # Large-scale SNR per client, chosen by `channel.large_scale` (see channels.large_scale).
-LARGE_SCALE = ("fixed", "uniform", "normal", "distance")
+LARGE_SCALE = ("fixed", "uniform", "normal", "levels", "distance")
 
 # Multiple access, chosen by `channel.access` (see channels.access).
 ACCESS = ("fdma-equal", "fdma-proportional", "tdma")

@@ -8,6 +8,8 @@ and however many clients the run has.
 * ``fixed``:    :math:`\bar\gamma_k = \mathrm{snr\_db}`.
 * ``uniform``:  :math:`\bar\gamma_k \sim \mathcal U[\mathrm{snr\_db} - s,\ \mathrm{snr\_db} + s]` dB, s = ``snr_spread_db``.
 * ``normal``:   :math:`\bar\gamma_k \sim \mathcal N(\mathrm{snr\_db}, s^2)` dB.
+* ``levels``:   :math:`\bar\gamma_k` is one of ``snr_levels_db``, each equally likely (e.g. to train a
+  policy on some SNRs and test it on others in between).
 * ``distance``: clients dropped uniformly over an annulus :math:`d_{min} \le d \le d_{max}`
   (:math:`d = \sqrt{U(d_{min}^2, d_{max}^2)}`), log-distance path loss with exponent
   :math:`\alpha` and log-normal shadowing :math:`X_\sigma`, thermal noise
@@ -64,8 +66,11 @@ def distance_snr_db(distance_m, tx_power_w: float, bandwidth_hz, geometry: Geome
 class LargeScaleSNR:
     """Per-client large-scale SNR in dB; `kind` is one of `channels.blocks.LARGE_SCALE`."""
 
-    def __init__(self, kind: str, snr_db: float, spread_db: float, geometry: GeometryConfig, tx_power_w: float, seed: int):
+    def __init__(
+        self, kind: str, snr_db: float, spread_db: float, geometry: GeometryConfig, tx_power_w: float, seed: int, levels_db=()
+    ):
         self.kind = kind
+        self.levels_db = np.asarray(levels_db, dtype=float)
         self.snr_db = snr_db
         self.spread_db = spread_db
         self.geometry = geometry
@@ -87,6 +92,8 @@ class LargeScaleSNR:
             first = rng.uniform(-self.spread_db, self.spread_db, CLIENT_BLOCK)
         elif self.kind == "normal":
             first = rng.normal(0.0, self.spread_db, CLIENT_BLOCK)
+        elif self.kind == "levels":
+            first = rng.choice(self.levels_db, CLIENT_BLOCK) - self.snr_db
         elif self.kind == "distance":
             g = self.geometry
             first = np.sqrt(rng.uniform(g.min_distance_m**2, g.max_distance_m**2, CLIENT_BLOCK))

@@ -47,8 +47,9 @@ class ChannelConfig(BaseModel):
     k_factor: float = Field(5.0, ge=0, description="Rician K-factor (linear, >= 0; 0 = Rayleigh). Used by kind: rician.")
     correlation: float = Field(0.0, ge=0, le=1, description="Gauss-Markov correlation rho of fading between consecutive rounds (0 = independent).")
     snr_db: float = Field(10.0, description="Large-scale SNR in dB (fixed), or the centre of the uniform/normal spread.")
-    large_scale: Literal[LARGE_SCALE] = Field("fixed", description="Per-client SNR: fixed, uniform (+-snr_spread_db), normal (std snr_spread_db), distance (geometry).")  # type: ignore[valid-type]
+    large_scale: Literal[LARGE_SCALE] = Field("fixed", description="Per-client SNR: fixed, uniform (+-snr_spread_db), normal (std snr_spread_db), levels (one of snr_levels_db), distance (geometry).")  # type: ignore[valid-type]
     snr_spread_db: float = Field(0.0, ge=0, description="Half-width (uniform) or std (normal) of the per-client SNR in dB.")
+    snr_levels_db: list[float] = Field(default_factory=list, description="For large_scale: levels, the SNRs (dB) a client draws from, equally likely.")
     geometry: GeometryConfig = Field(default_factory=GeometryConfig, description="Placement and path loss for large_scale: distance.")
     bandwidth_hz: float = Field(1e6, gt=0, description="Total uplink bandwidth shared by the round's clients (Hz).")
     access: Literal[ACCESS] = Field("fdma-equal", description="fdma-equal, fdma-proportional (to data size), or tdma (full band, sequential slots).")  # type: ignore[valid-type]
@@ -72,6 +73,12 @@ class ChannelConfig(BaseModel):
     def _apply_preset(cls, data):
         return merge_preset(data) if isinstance(data, dict) else data
 
+    @model_validator(mode="after")
+    def _levels_given(self):
+        if self.large_scale == "levels" and not self.snr_levels_db:
+            raise ValueError("large_scale: levels needs snr_levels_db, e.g. [-8, 0, 8]; allowed: a non-empty list of dB values")
+        return self
+
 
 class WirelessChannel(Channel):
     """Composes the blocks in `channels.blocks` as the module docstring says."""
@@ -82,7 +89,9 @@ class WirelessChannel(Channel):
         self.rounding = config.rounding
         self.mode = config.mode
         self.deadline_s = float(config.deadline_s) if config.deadline_s is not None else math.inf
-        self.large_scale = LargeScaleSNR(config.large_scale, config.snr_db, config.snr_spread_db, config.geometry, config.tx_power_w, seed)
+        self.large_scale = LargeScaleSNR(
+            config.large_scale, config.snr_db, config.snr_spread_db, config.geometry, config.tx_power_w, seed, config.snr_levels_db
+        )
         self.fading = FADING[config.kind](k_factor=config.k_factor, correlation=config.correlation)
         self.compute = ComputeModel(config.compute, seed)
         self.data_sizes: np.ndarray | None = None

@@ -331,3 +331,17 @@ def test_same_seed_same_draws():
         return repr(out)
 
     assert run() == run()
+
+
+def test_snr_levels_give_each_client_one_of_the_levels_equally_often():
+    levels = [-8.0, 2.0, 20.0]
+    ch = channel(large_scale="levels", snr_levels_db=levels)
+    ids = np.arange(3000)
+    snr = ch.draw(1, ids, np.random.default_rng(0)).snr_db
+    assert set(np.unique(snr)) == set(levels)
+    shares = np.array([np.mean(snr == level) for level in levels])
+    assert np.all(np.abs(shares - 1 / 3) < 0.03), shares
+    again = channel(large_scale="levels", snr_levels_db=levels).draw(5, ids[::7], np.random.default_rng(1)).snr_db
+    np.testing.assert_array_equal(again, snr[::7])  # fixed per client, whatever the round
+    with pytest.raises(ValueError, match="snr_levels_db"):
+        ChannelConfig(large_scale="levels")
