@@ -140,11 +140,30 @@ class Sweep:
         return names
 
 
+def checkpoint_digest(directory: str) -> str | None:
+    """SHA-256 (hex) of a policy checkpoint's files (policy.json, weights.safetensors), None when absent."""
+    path = Path(directory)
+    if not path.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.iterdir() if p.suffix in (".json", ".safetensors")):
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
 def config_digest(scenario: Scenario) -> str:
-    """SHA-256 (hex) of the scenario's canonical JSON, execution-only fields removed."""
+    """SHA-256 (hex) of the scenario's canonical JSON, execution-only fields removed.
+
+    A policy checkpoint counts by its content, not only its path: retraining into the same
+    directory gives new run directories instead of silently reusing results of the old policy.
+    """
     data = scenario.model_dump(mode="json")
     for key in EXECUTION_FIELDS:
         data.pop(key, None)
+    checkpoint = (data.get("policy") or {}).get("checkpoint")
+    if checkpoint:
+        data["policy"]["checkpoint_sha256"] = checkpoint_digest(checkpoint)
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 

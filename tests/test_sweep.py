@@ -261,3 +261,16 @@ def test_collect_reads_only_the_current_sweeps_runs(finished_sweep, tmp_path):
     assert len(runs) == 8 and fields == ["channel.snr_db", "policy.rank"]
     (copy / "sweep.json").unlink()
     assert len(results_table(copy)[2]) == 9  # outside a sweep, every finished run counts
+
+
+def test_retraining_a_checkpoint_in_place_gives_new_run_directories(tmp_path, monkeypatch):
+    from policies.airllm import AirLlmConfig, AirLlmPolicy
+
+    monkeypatch.chdir(tmp_path)
+    small = dict(coarse_dim=2, hidden=8, denoiser_hidden=8, sampling_steps=2)
+    AirLlmPolicy(AirLlmConfig(seed=0, **small)).save(tmp_path / "ckpt")
+    path = write_sweep(tmp_path, "base: base.yaml\nset: {policy: {name: airllm, checkpoint: ckpt}}\ngrid: {channel.snr_db: [0]}\n")
+    before = load_sweep(path).points[0].name
+    assert load_sweep(path).points[0].name == before
+    AirLlmPolicy(AirLlmConfig(seed=1, **small)).save(tmp_path / "ckpt")  # retrained into the same directory
+    assert load_sweep(path).points[0].name != before
