@@ -13,10 +13,13 @@ channel in its features, so clients on different channels get different rank vec
  4. x_0 in [-1, 1]^L -> integer ranks r_l = round(min_rank + (x_l + 1)/2 · (max_rank - min_rank)).
 
 How it learns (alternating, `learn: true`), after each round's reward r_t:
-  * PPO (clip 0.2, GAE λ 0.95, γ 0.95, entropy 0.01) on the per-client transitions (s_k, u_k, r_t);
-    rewards are standardised by a running mean/std. Clients are re-sampled every round, so GAE runs
-    along client *slots*: an independent-learner approximation with the round reward shared.
-  * DDIM on a replay buffer of (a_k, x_k, r_t) with the reward-weighted denoising loss
+  * PPO (clip 0.2, GAE λ 0.95, γ 0.95, entropy 0.01) on the per-client transitions (s_k, u_k, r_t,k),
+    where r_t,k is client k's share of the round reward (`policies.common.client_rewards`: the shared
+    -loss minus λ · k's own cost and the penalty if k missed the deadline; their mean is the round
+    reward). Sharing one round reward left each client's action almost no credit for its own upload.
+    Rewards are standardised by a running mean/std. Clients are re-sampled every round, so GAE runs
+    along client *slots*: an independent-learner approximation.
+  * DDIM on a replay buffer of (a_k, x_k, r_t,k) with the reward-weighted denoising loss
         L = E[ w(r) · ||ε - ε_θ(√ᾱ_t x + √(1-ᾱ_t) ε, t, a or ∅)||² ],  w(r) = clamp(1 + 0.1 · z(r), 0.1, 10)
     (z = z-score of r over the buffer; the condition is dropped with p = 0.1 to learn ε_θ(·, ∅)).
   * Exploration: while learning, executed rank vectors get Gaussian noise (σ = explore_noise).
@@ -40,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.types import FedsimError, Observation
 from policies.base import RankPolicy, assign_tensors, clip_ranks
-from policies.common import RewardConfig, action_to_ranks, client_features, n_features
+from policies.common import RewardConfig, action_to_ranks, client_features, client_rewards, n_features
 
 
 class AirLlmConfig(BaseModel):
@@ -314,11 +317,14 @@ class AirLlmPolicy(RankPolicy):
         self.rollout.pre_tanh.append(p["pre_tanh"])
         self.rollout.log_prob.append(p["log_prob"])
         self.rollout.value.append(p["value"])
-        self.rollout.reward.append(self._standardise(reward))
+        rewards = client_rewards(self.config.reward, info) if "bits_up" in info else np.zeros(0)
+        if len(rewards) != len(p["obs"]):  # no per-client round info (e.g. a synthetic environment)
+            rewards = np.full(len(p["obs"]), float(reward))
+        self.rollout.reward.append(np.array([self._standardise(r) for r in rewards]))
         done = bool(info.get("done", False))
         self.rollout.done.append(done)
-        for coarse, x in zip(p["coarse"], p["x"]):
-            self.buffer.append((coarse, x, float(reward)))
+        for coarse, x, client_reward in zip(p["coarse"], p["x"], rewards):
+            self.buffer.append((coarse, x, float(client_reward)))
         del self.buffer[: max(0, len(self.buffer) - self.config.buffer_size)]
         if done:
             self._update(next_obs=None)

@@ -100,29 +100,37 @@ class RewardConfig(BaseModel):
     deadline_penalty: float = Field(1.0, ge=0, description="Subtracted times the fraction of selected clients dropped for missing the deadline.")
 
 
-def round_reward(config: RewardConfig, info: dict) -> float:
-    """Score one round from the strategy's round info (keys: loss, accuracy, last_accuracy, bits_up, bits_full,
-    rate_bps, latency_s, energy_j, deadline_s, drop_reasons)."""
-    if config.objective == "loss":
-        reward = -float(info["loss"])
-    else:
-        last = info.get("last_accuracy", float("nan"))
-        reward = float(info["accuracy"]) - (float(last) if np.isfinite(last) else 0.0)
+def client_rewards(config: RewardConfig, info: dict) -> np.ndarray:
+    """Each selected client's share of the round's reward: the shared objective minus λ · its own cost and
+    the penalty if it missed the deadline. Their mean is `round_reward` exactly; a per-client policy
+    learns from its own client's term (which client's rank vector cost what)."""
     bits = np.asarray(info["bits_up"], dtype=float)
     full = np.asarray(info["bits_full"], dtype=float)
-    if len(bits) == 0:
-        return reward
     if config.cost == "bytes":
-        cost = bits.sum() / max(full.sum(), 1.0)
+        cost = bits / max(float(full.mean()), 1.0) if len(bits) else bits  # mean = Σ bits / Σ bits_full
     elif config.cost == "latency":
         rate = np.maximum(np.asarray(info["rate_bps"], dtype=float), 1e-9)
         deadline = float(info.get("deadline_s", float("inf")))
         horizon = np.full(len(bits), deadline) if np.isfinite(deadline) else full / rate
-        cost = float(np.mean(bits / (rate * horizon)))
+        cost = bits / (rate * horizon)
     else:
         energy = np.asarray(info["energy_j"], dtype=float)
         sent = bits > 0
         full_energy = np.sum(energy[sent] * full[sent] / bits[sent])
-        cost = float(energy.sum() / full_energy) if full_energy > 0 else 0.0
-    dropped = sum(1 for reason in info.get("drop_reasons", []) if reason == "deadline")
-    return float(reward - config.lam * cost - config.deadline_penalty * dropped / len(bits))
+        cost = energy * len(bits) / full_energy if full_energy > 0 else np.zeros(len(bits))  # mean = Σ E / Σ E_full
+    late = np.array([reason == "deadline" for reason in info.get("drop_reasons", [""] * len(bits))], dtype=float)
+    return round_objective(config, info) - config.lam * cost - config.deadline_penalty * late
+
+
+def round_objective(config: RewardConfig, info: dict) -> float:
+    if config.objective == "loss":
+        return -float(info["loss"])
+    last = info.get("last_accuracy", float("nan"))
+    return float(info["accuracy"]) - (float(last) if np.isfinite(last) else 0.0)
+
+
+def round_reward(config: RewardConfig, info: dict) -> float:
+    """Score one round from the strategy's round info (keys: loss, accuracy, last_accuracy, bits_up, bits_full,
+    rate_bps, latency_s, energy_j, deadline_s, drop_reasons): the mean of `client_rewards`."""
+    per_client = client_rewards(config, info)
+    return float(per_client.mean()) if len(per_client) else round_objective(config, info)

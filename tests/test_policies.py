@@ -393,3 +393,16 @@ def test_adalora_clients_report_smoothed_sensitivity_and_the_cohort_engine_agree
     np.testing.assert_allclose(together["sensitivity"], sensitivity, rtol=1e-3)
     server_side = get_runtime(tiny(policy={"name": "adalora", "importance": "singular-values"}, train={"local_steps": 3}))
     assert "sensitivity" not in local_train(server_side, payload, 1, server_round=2)[1]
+
+
+@pytest.mark.parametrize("cost", ["bytes", "latency", "energy"])
+def test_client_rewards_average_to_the_round_reward_and_charge_each_client_its_own_cost(cost):
+    from policies.common import client_rewards
+
+    info = {"loss": 2.0, "accuracy": 0.5, "bits_up": [80.0, 20.0, 50.0], "bits_full": [100.0] * 3, "rate_bps": [10.0, 40.0, 5.0],
+            "energy_j": [3.0, 0.2, 4.0], "deadline_s": 10.0, "drop_reasons": ["", "", "deadline"]}
+    config = RewardConfig(cost=cost, lam=0.5, deadline_penalty=1.0)
+    per_client = client_rewards(config, info)
+    assert per_client.mean() == pytest.approx(round_reward(config, info))
+    assert per_client[0] < per_client[1]  # the bigger, slower, costlier upload scores lower
+    assert per_client[2] < per_client[0]  # the late client pays the penalty
