@@ -14,11 +14,13 @@ channel in its features, so clients on different channels get different rank vec
 
 How it learns (alternating, `learn: true`), after each round's reward r_t:
   * PPO (clip 0.2, GAE λ 0.95, γ 0.95, entropy 0.01) on the per-client transitions (s_k, u_k, r_t,k),
-    where r_t,k is client k's share of the round reward (`policies.common.client_rewards`: the shared
-    -loss minus λ · k's own cost and the penalty if k missed the deadline; their mean is the round
-    reward). Sharing one round reward left each client's action almost no credit for its own upload.
-    Rewards are standardised by a running mean/std. Clients are re-sampled every round, so GAE runs
-    along client *slots*: an independent-learner approximation.
+    a difference reward: r_t,k = z(r_t) + z(r_t,k - r_t), where r_t,k is client k's share of the round
+    reward (`policies.common.client_rewards`: the shared -loss minus λ · k's own cost and the penalty
+    if k missed the deadline; their mean is the round reward r_t) and each z is a running
+    standardisation of its own. With one shared reward, or with the raw shares, the round's loss
+    (varying by whole units between rounds and seeds) drowned each client's own cost (hundredths).
+    Clients are re-sampled every round, so GAE runs along client *slots*: an independent-learner
+    approximation.
   * DDIM on a replay buffer of (a_k, x_k, r_t,k) with the reward-weighted denoising loss
         L = E[ w(r) · ||ε - ε_θ(√ᾱ_t x + √(1-ᾱ_t) ε, t, a or ∅)||² ],  w(r) = clamp(1 + 0.1 · z(r), 0.1, 10)
     (z = z-score of r over the buffer; the condition is dropped with p = 0.1 to learn ε_θ(·, ∅)).
@@ -242,7 +244,8 @@ class AirLlmPolicy(RankPolicy):
         self.n_layers: int | None = None
         self.updates = 0
         self.ddim_trained_on = 0
-        self.reward_stats = [0, 0.0, 0.0]  # Welford count, mean, M2
+        self.reward_stats = [0, 0.0, 0.0]  # Welford count, mean, M2 of the round reward
+        self.deviation_stats = [0, 0.0, 0.0]  # ... of a client's share minus the round's mean
         self.generator = torch.Generator().manual_seed(config.seed)
         self.scheduler = make_scheduler(config.train_timesteps)
         self.rollout = Rollout()
@@ -317,27 +320,33 @@ class AirLlmPolicy(RankPolicy):
         self.rollout.pre_tanh.append(p["pre_tanh"])
         self.rollout.log_prob.append(p["log_prob"])
         self.rollout.value.append(p["value"])
-        rewards = client_rewards(self.config.reward, info) if "bits_up" in info else np.zeros(0)
-        if len(rewards) != len(p["obs"]):  # no per-client round info (e.g. a synthetic environment)
-            rewards = np.full(len(p["obs"]), float(reward))
-        self.rollout.reward.append(np.array([self._standardise(r) for r in rewards]))
+        shares = client_rewards(self.config.reward, info) if "bits_up" in info else np.zeros(0)
+        if len(shares) != len(p["obs"]):  # no per-client round info (e.g. a synthetic environment)
+            shares = np.full(len(p["obs"]), float(reward))
+        # Difference reward: the round's reward and each client's deviation from the round mean, each
+        # standardised on its own, so a client's own cost and deadline miss are not drowned by the shared loss.
+        shared = self._standardise(self.reward_stats, float(shares.mean()))
+        shaped = np.array([shared + self._standardise(self.deviation_stats, d) for d in shares - shares.mean()])
+        self.rollout.reward.append(shaped)
         done = bool(info.get("done", False))
         self.rollout.done.append(done)
-        for coarse, x, client_reward in zip(p["coarse"], p["x"], rewards):
+        for coarse, x, client_reward in zip(p["coarse"], p["x"], shaped):
             self.buffer.append((coarse, x, float(client_reward)))
         del self.buffer[: max(0, len(self.buffer) - self.config.buffer_size)]
         if done:
             self._update(next_obs=None)
 
-    def _standardise(self, reward: float) -> float:
-        count, mean, m2 = self.reward_stats
+    @staticmethod
+    def _standardise(stats: list, value: float) -> float:
+        """z-score of `value` under running (Welford) statistics `stats`, which it updates in place."""
+        count, mean, m2 = stats
         count += 1
-        delta = reward - mean
+        delta = value - mean
         mean += delta / count
-        m2 += delta * (reward - mean)
-        self.reward_stats = [count, mean, m2]
+        m2 += delta * (value - mean)
+        stats[:] = [count, mean, m2]
         std = math.sqrt(m2 / count) if count > 1 else 1.0
-        return (reward - mean) / max(std, 1e-3)
+        return (value - mean) / max(std, 1e-3)
 
     def _update(self, next_obs: torch.Tensor | None) -> None:
         with single_thread():
@@ -415,6 +424,7 @@ class AirLlmPolicy(RankPolicy):
             "updates": self.updates,
             "ddim_trained_on": self.ddim_trained_on,
             "reward_stats": self.reward_stats,
+            "deviation_stats": self.deviation_stats,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -436,6 +446,7 @@ class AirLlmPolicy(RankPolicy):
         self.updates = int(state.get("updates", 0))
         self.ddim_trained_on = int(state.get("ddim_trained_on", 0))
         self.reward_stats = list(state.get("reward_stats", [0, 0.0, 0.0]))
+        self.deviation_stats = list(state.get("deviation_stats", [0, 0.0, 0.0]))
 
     def tensors(self) -> dict:
         if self.n_layers is None:
