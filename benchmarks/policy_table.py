@@ -1,73 +1,327 @@
-"""The policy comparison's table: final accuracy, bytes to 90% of the best accuracy, and energy.
+"""The policy comparison's table, paired over seeds: final accuracy, bytes to a fixed target, energy.
 
-Reads a finished `fedsim sweep scenarios/policy_compare.yaml` directory and prints, per SNR and
-policy, means over seeds (± the spread, max - min / 2) of
+Reads a finished sweep directory (`fedsim sweep scenarios/policy_compare.yaml`) and prints markdown:
+one table per SNR (``--split``, default ``channel.snr_db`` when it varies), one row per policy, with
 
-- final accuracy (the last round, on the sweep's evaluation subset);
-- MB uploaded until the round whose accuracy first reached 90% of the best policy's mean final
-  accuracy at that SNR ("-" and a count when some seeds never reached it);
-- uplink energy in joules (Σ energy_j over rounds) and mean rank;
-- updates dropped.
+- **final accuracy**: the last round's accuracy, mean over seeds and its 95% Student t interval
+  (n - 1 dof). The header says what that round was evaluated on: the whole test set when the
+  runs set ``data.eval_full_final: true`` (fedsim's default), else the per-round subset;
+- **Δ vs the reference** (``--reference``, default ``fixed-8``): the paired mean difference over
+  seeds, mean_s(acc_s - ref_s), with its paired 95% t-interval and "significant" iff the interval
+  excludes 0. Seeds share partitions and channel draws, so seed s of a policy is compared with
+  seed s of the reference (fedsim.stats.paired_difference);
+- **MB to target**: cumulative upload at the first round whose accuracy reached ``--target``
+  (a fixed accuracy, default 0.4, chosen per study and not from these results). A seed that never
+  reached it counts as +inf: the median over seeds is inf when half or more never did, the count
+  of never-seeds and the reached fraction are printed, and the paired Δ MB uses only seeds where
+  both policy and reference reached it (fedsim.stats.target_summary, paired_to_target);
+- energy (Σ energy_j, J, mean over seeds), mean rank, updates dropped / selected;
+- when the runs record a reward (rounds.csv ``reward`` summed over the episode, or a summary field):
+  the mean episode reward and its paired Δ vs the reference.
 
-    .venv/bin/python benchmarks/policy_table.py runs/policy_compare
+Any other field that varies across the runs gets its own table, never averaged over silently.
+The same report grouped by a grid field instead of the policy is ``benchmarks/snr_table.py``.
+
+    .venv/bin/python benchmarks/policy_table.py runs/policy_compare --target 0.4
+    .venv/bin/python benchmarks/policy_table.py runs/policy_compare --reference fixed-2 --split channel.snr_db
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import sys
 from collections import defaultdict
+from pathlib import Path
 
-import numpy as np
+from fedsim.collect import FinishedRun, RunMetrics, by_seed, find_finished_runs, policy_label, run_metrics, varying_fields
+from fedsim.stats import format_interval, mean_ci, paired_difference, paired_to_target, target_summary
+from fedsim.types import FedsimError
 
-from fedsim.collect import find_finished_runs
+POLICY = "policy"  # the grouping by policy label (policy.name, and the rank of a fixed policy)
+DEFAULT_TARGET = 0.4
+DEFAULT_REFERENCE = "fixed-8"
 
 
-def policy_label(config: dict) -> str:
-    name = config.get("policy.name")
-    return f"{name}-{config['policy.rank']}" if name == "fixed" else str(name)
+def fmt_value(value) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
-def main() -> None:
+def short(field: str) -> str:
+    return field.rsplit(".", 1)[-1]
+
+
+def _sort_key(label: str):
+    try:
+        return (0, float(label), "")
+    except ValueError:
+        return (1, 0.0, label)
+
+
+def _is_policy_field(field: str) -> bool:
+    # A sweep that zips whole policy blocks lists the field "policy" in its manifest.
+    return field == "policy" or field.startswith("policy.")
+
+
+class Labeller:
+    """Labels a run for one role (POLICY or a field name, plus the fields listed in `rest`)."""
+
+    def __init__(self, runs: list[FinishedRun], fields: list[str], role: str | None, rest: list[str]):
+        self.role, self.rest = role, rest
+        self.policy_extra: list[str] = []
+        if role == POLICY or POLICY in rest:
+            # Policy fields beyond name and rank (a checkpoint, adalora's schedule) mostly follow the
+            # name; they enter the label only where two runs would otherwise share one.
+            labels = defaultdict(set)
+            for run in runs:
+                labels[(policy_label(run.config), run.config.get("seed"), *(run.config.get(f) for f in fields if not _is_policy_field(f)))].add(
+                    tuple(str(run.config.get(f)) for f in fields if _is_policy_field(f))
+                )
+            if any(len(v) > 1 for v in labels.values()):
+                self.policy_extra = [f for f in fields if _is_policy_field(f) and f not in ("policy", "policy.name", "policy.rank")]
+
+    def _policy(self, config: dict) -> str:
+        extra = [f"{short(f)}={fmt_value(config[f])}" for f in self.policy_extra if config.get(f) is not None]
+        return " ".join([policy_label(config), *extra])
+
+    def part(self, config: dict, role: str) -> str:
+        if role == POLICY:
+            return self._policy(config)
+        return fmt_value(config.get(role))
+
+    def parts(self, run: FinishedRun) -> tuple[tuple[str, str], ...]:
+        roles = ([self.role] if self.role else []) + self.rest
+        return tuple((role, self.part(run.config, role)) for role in roles)
+
+    def __call__(self, run: FinishedRun) -> str:
+        return ", ".join(value for _, value in self.parts(run))
+
+
+def title_of(parts: tuple[tuple[str, str], ...]) -> str:
+    """'SNR -5 dB, policy fixed-2, alpha=0.1' for a table's key."""
+    words = []
+    for role, value in parts:
+        if role == "channel.snr_db":
+            words.append(f"SNR {value} dB")
+        elif role == POLICY:
+            words.append(f"policy {value}")
+        else:
+            words.append(f"{short(role)}={value}")
+    return ", ".join(words) or "all runs"
+
+
+def sweep_order(root: Path, runs: list[FinishedRun]) -> list[FinishedRun]:
+    """The runs in the sweep file's order (so the policies appear as listed there), else by path."""
+    manifest = root / "sweep.json"
+    if not manifest.is_file():
+        return runs
+    order = {point["dir"]: i for i, point in enumerate(json.loads(manifest.read_text()).get("points", []))}
+    return sorted(runs, key=lambda r: (order.get(r.name, len(order)), str(r.path)))
+
+
+def _match_reference(reference: str, labels: list[str]) -> str | None:
+    if reference in labels:
+        return reference
+    try:
+        wanted = float(reference)
+    except ValueError:
+        return None
+    return next((label for label in labels if _sort_key(label)[0] == 0 and float(label) == wanted), None)
+
+
+def _eval_note(metrics: list[RunMetrics]) -> str:
+    """What the final round was evaluated on, from the runs themselves (data.eval_full_final, eval_examples)."""
+    full = {m.eval_full_final for m in metrics}
+    examples = sorted({m.final_eval_examples for m in metrics if m.final_eval_examples is not None})
+    counts = "/".join(str(e) for e in examples) or "?"
+    if full == {True}:
+        return f"last round, evaluated on the whole test set ({counts} examples; data.eval_full_final: true)"
+    if full == {False}:
+        return (
+            f"last round, evaluated on the {counts}-example per-round subset (data.eval_full_final: false; "
+            "set it to true to score the final round on the whole test set)"
+        )
+    return f"last round, MIXED evaluation sets across runs ({counts} examples): not comparable"
+
+
+def _num(value: float, digits: int, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if math.isinf(value):
+        return "never"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _mean_cell(values: list[float], digits: int) -> str:
+    ci = mean_ci(values)
+    return f"{_num(ci.mean, digits)} {format_interval(ci.low, ci.high, digits)}".strip()
+
+
+def _diff_cell(diff, digits: int) -> str:
+    if diff.n == 0:
+        return diff.verdict
+    interval = format_interval(diff.low, diff.high, digits, signed=True)
+    return f"{_num(diff.mean, digits, signed=True)} {interval}"
+
+
+def group_table(
+    members: dict[str, dict],
+    reference: str,
+    target: float,
+    group_title: str,
+    confidence: float = 0.95,
+    reference_name: str | None = None,
+) -> list[str]:
+    """Markdown rows for one table: `members` is {group label: {seed: RunMetrics}} in display order."""
+    name = reference_name or reference
+    with_reward = any(m.reward is not None for seeds in members.values() for m in seeds.values())
+    pct = f"{confidence:.0%}"
+    header = [
+        group_title,
+        "seeds",
+        f"final acc [{pct} CI]",
+        f"Δ acc vs {name} [{pct} CI]",
+        "Δ acc verdict",
+        f"MB to {target:g}: median",
+        "reached",
+        f"Δ MB vs {name}, both reached [{pct} CI]",
+        "energy J",
+        "mean rank",
+        "dropped",
+    ]
+    if with_reward:
+        header += [f"reward [{pct} CI]", f"Δ reward vs {name} [{pct} CI]", "Δ reward verdict"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    ref = members[reference]
+    for label, seeds in members.items():
+        ms = list(seeds.values())
+        costs = {s: m.mb_to_target for s, m in seeds.items()}
+        summary = target_summary(costs.values())
+        reached = f"{summary.reached}/{summary.n}" + (f" (never ×{summary.never})" if summary.never else "")
+        row = [label, ",".join(fmt_value(s) for s in sorted(seeds)), _mean_cell([m.final_accuracy for m in ms], 3)]
+        if label == reference:
+            row += ["(reference)", "", _num(summary.median, 3), reached, "(reference)"]
+        else:
+            acc = paired_difference({s: m.final_accuracy for s, m in seeds.items()}, {s: m.final_accuracy for s, m in ref.items()}, confidence)
+            mb = paired_to_target(costs, {s: m.mb_to_target for s, m in ref.items()}, confidence)
+            mb_cell = _diff_cell(mb.difference, 3)
+            if mb.difference.n:
+                mb_cell += f" {mb.difference.verdict} (n={mb.difference.n})"
+            row += [_diff_cell(acc, 3), acc.verdict, _num(summary.median, 3), reached, mb_cell]
+        row += [
+            _num(sum(m.energy_j for m in ms) / len(ms), 3),
+            _num(sum(m.mean_rank for m in ms) / len(ms), 2),
+            f"{sum(m.dropped for m in ms)}/{sum(m.selected for m in ms)}",
+        ]
+        if with_reward:
+            rewards = {s: m.reward for s, m in seeds.items() if m.reward is not None}
+            row.append(_mean_cell(list(rewards.values()), 3) if rewards else "-")
+            if label == reference:
+                row += ["(reference)", ""]
+            else:
+                diff = paired_difference(rewards, {s: m.reward for s, m in ref.items() if m.reward is not None}, confidence)
+                row += [_diff_cell(diff, 3), diff.verdict]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def report(
+    root: str | Path,
+    group: str,
+    split: str | None,
+    reference: str | None,
+    target: float,
+    confidence: float = 0.95,
+    default_reference=None,
+) -> str:
+    """The markdown report: one table per value of `split` (+ any other varying field), rows = `group` values.
+
+    `group` / `split` are POLICY or a dotted scenario field. `default_reference(labels)` picks the
+    reference when `reference` is None; it must return a label or raise.
+    """
+    root = Path(root)
+    runs = sweep_order(root, find_finished_runs(root))
+    if not runs:
+        raise FedsimError(f"{root}: no finished runs (no run directory with summary.json)")
+    fields = varying_fields(root, runs)
+    policy_varies = any(_is_policy_field(f) for f in fields)
+
+    def roles_of(name):
+        return {f for f in fields if _is_policy_field(f)} if name == POLICY else {name}
+
+    if group != POLICY and group not in fields:
+        raise FedsimError(f"--by {group!r}: not a field that varies across these runs; varying: {', '.join(fields) or '(none)'}")
+    if split is not None and split != POLICY and split not in fields:
+        raise FedsimError(f"--split {split!r}: not a field that varies across these runs; varying: {', '.join(fields) or '(none)'}")
+    used = roles_of(group) | (roles_of(split) if split else set())
+    rest = [f for f in fields if f not in used and not _is_policy_field(f)]
+    if policy_varies and POLICY not in (group, split):
+        rest = [POLICY, *rest]
+    group_label = Labeller(runs, fields, group, [])
+    split_label = Labeller(runs, fields, split, rest)
+
+    tables: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        tables[split_label.parts(run)][group_label(run)].append(run)
+
+    group_title = "policy" if group == POLICY else short(group)
+    out = [f"{len(runs)} finished runs in {root}", ""]
+    out.append(
+        f"Final accuracy: {_eval_note([run_metrics(r, target) for r in runs])}. "
+        f"Δ: paired over seeds (the seeds share partitions and channel draws): mean over shared seeds of "
+        f"(row - reference), {confidence:.0%} Student t interval with n-1 dof; significant iff it excludes 0. "
+        f"MB to {target:g}: cumulative upload at the first round with accuracy >= {target:g} (a fixed target, "
+        f"--target), never = +inf; median over seeds (inf when half or more never reach it); Δ MB over the seeds "
+        f"where both reached it. Energy: Σ energy_j (J), mean over seeds. Dropped: updates lost / selected, all seeds."
+    )
+    first_seen: dict[str, int] = {}
+    for key in tables:
+        for _, value in key:
+            first_seen.setdefault(value, len(first_seen))
+
+    def table_order(key):
+        # Numbers ascending (SNR -5 before 15), names as the sweep file lists them.
+        return tuple((0, float(v), 0) if _sort_key(v)[0] == 0 else (1, 0.0, first_seen[v]) for _, v in key)
+
+    for key in sorted(tables, key=table_order):
+        groups = tables[key]
+        labels = sorted(groups, key=_sort_key) if group != POLICY else list(groups)
+        chosen = _match_reference(reference, labels) if reference is not None else default_reference(labels)
+        if chosen is None:
+            raise FedsimError(f"--reference {reference!r}: not among {', '.join(labels)} ({title_of(key)})")
+        members = {label: {s: run_metrics(r, target) for s, r in by_seed(groups[label], f"{title_of(key)}, {label}").items()} for label in labels}
+        shown = chosen if group == POLICY else f"{short(group)}={chosen}"
+        out += ["", f"### {title_of(key)} (reference {shown})", ""]
+        out += group_table(members, chosen, target, group_title, confidence, shown)
+    return "\n".join(out)
+
+
+def policy_default_reference(labels: list[str]) -> str:
+    if DEFAULT_REFERENCE in labels:
+        return DEFAULT_REFERENCE
+    raise FedsimError(f"no {DEFAULT_REFERENCE} runs to compare against; pass --reference, one of: {', '.join(labels)}")
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir")
-    args = parser.parse_args()
-    runs = find_finished_runs(args.sweep_dir)
-    groups: dict[tuple[float, str], list] = defaultdict(list)
-    for run in runs:
-        groups[(float(run.config["channel.snr_db"]), policy_label(run.config))].append(run)
-    order = list(dict.fromkeys(policy_label(r.config) for r in runs))
-    print(f"{len(runs)} finished runs in {args.sweep_dir}")
-    header = f"{'SNR dB':>6}  {'policy':<15} {'seeds':>5} {'final acc':>14} {'MB to 90% best':>15} {'energy J':>10} {'mean rank':>9} {'dropped':>8}"
-    for snr in sorted({k[0] for k in groups}):
-        finals = {p: np.mean([r.rounds[-1]["accuracy"] for r in groups[(snr, p)]]) for p in order if (snr, p) in groups}
-        target = 0.9 * max(finals.values())
-        print(f"\nSNR {snr:g} dB: best mean final accuracy {max(finals.values()):.3f}, target {target:.3f}")
-        print(header)
-        for policy in order:
-            members = groups.get((snr, policy), [])
-            if not members:
-                continue
-            acc = np.array([r.rounds[-1]["accuracy"] for r in members])
-            reached, missing = [], 0
-            for r in members:
-                hit = next((row["cum_bytes_up"] for row in r.rounds if row["accuracy"] >= target), None)
-                if hit is None:
-                    missing += 1
-                else:
-                    reached.append(hit / 1e6)
-            to_target = f"{np.mean(reached):.2f}" if reached else "-"
-            if missing:
-                to_target += f" ({missing} never)"
-            energy = np.array([sum(row["energy_j"] for row in r.rounds) for r in members])
-            rank = np.mean([np.mean([row["mean_rank"] for row in r.rounds]) for r in members])
-            dropped = sum(sum(row["clients_dropped"] for row in r.rounds) for r in members)
-            selected = sum(sum(row["clients_selected"] for row in r.rounds) for r in members)
-            spread = (acc.max() - acc.min()) / 2
-            print(
-                f"{snr:>6g}  {policy:<15} {len(members):>5} {acc.mean():>8.3f} ±{spread:.3f} {to_target:>15} "
-                f"{energy.mean():>10.3f} {rank:>9.2f} {dropped:>4}/{selected:<3}"
-            )
+    parser.add_argument("--reference", help=f"policy the others are compared with, paired over seeds (default {DEFAULT_REFERENCE})")
+    parser.add_argument("--target", type=float, default=DEFAULT_TARGET, help=f"fixed accuracy target for 'MB to target' (default {DEFAULT_TARGET}); choose it per study, not from the results")
+    parser.add_argument("--split", help="one table per value of this field (default channel.snr_db when it varies)")
+    parser.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
+    args = parser.parse_args(argv)
+    try:
+        runs_fields = varying_fields(Path(args.sweep_dir), find_finished_runs(args.sweep_dir))
+        split = args.split or ("channel.snr_db" if "channel.snr_db" in runs_fields else None)
+        print(report(args.sweep_dir, POLICY, split, args.reference, args.target, args.confidence, policy_default_reference))
+    except FedsimError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,12 +13,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from fedsim.ledger import SUMMARY, atomic_write_text
+from fedsim.stats import to_target
+from fedsim.types import FedsimError
 
 CUMULATIVE = {"uplink_latency_s": "cum_uplink_latency_s", "energy_j": "cum_energy_j"}
 
@@ -160,3 +163,78 @@ def write_results(root: str | Path) -> tuple[Path, Path | None, int, int]:
         pq.write_table(table, tmp)
         tmp.replace(parquet_path)
     return csv_path, parquet_path, len(runs), len(rows)
+
+
+# --- per-run figures for comparisons over seeds (fedsim.stats; benchmarks/policy_table.py, snr_table.py) ---
+
+REWARD_SUMMARY_KEYS = ("episode_reward", "return", "reward")
+
+
+def policy_label(config: dict) -> str:
+    """'fixed-8' for a fixed policy (its rank is what distinguishes it), else the policy's name."""
+    name = config.get("policy.name")
+    return f"{name}-{config.get('policy.rank')}" if name == "fixed" else str(name)
+
+
+def episode_reward(run: FinishedRun) -> float | None:
+    """The run's episode reward: the sum of rounds.csv's per-round `reward` where present, else a summary
+    field (episode_reward / return / reward); None when the run recorded no reward."""
+    values = [row["reward"] for row in run.rounds if isinstance(row.get("reward"), (int, float)) and math.isfinite(row["reward"])]
+    if values:
+        return float(sum(values))
+    for key in REWARD_SUMMARY_KEYS:
+        value = run.summary.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return float(value)
+    return None
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    """One run's figures for a comparison over seeds; the statistics over seeds live in fedsim.stats."""
+
+    seed: int
+    final_accuracy: float  # the last round's accuracy
+    final_eval_examples: int | None  # how many test examples that last evaluation used
+    eval_full_final: bool | None  # whether the scenario evaluates the last round on the whole test set
+    mb_to_target: float  # MB uploaded (cum_bytes_up) at the first round with accuracy >= target; inf: never
+    energy_j: float  # sum of the rounds' energy_j
+    mean_rank: float  # mean over rounds of the round's mean rank
+    dropped: int
+    selected: int
+    reward: float | None  # episode_reward(run)
+
+
+def run_metrics(run: FinishedRun, target: float) -> RunMetrics:
+    """The figures `benchmarks/policy_table.py` compares, for one finished run and a fixed accuracy target."""
+    last = run.rounds[-1]
+
+    def total(column):
+        return sum(row[column] for row in run.rounds if isinstance(row.get(column), (int, float)))
+
+    ranks = [row["mean_rank"] for row in run.rounds if isinstance(row.get("mean_rank"), (int, float))]
+    examples = last.get("eval_examples")
+    full = run.config.get("data.eval_full_final")
+    return RunMetrics(
+        seed=run.config.get("seed"),
+        final_accuracy=float(last["accuracy"]),
+        final_eval_examples=int(examples) if isinstance(examples, (int, float)) else None,
+        eval_full_final=bool(full) if full is not None else None,
+        mb_to_target=to_target(run.rounds, target) / 1e6,
+        energy_j=float(total("energy_j")),
+        mean_rank=float(sum(ranks) / len(ranks)) if ranks else math.nan,
+        dropped=int(total("clients_dropped")),
+        selected=int(total("clients_selected")),
+        reward=episode_reward(run),
+    )
+
+
+def by_seed(runs: list[FinishedRun], what: str = "this group") -> dict:
+    """{seed: run}; two runs with one seed in a group would be averaged or paired wrongly, so that is an error."""
+    seeds: dict = {}
+    for run in runs:
+        seed = run.config.get("seed")
+        if seed in seeds:
+            raise FedsimError(f"{what}: runs {seeds[seed].name} and {run.name} both have seed {seed}; they differ in a field the grouping ignores")
+        seeds[seed] = run
+    return seeds

@@ -1,0 +1,205 @@
+"""fedsim.stats: paired t-intervals over seeds, bytes to a fixed target; the comparison table on hand-made runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats as sps
+
+from fedsim.stats import NEVER, mean_ci, paired_difference, paired_to_target, target_summary, to_target
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_paired_interval_matches_the_hand_computation_and_scipy():
+    a = {0: 0.50, 1: 0.42, 2: 0.61, 3: 0.47}
+    b = {0: 0.45, 1: 0.40, 2: 0.52, 3: 0.46}
+    d = np.array([0.05, 0.02, 0.09, 0.01])
+    # By hand: mean, sample sd (n - 1), t quantile with n - 1 = 3 dof (t_{0.975,3} = 3.182446).
+    half = 3.182446305284263 * d.std(ddof=1) / math.sqrt(4)
+    result = paired_difference(a, b)
+    assert result.n == 4 and result.seeds == (0, 1, 2, 3)
+    assert result.mean == pytest.approx(d.mean(), abs=1e-12)
+    assert (result.low, result.high) == pytest.approx((d.mean() - half, d.mean() + half), abs=1e-9)
+    ci = sps.ttest_rel([a[s] for s in range(4)], [b[s] for s in range(4)]).confidence_interval(0.95)
+    assert (result.low, result.high) == pytest.approx((ci.low, ci.high), abs=1e-12)
+    # A 90% interval is narrower and agrees with scipy too.
+    ci90 = sps.ttest_rel(list(a.values()), list(b.values())).confidence_interval(0.90)
+    assert (paired_difference(a, b, 0.90).low, paired_difference(a, b, 0.90).high) == pytest.approx((ci90.low, ci90.high), abs=1e-12)
+
+
+def test_a_noisy_small_difference_is_not_significant():
+    # d = 0.1, 0.2, 0.3 -> mean 0.2, sd 0.1, half-width t_{0.975,2} 0.1 / sqrt 3 = 0.2484 > 0.2.
+    result = paired_difference([0.6, 0.7, 0.8], [0.5, 0.5, 0.5])
+    assert result.mean == pytest.approx(0.2)
+    assert result.low == pytest.approx(0.2 - 4.302652729911275 * 0.1 / math.sqrt(3))
+    assert result.low < 0 < result.high and result.verdict == "not significant" and not result.significant
+
+
+def test_a_consistent_difference_is_significant_even_when_seeds_vary_a_lot():
+    # The seeds move both configurations together (shared partitions and fading): pairing removes it.
+    seed_effect = np.array([0.20, 0.45, 0.30, 0.60, 0.35])
+    a = seed_effect + np.array([0.031, 0.029, 0.030, 0.032, 0.028])
+    result = paired_difference(a, seed_effect)
+    assert result.verdict == "significant" and 0 < result.low < 0.03 < result.high
+    assert sps.ttest_ind(a, seed_effect, equal_var=False).pvalue > 0.5  # unpaired (Welch): nowhere near
+    worse = paired_difference(seed_effect, a)
+    assert worse.verdict == "significant" and worse.high < 0
+
+
+def test_one_seed_gives_the_difference_without_an_interval():
+    result = paired_difference({3: 0.7}, {3: 0.6, 4: 0.5})
+    assert result.mean == pytest.approx(0.1) and result.n == 1
+    assert math.isnan(result.low) and math.isnan(result.high) and result.verdict == "n/a (1 seed)"
+    none = paired_difference({0: 0.7}, {1: 0.6})
+    assert none.n == 0 and none.verdict == "n/a (no shared seeds)"
+
+
+def test_pairing_uses_only_shared_seeds_and_rejects_infinities():
+    result = paired_difference({0: 1.0, 1: 2.0, 2: 4.0, 9: 100.0}, {0: 0.5, 1: 1.0, 2: 3.5, 7: -100.0})
+    assert result.seeds == (0, 1, 2) and result.mean == pytest.approx((0.5 + 1.0 + 0.5) / 3)
+    with pytest.raises(ValueError, match="non-finite"):
+        paired_difference([1.0, NEVER], [1.0, 2.0])
+    with pytest.raises(ValueError, match="different lengths"):
+        paired_difference([1.0, 2.0], [1.0])
+
+
+def test_mean_ci_is_the_student_t_interval_over_seeds():
+    x = [0.40, 0.47, 0.44]
+    ci = mean_ci(x)
+    low, high = sps.t.interval(0.95, 2, loc=np.mean(x), scale=sps.sem(x))
+    assert (ci.low, ci.high, ci.n) == pytest.approx((low, high, 3))
+    single = mean_ci([0.5])
+    assert single.mean == 0.5 and math.isnan(single.half_width)
+
+
+def test_bytes_to_target_counts_never_as_infinity():
+    rounds = [
+        {"round": 1, "accuracy": 0.2, "cum_bytes_up": 1e6},
+        {"round": 2, "accuracy": 0.45, "cum_bytes_up": 2e6},
+        {"round": 3, "accuracy": 0.38, "cum_bytes_up": 3e6},
+    ]
+    assert to_target(rounds, 0.4) == 2e6  # the first round at or above the target, even if it falls back later
+    assert to_target(rounds, 0.45) == 2e6
+    assert to_target(rounds, 0.5) == NEVER
+
+    # Averaging only the seeds that made it would say 1.0 MB; two of three never did: median inf.
+    bad = target_summary([1.0, NEVER, NEVER])
+    assert bad.median == math.inf and (bad.reached, bad.never, bad.n) == (1, 2, 3) and bad.fraction == pytest.approx(1 / 3)
+    ok = target_summary([1.0, 3.0, NEVER])
+    assert ok.median == 3.0 and ok.reached == 2  # the never-seed ranks last, it is not dropped
+    assert target_summary([1.0, 2.0, 3.0, NEVER]).median == 2.5
+    assert target_summary([1.0, NEVER]).median == math.inf  # half never: the median is not finite
+    with pytest.raises(ValueError, match="NaN"):
+        target_summary([1.0, math.nan])
+
+
+def test_paired_bytes_to_target_uses_seeds_both_reached_and_counts_the_rest():
+    a = {0: 1.0, 1: 1.2, 2: NEVER, 3: 0.9, 4: NEVER}
+    b = {0: 2.0, 1: 2.1, 2: 2.4, 3: 2.0, 4: NEVER}
+    result = paired_to_target(a, b)
+    assert result.difference.seeds == (0, 1, 3) and result.difference.n == 3
+    assert result.difference.mean == pytest.approx(np.mean([-1.0, -0.9, -1.1]))
+    assert result.difference.verdict == "significant"
+    assert (result.only_a, result.only_b, result.neither) == (0, 1, 1)
+    none = paired_to_target({0: NEVER}, {0: 1.0})
+    assert none.difference.verdict == "n/a (no seed reached by both)" and none.only_b == 1
+
+
+# --- the comparison table on hand-made run directories (no training) ---------------------------------
+
+
+def _write_run(root: Path, name: str, config: dict, accuracies: list[float], bytes_per_round: float, with_reward: bool, eval_final: int):
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / "summary.json").write_text(json.dumps({"final_accuracy": accuracies[-1]}))
+    columns = ["round", "accuracy", "loss", "eval_examples", "cum_bytes_up", "energy_j", "mean_rank", "clients_selected", "clients_dropped"]
+    if with_reward:
+        columns.append("reward")
+    lines = [",".join(columns)]
+    for i, acc in enumerate(accuracies, start=1):
+        row = [i, acc, 1 - acc, eval_final if i == len(accuracies) else 32, bytes_per_round * i, 0.5, config["policy"].get("rank", 4), 3, 0]
+        if with_reward:
+            row.append(-1 + acc)
+        lines.append(",".join(str(v) for v in row))
+    (run / "rounds.csv").write_text("\n".join(lines) + "\n")
+
+
+def _fake_sweep(root: Path, with_reward: bool) -> None:
+    # Deterministic "noise": channel-greedy wobbles around fixed-8 (Δ 0, not significant), fixed-2 adds
+    # 0.08 at -5 dB with a small wobble (significant), and every run at 15 dB is 0.10 better.
+    wobble = {"fixed_8": [0, 0, 0], "fixed_2": [0.001, -0.001, 0.0005], "channel-greedy": [0.003, -0.003, 0.0]}
+    points = []
+    for snr in (-5, 15):
+        for policy in ({"name": "fixed", "rank": 8}, {"name": "fixed", "rank": 2}, {"name": "channel-greedy"}):
+            for seed in (0, 1, 2):
+                label = policy["name"] + (f"_{policy['rank']}" if "rank" in policy else "")
+                base = 0.31 + 0.05 * seed + (0.1 if snr == 15 else 0)
+                bonus = 0.08 if policy.get("rank") == 2 and snr == -5 else 0.0
+                final = base + bonus + wobble[label][seed]
+                name = f"snr_db={snr}_policy={label}_seed={seed}-0000000000"
+                config = {"seed": seed, "channel": {"snr_db": snr}, "policy": policy, "data": {"eval_full_final": True}}
+                _write_run(root, name, config, [final / 3, final / 1.5, final], 1e6 * (policy.get("rank", 5) / 4), with_reward, 3080)
+                points.append({"dir": name})
+    (root / "sweep.json").write_text(json.dumps({"fields": ["channel.snr_db", "policy.name", "policy.rank"], "zip_groups": [["policy.name", "policy.rank"]], "points": points}))
+
+
+def _table(text: str, heading: str) -> dict[str, dict[str, str]]:
+    """{first cell: {column: cell}} of the markdown table under the heading that starts with `heading`."""
+    section = text.split(f"### {heading}", 1)[1].split("###", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    return {row[0]: dict(zip(header, row)) for row in rows}
+
+
+def _script(name: str, *args) -> str:
+    return subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / name), *map(str, args)], capture_output=True, text=True, check=True, cwd=REPO
+    ).stdout
+
+
+@pytest.mark.parametrize("with_reward", [False, True])
+def test_policy_table_prints_paired_differences_against_the_reference(tmp_path, with_reward):
+    _fake_sweep(tmp_path, with_reward)
+    out = _script("policy_table.py", tmp_path, "--target", "0.3")
+    assert "whole test set (3080 examples" in out and "never = +inf" in out and "n-1 dof" in out
+    table = _table(out, "SNR -5 dB (reference fixed-8)")
+    assert list(table) == ["fixed-8", "fixed-2", "channel-greedy"]  # the sweep's order
+    assert table["fixed-8"]["Δ acc vs fixed-8 [95% CI]"] == "(reference)"
+    fixed2 = table["fixed-2"]
+    assert fixed2["Δ acc vs fixed-8 [95% CI]"].startswith("+0.08") and fixed2["Δ acc verdict"] == "significant"
+    assert table["channel-greedy"]["Δ acc verdict"] == "not significant"
+    # fixed-8 at -5 dB: accuracy final/3, final/1.5, final with finals 0.31-0.41: target 0.3 in round 3, 2 MB a round.
+    assert table["fixed-8"]["reached"] == "3/3" and table["fixed-8"]["MB to 0.3: median"] == "6.000"
+    # fixed-2 (0.5 MB a round, finals 0.39 / 0.44 / 0.49): round 3, 3, 2 (0.49 / 1.5 >= 0.3) -> 1.5, 1.5, 1.0 MB.
+    assert fixed2["MB to 0.3: median"] == "1.500"
+    assert fixed2["Δ MB vs fixed-8, both reached [95% CI]"].startswith("-4.667 [") and fixed2["Δ MB vs fixed-8, both reached [95% CI]"].endswith("significant (n=3)")
+    assert ("Δ reward verdict" in fixed2) is with_reward
+    # A target fixed-8 never reaches at -5 dB (finals 0.31-0.41): never, not an average of the lucky seeds.
+    high = _table(_script("policy_table.py", tmp_path, "--target", "0.45"), "SNR -5 dB")
+    assert high["fixed-8"]["MB to 0.45: median"] == "never" and high["fixed-8"]["reached"] == "0/3 (never ×3)"
+    assert high["fixed-2"]["reached"] == "1/3 (never ×2)" and high["fixed-2"]["MB to 0.45: median"] == "never"
+    assert high["fixed-2"]["Δ MB vs fixed-8, both reached [95% CI]"] == "n/a (no seed reached by both)"
+    if with_reward:
+        # Per-round reward acc - 1, summed: -3 + 2 final, so the paired Δ is twice the accuracy's.
+        assert fixed2["Δ reward vs fixed-8 [95% CI]"].startswith("+0.160") and fixed2["Δ reward verdict"] == "significant"
+
+
+def test_snr_table_groups_by_snr_and_pairs_over_seeds(tmp_path):
+    _fake_sweep(tmp_path, False)
+    out = _script("snr_table.py", tmp_path, "--target", "0.3")
+    table = _table(out, "policy fixed-8 (reference snr_db=15)")
+    assert list(table) == ["-5", "15"]
+    assert table["-5"]["Δ acc vs snr_db=15 [95% CI]"].startswith("-0.10") and table["-5"]["Δ acc verdict"] == "significant"
+    assert _table(out, "policy fixed-2")["-5"]["Δ acc vs snr_db=15 [95% CI]"].startswith("-0.020")
+    with pytest.raises(subprocess.CalledProcessError):
+        _script("snr_table.py", tmp_path, "--reference", "7")
