@@ -16,6 +16,7 @@ import torch
 from fedsim.model import LoraClassifier
 
 HEAD_KEYS = ("head.weight", "head.bias")
+FISHER_PREFIX = "F."  # `F.A.{i}`, `F.B.{i}`: a client's diagonal Fisher estimate of its factors (Fisher merging)
 
 
 @dataclass

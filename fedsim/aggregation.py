@@ -1,35 +1,68 @@
 """Merging client adapters of different ranks into the global adapter.
 
-`svd` (default): per layer, the weighted mean of the clients' products,
-    ΔW = Σ_k w_k B_k A_k,
-refactored by truncated SVD, ΔW ≈ U_R Σ_R V_Rᵀ, into A = V_Rᵀ (orthonormal rows)
-and B = U_R Σ_R. Components come out ordered by singular value, so truncating the
-global adapter to rank r later keeps the r most important directions. The SVD is
-taken through QR of the stacked factors, so it costs O((in + out)·s²) for s
-stacked components instead of a dense out×in decomposition.
+A client at rank r receives the global adapter truncated to its first r components
+(A[:r], B[:, :r]) and trains only those. How its reply is combined is `average`:
 
-`fedavg-factors`: A and B are zero-padded to max_rank and averaged separately
-(the classic, inexact way; kept for comparison).
+`updates` (default, FedAvg: McMahan et al. 2017, "Communication-Efficient Learning of Deep
+Networks from Decentralized Data"): the client sends its *change* ΔA_k, ΔB_k to the part it
+received, and the server adds the weighted mean change to the global adapter. Components a
+client did not receive are not touched by it, so a round with no local training (lr = 0)
+leaves the global adapter unchanged, whatever the ranks (`tests/test_aggregation.py`).
 
-`fisher` (FedNano): parameter-wise Fisher merging of A and B (zero-padded to max_rank),
+`models`: the clients' adapters replace the global one (the weighted mean of what they sent).
+With `svd` this is FlexLoRA (Bai et al. 2024, "Federated Fine-tuning of Large Language Models
+under Heterogeneous Tasks and Client Resources"); with `fedavg-factors` it is HetLoRA's zero
+padding (Cho et al. 2024, "Heterogeneous LoRA for Federated Fine-tuning of On-Device Foundation
+Models", without its rank self-pruning). Both treat the components beyond a client's rank as
+zeros: a round of rank-2 clients that do not train at all shrinks a rank-8 global update.
+Kept for comparison.
+
+Methods, per adapted layer i, with weights w_k renormalised over the clients that sent layer i
+(rank > 0; a layer nobody sent keeps its global value):
+
+`svd` (default): product space. With B'_k A'_k = (B_g[:, :r_k] + ΔB_k)(A_g[:r_k] + ΔA_k) the
+client's adapter after training and c_j = Σ_{k: r_k > j} w_k the weight of the clients that
+trained component j,
+
+    updates:  W = B_g A_g + Σ_k w_k (B'_k A'_k − B_g[:, :r_k] A_g[:r_k])
+                = B_g diag(1 − c) A_g + Σ_k w_k B'_k A'_k
+    models:   W = Σ_k w_k B'_k A'_k
+
+W is refactored by truncated SVD, W ≈ U_R Σ_R V_Rᵀ, into A = V_Rᵀ (orthonormal rows) and
+B = U_R Σ_R, ordered by singular value, so truncating to rank r later keeps the r most important
+directions. The SVD is taken through QR of the stacked factors: O((in + out)·s²) for s stacked
+components instead of a dense out×in decomposition. When W has rank above R = max_rank this is
+the best rank-R approximation (Eckart-Young), not W itself: `truncated_fraction` reports
+‖W − W_R‖_F / ‖W − B_g A_g‖_F summed over layers, the share of the round's update the
+truncation discarded.
+
+`fedavg-factors`: A and B zero-padded to max_rank and averaged separately (updates: A_g + Σ w_k ΔA_k).
+
+`fisher` (FedNano): parameter-wise Fisher merging,
     θ = Σ_k w_k (F_k + ε) θ_k / Σ_k w_k (F_k + ε),
 with F_k the client's diagonal Fisher estimate (mean squared gradient, sent as `F.A.{i}`,
-`F.B.{i}`), w_k its sample weight and ε = FISHER_EPS. Equal Fisher values give FedAvg;
-a client whose Fisher dominates a parameter sets it. A component is merged over the
-clients that sent it; one nobody sent keeps its global value.
+`F.B.{i}`, never as a change), w_k its sample weight and ε = FISHER_EPS, over the clients that
+sent each parameter (one nobody sent keeps its global value). Both `average` modes give the same
+merge, since θ_k = θ_g + Δθ_k and the weights are renormalised per parameter.
 
-In all, a layer is averaged over the clients that sent it (rank > 0), with
-their weights renormalised; a layer nobody sent keeps its global value. The head
-is a plain weighted mean.
+The head is a weighted mean (updates: the global head plus the weighted mean change).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import NamedTuple
 
 import numpy as np
 
-from fedsim.adapter_state import HEAD_KEYS, AdapterState, payload_ranks
+from fedsim.adapter_state import FISHER_PREFIX, HEAD_KEYS, AdapterState, payload_ranks
+
+FISHER_EPS = 1e-12
+ROUNDOFF = 1e-12  # relative norm below which a product-space update is float64 noise
+
+
+def update_keys(payload: dict[str, np.ndarray]) -> list[str]:
+    """Keys that travel as a change in `average: updates`: the factors and the head, not Fisher estimates."""
+    return [k for k in payload if k.startswith(("A.", "B.")) or k in HEAD_KEYS]
 
 
 def _orthonormal_rows(count: int, dim: int, exclude: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -46,15 +79,24 @@ def _orthonormal_rows(count: int, dim: int, exclude: np.ndarray, rng: np.random.
     return np.array(extra).reshape(count, dim)
 
 
-def svd_refactor(
-    factors: list[tuple[np.ndarray, np.ndarray]], weights: np.ndarray, max_rank: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Truncated SVD of Σ w_k B_k A_k from the factors. Returns A [R, in], B [out, R], singular values [R]."""
-    a_stack = np.concatenate([a.astype(np.float64) for a, _ in factors], axis=0)  # [s, in]
-    b_stack = np.concatenate([b.astype(np.float64) * w for (_, b), w in zip(factors, weights)], axis=1)  # [out, s]
+def _core(a_stack: np.ndarray, b_stack: np.ndarray):
+    """QR of both stacks: B A = Q_b (R_b R_aᵀ) Q_aᵀ, so B A's SVD is that of the small core R_b R_aᵀ."""
     q_b, r_b = np.linalg.qr(b_stack)
     q_a, r_a = np.linalg.qr(a_stack.T)
-    u, sigma, vt = np.linalg.svd(r_b @ r_a.T)
+    return q_b, r_b @ r_a.T, q_a
+
+
+def lowrank_norm(a_stack: np.ndarray, b_stack: np.ndarray) -> float:
+    """‖B A‖_F of a product given by its factors, without forming it."""
+    if a_stack.shape[0] == 0:
+        return 0.0
+    return float(np.linalg.norm(_core(a_stack.astype(np.float64), b_stack.astype(np.float64))[1]))
+
+
+def refactor_stack(a_stack: np.ndarray, b_stack: np.ndarray, max_rank: int, rng: np.random.Generator):
+    """Truncated SVD of B A (B [out, s], A [s, in]). Returns A [R, in], B [out, R], all singular values."""
+    q_b, core, q_a = _core(a_stack.astype(np.float64), b_stack.astype(np.float64))
+    u, sigma, vt = np.linalg.svd(core)
     left, right = q_b @ u, (q_a @ vt.T).T  # [out, s], [s, in]
     keep = min(max_rank, len(sigma))
     a_new = right[:keep]
@@ -62,24 +104,64 @@ def svd_refactor(
     if keep < max_rank:  # fewer components than the global rank: fill with fresh directions, B = 0
         a_new = np.vstack([a_new, _orthonormal_rows(max_rank - keep, a_new.shape[1], a_new, rng)])
         b_new = np.hstack([b_new, np.zeros((b_new.shape[0], max_rank - keep))])
-        sigma = np.concatenate([sigma[:keep], np.zeros(max_rank - keep)])
-    return a_new.astype(np.float32), b_new.astype(np.float32), sigma[:max_rank]
+    return a_new.astype(np.float32), b_new.astype(np.float32), sigma
 
 
-def _fedavg_factors(factors, weights, max_rank, rng):
-    out_dim, in_dim = factors[0][1].shape[0], factors[0][0].shape[1]
-    a_mean, b_mean = np.zeros((max_rank, in_dim)), np.zeros((out_dim, max_rank))
-    for (a, b), w in zip(factors, weights):
-        a_mean[: a.shape[0]] += w * a
-        b_mean[:, : b.shape[1]] += w * b
-    sigma = np.linalg.svd(b_mean @ a_mean, compute_uv=False)[:max_rank]
-    return a_mean.astype(np.float32), b_mean.astype(np.float32), sigma
+def svd_refactor(
+    factors: list[tuple[np.ndarray, np.ndarray]], weights: np.ndarray, max_rank: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Truncated SVD of Σ w_k B_k A_k from the factors. Returns A [R, in], B [out, R], singular values [R]."""
+    a_stack = np.concatenate([a.astype(np.float64) for a, _ in factors], axis=0)
+    b_stack = np.concatenate([b.astype(np.float64) * w for (_, b), w in zip(factors, weights)], axis=1)
+    a_new, b_new, sigma = refactor_stack(a_stack, b_stack, max_rank, rng)
+    return a_new, b_new, np.concatenate([sigma, np.zeros(max(max_rank - len(sigma), 0))])[:max_rank]
 
 
-FISHER_EPS = 1e-12
+class LayerMerge(NamedTuple):
+    A: np.ndarray
+    B: np.ndarray
+    importance: float  # sum of the new global product's singular values
+    discarded_sq: float = 0.0  # ‖W − W_R‖_F² lost to truncation (svd only)
+    update_sq: float = 0.0  # ‖W − B_g A_g‖_F², the round's update before truncation (svd only)
 
 
-def fisher_merge(factors, weights, max_rank, rng, fishers, global_factors):
+def merge_svd(glob_a, glob_b, trained, weights, deltas, max_rank, rng) -> LayerMerge:
+    """`trained[k]` = client k's (A'_k, B'_k) after training; `deltas`: combine as updates (else models)."""
+    glob_a, glob_b = glob_a.astype(np.float64), glob_b.astype(np.float64)
+    a_clients = [a.astype(np.float64) for a, _ in trained]
+    b_clients = [b.astype(np.float64) * w for (_, b), w in zip(trained, weights)]
+    if deltas:  # B_g diag(1 - c) A_g keeps what the clients did not train
+        covered = np.zeros(glob_a.shape[0])
+        for (a, _), w in zip(trained, weights):
+            covered[: a.shape[0]] += w
+        a_stack = np.concatenate([glob_a, *a_clients])
+        b_stack = np.concatenate([glob_b * (1.0 - covered), *b_clients], axis=1)
+    else:
+        a_stack, b_stack = np.concatenate(a_clients), np.concatenate(b_clients, axis=1)
+    a_new, b_new, sigma = refactor_stack(a_stack, b_stack, max_rank, rng)
+    update_sq = lowrank_norm(np.concatenate([a_stack, glob_a]), np.concatenate([b_stack, -glob_b], axis=1)) ** 2
+    discarded_sq = float(np.sum(sigma[max_rank:] ** 2))
+    if update_sq <= ROUNDOFF**2 * float(np.sum(sigma**2)):  # no update at float64 precision: nothing was discarded
+        update_sq = discarded_sq = 0.0
+    return LayerMerge(a_new, b_new, float(sigma[:max_rank].sum()), discarded_sq, update_sq)
+
+
+def _singular_mass(a: np.ndarray, b: np.ndarray, max_rank: int) -> float:
+    return float(np.linalg.svd(b.astype(np.float64) @ a.astype(np.float64), compute_uv=False)[:max_rank].sum())
+
+
+def merge_factors(glob_a, glob_b, trained, weights, deltas, max_rank, rng) -> LayerMerge:
+    """fedavg-factors: zero-padded means of A and B (updates: of their changes, added to the global)."""
+    a_new = glob_a.astype(np.float64).copy() if deltas else np.zeros(glob_a.shape)
+    b_new = glob_b.astype(np.float64).copy() if deltas else np.zeros(glob_b.shape)
+    for (a, b), w in zip(trained, weights):
+        r = a.shape[0]
+        a_new[:r] += w * (a.astype(np.float64) - glob_a[:r] if deltas else a)
+        b_new[:, :r] += w * (b.astype(np.float64) - glob_b[:, :r] if deltas else b)
+    return LayerMerge(a_new.astype(np.float32), b_new.astype(np.float32), _singular_mass(a_new, b_new, max_rank))
+
+
+def fisher_merge(factors, weights, max_rank, fishers, global_factors) -> LayerMerge:
     """Parameter-wise Fisher-weighted mean of A and B; `fishers[k]` = (F_A, F_B) shaped like client k's factors."""
     merged = []
     for side in (0, 1):  # 0: A [r, in] (rank on rows), 1: B [out, r] (rank on columns)
@@ -93,11 +175,13 @@ def fisher_merge(factors, weights, max_rank, rng, fishers, global_factors):
         sent = denominator > 0
         merged.append(np.where(sent, numerator / np.where(sent, denominator, 1.0), current).astype(np.float32))
     a_new, b_new = merged
-    sigma = np.linalg.svd(b_new.astype(np.float64) @ a_new.astype(np.float64), compute_uv=False)[:max_rank]
-    return a_new, b_new, sigma
+    return LayerMerge(a_new, b_new, _singular_mass(a_new, b_new, max_rank))
 
 
-AGGREGATORS: dict[str, Callable] = {"svd": svd_refactor, "fedavg-factors": _fedavg_factors, "fisher": fisher_merge}
+class Aggregated(NamedTuple):
+    state: AdapterState
+    importance: np.ndarray  # per layer: sum of the new global product's singular values
+    truncated_fraction: float  # svd: share of the round's update norm the truncation to max_rank discarded
 
 
 def aggregate(
@@ -106,32 +190,49 @@ def aggregate(
     weights: list[float],
     method: str,
     rng: np.random.Generator,
-) -> tuple[AdapterState, np.ndarray]:
-    """New global adapter from delivered uploads; also per-layer importance (sum of singular values)."""
-    merge = AGGREGATORS[method]
+    average: str = "models",
+) -> Aggregated:
+    """New global adapter from the delivered uploads (changes with `average="updates"`, adapters with "models")."""
     n_layers = len(global_state.A)
     state = global_state.copy()
     importance = np.zeros(n_layers)
     if not uploads:
-        return state, importance
+        return Aggregated(state, importance, 0.0)
+    deltas = average == "updates"
     weights_arr = np.asarray(weights, dtype=np.float64)
     ranks = [payload_ranks(u, n_layers) for u in uploads]
+    discarded_sq, update_sq = 0.0, 0.0
     for i in range(n_layers):
         senders = [k for k in range(len(uploads)) if ranks[k][i] > 0]
         if not senders:
             continue
         w = weights_arr[senders] / weights_arr[senders].sum()
-        factors = [(uploads[k][f"A.{i}"], uploads[k][f"B.{i}"]) for k in senders]
-        if method == "fisher":
-            missing = [k for k in senders if f"F.A.{i}" not in uploads[k]]
+        glob_a, glob_b = global_state.A[i], global_state.B[i]
+        trained = []
+        for k in senders:  # the client's adapter after training
+            a, b = uploads[k][f"A.{i}"], uploads[k][f"B.{i}"]
+            if deltas:
+                r = a.shape[0]
+                a, b = glob_a[:r].astype(np.float64) + a, glob_b[:, :r].astype(np.float64) + b
+            trained.append((a, b))
+        if method == "svd":
+            merged = merge_svd(glob_a, glob_b, trained, w, deltas, global_state.max_rank, rng)
+        elif method == "fedavg-factors":
+            merged = merge_factors(glob_a, glob_b, trained, w, deltas, global_state.max_rank, rng)
+        elif method == "fisher":
+            missing = [k for k in senders if f"{FISHER_PREFIX}A.{i}" not in uploads[k]]
             if missing:
                 raise ValueError(f"aggregation 'fisher': upload {missing[0]} has no Fisher estimate for layer {i}")
-            fishers = [(uploads[k][f"F.A.{i}"], uploads[k][f"F.B.{i}"]) for k in senders]
-            state.A[i], state.B[i], sigma = merge(factors, w, global_state.max_rank, rng, fishers, (global_state.A[i], global_state.B[i]))
+            fishers = [(uploads[k][f"{FISHER_PREFIX}A.{i}"], uploads[k][f"{FISHER_PREFIX}B.{i}"]) for k in senders]
+            merged = fisher_merge(trained, w, global_state.max_rank, fishers, (glob_a, glob_b))
         else:
-            state.A[i], state.B[i], sigma = merge(factors, w, global_state.max_rank, rng)
-        importance[i] = float(np.sum(sigma))
+            raise ValueError(f"unknown aggregation method {method!r}; allowed: svd, fedavg-factors, fisher")
+        state.A[i], state.B[i], importance[i] = merged.A, merged.B, merged.importance
+        discarded_sq += merged.discarded_sq
+        update_sq += merged.update_sq
     w_all = weights_arr / weights_arr.sum()
     for key in HEAD_KEYS:
-        state.head[key] = sum(w * u[key].astype(np.float64) for w, u in zip(w_all, uploads)).astype(np.float32)
-    return state, importance
+        mean = sum(w * u[key].astype(np.float64) for w, u in zip(w_all, uploads))
+        state.head[key] = (global_state.head[key].astype(np.float64) + mean if deltas else mean).astype(np.float32)
+    truncated = float(np.sqrt(discarded_sq / update_sq)) if update_sq > 0 else 0.0
+    return Aggregated(state, importance, truncated)

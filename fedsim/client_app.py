@@ -15,6 +15,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from channels.quantization import quantize_payload
+from fedsim.aggregation import update_keys
 from fedsim.cohort import cohort_train
 from fedsim.config import Scenario, scenario_from_dict
 from fedsim.nano import server_side_keys
@@ -43,12 +44,19 @@ def identify(message: Message, context: Context) -> Message:
     return Message(RecordDict({"node": ConfigRecord({"partition-id": partition_id})}), reply_to=message)
 
 
-def _on_air(scenario: Scenario, upload: dict, client_id: int, server_round: int) -> dict:
-    """The upload as it goes on the air: quantised (codes + per-tensor scales when bits_per_param < 32)."""
+def _on_air(scenario: Scenario, upload: dict, received: dict, client_id: int, server_round: int) -> dict:
+    """The upload as it goes on the air: quantised (codes + per-tensor scales when bits_per_param < 32).
+
+    With `aggregation.average: updates` the client sends its change to what it received
+    (`fedsim.aggregation.update_keys`), as FedAvg clients do: quantising the change rather than
+    the weights keeps the quantisation error proportional to the update.
+    """
     channel = scenario.channel
     rounding_rng = np.random.default_rng([scenario.seed, server_round, client_id, 7031])
     server_side = {k: v for k, v in upload.items() if k in server_side_keys(scenario)}  # nano: the head never leaves the server
     sent = {k: v for k, v in upload.items() if k not in server_side}
+    if scenario.aggregation.average == "updates":
+        sent = {k: (v - received[k] if k in update_keys(received) else v) for k, v in sent.items()}
     return quantize_payload(sent, channel.bits_per_param, channel.rounding, rounding_rng) | server_side
 
 
@@ -62,7 +70,7 @@ def train(message: Message, context: Context) -> Message:
     payload = from_array_record(message.content["arrays"])
     server_round = int(config["server-round"])
     upload, metrics = local_train(runtime, payload, client_id, server_round)
-    upload = _on_air(scenario, upload, client_id, server_round)
+    upload = _on_air(scenario, upload, payload, client_id, server_round)
     content = RecordDict({"arrays": to_array_record(upload), "metrics": MetricRecord({**metrics, "client-id": client_id})})
     return Message(content, reply_to=message)
 
@@ -78,7 +86,7 @@ def train_cohort(message: Message, context: Context) -> Message:
     payloads = [from_array_record(message.content[f"arrays.{cid}"]) for cid in client_ids]
     results = cohort_train(get_runtime(scenario), payloads, client_ids, server_round)
     content = RecordDict()
-    for cid, (upload, metrics) in zip(client_ids, results):
-        content[f"arrays.{cid}"] = to_array_record(_on_air(scenario, upload, cid, server_round))
+    for cid, payload, (upload, metrics) in zip(client_ids, payloads, results):
+        content[f"arrays.{cid}"] = to_array_record(_on_air(scenario, upload, payload, cid, server_round))
         content[f"metrics.{cid}"] = MetricRecord({**metrics, "client-id": cid})
     return Message(content, reply_to=message)

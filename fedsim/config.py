@@ -44,6 +44,13 @@ class DataConfig(_Section):
         500, ge=1, description="Per-round server evaluation on a fixed random subset of this size (null = whole test set)."
     )
     eval_full_final: bool = Field(True, description="Evaluate the last round on the whole test set.")
+    validation_samples: int = Field(
+        0,
+        ge=0,
+        description="Training examples held out from every client (before partitioning) as a validation split: "
+        "rank policies then observe and are rewarded by validation metrics, never the test split, and rounds.csv gets "
+        "val_loss, val_accuracy and reward. Learning a policy (train-policy, learn: true) needs it; 0 = none.",
+    )
 
 
 class ModelConfig(_Section):
@@ -71,8 +78,8 @@ class AdapterConfig(_Section):
 class TrainConfig(_Section):
     local_steps: int = Field(5, ge=1, description="Optimizer steps each selected client takes per round.")
     batch_size: int = Field(16, ge=1)
-    lr: float = Field(2e-3, gt=0, description="Adam learning rate for the LoRA factors.")
-    head_lr: float = Field(5e-3, gt=0, description="Adam learning rate for the classification head.")
+    lr: float = Field(2e-3, ge=0, description="Adam learning rate for the LoRA factors (0 = frozen: the clients send no change).")
+    head_lr: float = Field(5e-3, ge=0, description="Adam learning rate for the classification head (0 = frozen).")
     engine: Literal["per-client", "cohort"] = Field(
         "per-client",
         description="'per-client': each client trains in its own ClientApp call; 'cohort': the round's clients train "
@@ -95,9 +102,16 @@ class ClientsConfig(_Section):
 class AggregationConfig(_Section):
     method: Literal["svd", "fedavg-factors", "fisher"] = Field(
         "svd",
-        description="'svd': weighted mean of B_k A_k, refactored by truncated SVD (exact across ranks); "
+        description="'svd': weighted mean in product space (B_k A_k), refactored by truncated SVD to max_rank; "
         "'fedavg-factors': average zero-padded A and B separately; 'fisher': Fisher merging of A and B, "
         "each client also sends its diagonal Fisher estimate (FedNano).",
+    )
+    average: Literal["updates", "models"] = Field(
+        "updates",
+        description="'updates' (FedAvg): each client sends its change to the part of the adapter it received, and the "
+        "server adds the weighted mean change to the global adapter, so untrained components are kept; 'models': "
+        "the mean of the clients' adapters replaces the global one (svd = FlexLoRA, fedavg-factors = HetLoRA-style "
+        "zero padding), which erases components a low-rank client did not receive.",
     )
 
 
@@ -112,6 +126,11 @@ class Scenario(_Section):
         description="'flower': Flower's simulation engine (Ray); 'inline': the same ServerApp and ClientApp called in-process (faster start, identical ledger).",
     )
     threads: int | None = Field(None, ge=1, description="torch threads for training (null = all cores).")
+    tolerate_client_errors: bool = Field(
+        False,
+        description="false: a client that fails stops the run with one line naming the client, round and cause; "
+        "true: the failure is logged in clients.csv (drop_reason=client-error, error=cause) and the round goes on.",
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
@@ -137,6 +156,8 @@ class Scenario(_Section):
         if getattr(self.channel, "mode", "digital") == "aircomp" and (self.adapter.kind == "nano" or self.aggregation.method == "fisher"):
             field = "adapter.kind=nano" if self.adapter.kind == "nano" else "aggregation.method=fisher"
             raise ValueError(f"channel.mode=aircomp does not support {field} (AirComp receives only the sum of the updates); allowed: channel.mode=digital")
+        if getattr(self.policy, "learn", False) and self.data.validation_samples == 0:
+            raise ValueError("policy.learn=true needs data.validation_samples > 0 (the reward must not read the test split); allowed: e.g. 500")
         for r in getattr(self.policy, "ranks", None) or []:
             if not 0 <= r <= self.adapter.max_rank:
                 raise ValueError(f"policy.ranks contains {r}; allowed: 0..{self.adapter.max_rank}")

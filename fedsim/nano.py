@@ -47,12 +47,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedsim.adapter_state import HEAD_KEYS, load_payload, state_from_model, truncate
+from fedsim.adapter_state import FISHER_PREFIX, HEAD_KEYS, load_payload, state_from_model, truncate
 from fedsim.model import LoraClassifier, SentenceClassifier, build_classifier
 from fedsim.types import FedsimError
 
 STREAMS = 2  # segment 0 and segment 1 of a text pair
-FISHER_PREFIX = "F."
 
 
 class NanoAdapter(nn.Module):

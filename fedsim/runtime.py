@@ -18,6 +18,7 @@ from fedsim.config import Scenario
 from fedsim.data import Tokenized, load_corpus, partition, tokenize
 from fedsim.model import LoraClassifier, load_tokenizer
 from fedsim.prefix_cache import PrefixCache
+from fedsim.types import FedsimError
 
 
 def _runtime_key(scenario: Scenario) -> str:
@@ -42,7 +43,9 @@ class Runtime:
         tokenizer = load_tokenizer(scenario.model.backbone)
         self.train = tokenize(tokenizer, corpus.train, scenario.data.max_length)
         self.test = tokenize(tokenizer, corpus.test, scenario.data.max_length)
-        self.partitions = partition(corpus.train.labels, scenario.clients.num_clients, scenario.data.partition, scenario.seed)
+        self.validation, kept = split_validation(len(corpus.train.labels), scenario.data.validation_samples, scenario.seed)
+        parts = partition(corpus.train.labels[kept], scenario.clients.num_clients, scenario.data.partition, scenario.seed)
+        self.partitions = [kept[p] for p in parts]  # indices into the training set
         adapter = scenario.adapter
         with torch.random.fork_rng():
             torch.manual_seed(scenario.seed)  # seeds PEFT's initialisation of A, so the initial global adapter is reproducible
@@ -93,6 +96,16 @@ class Runtime:
     @property
     def n_layers(self) -> int:
         return len(self.model.layers)
+
+
+def split_validation(n_train: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(validation indices, the rest) of the training set; seeded; no validation when `size` is 0."""
+    if size == 0:
+        return np.zeros(0, dtype=np.int64), np.arange(n_train)
+    if size >= n_train:
+        raise FedsimError(f"data.validation_samples={size} leaves no training data (the training set has {n_train} examples)")
+    held = np.sort(np.random.default_rng([seed, 7004]).choice(n_train, size, replace=False))
+    return held, np.setdiff1d(np.arange(n_train), held)
 
 
 _RUNTIMES: dict[str, Runtime] = {}

@@ -191,7 +191,7 @@ def run_server(
             print(f"[fedsim] round {server_round}/{scenario.rounds} started: {served}/{num_clients} clients have a SuperNode", flush=True)
         result = run_train_round(grid, strategy, server_round, routing, round_timeout_s)
         loss, accuracy, n_eval = strategy.evaluate(server_round)
-        row = {"round": server_round, "accuracy": accuracy, "loss": loss, "eval_examples": n_eval, **result.row}
+        row = {"round": server_round, "accuracy": accuracy, "loss": loss, "eval_examples": n_eval, **strategy.validation_metrics, **result.row}
         run_dir.add_round(row, result.client_rows, time.time() - round_start)
         bar.set_postfix(acc=f"{accuracy:.3f}", MB_up=f"{strategy.cum_bytes_up / 1e6:.2f}")
         if log_rounds:
@@ -201,8 +201,10 @@ def run_server(
                 flush=True,
             )
 
-    run_dir.save_adapter(lambda d: _export_adapter(strategy, d))
     rounds = run_dir.rounds
+    if not any(r["updates_aggregated"] for r in rounds):
+        raise FedsimError(f"no update was aggregated in any of the {len(rounds)} rounds (see drop_reason in {out_dir}/clients.csv); the run is not finished")
+    run_dir.save_adapter(lambda d: _export_adapter(strategy, d))
     summary = {
         "scenario": scenario.name,
         "seed": scenario.seed,

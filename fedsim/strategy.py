@@ -16,7 +16,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Rec
 
 from channels import Channel
 from channels.quantization import dequantize_payload, encoded_bits
-from fedsim.adapter_state import HEAD_KEYS, AdapterState, payload_bits, payload_params, truncate
+from fedsim.adapter_state import FISHER_PREFIX, HEAD_KEYS, AdapterState, payload_bits, payload_params, truncate
 from fedsim.aggregation import aggregate
 from fedsim.config import Scenario
 from fedsim.nano import server_side_keys
@@ -84,6 +84,7 @@ class RankAdaptiveStrategy:
         self._data_stats: np.ndarray | None = None
         self.round_info: dict = {}
         self.last_reward = float("nan")
+        self.validation_metrics: dict[str, float] = {}  # val_loss, val_accuracy, reward (with a validation split)
 
     # --- configure --------------------------------------------------------------------------
     def sample_clients(self) -> np.ndarray:
@@ -165,27 +166,37 @@ class RankAdaptiveStrategy:
         pending = self.pending
         assert pending is not None and pending.server_round == server_round
         received: dict[int, tuple[dict, dict]] = {}
-        errors: set[int] = set()
+        errors: dict[int, str] = {}
         by_node = {node: int(c) for c, node in zip(pending.clients, pending.nodes)}
         for reply in replies:
             if reply.has_error():
-                errors.add(by_node.get(reply.metadata.src_node_id, -1))
+                errors[by_node.get(reply.metadata.src_node_id, -1)] = _one_line(reply.error.reason)
                 continue
             metrics = dict(reply.content["metrics"])
             received[int(metrics["client-id"])] = (from_array_record(reply.content["arrays"]), metrics)
+        if errors and not self.scenario.tolerate_client_errors:
+            client, cause = next(iter(sorted(errors.items())))
+            more = f" (and {len(errors) - 1} more client(s))" if len(errors) > 1 else ""
+            raise FedsimError(
+                f"round {server_round}: client {client} failed{more}: {cause}; set tolerate_client_errors: true to log such failures as dropped updates instead"
+            )
 
         bits_per_param = self.channel.bits_per_param
         # Bits are those of the arrays the client sent (quantised codes and scales); the server
         # aggregates their dequantised values, so quantisation error is real.
         encoded = [received.get(int(c), (None, None))[0] for c in pending.clients]
         adapter_bits = np.array([encoded_bits(self.on_air(e)) if e is not None else 0 for e in encoded])
-        fisher_bits = np.array([encoded_bits({k: v for k, v in self.on_air(e).items() if k.startswith("F.")}) if e is not None else 0 for e in encoded])
+        fisher_bits = np.array([encoded_bits({k: v for k, v in self.on_air(e).items() if k.startswith(FISHER_PREFIX)}) if e is not None else 0 for e in encoded])
         # Nano mode: every local step also sent activations up and got gradients down (split computation).
         replied = [received.get(int(c), (None, {}))[1] for c in pending.clients]
         activation_bytes = np.array([int(m.get("bytes-up-activations", 0)) if m else 0 for m in replied])
         gradient_bytes = np.array([int(m.get("bytes-down-gradients", 0)) if m else 0 for m in replied])
         up_bits = adapter_bits + 8 * activation_bytes
         uploads = [self.decode_upload(e, r) if e is not None else None for e, r in zip(encoded, pending.ranks)]
+        # A NaN/inf update would poison the global adapter (and the SVD): never aggregated, logged as non-finite.
+        # Over the air, a client would not superpose it, so it is left out of the AirComp sum too.
+        finite = [u is None or all(np.isfinite(v).all() for v in u.values()) for u in uploads]
+        uploads = [u if ok else None for u, ok in zip(uploads, finite)]
         samples = np.full(len(pending.clients), self.scenario.train.local_steps * self.scenario.train.batch_size)
         superposition = None
         if self.channel.mode == "aircomp":
@@ -205,10 +216,14 @@ class RankAdaptiveStrategy:
             delivered = upload is not None and tx.delivered
             if delivered:
                 reason = ""
-            elif upload is None:
-                reason = "client-error" if int(client) in errors else "no-reply"
-            else:
+            elif int(client) in errors:
+                reason = "client-error"
+            elif int(client) not in received:
+                reason = "no-reply"
+            elif not tx.delivered and tx.drop_reason:
                 reason = tx.drop_reason
+            else:
+                reason = "non-finite" if not finite[k] else tx.drop_reason
             if delivered:
                 delivered_uploads.append(upload)
                 weights.append(float(metrics["num-examples"]))
@@ -244,15 +259,17 @@ class RankAdaptiveStrategy:
                     "num_examples": int(metrics["num-examples"]) if metrics else 0,
                     "train_loss": float(metrics["train-loss"]) if metrics else float("nan"),
                     **{f"{name}": float(values[k]) for name, values in pending.states.extra.items()},
+                    **({"error": errors[int(client)]} if int(client) in errors else {}),
                 }
             )
 
+        truncated_fraction = 0.0
         if superposition is not None:
             self.global_state, self.layer_importance = self.apply_superposition(superposition.aggregate)
         else:
-            self.global_state, self.layer_importance = aggregate(
-                self.global_state, delivered_uploads, weights, self.scenario.aggregation.method, self.rng_aggregation
-            )
+            agg = self.scenario.aggregation
+            merged = aggregate(self.global_state, delivered_uploads, weights, agg.method, self.rng_aggregation, agg.average)
+            self.global_state, self.layer_importance, truncated_fraction = merged
         if sensitivities:  # the clients' AdaLoRA sensitivity replaces the server-side singular values
             self.layer_importance = np.average(sensitivities, axis=0, weights=sensitivity_weights)
         bytes_up = int(up_bits.sum() // 8)
@@ -278,6 +295,8 @@ class RankAdaptiveStrategy:
             "mean_rank": float(pending.ranks.mean()),
             "clients_selected": len(pending.clients),
             "clients_dropped": len(pending.clients) - len(delivered_uploads),
+            "updates_aggregated": len(delivered_uploads),  # 0: the global adapter was kept as it was
+            "truncated_fraction": truncated_fraction,
             "train_loss": float(np.mean(train_losses)) if train_losses else float("nan"),
             "bytes_delivered": bytes_delivered,
             "cum_bytes_delivered": self.cum_bytes_delivered,
@@ -308,7 +327,7 @@ class RankAdaptiveStrategy:
                 shapes[f"A.{i}"] = (int(rank), self.global_state.A[i].shape[1])
                 shapes[f"B.{i}"] = (self.global_state.B[i].shape[0], int(rank))
         if self.scenario.aggregation.method == "fisher":  # the Fisher estimate has the factors' shapes
-            shapes |= {f"F.{key}": shape for key, shape in shapes.items()}
+            shapes |= {f"{FISHER_PREFIX}{key}": shape for key, shape in shapes.items()}
         for key in HEAD_KEYS:
             shapes[key] = tuple(self.global_state.head[key].shape)
         return shapes
@@ -318,21 +337,24 @@ class RankAdaptiveStrategy:
         return {k: v for k, v in encoded.items() if k not in self.server_side_keys}
 
     def decode_upload(self, encoded: dict[str, np.ndarray], ranks) -> dict[str, np.ndarray]:
+        """The float32 values the client sent: its changes (`average: updates`) or its adapter (`models`)."""
         decoded = dequantize_payload(self.on_air(encoded), self.channel.bits_per_param, self.upload_shapes(ranks))
         return decoded | {k: np.asarray(encoded[k], dtype=np.float32) for k in self.server_side_keys if k in encoded}
 
     def apply_superposition(self, superposed: dict[str, np.ndarray]) -> tuple[AdapterState, np.ndarray]:
-        """AirComp: the received (noisy) zero-padded factor average becomes the global adapter; unsent layers keep theirs."""
+        """AirComp: the received (noisy) zero-padded average of what the clients sent is added to the global
+        adapter (`average: updates`, the clients sent changes) or replaces it (`models`); unsent layers keep theirs."""
         state = self.global_state.copy()
         importance = np.zeros(len(state.A))
+        base = 1.0 if self.scenario.aggregation.average == "updates" else 0.0
         for i in range(len(state.A)):
             if f"A.{i}" in superposed:
-                state.A[i] = superposed[f"A.{i}"].astype(np.float32)
-                state.B[i] = superposed[f"B.{i}"].astype(np.float32)
+                state.A[i] = (base * state.A[i].astype(np.float64) + superposed[f"A.{i}"]).astype(np.float32)
+                state.B[i] = (base * state.B[i].astype(np.float64) + superposed[f"B.{i}"]).astype(np.float32)
                 importance[i] = float(np.linalg.svd(state.B[i].astype(np.float64) @ state.A[i], compute_uv=False).sum())
         for key in HEAD_KEYS:
             if key in superposed:
-                state.head[key] = superposed[key].astype(np.float32)
+                state.head[key] = (base * state.head[key].astype(np.float64) + superposed[key]).astype(np.float32)
         return state, importance
 
     # --- evaluate ---------------------------------------------------------------------------
@@ -342,18 +364,33 @@ class RankAdaptiveStrategy:
         indices = np.arange(len(self.runtime.test)) if final else self.runtime.eval_subset
         full = truncate(self.global_state, [self.scenario.adapter.max_rank] * self.runtime.n_layers)
         loss, accuracy = evaluate(self.runtime, full, indices)
+        # What the policy sees and is rewarded by: the validation split when there is one, never the
+        # test split the run reports (without one, the test metrics, as before; learning then is refused).
+        if len(self.runtime.validation):
+            seen_loss, seen_accuracy = evaluate(self.runtime, full, self.runtime.validation, split="train")
+            self.validation_metrics = {"val_loss": seen_loss, "val_accuracy": seen_accuracy}
+        else:
+            seen_loss, seen_accuracy = loss, accuracy
         info = {
             **self.round_info,
             "round": server_round,
             "done": server_round == self.scenario.rounds,
-            "loss": loss,
-            "accuracy": accuracy,
+            "loss": seen_loss,
+            "accuracy": seen_accuracy,
             "last_accuracy": self.last_accuracy,
         }
-        self.last_reward = self.policy.reward(info) if self.round_info else -loss
+        self.last_reward = self.policy.reward(info) if self.round_info else -seen_loss
+        if self.validation_metrics:
+            self.validation_metrics["reward"] = self.last_reward
         self.policy.feedback(self.last_reward, info)
-        self.last_loss, self.last_accuracy = loss, accuracy
+        self.last_loss, self.last_accuracy = seen_loss, seen_accuracy
         return loss, accuracy, len(indices)
+
+
+def _one_line(reason) -> str:
+    """The last non-empty line of an error reason (Flower may carry a whole traceback there)."""
+    lines = [line.strip() for line in str(reason or "").splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"
 
 
 def check_node_map(node_of_client: dict[int, int], num_clients: int) -> None:

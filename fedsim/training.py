@@ -86,12 +86,13 @@ def local_train(runtime: Runtime, payload: dict[str, np.ndarray], client_id: int
 
 
 @torch.no_grad()
-def evaluate(runtime: Runtime, payload: dict[str, np.ndarray], indices: np.ndarray) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of the adapter in `payload` on test examples `indices`."""
+def evaluate(runtime: Runtime, payload: dict[str, np.ndarray], indices: np.ndarray, split: str = "test") -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of the adapter in `payload` on examples `indices` of `split`
+    ('test', or 'train' for the validation examples held out of it)."""
     model = runtime.model
     load_payload(model, payload)
     total_loss, correct = 0.0, 0
-    for batch in batches_by_length(runtime, "test", indices, EVAL_BATCH):
+    for batch in batches_by_length(runtime, split, indices, EVAL_BATCH):
         labels = batch.pop("labels")
         with runtime.autocast():
             logits = model.model(**batch).float()

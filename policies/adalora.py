@@ -76,13 +76,14 @@ def share_budget(budget: float, importance: np.ndarray, max_rank: int) -> np.nda
     n = len(importance)
     total = int(min(round(budget), max_rank * n))
     weights = np.where(np.isfinite(importance) & (importance > 0), importance, 0.0)
-    if weights.sum() <= 0:
-        weights = np.ones(n)
+    # Scale-free: real AdaLoRA sensitivities sum to ~1e-14, so any absolute floor would swallow the budget.
+    weights = weights / weights.max() if weights.max() > 0 else np.ones(n)
     ranks = np.zeros(n)
     free = np.ones(n, dtype=bool)
     remaining = float(total)
     for _ in range(n):  # water-filling: cap the layers that overflow, share the rest again
-        share = remaining * weights * free / max(float((weights * free).sum()), 1e-12)
+        mass = float((weights * free).sum())
+        share = remaining * weights * free / mass if mass > 0 else remaining * free / max(int(free.sum()), 1)
         over = free & (share >= max_rank)
         if not over.any():
             ranks[free] = share[free]

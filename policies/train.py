@@ -65,6 +65,8 @@ def train_policy(scenario, episodes: int, out: Path, progress: bool = True) -> l
     name = scenario.policy.name
     if name not in TRAINABLE:
         raise FedsimError(f"policy.name={name!r} cannot be trained; allowed: {', '.join(TRAINABLE)}")
+    if scenario.data.validation_samples == 0:
+        raise FedsimError("train-policy needs data.validation_samples > 0: the reward must not read the test split (e.g. --set data.validation_samples=500)")
     if name == "airllm":
         scenario = scenario.model_copy(update={"policy": scenario.policy.model_copy(update={"learn": True})})
     policy = build_policy(scenario.policy)

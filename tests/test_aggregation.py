@@ -1,8 +1,13 @@
+"""Aggregation across ranks: product-space exactness, truncation, and the zero-training invariant."""
+
 from __future__ import annotations
 
-import numpy as np
+import itertools
 
-from fedsim.adapter_state import AdapterState
+import numpy as np
+import pytest
+
+from fedsim.adapter_state import AdapterState, truncate
 from fedsim.aggregation import aggregate, svd_refactor
 
 
@@ -33,11 +38,12 @@ def test_truncation_keeps_the_best_rank_r_approximation():
     np.testing.assert_allclose(b.astype(np.float64) @ a, best, rtol=1e-3, atol=1e-3)
 
 
-def _state(rng, layers=2, rank=4):
+def _state(rng, layers=2, rank=4, trained=False):
+    """A global adapter; `trained`: B != 0, as after some rounds (B = 0 is LoRA's initialisation)."""
     return AdapterState(
         A=[rng.standard_normal((rank, 20)).astype(np.float32) for _ in range(layers)],
-        B=[np.zeros((24, rank), np.float32) for _ in range(layers)],
-        head={"head.weight": np.zeros((3, 20), np.float32), "head.bias": np.zeros(3, np.float32)},
+        B=[(rng.standard_normal((24, rank)) if trained else np.zeros((24, rank))).astype(np.float32) for _ in range(layers)],
+        head={"head.weight": rng.standard_normal((3, 20)).astype(np.float32), "head.bias": rng.standard_normal(3).astype(np.float32)},
     )
 
 
@@ -48,7 +54,7 @@ def test_layer_nobody_sent_keeps_global_and_head_is_weighted_mean():
     for k, rank in enumerate((2, 3)):
         a, b = client_factors(rng, rank)
         uploads.append({"A.0": a, "B.0": b, "head.weight": np.full((3, 20), k, np.float32), "head.bias": np.full(3, k, np.float32)})
-    new, importance = aggregate(glob, uploads, [1.0, 3.0], "svd", rng)
+    new, importance, _ = aggregate(glob, uploads, [1.0, 3.0], "svd", rng, average="models")
     np.testing.assert_array_equal(new.A[1], glob.A[1])
     assert importance[0] > 0 and importance[1] == 0
     np.testing.assert_allclose(new.head["head.bias"], 0.75)
@@ -62,6 +68,133 @@ def test_fedavg_factors_zero_pads():
     a1, b1 = client_factors(rng, 2)
     a2, b2 = client_factors(rng, 4)
     head = {"head.weight": np.zeros((3, 20), np.float32), "head.bias": np.zeros(3, np.float32)}
-    new, _ = aggregate(glob, [{"A.0": a1, "B.0": b1, **head}, {"A.0": a2, "B.0": b2, **head}], [1.0, 1.0], "fedavg-factors", rng)
+    new, _, _ = aggregate(glob, [{"A.0": a1, "B.0": b1, **head}, {"A.0": a2, "B.0": b2, **head}], [1.0, 1.0], "fedavg-factors", rng, average="models")
     np.testing.assert_allclose(new.A[0][2:], a2[2:] / 2, rtol=1e-6)
     np.testing.assert_allclose(new.A[0][:2], (a1 + a2[:2]) / 2, rtol=1e-6)
+
+
+# --- average: updates ----------------------------------------------------------------------------
+
+RANK_MIXES = [(2, 2, 2), (2, 4, 8), (0, 1, 8), (8, 8, 8), (1, 0, 0)]
+METHODS = ["svd", "fedavg-factors", "fisher"]
+
+
+def _zero_updates(rng, glob, ranks_per_client, method):
+    """What clients that did not train send in `average: updates`: zero changes (and, for fisher, a Fisher estimate)."""
+    uploads = []
+    for ranks in ranks_per_client:
+        payload = {k: np.zeros_like(v) for k, v in truncate(glob, ranks).items()}
+        if method == "fisher":
+            payload |= {f"F.{k}": rng.random(v.shape).astype(np.float32) for k, v in payload.items() if k.startswith(("A.", "B."))}
+        uploads.append(payload)
+    return uploads
+
+
+@pytest.mark.parametrize("method, ranks", list(itertools.product(METHODS, RANK_MIXES)))
+def test_zero_local_training_leaves_the_global_adapter_unchanged(method, ranks):
+    """The invariant of issue 13: clients that do not train change nothing, whatever their ranks."""
+    rng = np.random.default_rng(4)
+    glob = _state(rng, layers=2, rank=8, trained=True)
+    # Each client gets one rank mix row; layer 1 gets the mix reversed, so layers differ.
+    per_client = [(r, ranks[::-1][k]) for k, r in enumerate(ranks)]
+    uploads = _zero_updates(rng, glob, per_client, method)
+    new, _, truncated = aggregate(glob, uploads, [10.0, 20.0, 30.0], method, np.random.default_rng(5), average="updates")
+    for i in range(2):
+        if method == "svd":  # refactored: the product (the function the adapter computes) is what must not move
+            np.testing.assert_allclose(new.delta(i), glob.delta(i), rtol=1e-5, atol=1e-5)
+        else:
+            np.testing.assert_array_equal(new.A[i], glob.A[i])
+            np.testing.assert_array_equal(new.B[i], glob.B[i])
+    for key in glob.head:
+        np.testing.assert_array_equal(new.head[key], glob.head[key])
+    assert truncated == 0.0
+
+
+def test_replacing_with_the_models_mean_erases_what_nobody_trained():
+    """Why `updates` is the default: FlexLoRA-style replacement shrinks a rank-8 global update when
+    every client is at rank 2 and nobody trains (issue 13 measured 71%)."""
+    rng = np.random.default_rng(6)
+    glob = _state(rng, layers=1, rank=8, trained=True)
+    sent = [truncate(glob, [2]) for _ in range(3)]  # untrained clients send back what they received
+    new, _, _ = aggregate(glob, sent, [1.0, 1.0, 1.0], "svd", rng, average="models")
+    change = np.linalg.norm(new.delta(0) - glob.delta(0)) / np.linalg.norm(glob.delta(0))
+    assert change > 0.5
+    kept, _, _ = aggregate(glob, _zero_updates(rng, glob, [[2]] * 3, "svd"), [1.0, 1.0, 1.0], "svd", rng, average="updates")
+    np.testing.assert_allclose(kept.delta(0), glob.delta(0), rtol=1e-5, atol=1e-5)
+
+
+def test_svd_updates_add_the_weighted_mean_change_in_product_space():
+    rng = np.random.default_rng(7)
+    glob = _state(rng, layers=1, rank=8, trained=True)
+    g_a, g_b = glob.A[0].astype(np.float64), glob.B[0].astype(np.float64)
+    weights = np.array([1.0, 3.0])
+    uploads, expected = [], g_b @ g_a
+    for w, r in zip(weights / weights.sum(), (2, 4)):
+        d_a, d_b = (0.1 * x for x in client_factors(rng, r))
+        uploads.append({"A.0": d_a, "B.0": d_b, "head.weight": np.zeros((3, 20), np.float32), "head.bias": np.zeros(3, np.float32)})
+        trained = (g_b[:, :r] + d_b) @ (g_a[:r] + d_a)
+        expected = expected + w * (trained - g_b[:, :r] @ g_a[:r])
+    new, _, truncated = aggregate(glob, uploads, list(weights), "svd", rng, average="updates")
+    u, s, vt = np.linalg.svd(expected)
+    best = (u[:, :8] * s[:8]) @ vt[:8]  # the change has rank up to 8 + 2 + 4: the best rank-8 approximation
+    np.testing.assert_allclose(new.delta(0), best, rtol=1e-4, atol=1e-4)
+    discarded = np.sqrt(np.sum(s[8:] ** 2)) / np.linalg.norm(expected - g_b @ g_a)
+    assert truncated == pytest.approx(discarded, rel=1e-6)
+    assert 0 < truncated < 1
+
+
+def test_fedavg_factor_updates_leave_untrained_components():
+    rng = np.random.default_rng(8)
+    glob = _state(rng, layers=1, rank=4, trained=True)
+    d_a, d_b = client_factors(rng, 2)
+    head = {"head.weight": np.ones((3, 20), np.float32), "head.bias": np.ones(3, np.float32)}
+    new, _, _ = aggregate(glob, [{"A.0": d_a, "B.0": d_b, **head}], [1.0], "fedavg-factors", rng, average="updates")
+    np.testing.assert_allclose(new.A[0][:2], glob.A[0][:2] + d_a, rtol=1e-6)
+    np.testing.assert_array_equal(new.A[0][2:], glob.A[0][2:])
+    np.testing.assert_allclose(new.head["head.bias"], glob.head["head.bias"] + 1.0, rtol=1e-6)
+
+
+# --- end to end: the real clients, quantisation and engines ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "method, engine, bits, channel_mode",
+    [
+        ("svd", "per-client", 32, "digital"),
+        ("svd", "cohort", 4, "digital"),
+        ("fedavg-factors", "cohort", 8, "digital"),
+        ("fisher", "per-client", 16, "digital"),
+        ("fedavg-factors", "per-client", 32, "aircomp"),
+    ],
+)
+def test_a_round_without_local_training_leaves_the_global_adapter_unchanged(tiny, method, engine, bits, channel_mode):
+    """lr = 0 through the whole path: truncation, the ClientApp, its upload of changes, quantisation, decoding, merging."""
+    from fedsim.inline_grid import InlineGrid
+    from fedsim.client_app import app as client_app
+    from fedsim.server_app import build_strategy, run_train_round
+
+    channel = {"bits_per_param": bits, "mode": channel_mode} | ({"kind": "awgn", "aircomp": {"noise": False}} if channel_mode == "aircomp" else {})
+    scenario = tiny(
+        train={"local_steps": 2, "batch_size": 8, "lr": 0.0, "head_lr": 0.0, "engine": engine},
+        aggregation={"method": method},
+        policy={"name": "fixed", "ranks": [2, 8, 0, 1]},
+        channel=channel,
+    )
+    strategy = build_strategy(scenario)
+    rng = np.random.default_rng(9)
+    trained = strategy.global_state.copy()  # as after some rounds: B != 0
+    trained.B = [rng.standard_normal(b.shape).astype(np.float32) for b in trained.B]
+    strategy.global_state = trained.copy()
+    grid = InlineGrid(client_app, scenario.clients.num_clients)
+    routing = {c: 1000 + c for c in range(scenario.clients.num_clients)}
+    result = run_train_round(grid, strategy, 1, routing, None)
+    assert result.row["updates_aggregated"] == 3
+    new = strategy.global_state
+    for i in range(len(new.A)):
+        if method == "svd":
+            np.testing.assert_allclose(new.delta(i), trained.delta(i), rtol=1e-5, atol=1e-5)
+        else:
+            np.testing.assert_array_equal(new.A[i], trained.A[i])
+            np.testing.assert_array_equal(new.B[i], trained.B[i])
+    for key in trained.head:
+        np.testing.assert_array_equal(new.head[key], trained.head[key])

@@ -13,6 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedsim.cli import main
+from fedsim.config import scenario_from_dict
+from fedsim.runtime import get_runtime
 from fedsim.types import ChannelStates, FedsimError, Observation
 from policies.adalora import AdaLoraConfig, AdaLoraPolicy, cubic_budget, share_budget
 from policies.airllm import AirLlmConfig, AirLlmPolicy, Denoiser, ddim_sample, denoising_loss, make_scheduler
@@ -142,6 +144,23 @@ def test_adalora_cubic_schedule_and_importance_sharing():
     policy = AdaLoraPolicy(AdaLoraConfig(init_budget=32, target_budget=8, tinit=0, tfinal=0))
     last = policy.ranks(make_observation([0.0], [1e6], importance=[4, 3, 2, 1], round_=10, total=10))
     assert last.sum() == 8 and last[0, 0] >= last[0, 3]
+
+
+@pytest.mark.parametrize("scale", [1e-15, 1.0, 1e15])
+def test_adalora_spends_the_whole_budget_at_any_importance_scale(scale):
+    """Issue 13: real MiniLM sensitivities sum to ~1e-14, and an absolute floor gave every layer rank 1."""
+    config = AdaLoraConfig(init_budget=32, target_budget=12, tinit=1, tfinal=2)
+    policy, reference = AdaLoraPolicy(config), AdaLoraPolicy(config)
+    rng = np.random.default_rng(0)
+    for round_ in range(1, 11):
+        importance = rng.random(6) + 0.1
+        obs = make_observation([10.0, 0.0], [1e6, 1e6], n_layers=6, round_=round_, total=10, importance=scale * importance)
+        ranks = policy.ranks(obs)
+        budget = cubic_budget(round_, 10, 32, 12, 1, 2)
+        assert abs(int(ranks[0].sum()) - round(budget)) <= 0, (round_, ranks[0], budget)
+        unit = reference.ranks(make_observation([10.0, 0.0], [1e6, 1e6], n_layers=6, round_=round_, total=10, importance=importance))
+        np.testing.assert_array_equal(ranks, unit)  # scale-invariant
+    assert share_budget(7, np.array([1e-30, 2e-30, 0.0]), max_rank=8).tolist() == [2, 5, 0]
 
 
 def test_reward_subtracts_normalised_cost_and_deadline_penalty():
@@ -284,7 +303,7 @@ def small_dataset(tmp_path_factory):
 def env_scenario(dataset, policy):
     return tiny_scenario(
         rounds=3,
-        data={"dataset": dataset, "eval_samples": 16, "eval_full_final": False, "partition": {"kind": "iid"}},
+        data={"dataset": dataset, "eval_samples": 16, "eval_full_final": False, "partition": {"kind": "iid"}, "validation_samples": 16},
         clients={"num_clients": 4, "per_round": 2},
         train={"local_steps": 1, "batch_size": 8},
         channel={"snr_db": 5.0, "deadline_s": 0.05},
@@ -323,7 +342,25 @@ def test_train_policy_cli_writes_a_checkpoint_that_run_uses(tmp_path, capsys, sm
     path.write_text(yaml.safe_dump(raw))
     assert main(["run", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     assert (tmp_path / "run" / "summary.json").is_file()
+    rounds = list(csv.DictReader((tmp_path / "run" / "rounds.csv").open()))
+    assert all(np.isfinite(float(r["reward"])) and 0 <= float(r["val_accuracy"]) <= 1 for r in rounds)
     capsys.readouterr()
+
+
+def test_learning_needs_a_validation_split_so_the_reward_never_reads_the_test_split(tmp_path, capsys, small_dataset):
+    import yaml
+
+    raw = env_scenario(small_dataset, {"name": "ppo"}).model_dump(mode="json")
+    raw["data"]["validation_samples"] = 0
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["train-policy", str(path), "--episodes", "1", "--out", str(tmp_path / "ckpt"), "--no-progress"]) == 2
+    assert "data.validation_samples > 0" in capsys.readouterr().err
+    without = get_runtime(scenario_from_dict(raw, "test"))
+    with_validation = get_runtime(env_scenario(small_dataset, {"name": "ppo"}))
+    held = set(with_validation.validation.tolist())
+    assert len(held) == 16 and not held & set(np.concatenate(with_validation.partitions).tolist())  # no client trains on it
+    assert sum(map(len, with_validation.partitions)) + 16 == sum(map(len, without.partitions))
 
 
 def test_train_policy_refuses_a_policy_that_does_not_learn(tmp_path, capsys):
