@@ -1,15 +1,19 @@
 """Figures from a sweep (or any directory of finished runs), written as PNG and SVG.
 
 * ``<y>_vs_<x>``: one curve per hue group, one panel per facet value. A curve
-  is the mean over seeds at each round; for 3+ seeds the band is the 95%
-  confidence interval of that mean, ``mean ± t_{0.975, n-1} · s / sqrt(n)``
-  (Student t); for 2 seeds it is their min-max range (the t-interval would be
-  ±12.7 standard errors); no band for one seed. x is the seed mean too (with
-  fading, bytes and airtime differ per seed).
+  is the mean over seeds at each round; the band is the 95% confidence interval
+  of that mean over seeds, ``mean ± t_{0.975, n-1} · s / sqrt(n)`` (Student t,
+  n - 1 dof; fedsim.stats.mean_ci), for any n >= 2: with 2 seeds that is
+  ±12.7 standard errors, which is what two seeds can tell (clipped to [0, 1]
+  for accuracy); no band for one seed. x is the seed mean too (with fading,
+  bytes and airtime differ per seed). The bands are per group: whether two
+  groups differ is a paired question over seeds (benchmarks/policy_table.py).
 * ``rank_heatmap``: mean rank over the round's selected clients, layer × round,
   for one run.
 * ``accuracy_at_budget``: per group, the accuracy of the last round whose
-  cumulative upload is within the byte budget (seed mean, band as above).
+  cumulative upload is within the byte budget (seed mean, 95% t-interval as above).
+  The default budget is the smallest total any run uploaded: a fixed spend, not
+  a target taken from the results.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from fedsim.collect import FinishedRun, results_table
+from fedsim.stats import mean_ci
 from fedsim.types import FedsimError
 
 X_AXES = {
@@ -75,32 +80,23 @@ def _save(fig, out_dir: Path, stem: str) -> list[Path]:
 
 
 def t_ci95(values: np.ndarray) -> float:
-    """Half-width of the 95% CI of the mean (Student t); 0 for fewer than two values."""
-    n = len(values)
-    if n < 2:
-        return 0.0
-    from scipy.stats import t
-
-    return float(t.ppf(0.975, n - 1) * np.std(values, ddof=1) / np.sqrt(n))
+    """Half-width of the 95% CI of the mean over seeds (Student t, n - 1 dof); 0 for fewer than two values."""
+    ci = mean_ci(values)
+    return float(ci.half_width) if ci.n >= 2 else 0.0
 
 
 def band(values: np.ndarray) -> tuple[float, float]:
-    """(low, high) of the band around the seed mean: the 95% CI for 3+ seeds, the min-max range for 2.
-
-    With two seeds the t-interval is mean +- 12.7 standard errors, wider than any accuracy axis; the
-    range of the two runs says more. One seed: no band.
-    """
-    mean = float(np.mean(values))
-    if len(values) >= 3:
-        half = t_ci95(values)
-        return mean - half, mean + half
-    return float(np.min(values)), float(np.max(values))
+    """(low, high): the 95% Student t interval of the seed mean (fedsim.stats.mean_ci); one seed: no band."""
+    ci = mean_ci(values)
+    if ci.n < 2:
+        return ci.mean, ci.mean
+    return ci.low, ci.high
 
 
 def band_name(n_seeds: int) -> str:
-    if n_seeds >= 3:
-        return f"mean of {n_seeds} seeds, 95% CI"
-    return "mean of 2 seeds, band = their range" if n_seeds == 2 else "single seed"
+    if n_seeds >= 2:
+        return f"mean of {n_seeds} seeds, band: 95% t-CI over seeds"
+    return "single seed, no band"
 
 
 def _fmt_value(value) -> str:
@@ -114,7 +110,14 @@ def _short(field: str) -> str:
 
 
 def _group_label(fields: list[str], key: tuple) -> str:
-    return ", ".join(f"{_short(f)}={_fmt_value(v)}" for f, v in zip(fields, key)) or "all runs"
+    # A zipped policy block varies fields only some policies have (a fixed policy has no margin):
+    # an empty value says nothing about the group, so it stays out of the label.
+    return ", ".join(f"{_short(f)}={_fmt_value(v)}" for f, v in zip(fields, key) if v not in ("", None)) or "all runs"
+
+
+def _legend_title(fields: list[str], rows_or_keys) -> str | None:
+    shown = [f for i, f in enumerate(fields) if any(k[i] not in ("", None) for k in rows_or_keys)]
+    return ", ".join(_short(f) for f in shown) or None
 
 
 def _sort_key(value):
@@ -180,6 +183,8 @@ def _curves(rows: list[dict], x_col: str, y_col: str, hue_fields: list[str], fac
     for row in rows:
         if not isinstance(row.get(y_col), (int, float)) or not isinstance(row.get(x_col), (int, float)):
             continue
+        if not (np.isfinite(row[y_col]) and np.isfinite(row[x_col])):  # a diverged run: no interval through NaN
+            continue
         fkey = tuple(row.get(f) for f in facet_fields)
         hkey = tuple(row.get(f) for f in hue_fields)
         table[fkey][hkey][row["round"]].append((row[x_col], row[y_col]))
@@ -222,18 +227,27 @@ def plot_curves(root: Path, out_dir: Path, x: str, y: str, hue: str | None, face
             xs = xs * scale
             ax.plot(xs, ys, color=colors[hkey], lw=1.8, marker=markers[hkey], ms=3.5, label=_group_label(hue_fields, hkey))
             if np.any(high > low):
+                # A t-interval from few seeds can leave the metric's range; the metric cannot.
                 if y == "accuracy":
                     low, high = np.clip(low, 0, 1), np.clip(high, 0, 1)
+                else:
+                    low = np.maximum(low, 0)
                 ax.fill_between(xs, low, high, color=colors[hkey], alpha=0.15, lw=0)
         if facet_fields:
             title = _group_label(facet_fields, fkey) if len(facet_fields) > 1 else f"{facet_fields[0]} = {_fmt_value(fkey[0])}"
             ax.set_title(title, fontsize=10, fontweight="normal")
         ax.set_xlabel(x_label)
         if y == "accuracy":
-            ax.set_ylim(bottom=0)
-            ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+            from matplotlib.ticker import PercentFormatter
+
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    if y == "accuracy":
+        # Once, after every panel is drawn: the panels share y, and fixing the limits on the first
+        # panel would freeze its top before the other panels' curves are in.
+        axes.flat[0].set_ylim(bottom=0)
+    band_text = "seed mean ± 95% t-CI" if seeds and min(seeds) >= 2 else "single seed"
     for ax in axes[:, 0]:
-        ax.set_ylabel(y_label)
+        ax.set_ylabel(f"{y_label} ({band_text})")
     for ax in list(axes.flat)[len(facets):]:
         ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
@@ -245,7 +259,7 @@ def plot_curves(root: Path, out_dir: Path, x: str, y: str, hue: str | None, face
     seed_text = band_name(min(seeds)) if seeds else "no data"
     fig.suptitle(f"{Y_AXES[y][1].capitalize()} vs {x_title}  ·  {root.name}  ({seed_text})", fontweight="bold", y=1.0)
     if len(labels) > 1 or hue_fields:
-        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), title=", ".join(_short(f) for f in hue_fields) or None)
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), title=_legend_title(hue_fields, hue_keys))
     fig.tight_layout()
     paths = _save(fig, out_dir, f"{y}_vs_{x}")
     plt.close(fig)
@@ -321,18 +335,24 @@ def plot_budget_bars(root: Path, out_dir: Path, rows: list[dict], fields: list[s
         raise FedsimError(f"--budget {budget / 1e6:g} MB: no run uploads that little in its first round; choose a larger budget")
     keys = sorted(groups, key=lambda k: tuple(_sort_key(v) for v in k))
     means = [float(np.mean(groups[k])) for k in keys]
-    edges = np.array([band(np.array(groups[k])) for k in keys])
+    edges = np.clip(np.array([band(np.array(groups[k])) for k in keys]), 0, 1)
     errors = np.clip(np.stack([means - edges[:, 0], edges[:, 1] - means]), 0, None)
     colors = [PALETTE[0] if not k or len(group_fields) == 0 else PALETTE[sorted({kk[0] for kk in keys}, key=_sort_key).index(k[0]) % len(PALETTE)] for k in keys]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(keys) + 2.0), 3.6))
+    tick_labels = [_group_label(group_fields, k).replace(", ", "\n") for k in keys]
+    longest = max(len(line) for label in tick_labels for line in label.splitlines())
+    fig, ax = plt.subplots(figsize=(max(4.0, max(0.55, 0.07 * longest) * len(keys) + 2.0), 3.6))  # upright labels must not collide
     positions = np.arange(len(keys))
     ax.bar(positions, means, yerr=errors, color=colors, capsize=3, edgecolor="white", error_kw={"ecolor": "#333333", "lw": 1})
     for pos, mean, top in zip(positions, means, edges[:, 1]):  # above the error bar, never crossed by it
         ax.text(pos, max(mean, top) + 0.005, f"{mean:.1%}", ha="center", va="bottom", fontsize=8, color="#333333")
-    ax.set_xticks(positions, [_group_label(group_fields, k).replace(", ", "\n") for k in keys], fontsize=8, rotation=0 if len(keys) <= 6 else 45, ha="center" if len(keys) <= 6 else "right")
-    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(bottom=0)
+    upright = len(keys) <= 6
+    ax.set_xticks(positions, tick_labels, fontsize=8, rotation=0 if upright else 45, ha="center" if upright else "right")
+    from matplotlib.ticker import PercentFormatter
+
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    n_min = min(len(v) for v in groups.values())
+    ax.set_ylabel("test accuracy (seed mean ± 95% t-CI)" if n_min >= 2 else "test accuracy (single seed)")
+    ax.set_ylim(0, max(float(np.max(edges[:, 1])), max(means)) * 1.15 or 1)  # room for the labels above the bars
     ax.grid(axis="x", visible=False)
     ax.set_title(f"Accuracy within an upload budget of {budget / 1e6:.2f} MB\n{root.name} ({band_name(min(len(v) for v in groups.values()))})", fontsize=10)
     fig.tight_layout()
