@@ -138,7 +138,10 @@ def _eval_note(metrics: list[RunMetrics]) -> str:
     examples = sorted({m.final_eval_examples for m in metrics if m.final_eval_examples is not None})
     counts = "/".join(str(e) for e in examples) or "?"
     if full == {True}:
-        return f"last round, evaluated on the whole test set ({counts} examples; data.eval_full_final: true)"
+        return (
+            f"last round, evaluated on the whole test set ({counts} examples; data.eval_full_final: true; "
+            "earlier rounds, and so a target first reached before the last round, use the per-round subset)"
+        )
     if full == {False}:
         return (
             f"last round, evaluated on the {counts}-example per-round subset (data.eval_full_final: false; "

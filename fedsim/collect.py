@@ -6,6 +6,10 @@ the run's ``rounds.csv`` columns, plus the cumulative uplink time and energy
 (``cum_uplink_latency_s``, ``cum_energy_j``) that the plots use as x axes.
 Only finished runs (``summary.json`` present) are read; unfinished ones are
 ignored, so collecting during a sweep is safe.
+
+``run_metrics`` gives one run's figures for a comparison (final accuracy, MB to a
+fixed target, energy, rank, drops, episode reward); the statistics over seeds
+(paired t-intervals, never = +inf) are in ``fedsim.stats``.
 """
 
 from __future__ import annotations
