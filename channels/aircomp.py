@@ -1,35 +1,57 @@
 r"""Over-the-air aggregation (AirComp, ``mode: aircomp``): analog superposition of the updates.
 
-The scheduled clients send their updates at the same time over the whole band. Each update is
-zero-padded to the common shape first (LoRA factors to ``max_rank``: A's missing rows and B's
-missing columns are zeros), so all clients send equally shaped vectors :math:`x_k \in \mathbb R^D`
-and the superposition of the padded factors is exactly the zero-padded factor average
-(``aggregation: fedavg-factors``), not the product-space mean.
+Truncated channel inversion after Zhu, Wang, Huang, "Broadband Analog Aggregation for Low-Latency
+Federated Edge Learning", IEEE TWC 2019, with a per-round peak power constraint.
 
-*Truncated channel inversion.* Client k's instantaneous SNR at full power :math:`P_{max}` is
-:math:`g_k = \bar\gamma_k |h_k|^2`. Clients in a deep fade, :math:`|h_k|^2 < g_{th}`, stay silent
-(dropped, reason ``aircomp-truncated``); the others pre-equalise their channel so that all arrive
-with the same amplitude :math:`\sqrt{\eta}`, :math:`\eta = \min_{k \in S} g_k` (the weakest sender
-uses full power, client k uses :math:`P_k = P_{max}\,\eta / g_k \le P_{max}`). With data weights
-:math:`w_k` (normalised over the senders S), symbols normalised by the mean entry power
-:math:`\bar P = \frac{1}{|S| D}\sum_{k\in S}\|x_k\|^2`, and unit receiver noise, the server receives
-:math:`y = \sqrt{\eta}\sum_{k\in S} w_k x_k/\sqrt{\bar P} + z` and estimates
+*Signals.* The scheduled clients send their updates at the same time over the whole band. Each
+update is zero-padded to the common shape first (LoRA factors to ``max_rank``: A's missing rows and
+B's missing columns are zeros), so every client sends a vector :math:`x_k \in \mathbb R^D` and the
+superposition of the padded factors is exactly the zero-padded factor average
+(``aggregation: fedavg-factors``), not the product-space mean. Client k's mean entry power is
+:math:`m_k = \|x_k\|^2 / D`; its full-power (:math:`P_{max}`) instantaneous SNR is
+:math:`\gamma_k = \bar\gamma_k |h_k|^2`; the receiver noise has unit variance per real entry.
+
+*Truncation.* Clients in a deep fade, :math:`|h_k|^2 < g_{th}`, stay silent (dropped, reason
+``aircomp-truncated``), as do clients past the deadline; the others are the senders S. Their data
+weights :math:`w_k` are normalised over S.
+
+*Channel inversion.* Every sender pre-equalises its channel so that its contribution arrives as
+:math:`c\,w_k x_k`; the server receives :math:`y = c \sum_{k\in S} w_k x_k + z`,
+:math:`z \sim \mathcal N(0, I_D)`, and estimates :math:`\hat x = y / c`. Client k then needs the
+transmit power :math:`p_k = P_{max}\, c^2 w_k^2 m_k / \gamma_k`, and the largest common c with
+every :math:`p_k \le P_{max}` is
 
 .. math::
-    \hat x = \sqrt{\bar P / \eta}\; y = \sum_{k \in S} w_k x_k + \sqrt{\bar P/\eta}\; z,
-    \qquad z \sim \mathcal N(0, I_D),
+    c^2 = \min_{k \in S} \frac{\gamma_k}{w_k^2 m_k},
 
-so the aggregation MSE against the noiseless mean is :math:`\bar P / \eta`, falling as 1/SNR.
-A tensor that only some senders carry (a layer at rank 0) is averaged over those, its noise scaled
-by the inverse of their weight sum.
+so the binding sender (the minimiser, not necessarily the weakest channel) uses full power and the
+others less. The noise MSE per entry is :math:`1/c^2`; for K senders with equal weights and equal
+powers m it is :math:`m / (K^2 \gamma_{min})`, Zhu et al.'s :math:`\sigma^2 / (K^2 \rho_0)`.
+A tensor only the senders C carry (a layer at rank 0 elsewhere) is received as
+:math:`c\sum_{k\in C} w_k x_k + z` and divided by :math:`c\,W_C`, :math:`W_C = \sum_{k\in C} w_k`
+(noise variance :math:`1/(c^2 W_C^2)`).
+
+*Error reported* (per entry, over the tensors received), against the reference
+:math:`\bar x`, the weighted mean of the updates of *all* scheduled clients that computed one (the
+senders and the truncated or late ones), weights renormalised over them:
+
+* ``mse_noise`` :math:`= \|\hat x - x_S\|^2 / D`, with :math:`x_S` the senders' clean weighted mean;
+* ``mse_truncation`` :math:`= \|x_S - \bar x\|^2 / D`, the bias of leaving the truncated clients out;
+* ``mse`` :math:`= \|\hat x - \bar x\|^2 / D`, the round's measured error. It equals the sum of the
+  two parts plus a cross term :math:`2\langle \hat x - x_S, x_S - \bar x\rangle / D` of mean zero
+  (the noise is independent of the updates), so the parts add up in expectation, not exactly.
+
+A tensor that present clients carry but no sender does is not received (the server keeps its own
+value) and is left out of the error.
 
 *Cost.* One slot for everyone, whatever the number of clients: :math:`D` real symbols, two per
-complex channel use, over bandwidth B: :math:`t = \lceil D/2 \rceil / B`; client energy :math:`P_k t`.
+complex channel use, over bandwidth B: :math:`t = \lceil D/2 \rceil / B`; sender energy
+:math:`p_k t` (plus compute energy, `channels.compute`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -45,8 +67,12 @@ class AirCompConfig(BaseModel):
 @dataclass
 class Superposition:
     aggregate: dict[str, np.ndarray]  # padded tensors that at least one sender carried
-    mse: float  # mean squared error per entry against the noiseless weighted mean (nan when nobody sent)
+    mse: float  # per entry, received vs weighted mean of all present updates (nan when nobody sent)
     senders: np.ndarray  # bool per scheduled client
+    mse_noise: float = float("nan")  # received vs the senders' clean weighted mean
+    mse_truncation: float = float("nan")  # senders' clean mean vs all present clients' mean
+    power_fraction: np.ndarray = field(default_factory=lambda: np.zeros(0))  # p_k / P_max per scheduled client
+    scale: float = float("nan")  # c: the senders' common received amplitude
 
 
 def pad(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -60,6 +86,15 @@ def slot_seconds(shapes: dict[str, tuple[int, ...]], bandwidth_hz: float) -> flo
     return float(np.ceil(symbols / 2.0) / bandwidth_hz)
 
 
+def _normalised(weights: np.ndarray) -> np.ndarray:
+    total = weights.sum()
+    return weights / total if total > 0 else np.full(len(weights), 1.0 / len(weights))
+
+
+def _weighted_mean(vectors: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
+    return sum(w * v for w, v in zip(weights, vectors)) / weights.sum()
+
+
 def superpose(
     updates: list[dict[str, np.ndarray] | None],
     weights: np.ndarray,
@@ -70,28 +105,45 @@ def superpose(
     noise: bool,
     rng: np.random.Generator,
 ) -> Superposition:
-    """Receive the superposition of the `senders`' zero-padded updates (see the module docstring)."""
+    """Receive the superposition of the `senders`' zero-padded updates (see the module docstring).
+
+    `updates[k]` is None for a client that computed nothing; the others are the reference's clients.
+    """
     senders = np.asarray(senders, dtype=bool)
+    n = len(senders)
+    power = np.zeros(n)
     index = np.flatnonzero(senders)
     if len(index) == 0:
-        return Superposition({}, float("nan"), senders)
-    w = np.asarray(weights, dtype=float)[index]
-    w = w / w.sum()
-    padded = [{key: pad(updates[k][key], shape) for key, shape in shapes.items() if key in updates[k]} for k in index]
+        return Superposition({}, float("nan"), senders, float("nan"), float("nan"), power)
+    weights = np.asarray(weights, dtype=float)
+    present = np.array([k for k in range(n) if updates[k] is not None], dtype=np.int64)
+    padded = {int(k): {key: pad(updates[k][key], shape) for key, shape in shapes.items() if key in updates[k]} for k in present}
     total_entries = sum(int(np.prod(s)) for s in shapes.values())
-    mean_power = sum(float(np.sum(v * v)) for p in padded for v in p.values()) / (len(index) * total_entries)
-    eta = float(np.min(10.0 ** (np.asarray(snr_db, dtype=float)[index] / 10.0) * np.asarray(fading_gain, dtype=float)[index]))
-    noise_std = np.sqrt(mean_power / eta) if noise else 0.0
+    w = _normalised(weights[index])
+    v = dict(zip(present.tolist(), _normalised(weights[present])))
+    entry_power = np.array([sum(float(np.sum(x * x)) for x in padded[int(k)].values()) / total_entries for k in index])
+    gamma = 10.0 ** (np.asarray(snr_db, dtype=float)[index] / 10.0) * np.asarray(fading_gain, dtype=float)[index]
+    load = w**2 * entry_power  # received power per entry per unit c^2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c2 = float(np.min(np.where(load > 0, gamma / load, np.inf)))
+    if np.isfinite(c2):
+        power[index] = c2 * load / gamma
+    noise_var = 1.0 / c2 if noise else 0.0  # 0 when every sender's update is zero (c unbounded)
     aggregate: dict[str, np.ndarray] = {}
-    squared_error, entries = 0.0, 0
+    total, from_noise, from_truncation, entries = 0.0, 0.0, 0.0, 0
     for key, shape in shapes.items():
-        carriers = [j for j in range(len(index)) if key in padded[j]]
+        carriers = [j for j, k in enumerate(index) if key in padded[int(k)]]
         if not carriers:
             continue
         weight_sum = float(w[carriers].sum())
-        clean = sum(w[j] * padded[j][key] for j in carriers) / weight_sum
-        received = clean + (noise_std / weight_sum) * rng.standard_normal(shape) if noise else clean
+        clean = _weighted_mean([padded[int(index[j])][key] for j in carriers], w[carriers])
+        received = clean + (np.sqrt(noise_var) / weight_sum) * rng.standard_normal(shape) if noise else clean
         aggregate[key] = received
-        squared_error += float(np.sum((received - clean) ** 2))
+        holders = [int(k) for k in present if key in padded[int(k)]]
+        reference = _weighted_mean([padded[k][key] for k in holders], np.array([v[k] for k in holders]))
+        total += float(np.sum((received - reference) ** 2))
+        from_noise += float(np.sum((received - clean) ** 2))
+        from_truncation += float(np.sum((clean - reference) ** 2))
         entries += clean.size
-    return Superposition(aggregate, squared_error / max(entries, 1), senders)
+    entries = max(entries, 1)
+    return Superposition(aggregate, total / entries, senders, from_noise / entries, from_truncation / entries, power, float(np.sqrt(c2)))

@@ -1,7 +1,10 @@
 """Named channel presets: `channel: {preset: harsh}` fills these fields; any field written beside it wins.
 
-Every non-ideal preset uses per-round block fading, 1500-byte packets with the PER waterfall model
-(m = 0.023) and a 100 kbit/s target rate (outage when the capacity of the client's band falls below it).
+Every non-ideal preset uses per-round block fading, 1500-byte packets, the ``threshold`` packet-error
+model (m = 0.023: an update is lost iff its round's instantaneous SNR is below m; every packet sees
+the same fade, matching the simulator's one fading draw per client per round; see
+`channels.packet_error`) and a 100 kbit/s target rate (outage when the capacity of the client's band
+falls below it).
 
 | preset      | SNR   | fading          | losses                          |
 |-------------|-------|-----------------|---------------------------------|
@@ -14,10 +17,10 @@ Every non-ideal preset uses per-round block fading, 1500-byte packets with the P
 
 from __future__ import annotations
 
-_LOSSY = {"packet_error": True, "packet_bits": 12000, "per_m": 0.023, "target_rate_bps": 1.0e5}
+_LOSSY = {"packet_error": "threshold", "packet_bits": 12000, "per_m": 0.023, "target_rate_bps": 1.0e5}
 
 PRESETS: dict[str, dict] = {
-    "ideal": {"kind": "awgn", "snr_db": 40.0, "packet_error": False, "target_rate_bps": None},
+    "ideal": {"kind": "awgn", "snr_db": 40.0, "packet_error": "none", "target_rate_bps": None},
     "good": {"kind": "rician", "k_factor": 10.0, "snr_db": 30.0, **_LOSSY},
     "moderate": {"kind": "rician", "k_factor": 5.0, "snr_db": 20.0, **_LOSSY},
     "challenging": {"kind": "rayleigh", "snr_db": 15.0, **_LOSSY},

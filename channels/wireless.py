@@ -7,10 +7,12 @@ One round, for the K scheduled clients (each block's formula is in its module):
 2. rate :math:`R_k = B_k \log_2(1 + \bar\gamma_k g_k / \Gamma)` (`channels.rate`);
 3. the client sends :math:`n_k` bits (after quantisation, `channels.quantization`) in
    :math:`\lceil n_k / L\rceil` packets at :math:`R_k`, or at the target rate :math:`R_0` when one is set;
-   airtime :math:`t_k = (n_k + r_k L_k) / R` with :math:`r_k` HARQ resends, energy :math:`P\,t_k`
-   plus optional compute energy (`channels.compute`);
-4. the update is lost, in this order of blame, by ``outage`` (:math:`R_k < R_0`), ``packet-error``
-   (a packet still lost after the resends, `channels.packet_error`) or ``deadline`` (computation plus
+   airtime :math:`t_k = (n_k + r_k n_k / \lceil n_k/L\rceil) / R` with :math:`r_k` packets resent by
+   HARQ (each resend charged at the same rate R), energy :math:`P\,t_k` plus optional compute energy
+   (`channels.compute`);
+4. the update is lost, in this order of blame, by ``outage`` (:math:`R_k < R_0`; nothing is resent),
+   ``packet-error`` (the update, or one of its packets, still undecodable after the resends:
+   ``packet_error`` model and ``harq`` in `channels.packet_error`) or ``deadline`` (computation plus
    upload ends after the round deadline; the transmission is cut off there).
 
 In ``mode: aircomp`` steps 3-4 are replaced by analog superposition (`channels.aircomp`).
@@ -22,7 +24,7 @@ import math
 from typing import Literal, Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from channels import access as access_block
 from channels.aircomp import AirCompConfig, Superposition, slot_seconds, superpose
@@ -30,7 +32,7 @@ from channels.base import Channel
 from channels.blocks import ACCESS, BITS_PER_PARAM, FADING, LARGE_SCALE, ROUNDING
 from channels.compute import ComputeConfig, ComputeModel
 from channels.large_scale import GeometryConfig, LargeScaleSNR
-from channels.packet_error import packet_count, packet_error_rate, send_packets
+from channels.packet_error import HARQ, PACKET_ERROR, packet_count, send_update
 from channels.presets import PRESETS, merge_preset
 from channels.rate import achievable_rate, db_to_linear
 from fedsim.types import ChannelStates, Transmission
@@ -57,10 +59,15 @@ class ChannelConfig(BaseModel):
     snr_gap_db: float = Field(0.0, ge=0, description="SNR gap (coding loss) in dB: R = B log2(1 + SNR |h|^2 / gap).")
     target_rate_bps: Optional[float] = Field(None, gt=0, description="Fixed transmission rate; outage when the capacity is below it (null = rate adapts, no outage).")
     deadline_s: Optional[float] = Field(None, gt=0, description="Round deadline for computation plus upload (s); later updates are dropped (null = none).")
-    packet_error: bool = Field(False, description="Lose packets with PER = 1 - exp(-m / SNR); an update with a lost packet is dropped.")
+    packet_error: Literal[PACKET_ERROR] = Field(  # type: ignore[valid-type]
+        "none",
+        description="Decoding errors (lost iff SNR < per_m): none; average (one codeword, Rayleigh average at the mean SNR); "
+        "threshold (block fading: the round's fade for every packet); per-packet (independent fade per packet, fast fading).",
+    )
     packet_bits: int = Field(12000, ge=1, description="Packet size in bits.")
-    per_m: float = Field(0.023, gt=0, description="Waterfall threshold m of the PER model.")
-    harq_retransmissions: int = Field(0, ge=0, description="Resends allowed per lost packet before the update is dropped.")
+    per_m: float = Field(0.023, gt=0, description="Decoding threshold m on the received SNR (linear) of the packet-error models.")
+    harq_retransmissions: int = Field(0, ge=0, description="Resends allowed per lost codeword (the update, or a packet in per-packet) before the update is dropped.")
+    harq: Literal[HARQ] = Field("time-diversity", description="time-diversity: each resend sees a new independent fade; chase: same fade, SNRs add.")  # type: ignore[valid-type]
     bits_per_param: Literal[BITS_PER_PARAM] = Field(32, description="Upload precision in bits: 32 (float32), 16, 8 or 4 (integer codes + a float32 scale per tensor).")  # type: ignore[valid-type]
     rounding: Literal[ROUNDING] = Field("nearest", description="Quantisation rounding: nearest or stochastic (unbiased).")  # type: ignore[valid-type]
     compute: ComputeConfig = Field(default_factory=ComputeConfig, description="Optional local computation time and energy.")
@@ -72,6 +79,15 @@ class ChannelConfig(BaseModel):
     @classmethod
     def _apply_preset(cls, data):
         return merge_preset(data) if isinstance(data, dict) else data
+
+    @field_validator("packet_error", mode="before")
+    @classmethod
+    def _packet_error_model(cls, value):
+        if value is False:
+            return "none"
+        if value is True:
+            raise ValueError("true no longer names a model: pick one of average|threshold|per-packet (false or none: no packet errors)")
+        return value
 
     @model_validator(mode="after")
     def _levels_given(self):
@@ -122,10 +138,12 @@ class WirelessChannel(Channel):
         else:
             send_rate = np.asarray(states.rate_bps, dtype=float)
             outage = np.zeros(n, dtype=bool)
-        if cfg.packet_error:
-            snr = db_to_linear(states.snr_db) * states.fading_gain / db_to_linear(cfg.snr_gap_db)
-            retransmissions, lost = send_packets(packets, packet_error_rate(snr, cfg.per_m), cfg.harq_retransmissions, rng)
-            retransmissions = np.where(outage, 0, retransmissions)
+        if cfg.packet_error != "none":
+            retransmissions, lost = send_update(
+                cfg.packet_error, cfg.harq, packets, db_to_linear(states.snr_db), states.fading_gain,
+                cfg.per_m, cfg.harq_retransmissions, self.fading.cdf, rng,
+            )
+            retransmissions = np.where(outage, 0, retransmissions)  # nothing is sent in outage
         else:
             retransmissions, lost = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -172,7 +190,7 @@ class WirelessChannel(Channel):
         shapes: dict[str, tuple[int, ...]],
         samples: np.ndarray | None = None,
     ) -> tuple[list[Transmission], Superposition]:
-        """AirComp round: who transmits (truncation, deadline), what each spends, and the noisy aggregate."""
+        """AirComp round: who transmits (truncation, deadline), what each spends (its inversion power x slot), and the noisy aggregate."""
         cfg = self.config
         n = len(states)
         slot = slot_seconds(shapes, cfg.bandwidth_hz)
@@ -182,9 +200,7 @@ class WirelessChannel(Channel):
         late = compute_s.max(initial=0.0) + slot > self.deadline_s  # one shared slot after the slowest computation
         senders = present & ~truncated & ~late
         result = superpose(updates, weights, states.snr_db, states.fading_gain, senders, shapes, cfg.aircomp.noise, rng)
-        effective = db_to_linear(states.snr_db) * states.fading_gain
-        eta = float(effective[senders].min()) if senders.any() else 0.0
-        power = np.where(senders, cfg.tx_power_w * eta / np.maximum(effective, 1e-300), 0.0)
+        power = cfg.tx_power_w * result.power_fraction  # channel inversion: p_k = P_max c^2 w_k^2 m_k / gamma_k
         bits = np.array([sum(int(np.prod(s)) for s in shapes.values()) * self.bits_per_param] * n)
         reasons = np.where(truncated, "aircomp-truncated", np.where(late, "deadline", ""))
         transmissions = [

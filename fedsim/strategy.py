@@ -306,6 +306,8 @@ class RankAdaptiveStrategy:
         }
         if superposition is not None:
             row["aircomp_mse"] = superposition.mse
+            row["aircomp_mse_noise"] = superposition.mse_noise
+            row["aircomp_mse_truncation"] = superposition.mse_truncation
         full_params = int(self.params_per_rank.sum()) * self.scenario.adapter.max_rank + self.head_params
         self.round_info = {  # what a learning policy's reward needs (policies.common.round_reward)
             "bits_up": up_bits.astype(float),

@@ -59,6 +59,11 @@ def test_aircomp_run_with_4_bit_uploads(tmp_path, tiny):
     rounds = read_rows(tmp_path / "air" / "rounds.csv")
     clients = read_rows(tmp_path / "air" / "clients.csv")
     assert all(float(r["aircomp_mse"]) > 0 for r in rounds if int(r["clients_dropped"]) < int(r["clients_selected"]))
+    for r in rounds:  # noise and truncation parts, both reported; without truncation the error is all noise
+        if int(r["clients_dropped"]) < int(r["clients_selected"]):
+            assert float(r["aircomp_mse_noise"]) > 0 and float(r["aircomp_mse_truncation"]) >= 0
+            if int(r["clients_dropped"]) == 0:
+                assert float(r["aircomp_mse_truncation"]) == 0 and float(r["aircomp_mse"]) == float(r["aircomp_mse_noise"])
     assert all(np.isfinite(float(r["loss"])) for r in rounds)
     # One slot per round whatever the number of senders.
     assert all(float(r["uplink_latency_s"]) == float(rounds[0]["uplink_latency_s"]) for r in rounds)
@@ -86,6 +91,7 @@ def test_aircomp_run_with_4_bit_uploads(tmp_path, tiny):
         ("channel.preset=stormy", "channel: unknown preset 'stormy'; allowed: ideal, good, moderate, challenging, harsh"),
         ("channel={preset: nope}", "unknown preset 'nope'"),
         ("channel.kind=nakagami", "Input should be 'awgn', 'rayleigh' or 'rician'"),
+        ("channel.packet_error=true", "channel.packet_error: true no longer names a model: pick one of average|threshold|per-packet"),
     ],
 )
 def test_bad_channel_config_is_one_line_exit_2(tmp_path, capsys, override, expected):
