@@ -44,6 +44,7 @@ class PendingRound:
     ranks: np.ndarray  # [clients, layers]
     bytes_down: np.ndarray
     nodes: list[int]
+    layer_importance: np.ndarray  # what the policy observed when it chose `ranks`
 
 
 @dataclass
@@ -85,6 +86,7 @@ class RankAdaptiveStrategy:
         self.round_info: dict = {}
         self.last_reward = float("nan")
         self.validation_metrics: dict[str, float] = {}  # val_loss, val_accuracy, reward (with a validation split)
+        self.last_info: dict = {}
 
     # --- configure --------------------------------------------------------------------------
     def sample_clients(self) -> np.ndarray:
@@ -158,7 +160,7 @@ class RankAdaptiveStrategy:
             content = RecordDict({"arrays": to_array_record(payload), "config": config})
             messages.append(Message(content, dst_node_id=node_of_client[int(client)], message_type=MessageType.TRAIN, group_id=str(server_round)))
         nodes = [node_of_client[int(c)] for c in clients]
-        self.pending = PendingRound(server_round, clients, states, ranks, np.array(bytes_down), nodes)
+        self.pending = PendingRound(server_round, clients, states, ranks, np.array(bytes_down), nodes, observation.layer_importance.copy())
         return messages
 
     # --- aggregate --------------------------------------------------------------------------
@@ -316,7 +318,11 @@ class RankAdaptiveStrategy:
             "latency_s": np.array([t.latency_s for t in transmissions]),
             "energy_j": np.array([t.energy_j for t in transmissions]),
             "drop_reasons": [r["drop_reason"] for r in client_rows],
+            "delivered": np.array([bool(r["delivered"]) for r in client_rows]),
             "deadline_s": self.channel_deadline(),
+            "ranks": pending.ranks,
+            "max_rank": self.scenario.adapter.max_rank,
+            "layer_importance": pending.layer_importance,
         }
         self.pending = None
         return RoundResult(row, client_rows)
@@ -381,6 +387,7 @@ class RankAdaptiveStrategy:
             "accuracy": seen_accuracy,
             "last_accuracy": self.last_accuracy,
         }
+        self.last_info = info  # per-client reward terms are computed from it (policies.env.ClientSlotsVecEnv)
         self.last_reward = self.policy.reward(info) if self.round_info else -seen_loss
         if self.validation_metrics:
             self.validation_metrics["reward"] = self.last_reward

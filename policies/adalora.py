@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.types import Observation
 from policies.base import RankPolicy, clip_ranks
+from policies.common import allocate_ranks
 
 
 class AdaLoraConfig(BaseModel):
@@ -72,31 +73,9 @@ def cubic_budget(round_: int, total_rounds: int, init: float, target: float, tin
 
 
 def share_budget(budget: float, importance: np.ndarray, max_rank: int) -> np.ndarray:
-    """Integer ranks, Σ = round(budget) (capped at max_rank · layers), proportional to importance, each <= max_rank."""
-    n = len(importance)
-    total = int(min(round(budget), max_rank * n))
-    weights = np.where(np.isfinite(importance) & (importance > 0), importance, 0.0)
-    # Scale-free: real AdaLoRA sensitivities sum to ~1e-14, so any absolute floor would swallow the budget.
-    weights = weights / weights.max() if weights.max() > 0 else np.ones(n)
-    ranks = np.zeros(n)
-    free = np.ones(n, dtype=bool)
-    remaining = float(total)
-    for _ in range(n):  # water-filling: cap the layers that overflow, share the rest again
-        mass = float((weights * free).sum())
-        share = remaining * weights * free / mass if mass > 0 else remaining * free / max(int(free.sum()), 1)
-        over = free & (share >= max_rank)
-        if not over.any():
-            ranks[free] = share[free]
-            break
-        ranks[over] = max_rank
-        free &= ~over
-        remaining = total - ranks[~free].sum()
-    floor = np.floor(ranks)
-    left = int(total - floor.sum())
-    order = np.argsort(-(ranks - floor), kind="stable")
-    for i in order[: max(left, 0)]:
-        floor[i] += 1
-    return np.minimum(floor, max_rank).astype(np.int64)
+    """Integer ranks, Σ = round(budget) (capped at max_rank · layers), proportional to importance, each <= max_rank.
+    Scale-free: real AdaLoRA sensitivities sum to ~1e-14 (`policies.common.allocate_ranks`)."""
+    return allocate_ranks(budget, importance, 0, max_rank)
 
 
 class AdaLoraPolicy(RankPolicy):

@@ -2,34 +2,41 @@
 Fine-Tuning of LLM over the Air" (arXiv 2507.11515), in one file, top to bottom.
 
 How it decides, per selected client k (weights shared by all clients; client k sees its own
-channel in its features, so clients on different channels get different rank vectors):
+channel in its features, so clients on different channels get different ranks):
 
  1. features s_k = policies.common.client_features(observation)[k]
- 2. PPO actor: u ~ N(μ(s_k), σ), coarse action a_k = tanh(u) in [-1, 1]^16 (mean action when frozen)
- 3. DDIM refinement: start from x_T ~ N(0, I) in R^L (L adapted layers) and run the 50-step DDIM
-    sampler (diffusers' `DDIMScheduler`) with a conditional denoiser ε_θ(x_t, t, a_k) and
-    classifier-free guidance
-        ε = ε_θ(x_t, t, ∅) + w · (ε_θ(x_t, t, a_k) - ε_θ(x_t, t, ∅)),   w = 1.5
- 4. x_0 in [-1, 1]^L -> integer ranks r_l = round(min_rank + (x_l + 1)/2 · (max_rank - min_rank)).
+ 2. PPO actor: u ~ N(μ(s_k), σ), coarse action a_k = tanh(u) in [-1, 1]^coarse_dim (mean action when
+    frozen). Its first component is the client's rank level f_k = (a_k,0 + 1) / 2, which sets the
+    client's total rank b_k = L · (r_min + f_k · (R - r_min)) over its L adapted layers.
+ 3. DDIM refinement of the per-layer pattern: start from x_T ~ N(0, I) in R^L and run the DDIM
+    sampler (diffusers' `DDIMScheduler`, `sampling_steps` of `train_timesteps`) with a conditional
+    denoiser ε_θ(x_t, t, c_k), c_k = [a_k, layer-importance shares], and classifier-free guidance
+        ε = ε_θ(x_t, t, ∅) + w · (ε_θ(x_t, t, c_k) - ε_θ(x_t, t, ∅)),   w = 1.5
+ 4. ranks: b_k shared over layers in proportion to exp(κ · x_0,l) (`policies.common.allocate_ranks`:
+    water-filling under max_rank, largest remainder), so Σ_l r_kl = b_k whatever the pattern.
 
-How it learns (alternating, `learn: true`), after each round's reward r_t:
-  * PPO (clip 0.2, GAE λ 0.95, γ 0.95, entropy 0.01) on the per-client transitions (s_k, u_k, r_t,k),
-    a difference reward: r_t,k = z(r_t) + z(r_t,k - r_t), where r_t,k is client k's share of the round
-    reward (`policies.common.client_rewards`: the shared -loss minus λ · k's own cost and the penalty
-    if k missed the deadline; their mean is the round reward r_t) and each z is a running
-    standardisation of its own. With one shared reward, or with the raw shares, the round's loss
-    (varying by whole units between rounds and seeds) drowned each client's own cost (hundredths).
-    Clients are re-sampled every round, so GAE runs along client *slots*: an independent-learner
-    approximation.
-  * DDIM on a replay buffer of (a_k, x_k, r_t,k) with the reward-weighted denoising loss
-        L = E[ w(r) · ||ε - ε_θ(√ᾱ_t x + √(1-ᾱ_t) ε, t, a or ∅)||² ],  w(r) = clamp(1 + 0.1 · z(r), 0.1, 10)
-    (z = z-score of r over the buffer; the condition is dropped with p = 0.1 to learn ε_θ(·, ∅)).
-  * Exploration: while learning, executed rank vectors get Gaussian noise (σ = explore_noise).
-  * Bootstrapping: until the denoiser has trained on `warmup_transitions` transitions, the executed
-    rank vector is the coarse action resampled to L layers (so that the buffer's rank vectors already
-    depend on the coarse action; an untrained denoiser would ignore it).
+Step 4 is a residual of the coarse action by construction: the refinement decides *where* the
+client's rank goes, the coarse action *how much*. (An earlier version mapped x_0 straight to ranks;
+its denoiser, trained on its own outputs, shrank the coarse action's effect by ~0.3 per update,
+and the learned channel-following vanished.)
 
-Checkpoint: policy.json (config, sizes, counters, reward statistics) + weights.safetensors.
+How it learns (`learn: true`), from each client's own reward term r_k (`policies.common.client_terms`:
+its delivered update's calibrated utility minus λ times its cost, or -10 ρ if it missed the deadline):
+
+  * PPO (clip 0.2, entropy 0.01) on the per-client transitions (s_k, u_k, r_k). γ = 0 by default:
+    a rank acts on the round it is chosen in, and clients are re-sampled every round, so a
+    discounted sum along client slots would credit a client with unrelated clients' rewards.
+    Advantage = r_k - V(s_k).
+  * DDIM on a replay buffer of (c_k, x_k, A_k), advantage-weighted (AWR, Peng et al. 2019):
+        L = E[ w_k · ||ε - ε_θ(√ᾱ_t x_k + √(1-ᾱ_t) ε, t, c_k or ∅)||² ],
+        w_k = exp(clip(A_k / (β · std A), -5, log w_max)), normalised to mean 1
+    (the condition is dropped with p = 0.1 to learn ε_θ(·, ∅)). Patterns that scored above the
+    critic's expectation are reproduced more; the budget stays the coarse action's.
+  * Exploration: the coarse action samples from the Gaussian; the executed pattern gets Gaussian
+    noise (σ = explore_noise). Until the denoiser has trained on `warmup_transitions`
+    transitions the pattern is that noise alone (uniform allocation, jittered).
+
+Checkpoint: policy.json (config, sizes, counters, how it was trained) + weights.safetensors.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.types import FedsimError, Observation
 from policies.base import RankPolicy, assign_tensors, clip_ranks
-from policies.common import RewardConfig, action_to_ranks, client_features, client_rewards, n_features
+from policies.common import RewardConfig, client_features, level_ranks, client_terms, importance_share, n_features
 
 
 class AirLlmConfig(BaseModel):
@@ -57,19 +64,19 @@ class AirLlmConfig(BaseModel):
     seed: int = Field(0, description="Seeds network initialisation, exploration and the DDIM start noise.")
     min_rank: int = Field(0, ge=0, description="Smallest rank the policy may give a layer.")
     reward: RewardConfig = Field(default_factory=RewardConfig)
-    # PPO (coarse action)
-    coarse_dim: int = Field(16, ge=1, description="Dimension of PPO's tanh-squashed coarse action.")
+    # PPO (coarse action); stable-baselines3's names
+    coarse_dim: int = Field(1, ge=1, description="Dimension of PPO's tanh-squashed coarse action; its first component is the rank level.")
     hidden: int = Field(64, ge=4, description="Width of the actor and critic MLPs.")
     lr: float = Field(3e-4, gt=0)
     clip: float = Field(0.2, gt=0)
     gae_lambda: float = Field(0.95, ge=0, le=1)
-    gamma: float = Field(0.95, ge=0, le=1)
+    gamma: float = Field(0.0, ge=0, le=1, description="Discount along a client slot's rounds (0: a rank is judged by its own round).")
     ent_coef: float = Field(0.01, ge=0)
     vf_coef: float = Field(0.5, ge=0)
-    update_epochs: int = Field(4, ge=1)
-    minibatch: int = Field(64, ge=1)
-    rollout_rounds: int = Field(16, ge=1, description="PPO updates after this many rounds (and at the end of every run).")
-    init_log_std: float = Field(-0.5, description="Initial log σ of the coarse action's Gaussian.")
+    n_epochs: int = Field(4, ge=1, description="PPO epochs per update.")
+    batch_size: int = Field(64, ge=1, description="PPO minibatch, in client decisions.")
+    n_steps: int = Field(16, ge=1, description="Rounds per PPO rollout (an update also ends every run).")
+    init_log_std: float = Field(0.0, description="Initial log σ of the coarse action's Gaussian (pre-tanh).")
     # DDIM (refinement)
     denoiser_hidden: int = Field(128, ge=4)
     denoiser_blocks: int = Field(2, ge=1)
@@ -77,12 +84,15 @@ class AirLlmConfig(BaseModel):
     sampling_steps: int = Field(50, ge=1, description="DDIM sampling steps per decision.")
     guidance: float = Field(1.5, ge=0, description="Classifier-free guidance weight w.")
     cond_drop: float = Field(0.1, ge=0, le=1, description="Probability of dropping the condition while training the denoiser.")
+    sharpness: float = Field(2.0, gt=0, description="κ: layer l gets rank in proportion to exp(κ x_l), x in [-1, 1].")
+    awr_beta: float = Field(1.0, gt=0, description="Temperature of the denoiser's advantage weights, in standard deviations of the advantage.")
+    awr_max_weight: float = Field(20.0, ge=1, description="Cap on an advantage weight.")
     ddim_lr: float = Field(1e-3, gt=0)
     ddim_batch: int = Field(128, ge=1)
     ddim_updates: int = Field(20, ge=0, description="Denoiser gradient steps per PPO update.")
     buffer_size: int = Field(4096, ge=1)
-    explore_noise: float = Field(0.15, ge=0, description="σ of the Gaussian noise on executed rank vectors while learning.")
-    warmup_transitions: int = Field(128, ge=0)
+    explore_noise: float = Field(0.3, ge=0, description="σ of the Gaussian noise on the executed pattern while learning.")
+    warmup_transitions: int = Field(256, ge=0)
 
 
 # --- networks ---------------------------------------------------------------------------------
@@ -205,17 +215,12 @@ def denoising_loss(denoiser: Denoiser, scheduler, x0: torch.Tensor, cond: torch.
     return (weights * ((predicted - noise) ** 2).mean(dim=1)).mean()
 
 
-def reward_weights(rewards: np.ndarray) -> np.ndarray:
-    """w = clamp(1 + 0.1 · zscore(r), 0.1, 10)."""
-    std = rewards.std()
-    z = (rewards - rewards.mean()) / std if std > 1e-12 else np.zeros_like(rewards)
-    return np.clip(1.0 + 0.1 * z, 0.1, 10.0)
-
-
-def resample(coarse: np.ndarray, n_layers: int) -> np.ndarray:
-    """The coarse action, linearly resampled to one value per layer (bootstrapping only)."""
-    grid = np.linspace(0.0, 1.0, coarse.shape[1])
-    return np.stack([np.interp(np.linspace(0.0, 1.0, n_layers), grid, row) for row in coarse])
+def advantage_weights(advantages: np.ndarray, beta: float, max_weight: float) -> np.ndarray:
+    """AWR weights exp(A / (β std A)), clipped to [e^-5, max_weight] and normalised to mean 1."""
+    std = advantages.std()
+    z = advantages / (beta * std) if std > 1e-12 else np.zeros_like(advantages)
+    w = np.exp(np.clip(z, -5.0, math.log(max_weight)))
+    return w / w.mean()
 
 
 # --- the policy -------------------------------------------------------------------------------
@@ -244,13 +249,12 @@ class AirLlmPolicy(RankPolicy):
         self.n_layers: int | None = None
         self.updates = 0
         self.ddim_trained_on = 0
-        self.reward_stats = [0, 0.0, 0.0]  # Welford count, mean, M2 of the round reward
-        self.deviation_stats = [0, 0.0, 0.0]  # ... of a client's share minus the round's mean
         self.generator = torch.Generator().manual_seed(config.seed)
         self.scheduler = make_scheduler(config.train_timesteps)
         self.rollout = Rollout()
-        self.buffer: list[tuple[np.ndarray, np.ndarray, float]] = []
+        self.buffer: list[tuple[np.ndarray, np.ndarray, float]] = []  # (condition, pattern, advantage)
         self.pending: dict | None = None
+        self.training: dict = {}  # how the checkpoint was trained (command, seeds, wall time), kept in policy.json
 
     # networks are sized by the first observation (or the checkpoint)
     def _build(self, n_layers: int) -> None:
@@ -258,7 +262,7 @@ class AirLlmPolicy(RankPolicy):
         with torch.random.fork_rng():  # seeded initialisation without touching the global RNG
             torch.manual_seed(c.seed)
             self.agent = ActorCritic(n_features(n_layers), c.coarse_dim, c.hidden, c.init_log_std)
-            self.denoiser = Denoiser(n_layers, c.coarse_dim, c.denoiser_hidden, c.denoiser_blocks)
+            self.denoiser = Denoiser(n_layers, c.coarse_dim + n_layers, c.denoiser_hidden, c.denoiser_blocks)
         self.agent_opt = torch.optim.Adam(self.agent.parameters(), lr=c.lr, eps=1e-5)
         self.denoiser_opt = torch.optim.Adam(self.denoiser.parameters(), lr=c.ddim_lr)
         self.n_layers = n_layers
@@ -282,20 +286,21 @@ class AirLlmPolicy(RankPolicy):
         self._ensure_built(observation.n_layers)
         features = client_features(observation)
         obs = torch.as_tensor(features)
-        if c.learn and len(self.rollout) >= c.rollout_rounds:
+        if c.learn and len(self.rollout) >= c.n_steps:
             self._update(next_obs=obs)
         generator = self.generator if c.learn else torch.Generator().manual_seed(
             hash((c.seed, observation.round, tuple(int(i) for i in observation.channel.client_ids))) & 0x7FFFFFFF
         )
+        share = importance_share(observation.layer_importance, observation.n_layers)
         with torch.no_grad():
             dist = self.agent.distribution(obs)
             pre_tanh = dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=generator) if c.learn else dist.mean
             coarse = torch.tanh(pre_tanh)
+            cond = self.condition(coarse, share)
             if c.learn and self.ddim_trained_on < c.warmup_transitions:
-                x = torch.as_tensor(resample(coarse.numpy(), observation.n_layers), dtype=torch.float32)
+                x = torch.zeros(len(obs), observation.n_layers)  # uniform allocation until the denoiser has data
             else:
-                steps = min(c.sampling_steps, c.train_timesteps)
-                x = ddim_sample(self.denoiser, self.scheduler, coarse, observation.n_layers, steps, c.guidance, generator)
+                x = self.refine(cond, generator)
             if c.learn:
                 x = (x + c.explore_noise * torch.randn(x.shape, generator=generator)).clamp(-1.0, 1.0)
                 self.pending = {
@@ -303,11 +308,25 @@ class AirLlmPolicy(RankPolicy):
                     "pre_tanh": pre_tanh.numpy(),
                     "log_prob": dist.log_prob(pre_tanh).sum(-1).numpy(),
                     "value": self.agent.value(obs).numpy(),
-                    "coarse": coarse.numpy(),
+                    "cond": cond.numpy(),
                     "x": x.numpy(),
                 }
-        ranks = action_to_ranks(x.numpy(), min(c.min_rank, observation.max_rank), observation.max_rank)
-        return clip_ranks(ranks, observation.max_rank)
+        return self.to_ranks(coarse, x, observation.max_rank)
+
+    def condition(self, coarse: torch.Tensor, share: np.ndarray) -> torch.Tensor:
+        """The denoiser's condition c_k: the coarse action and the layer-importance shares."""
+        return torch.cat([coarse, torch.as_tensor(np.tile(share, (len(coarse), 1)), dtype=torch.float32)], dim=1)
+
+    def refine(self, cond: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Step 3: the per-layer pattern x_0 in [-1, 1]^L, by DDIM with classifier-free guidance."""
+        c = self.config
+        return ddim_sample(self.denoiser, self.scheduler, cond, self.n_layers, min(c.sampling_steps, c.train_timesteps), c.guidance, generator)
+
+    def to_ranks(self, coarse: torch.Tensor, pattern: torch.Tensor, max_rank: int) -> np.ndarray:
+        """Step 4: the level (first coarse component) sets each client's total rank, the pattern shares it."""
+        level = (coarse[:, 0].numpy().astype(float) + 1.0) / 2.0
+        weights = np.exp(self.config.sharpness * pattern.numpy().astype(float))
+        return clip_ranks(level_ranks(level, self.n_layers, self.config.min_rank, max_rank, weights), max_rank)
 
     # --- learning -----------------------------------------------------------------------
     def feedback(self, reward: float, info: dict) -> None:
@@ -316,37 +335,21 @@ class AirLlmPolicy(RankPolicy):
         p, self.pending = self.pending, None
         if len(self.rollout) and self.rollout.obs[-1].shape != p["obs"].shape:
             self.rollout = Rollout()  # the number of clients changed: start a fresh rollout
+        terms = client_terms(self.config.reward, info) if "bits_up" in info else np.zeros(0)
+        if len(terms) != len(p["obs"]):  # no per-client round info (a synthetic environment): the reward is each client's
+            terms = np.broadcast_to(np.asarray(reward, dtype=float), (len(p["obs"]),)).copy()
         self.rollout.obs.append(p["obs"])
         self.rollout.pre_tanh.append(p["pre_tanh"])
         self.rollout.log_prob.append(p["log_prob"])
         self.rollout.value.append(p["value"])
-        shares = client_rewards(self.config.reward, info) if "bits_up" in info else np.zeros(0)
-        if len(shares) != len(p["obs"]):  # no per-client round info (e.g. a synthetic environment)
-            shares = np.full(len(p["obs"]), float(reward))
-        # Difference reward: the round's reward and each client's deviation from the round mean, each
-        # standardised on its own, so a client's own cost and deadline miss are not drowned by the shared loss.
-        shared = self._standardise(self.reward_stats, float(shares.mean()))
-        shaped = np.array([shared + self._standardise(self.deviation_stats, d) for d in shares - shares.mean()])
-        self.rollout.reward.append(shaped)
+        self.rollout.reward.append(terms)
         done = bool(info.get("done", False))
         self.rollout.done.append(done)
-        for coarse, x, client_reward in zip(p["coarse"], p["x"], shaped):
-            self.buffer.append((coarse, x, float(client_reward)))
+        for cond, x, advantage in zip(p["cond"], p["x"], terms - p["value"]):
+            self.buffer.append((cond, x, float(advantage)))
         del self.buffer[: max(0, len(self.buffer) - self.config.buffer_size)]
         if done:
             self._update(next_obs=None)
-
-    @staticmethod
-    def _standardise(stats: list, value: float) -> float:
-        """z-score of `value` under running (Welford) statistics `stats`, which it updates in place."""
-        count, mean, m2 = stats
-        count += 1
-        delta = value - mean
-        mean += delta / count
-        m2 += delta * (value - mean)
-        stats[:] = [count, mean, m2]
-        std = math.sqrt(m2 / count) if count > 1 else 1.0
-        return (value - mean) / max(std, 1e-3)
 
     def _update(self, next_obs: torch.Tensor | None) -> None:
         with single_thread():
@@ -380,10 +383,10 @@ class AirLlmPolicy(RankPolicy):
         adv = torch.as_tensor(advantages.reshape(-1), dtype=torch.float32)
         ret = torch.as_tensor(returns.reshape(-1), dtype=torch.float32)
         n = len(obs)
-        for _ in range(c.update_epochs):
+        for _ in range(c.n_epochs):
             order = torch.randperm(n, generator=self.generator)
-            for start in range(0, n, c.minibatch):
-                idx = order[start : start + c.minibatch]
+            for start in range(0, n, c.batch_size):
+                idx = order[start : start + c.batch_size]
                 dist = self.agent.distribution(obs[idx])
                 log_prob = dist.log_prob(pre_tanh[idx]).sum(-1)
                 ratio = (log_prob - old_log_prob[idx]).exp()
@@ -403,12 +406,13 @@ class AirLlmPolicy(RankPolicy):
         c = self.config
         if not self.buffer or c.ddim_updates == 0:
             return
-        coarse = torch.as_tensor(np.stack([b[0] for b in self.buffer]), dtype=torch.float32)
+        cond = torch.as_tensor(np.stack([b[0] for b in self.buffer]), dtype=torch.float32)
         x0 = torch.as_tensor(np.stack([b[1] for b in self.buffer]), dtype=torch.float32)
-        weights = torch.as_tensor(reward_weights(np.array([b[2] for b in self.buffer])), dtype=torch.float32)
+        weights = advantage_weights(np.array([b[2] for b in self.buffer]), c.awr_beta, c.awr_max_weight)
+        weights = torch.as_tensor(weights, dtype=torch.float32)
         for _ in range(c.ddim_updates):
             idx = torch.randint(0, len(self.buffer), (min(c.ddim_batch, len(self.buffer)),), generator=self.generator)
-            loss = denoising_loss(self.denoiser, self.scheduler, x0[idx], coarse[idx], weights[idx], c.cond_drop, self.generator)
+            loss = denoising_loss(self.denoiser, self.scheduler, x0[idx], cond[idx], weights[idx], c.cond_drop, self.generator)
             self.denoiser_opt.zero_grad()
             loss.backward()
             self.denoiser_opt.step()
@@ -423,8 +427,7 @@ class AirLlmPolicy(RankPolicy):
             "architecture": {k: getattr(self.config, k) for k in self.ARCHITECTURE},
             "updates": self.updates,
             "ddim_trained_on": self.ddim_trained_on,
-            "reward_stats": self.reward_stats,
-            "deviation_stats": self.deviation_stats,
+            "training": self.training,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -445,8 +448,7 @@ class AirLlmPolicy(RankPolicy):
             self._build(n_layers)
         self.updates = int(state.get("updates", 0))
         self.ddim_trained_on = int(state.get("ddim_trained_on", 0))
-        self.reward_stats = list(state.get("reward_stats", [0, 0.0, 0.0]))
-        self.deviation_stats = list(state.get("deviation_stats", [0, 0.0, 0.0]))
+        self.training = state.get("training") if isinstance(state.get("training"), dict) else {}
 
     def tensors(self) -> dict:
         if self.n_layers is None:

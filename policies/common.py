@@ -4,27 +4,52 @@ Features (one row per selected client, all roughly in [-1, 1] or [0, 1]):
 
     snr_db / 20, log10(fading_gain) / 2, bandwidth share (b_k / Σ b), log10(rate_bps) / 8 - 0.75,
     budget = clip(rate · T / bits_full, 0, 4) / 4    (T = deadline; 1 when there is none),
+    log budget = clip(log2(rate · T / bits_full), -4, 2) / 4,
+    fit = the largest uniform rank whose upload fits rate · T, / max_rank (-1/max_rank: not even rank 0),
     mean(last_ranks) / max_rank, token entropy / 10, OOV rate,
     round / rounds, last loss / 5, last accuracy,
     layer importance (share per layer, Σ = 1; uniform before any aggregate)
 
 where bits_full = (Σ_l params_per_rank_l · max_rank + fixed_params) · bits_per_param is
 the client's upload at full rank. `budget` is the fraction of a full-rank upload the
-client's rate fits inside the deadline: the one number channel-aware ranking needs.
+client's rate fits inside the deadline: the one number channel-aware ranking needs. Its log
+and `fit` resolve the low-rate end, where one rank component more or less decides whether an
+upload meets the deadline (a linear budget puts ranks 0, 1 and 2 of a -5 dB client within 0.03).
 
-Reward of a round (`RewardConfig`):
+Reward of a round (`RewardConfig`), from the strategy's round info:
 
-    r = -loss                       (objective: loss)
-    r = accuracy - last_accuracy    (objective: accuracy-gain)
-    r -= λ · cost + penalty · (clients dropped for the deadline) / (clients selected)
+    R_t = objective_t + mean_k term_k
+    objective_t = -loss_t  (objective: loss)  or  accuracy_t - accuracy_{t-1}  (accuracy-gain),
+                  on the validation split (`data.validation_samples`), never the test split
+    term_k = -P · max(ρ_k, 1)                          if client k missed the deadline (its update is lost)
+           = β · U_k · delivered_k - λ · cost_k        otherwise
 
-with the cost normalised to about [0, 1]:
+ρ_k = bits_k / (rate_k · T) is the upload's share of the deadline T (AirLLM's latency cost, arXiv
+2507.11515: a decision with ρ > 1 is scored -10 ρ, P = deadline_penalty = 10, and its update is lost).
+cost_k is normalised to about [0, 1]:
 
-    bytes:   Σ_k bits_k / Σ_k bits_full
-    latency: mean_k bits_k / (rate_k · T)  (T = deadline, or the full-rank upload time when none)
-             -- the reference's bits / (C · T)
-    energy:  Σ_k E_k / Σ_k E_k^full, E_k^full = E_k · bits_full / bits_k (energy is linear in bits
-             at fixed power and rate)
+    bytes:   bits_k / mean_j bits_full_j
+    latency: ρ_k  (T = the deadline, or the full-rank upload time when there is none)
+    energy:  E_k / mean_j E_j^full, E^full = E · bits_full / bits (energy is linear in bits at fixed power and rate)
+
+U_k is what client k's delivered update is worth to the global model, a calibrated utility of
+its ranks (β = `utility`):
+
+    U_k = Σ_l s_l · g(r_kl / max_rank)
+
+with s_l the layer-importance shares the policy observed (Σ s_l = 1; uniform before any aggregate)
+and g the normalised accuracy gain of a rank, interpolated linearly in `utility_curve`
+(g(0) = 0, g(1) = 1). The default curve is the measured accuracy of fixed ranks 0, 1, 2, 4, 8 on
+the quickstart (benchmarks/README.md, "Does rank matter?"): g(r) = (acc(r) - acc(0)) / (acc(8) - acc(0)).
+Why a per-client utility: the shared objective is the same for every client of a round, and no
+single client's rank moves it measurably in one round, so a reward made of the shared objective
+and each client's own cost has rank 0 as every client's optimum (issue 15's diagnosis). With
+U_k, a client's optimum is the rank whose marginal value g' exceeds its marginal cost, which
+falls as its rate rises: channel-aware by construction, and it differs from "the largest rank
+that fits" (channel-greedy) wherever bytes cost more than they are worth.
+
+The learning policies learn from each client's own term_k (`client_terms`); `round_reward` is the
+objective they are scored on (the episode reward is its sum over rounds).
 """
 
 from __future__ import annotations
@@ -32,11 +57,11 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fedsim.types import Observation
 
-CLIENT_FEATURES = 11  # features before the per-layer importance block
+CLIENT_FEATURES = 13  # features before the per-layer importance block
 
 
 def n_features(n_layers: int) -> int:
@@ -53,7 +78,13 @@ def client_features(observation: Observation) -> np.ndarray:
     ch = observation.channel
     n = observation.n_clients
     deadline = observation.deadline_s if np.isfinite(observation.deadline_s) else None
-    budget = np.ones(n) if deadline is None else np.clip(ch.rate_bps * deadline / full_rank_bits(observation), 0, 4) / 4
+    capacity = ch.rate_bps * deadline if deadline is not None else np.full(n, 4.0 * full_rank_bits(observation))
+    ratio = capacity / full_rank_bits(observation)
+    budget = np.clip(ratio, 0, 4) / 4
+    log_budget = np.clip(np.log2(np.maximum(ratio, 1e-12)), -4, 2) / 4
+    per_rank = float(np.sum(observation.params_per_rank)) * observation.bits_per_param
+    fixed = observation.fixed_params * observation.bits_per_param
+    fit = np.clip(np.floor((capacity - fixed) / max(per_rank, 1.0)), -1, observation.max_rank) / observation.max_rank
     stats = observation.data_stats if observation.data_stats.shape == (n, 2) else np.zeros((n, 2))
     importance = np.asarray(observation.layer_importance, dtype=float)
     total = importance.sum()
@@ -66,6 +97,8 @@ def client_features(observation: Observation) -> np.ndarray:
         ch.bandwidth_hz / max(float(np.sum(ch.bandwidth_hz)), 1e-12),
         np.log10(np.maximum(ch.rate_bps, 1.0)) / 8.0 - 0.75,
         budget,
+        log_budget,
+        fit,
         np.asarray(observation.last_ranks, dtype=float).mean(axis=1) / observation.max_rank,
         stats[:, 0] / 10.0,
         stats[:, 1],
@@ -77,16 +110,23 @@ def client_features(observation: Observation) -> np.ndarray:
     return np.clip(np.nan_to_num(features, nan=0.0, posinf=5.0, neginf=-5.0), -5, 5).astype(np.float32)
 
 
-def action_to_ranks(action: np.ndarray, min_rank: int, max_rank: int) -> np.ndarray:
-    """[-1, 1] -> integer ranks in [min_rank, max_rank] (linear, rounded)."""
-    x = np.clip(np.asarray(action, dtype=float), -1.0, 1.0)
-    return np.rint(min_rank + (x + 1.0) / 2.0 * (max_rank - min_rank)).astype(np.int64)
+def level_ranks(level: np.ndarray, n_layers: int, min_rank: int, max_rank: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """Ranks [clients, layers] from each client's rank level f in [0, 1]: a total of
+    L · (r_min + f · (R - r_min)) over its L layers, shared in proportion to `weights` [clients, layers]
+    (equally when None) by `allocate_ranks`. The mean rank is r_min + f (R - r_min) up to rounding."""
+    level = np.clip(np.nan_to_num(np.atleast_1d(np.asarray(level, dtype=float)), nan=0.0), 0.0, 1.0)
+    lo = min(min_rank, max_rank)
+    weights = np.ones((len(level), n_layers)) if weights is None else np.asarray(weights, dtype=float)
+    budgets = n_layers * (lo + level * (max_rank - lo))
+    return np.stack([allocate_ranks(b, w, lo, max_rank) for b, w in zip(budgets, weights)]).reshape(len(level), n_layers)
 
 
-def ranks_to_action(ranks: np.ndarray, min_rank: int, max_rank: int) -> np.ndarray:
-    """The inverse of `action_to_ranks` on integer ranks (exact round trip)."""
-    span = max(max_rank - min_rank, 1)
-    return (2.0 * (np.asarray(ranks, dtype=float) - min_rank) / span - 1.0).astype(np.float32)
+def action_to_level(action: np.ndarray) -> np.ndarray:
+    """[-1, 1] -> rank level in [0, 1]."""
+    return (np.clip(np.asarray(action, dtype=float), -1.0, 1.0) + 1.0) / 2.0
+
+
+DEFAULT_UTILITY_CURVE = [[0.0, 0.0], [0.125, 0.79], [0.25, 0.83], [0.5, 0.87], [1.0, 1.0]]
 
 
 class RewardConfig(BaseModel):
@@ -94,32 +134,72 @@ class RewardConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    objective: Literal["loss", "accuracy-gain"] = Field("loss", description="'loss': r = -loss after the round; 'accuracy-gain': r = accuracy - previous accuracy.")
+    objective: Literal["loss", "accuracy-gain"] = Field("loss", description="Shared term: 'loss': -validation loss after the round; 'accuracy-gain': the validation accuracy's change.")
     cost: Literal["bytes", "latency", "energy"] = Field("latency", description="Which normalised cost λ multiplies.")
-    lam: float = Field(0.1, ge=0, description="λ, the weight of the normalised cost (the reference uses 0.1).")
-    deadline_penalty: float = Field(1.0, ge=0, description="Subtracted times the fraction of selected clients dropped for missing the deadline.")
+    lam: float = Field(1.0, ge=0, description="λ, the weight of a client's normalised cost.")
+    utility: float = Field(1.0, ge=0, description="β, the reward of a delivered full-rank update (0: no per-client utility).")
+    utility_curve: list[tuple[float, float]] = Field(
+        default_factory=lambda: [tuple(p) for p in DEFAULT_UTILITY_CURVE],
+        description="g as [rank / max_rank, value] points, interpolated linearly; from 0 to 1 on both axes.",
+    )
+    deadline_penalty: float = Field(10.0, ge=0, description="P: a client that misses the deadline scores -P · max(bits / (rate · deadline), 1).")
+
+    @field_validator("utility_curve")
+    @classmethod
+    def _curve(cls, curve):
+        xs = [x for x, _ in curve]
+        if len(curve) < 2 or xs != sorted(xs) or xs[0] != 0.0 or xs[-1] != 1.0 or any(not 0 <= y <= 1 for _, y in curve):
+            raise ValueError("utility_curve needs increasing rank fractions from 0 to 1, values in [0, 1], e.g. [[0, 0], [1, 1]]")
+        return curve
 
 
-def client_rewards(config: RewardConfig, info: dict) -> np.ndarray:
-    """Each selected client's share of the round's reward: the shared objective minus λ · its own cost and
-    the penalty if it missed the deadline. Their mean is `round_reward` exactly; a per-client policy
-    learns from its own client's term (which client's rank vector cost what)."""
+def rank_utility(config: RewardConfig, ranks: np.ndarray, max_rank: int, layer_share: np.ndarray | None) -> np.ndarray:
+    """U_k = Σ_l s_l g(r_kl / max_rank) for ranks [clients, layers]."""
+    ranks = np.atleast_2d(np.asarray(ranks, dtype=float))
+    xs, ys = zip(*config.utility_curve)
+    gain = np.interp(ranks / max(max_rank, 1), xs, ys)
+    share = importance_share(layer_share, ranks.shape[1])
+    return gain @ share
+
+
+def importance_share(importance, n_layers: int) -> np.ndarray:
+    """Layer importance as shares summing to 1 (uniform when unknown)."""
+    importance = np.zeros(n_layers) if importance is None else np.nan_to_num(np.asarray(importance, dtype=float), nan=0.0, posinf=0.0)
+    importance = np.maximum(importance, 0.0)
+    total = importance.sum()
+    return importance / total if total > 0 else np.full(n_layers, 1.0 / n_layers)
+
+
+def client_terms(config: RewardConfig, info: dict) -> np.ndarray:
+    """Each selected client's own term of the round reward (see the module docstring)."""
     bits = np.asarray(info["bits_up"], dtype=float)
     full = np.asarray(info["bits_full"], dtype=float)
+    rate = np.maximum(np.asarray(info["rate_bps"], dtype=float), 1e-9)
+    deadline = float(info.get("deadline_s", float("inf")))
+    horizon = np.full(len(bits), deadline) if np.isfinite(deadline) else full / rate
+    share_of_deadline = bits / (rate * horizon)
     if config.cost == "bytes":
-        cost = bits / max(float(full.mean()), 1.0) if len(bits) else bits  # mean = Σ bits / Σ bits_full
+        cost = bits / max(float(full.mean()), 1.0) if len(bits) else bits
     elif config.cost == "latency":
-        rate = np.maximum(np.asarray(info["rate_bps"], dtype=float), 1e-9)
-        deadline = float(info.get("deadline_s", float("inf")))
-        horizon = np.full(len(bits), deadline) if np.isfinite(deadline) else full / rate
-        cost = bits / (rate * horizon)
+        cost = share_of_deadline
     else:
         energy = np.asarray(info["energy_j"], dtype=float)
         sent = bits > 0
         full_energy = np.sum(energy[sent] * full[sent] / bits[sent])
-        cost = energy * len(bits) / full_energy if full_energy > 0 else np.zeros(len(bits))  # mean = Σ E / Σ E_full
-    late = np.array([reason == "deadline" for reason in info.get("drop_reasons", [""] * len(bits))], dtype=float)
-    return round_objective(config, info) - config.lam * cost - config.deadline_penalty * late
+        cost = energy * len(bits) / full_energy if full_energy > 0 else np.zeros(len(bits))
+    reasons = list(info.get("drop_reasons", [""] * len(bits)))
+    late = np.array([reason == "deadline" for reason in reasons], dtype=bool)
+    delivered = np.asarray(info["delivered"], dtype=bool) if "delivered" in info else np.array([not r for r in reasons], dtype=bool)
+    utility = np.zeros(len(bits))
+    if config.utility > 0 and "ranks" in info and len(bits):
+        utility = config.utility * rank_utility(config, info["ranks"], int(info["max_rank"]), info.get("layer_importance"))
+    terms = utility * delivered - config.lam * cost
+    return np.where(late, -config.deadline_penalty * np.maximum(share_of_deadline, 1.0), terms)
+
+
+def client_rewards(config: RewardConfig, info: dict) -> np.ndarray:
+    """Each client's share of the round reward: the shared objective plus its own term; their mean is `round_reward`."""
+    return round_objective(config, info) + client_terms(config, info)
 
 
 def round_objective(config: RewardConfig, info: dict) -> float:
@@ -131,6 +211,38 @@ def round_objective(config: RewardConfig, info: dict) -> float:
 
 def round_reward(config: RewardConfig, info: dict) -> float:
     """Score one round from the strategy's round info (keys: loss, accuracy, last_accuracy, bits_up, bits_full,
-    rate_bps, latency_s, energy_j, deadline_s, drop_reasons): the mean of `client_rewards`."""
-    per_client = client_rewards(config, info)
-    return float(per_client.mean()) if len(per_client) else round_objective(config, info)
+    rate_bps, energy_j, deadline_s, drop_reasons, delivered, ranks, max_rank, layer_importance)."""
+    terms = client_terms(config, info)
+    return round_objective(config, info) + (float(terms.mean()) if len(terms) else 0.0)
+
+
+def allocate_ranks(budget: float, weights: np.ndarray, min_rank: int, max_rank: int) -> np.ndarray:
+    """Integer ranks in [min_rank, max_rank] summing to round(budget) (clipped to what fits), shared in
+    proportion to `weights` by water-filling (a layer that would exceed max_rank is capped and the rest
+    shared again) and rounded by largest remainder."""
+    weights = np.asarray(weights, dtype=float)
+    n = len(weights)
+    lo, hi = min(min_rank, max_rank), max_rank
+    extra = float(np.clip(round(budget) - lo * n, 0, (hi - lo) * n))
+    w = np.where(np.isfinite(weights) & (weights > 0), weights, 0.0)
+    w = w / w.max() if w.max() > 0 else np.ones(n)
+    share = np.zeros(n)
+    free = np.ones(n, dtype=bool)
+    remaining = extra
+    while free.any():
+        mass = float((w * free).sum())
+        if mass <= 0:
+            w, mass = np.ones(n), float(free.sum())
+        proposal = remaining * w * free / mass
+        over = free & (proposal >= hi - lo)
+        if not over.any():
+            share[free] = proposal[free]
+            break
+        share[over] = hi - lo
+        free &= ~over
+        remaining = extra - share[~free].sum()
+    floor = np.floor(share + 1e-9)
+    left = int(round(extra - floor.sum()))
+    for i in np.argsort(-(share - floor), kind="stable")[: max(left, 0)]:
+        floor[i] += 1
+    return (lo + np.minimum(floor, hi - lo)).astype(np.int64)

@@ -2,8 +2,10 @@
 
     reset()      a fresh global adapter (a new `RankAdaptiveStrategy`), the episode's seed, and
                  the first round's observation
-    step(a)      a in [-1, 1]^(clients · layers) -> integer ranks (policies.common.action_to_ranks);
-                 the round runs through the strategy's hooks and an InlineGrid with the real
+    step(a)      a in [-1, 1]^clients, each client's rank level (policies.common.level_ranks: a total
+                 of L · (r_min + (a + 1)/2 · (R - r_min)) shared equally over its L layers);
+                 `step_ranks(ranks)` takes integer ranks [clients, layers] from an agent that
+                 chooses them itself (airllm). The round runs through the strategy's hooks and an InlineGrid with the real
                  ClientApp, exactly as the ServerApp does (fedsim.server_app.run_train_round, then
                  strategy.evaluate)
     observation  the selected clients' feature rows (policies.common.client_features), flattened
@@ -23,9 +25,11 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
+from stable_baselines3.common.vec_env import VecEnv
+
 from fedsim.types import Observation
 from policies.base import RankPolicy
-from policies.common import action_to_ranks, client_features, n_features
+from policies.common import action_to_level, client_features, client_terms, level_ranks, n_features
 
 
 class FederatedRoundEnv(gym.Env):
@@ -44,7 +48,7 @@ class FederatedRoundEnv(gym.Env):
         self.max_rank = scenario.adapter.max_rank
         self.min_rank = min(getattr(self.policy.config, "min_rank", 0), self.max_rank)
         self.observation_space = gym.spaces.Box(-5.0, 5.0, (self.n_clients * n_features(self.n_layers),), np.float32)
-        self.action_space = gym.spaces.Box(-1.0, 1.0, (self.n_clients * self.n_layers,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (self.n_clients,), np.float32)
         self.episodes = 0
         self.strategy = None
         self.observation: Observation | None = None
@@ -73,14 +77,17 @@ class FederatedRoundEnv(gym.Env):
         return client_features(self.observation).reshape(-1), {"seed": episode_seed}
 
     def step(self, action):
+        level = action_to_level(np.asarray(action).reshape(self.n_clients))
+        return self.step_ranks(level_ranks(level, self.n_layers, self.min_rank, self.max_rank))
+
+    def step_ranks(self, ranks: np.ndarray):
         from fedsim.server_app import run_train_round
 
         assert self.strategy is not None, "call reset() first"
-        ranks = action_to_ranks(np.asarray(action).reshape(self.n_clients, self.n_layers), self.min_rank, self.max_rank)
         result = run_train_round(self.grid, self.strategy, self.round, self.nodes, None, ranks=ranks)
         loss, accuracy, _ = self.strategy.evaluate(self.round)
         reward = float(self.strategy.last_reward)
-        info = {"seed": self.episode_scenario.seed, "round": self.round, "loss": loss, "accuracy": accuracy, "bytes_up": result.row["bytes_up"], "mean_rank": result.row["mean_rank"], "bytes_up_total": self.strategy.cum_bytes_up}
+        info = {"seed": self.episode_scenario.seed, "round": self.round, "reward": reward, "loss": loss, "accuracy": accuracy, "bytes_up": result.row["bytes_up"], "mean_rank": result.row["mean_rank"], "bytes_up_total": self.strategy.cum_bytes_up}
         terminated = self.round >= self.scenario.rounds
         if terminated:
             features = client_features(self.observation).reshape(-1)  # terminal: any valid observation
@@ -89,3 +96,67 @@ class FederatedRoundEnv(gym.Env):
             self.observation = self.strategy.prepare_round(self.round)
             features = client_features(self.observation).reshape(-1)
         return features, reward, terminated, False, info
+
+
+class ClientSlotsVecEnv(VecEnv):
+    """The round's client slots as SB3 sub-environments: per-client decisions with shared weights.
+
+    Sub-env k observes the k-th selected client's feature row and acts with its rank level in
+    [-1, 1]; all slots step together, as one federated round of the wrapped `FederatedRoundEnv`,
+    and slot k is rewarded with client k's own term of the round reward
+    (`policies.common.client_terms`). So stable-baselines3's PPO learns one per-client policy from
+    per-client credit, as `airllm` does, instead of one joint action scored by the round mean (which
+    did not learn in the budget: a client's credit drowned in the other clients' terms). Episodes
+    end together; SB3 gets each slot's terminal observation in its info, as with any VecEnv.
+    """
+
+    def __init__(self, env: FederatedRoundEnv):
+        self.env = env
+        obs_space = gym.spaces.Box(-5.0, 5.0, (n_features(env.n_layers),), np.float32)
+        super().__init__(env.n_clients, obs_space, gym.spaces.Box(-1.0, 1.0, (1,), np.float32))
+        self.actions = np.zeros((env.n_clients, 1), dtype=np.float32)
+        self.episode_info: dict = {}
+
+    def _rows(self) -> np.ndarray:
+        return client_features(self.env.observation)
+
+    def reset(self):
+        self.env.reset()
+        return self._rows()
+
+    def step_async(self, actions) -> None:
+        self.actions = np.asarray(actions, dtype=float).reshape(self.num_envs, -1)
+
+    def step_wait(self):
+        env = self.env
+        ranks = level_ranks(action_to_level(self.actions[:, 0]), env.n_layers, env.min_rank, env.max_rank)
+        terminal_rows = self._rows()
+        _, _, done, _, info = env.step_ranks(ranks)
+        rewards = client_terms(env.policy.config.reward, env.strategy.last_info).astype(np.float32)
+        infos = [dict(info) for _ in range(self.num_envs)]
+        if done:
+            self.episode_info = info
+            for k, row in enumerate(infos):
+                row["terminal_observation"] = terminal_rows[k]
+            rows = self.reset()
+        else:
+            rows = self._rows()
+        return rows, rewards, np.full(self.num_envs, done), infos
+
+    def close(self) -> None:
+        pass
+
+    def get_attr(self, attr_name, indices=None):
+        return [getattr(self.env, attr_name)] * len(self._indices(indices))
+
+    def set_attr(self, attr_name, value, indices=None) -> None:
+        setattr(self.env, attr_name, value)
+
+    def env_method(self, method_name, *method_args, indices=None, **method_kwargs):
+        return [getattr(self.env, method_name)(*method_args, **method_kwargs) for _ in self._indices(indices)]
+
+    def env_is_wrapped(self, wrapper_class, indices=None):
+        return [False] * len(self._indices(indices))
+
+    def _indices(self, indices):
+        return range(self.num_envs) if indices is None else ([indices] if isinstance(indices, int) else list(indices))

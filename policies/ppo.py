@@ -1,13 +1,17 @@
-"""`ppo`: stable-baselines3 PPO whose continuous action maps straight to per-layer ranks.
+"""`ppo`: stable-baselines3 PPO choosing each selected client's rank level from that client's features.
 
-The agent sees the whole round: the selected clients' feature rows (policies.common.client_features),
-flattened, and acts with a Box action in [-1, 1]^(clients · layers), mapped linearly to integer ranks
+One network, shared by all clients: it sees client k's feature row (policies.common.client_features)
+and acts with a Box action in [-1, 1], client k's rank level (policies.common.level_ranks): a total
+of L · (r_min + (a_k + 1)/2 · (R - r_min)) over its L layers, shared equally. One level per client
+instead of one action per (client, layer) is what PPO can learn in the training budget: the reward
+depends on a client's ranks mostly through its upload size, i.e. their sum.
 
-    r_{k,l} = round(min_rank + (a_{k,l} + 1)/2 · (max_rank - min_rank)).
-
-It learns only under `fedsim train-policy` (SB3's `learn()` drives `policies.env.FederatedRoundEnv`);
-in a `fedsim run` it acts with the deterministic (mean) action of a checkpoint. Because the
-action covers a fixed number of clients, it must run with the `clients.per_round` it was trained with.
+It learns only under `fedsim train-policy`: SB3's `learn()` drives `policies.env.ClientSlotsVecEnv`,
+in which every client slot of a round is one sub-environment rewarded with its client's own term of
+the round reward (`policies.common.client_terms`). (An earlier version acted jointly on all clients
+of a round with one action scored by the round reward; in the same budget it barely learned, since
+a client's credit drowned in the others' terms.) In a `fedsim run` it acts with the deterministic
+(mean) action of a checkpoint, for any number of clients per round.
 
 Checkpoint: policy.json (config, sizes) + weights.safetensors (SB3's policy network). SB3's own
 zip format pickles parts of the model, so it is not used.
@@ -22,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.types import FedsimError, Observation
 from policies.base import RankPolicy, assign_tensors, clip_ranks
-from policies.common import RewardConfig, action_to_ranks, client_features, n_features
+from policies.common import RewardConfig, action_to_level, client_features, level_ranks, n_features
 
 
 class PpoConfig(BaseModel):
@@ -38,10 +42,11 @@ class PpoConfig(BaseModel):
     n_steps: int = Field(64, ge=2, description="Rounds per PPO rollout (across episodes).")
     batch_size: int = Field(32, ge=2)
     n_epochs: int = Field(10, ge=1)
-    gamma: float = Field(0.95, ge=0, le=1)
+    gamma: float = Field(0.0, ge=0, le=1, description="Discount across rounds (0: ranks act on the round they are chosen in).")
     gae_lambda: float = Field(0.95, ge=0, le=1)
     clip: float = Field(0.2, gt=0)
-    ent_coef: float = Field(0.01, ge=0)
+    ent_coef: float = Field(0.0, ge=0)
+    init_log_std: float = Field(-1.0, description="Initial log σ of the Gaussian action (SB3's log_std_init); actions are clipped to [-1, 1].")
 
 
 def spaces_only_env(observation_space, action_space):
@@ -68,8 +73,8 @@ class PpoPolicy(RankPolicy):
     def __init__(self, config: PpoConfig):
         super().__init__(config)
         self.model = None
-        self.n_clients: int | None = None
         self.n_layers: int | None = None
+        self.training: dict = {}  # how the checkpoint was trained (command, seeds, wall time), kept in policy.json
 
     def build(self, env) -> None:
         """Create the SB3 model for `env` (a FederatedRoundEnv while training, a spaces-only env when loading)."""
@@ -87,45 +92,41 @@ class PpoPolicy(RankPolicy):
             gae_lambda=c.gae_lambda,
             clip_range=c.clip,
             ent_coef=c.ent_coef,
-            policy_kwargs={"net_arch": [c.hidden, c.hidden]},
+            policy_kwargs={"net_arch": [c.hidden, c.hidden], "log_std_init": c.init_log_std},
             seed=c.seed,
             device="cpu",
             verbose=0,
         )
 
-    def _spaces(self, n_clients: int, n_layers: int):
+    def _spaces(self, n_layers: int):
         import gymnasium as gym
 
-        obs = gym.spaces.Box(-5.0, 5.0, (n_clients * n_features(n_layers),), np.float32)
-        act = gym.spaces.Box(-1.0, 1.0, (n_clients * n_layers,), np.float32)
-        return obs, act
+        return gym.spaces.Box(-5.0, 5.0, (n_features(n_layers),), np.float32), gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
 
     def ranks(self, observation: Observation) -> np.ndarray:
         n, n_layers = observation.n_clients, observation.n_layers
         if self.model is None:
-            self.n_clients, self.n_layers = n, n_layers
-            self.build(spaces_only_env(*self._spaces(n, n_layers)))
-        if (n, n_layers) != (self.n_clients, self.n_layers):
-            raise FedsimError(
-                f"policy ppo: trained for {self.n_clients} clients per round x {self.n_layers} layers, "
-                f"the scenario has {n} x {n_layers}; set clients.per_round={self.n_clients} or retrain"
-            )
-        action, _ = self.model.predict(client_features(observation).reshape(-1), deterministic=True)
-        ranks = action_to_ranks(np.asarray(action).reshape(n, n_layers), min(self.config.min_rank, observation.max_rank), observation.max_rank)
+            self.n_layers = n_layers
+            self.build(spaces_only_env(*self._spaces(n_layers)))
+        if n_layers != self.n_layers:
+            raise FedsimError(f"policy ppo: trained for {self.n_layers} adapted layers, the scenario has {n_layers}; retrain it for this adapter")
+        action, _ = self.model.predict(client_features(observation), deterministic=True)
+        ranks = level_ranks(action_to_level(np.asarray(action).reshape(n)), n_layers, self.config.min_rank, observation.max_rank)
         return clip_ranks(ranks, observation.max_rank)
 
     def state_dict(self) -> dict:
-        return {"n_clients": self.n_clients, "n_layers": self.n_layers, "hidden": self.config.hidden}
+        return {"n_layers": self.n_layers, "hidden": self.config.hidden, "training": self.training}
 
     def load_state_dict(self, state: dict) -> None:
-        n_clients, n_layers, hidden = state.get("n_clients"), state.get("n_layers"), state.get("hidden", self.config.hidden)
-        if n_clients is None:
+        n_layers, hidden = state.get("n_layers"), state.get("hidden", self.config.hidden)
+        if n_layers is None:
             return
-        if not all(isinstance(v, int) and v >= 1 for v in (n_clients, n_layers, hidden)):
-            raise FedsimError(f"policy checkpoint: ppo sizes n_clients={n_clients!r}, n_layers={n_layers!r}, hidden={hidden!r}; expected positive integers")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (n_layers, hidden)):
+            raise FedsimError(f"policy checkpoint: ppo sizes n_layers={n_layers!r}, hidden={hidden!r}; expected positive integers")
         self.config = self.config.model_copy(update={"hidden": hidden})
-        self.n_clients, self.n_layers = n_clients, n_layers
-        self.build(spaces_only_env(*self._spaces(n_clients, n_layers)))
+        self.n_layers = n_layers
+        self.training = state.get("training") if isinstance(state.get("training"), dict) else {}
+        self.build(spaces_only_env(*self._spaces(n_layers)))
 
     def tensors(self) -> dict:
         return {} if self.model is None else dict(self.model.policy.state_dict())

@@ -9,13 +9,13 @@ weights.safetensors) and training.csv (one row per episode: return, mean rank, f
 from __future__ import annotations
 
 import csv
+import shlex
 import time
 from pathlib import Path
 
 import numpy as np
 
 from fedsim.types import FedsimError
-from policies.common import ranks_to_action
 
 TRAINABLE = ("ppo", "airllm")
 EPISODE_COLUMNS = ["episode", "seed", "return", "mean_rank", "final_accuracy", "bytes_up", "wall_s"]
@@ -44,7 +44,8 @@ def _cmd_train_policy(args) -> int:
     if args.episodes < 1:
         raise FedsimError(f"--episodes {args.episodes}: must be at least 1")
     scenario = load_scenario(args.scenario, args.overrides)
-    rows = train_policy(scenario, args.episodes, Path(args.out), progress=not args.no_progress)
+    command = " ".join(["fedsim train-policy", args.scenario, *[f"--set {shlex.quote(o)}" for o in args.overrides], f"--episodes {args.episodes}", f"--out {args.out}"])
+    rows = train_policy(scenario, args.episodes, Path(args.out), progress=not args.no_progress, command=command)
     first, last = rows[: max(1, len(rows) // 5)], rows[-max(1, len(rows) // 5) :]
     print(
         f"checkpoint: {args.out}\n"
@@ -55,7 +56,7 @@ def _cmd_train_policy(args) -> int:
     return 0
 
 
-def train_policy(scenario, episodes: int, out: Path, progress: bool = True) -> list[dict]:
+def train_policy(scenario, episodes: int, out: Path, progress: bool = True, command: str | None = None) -> list[dict]:
     """Train the scenario's policy for `episodes` runs; save it to `out`; return one row per episode."""
     from tqdm.auto import tqdm
 
@@ -87,8 +88,25 @@ def train_policy(scenario, episodes: int, out: Path, progress: bool = True) -> l
     else:
         _ppo_learn(env, policy, episodes, finish_episode)
     bar.close()
+    policy.training = {
+        "command": command,
+        "scenario": scenario.name,
+        "episodes": len(rows),
+        "seeds": [scenario.seed, scenario.seed + len(rows) - 1],  # evaluate on seeds outside this range
+        "snr": _snr_description(scenario.channel),
+        "client_decisions": len(rows) * scenario.rounds * scenario.clients.per_round,
+        "wall_s": round(sum(r["wall_s"] for r in rows), 1),
+    }
     policy.save(out)
     return rows
+
+
+def _snr_description(channel) -> str:
+    if channel.large_scale == "levels":
+        return f"levels {channel.snr_levels_db} dB"
+    if channel.large_scale in ("uniform", "normal"):
+        return f"{channel.large_scale} {channel.snr_db} +- {channel.snr_spread_db} dB"
+    return f"{channel.large_scale} {channel.snr_db} dB"
 
 
 def _airllm_episode(env, policy) -> dict:
@@ -98,7 +116,7 @@ def _airllm_episode(env, policy) -> dict:
     while not done:
         ranks = policy.ranks(env.observation)
         ranks_seen.append(ranks.mean())
-        _, reward, done, _, step_info = env.step(ranks_to_action(ranks, env.min_rank, env.max_rank).reshape(-1))
+        _, reward, done, _, step_info = env.step_ranks(ranks)
         total += reward
     return _episode_row(env, info["seed"], total, float(np.mean(ranks_seen)), step_info, started)
 
@@ -119,6 +137,8 @@ def _episode_row(env, seed: int, total: float, mean_rank: float, last_info: dict
 def _ppo_learn(env, policy, episodes: int, finish_episode) -> None:
     from stable_baselines3.common.callbacks import BaseCallback
 
+    from policies.env import ClientSlotsVecEnv
+
     class EpisodeRows(BaseCallback):
         def _on_training_start(self) -> None:
             self.total, self.ranks, self.started = 0.0, [], time.time()
@@ -126,7 +146,7 @@ def _ppo_learn(env, policy, episodes: int, finish_episode) -> None:
 
         def _on_step(self) -> bool:
             info = self.locals["infos"][0]
-            self.total += float(self.locals["rewards"][0])
+            self.total += float(info["reward"])  # the round reward (what the policy is scored on), once per round
             self.ranks.append(info["mean_rank"])
             if self.locals["dones"][0]:
                 finish_episode(_episode_row(env, info["seed"], self.total, float(np.mean(self.ranks)), info, self.started))
@@ -134,9 +154,10 @@ def _ppo_learn(env, policy, episodes: int, finish_episode) -> None:
                 self.finished += 1
             return self.finished < episodes  # SB3 would round the steps up to whole rollouts
 
-    policy.n_clients, policy.n_layers = env.n_clients, env.n_layers
-    policy.build(env)
-    policy.model.learn(total_timesteps=episodes * env.scenario.rounds, callback=EpisodeRows())
+    slots = ClientSlotsVecEnv(env)
+    policy.n_layers = env.n_layers
+    policy.build(slots)
+    policy.model.learn(total_timesteps=episodes * env.scenario.rounds * slots.num_envs, callback=EpisodeRows())
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
