@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -53,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_scenario_args(run)
-    run.add_argument("--out", metavar="DIR", help="run directory (default: runs/<name>-<date>-<time>)")
-    run.add_argument("--overwrite", action="store_true", help="reuse --out even if it already holds files")
+    run.add_argument("--out", metavar="DIR", help="run directory (default: runs/<name>-<date>-<time>, suffixed -2, -3, ... when taken)")
+    run.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files (the old directory is deleted first)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and CI)")
 
     validate = sub.add_parser(
@@ -78,11 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_run(args) -> int:
     from fedsim.config import load_scenario
-    from fedsim.run import run_scenario
+    from fedsim.run import execute_run, start_run
 
     scenario = load_scenario(args.scenario, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    summary = run_scenario(scenario, out, progress=not args.no_progress, overwrite=args.overwrite)
+    claim = start_run(scenario, out, overwrite=args.overwrite, unique=not args.out)
+    out = claim.path
+    try:
+        summary = execute_run(scenario, claim, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"fedsim run: interrupted; {out} is unfinished (no summary.json)", file=sys.stderr)
+        return stop_after_interrupt()
     print(
         f"run directory: {out}\n"
         f"final accuracy: {summary['final_accuracy']:.4f} (round 1: {summary['first_round_accuracy']:.4f})\n"
@@ -94,10 +103,10 @@ def _cmd_run(args) -> int:
 
 def _cmd_validate(args) -> int:
     from fedsim.config import load_scenario
-    from fedsim.model import validate_backbone
+    from fedsim.run import preflight
 
     scenario = load_scenario(args.scenario, args.overrides)
-    validate_backbone(scenario.model.backbone)
+    preflight(scenario)  # what a run checks before it starts: backbone, data files, policy checkpoint
     sys.stdout.write(scenario.to_yaml())
     print(f"# {args.scenario}: valid", file=sys.stderr)
     return 0
@@ -119,7 +128,32 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(f"fedsim {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return stop_after_interrupt()
+
+
+INTERRUPTED = 130
+
+
+def stop_after_interrupt(grace_s: float = 4.0) -> int:
+    """After Ctrl-C: a second Ctrl-C ends the process at once (no traceback); threads an engine left
+    running (Flower's ServerApp and worker threads) get `grace_s` to end, then the process exits anyway.
+
+    Returns the exit code when nothing lingers (the usual case: inline engine, sweeps, tests calling `main`).
+    """
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_DFL) if in_main else None
+    deadline = time.monotonic() + grace_s
+    main = threading.main_thread()
+    for thread in threading.enumerate():
+        if thread is not main and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    if any(t is not main and not t.daemon and t.is_alive() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(INTERRUPTED)  # interpreter shutdown would wait for those threads forever
+    if in_main:
+        signal.signal(signal.SIGINT, previous)
+    return INTERRUPTED
 
 
 if __name__ == "__main__":

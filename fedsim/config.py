@@ -6,11 +6,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from channels import ChannelConfig
 from fedsim.types import FedsimError
@@ -68,9 +69,10 @@ class AdapterConfig(_Section):
     target_modules: list[str] = Field(["query", "value"], min_length=1, description="Module names LoRA is injected into.")
     max_rank: int = Field(8, ge=1, description="The largest rank a policy may give a layer; the global adapter's rank.")
     alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator: the update is (alpha / max_rank) * B A.")
-    layers: list[int] | None = Field(
+    layers: list[Annotated[int, Field(ge=0)]] | None = Field(
         None,
-        description="Transformer layer indices to adapt (null = all). Adapting only upper layers lets fedsim cache "
+        min_length=1,
+        description="Transformer layer indices to adapt (null = all; [] is refused). Adapting only upper layers lets fedsim cache "
         "the frozen layers below them once per example, which makes training much faster.",
     )
 
@@ -115,12 +117,15 @@ class AggregationConfig(_Section):
     )
 
 
+MAX_ROUNDS = 1_000_000  # a bound, so that a typo like 1e22 is an error rather than a run that never ends
+
+
 class Scenario(_Section):
     """A complete, reproducible description of one federated fine-tuning run."""
 
     name: str = Field("scenario", description="Label used in run directory names and plots.")
-    seed: int = Field(0, description="Seeds partitioning, sampling, channel draws, initialisation and training.")
-    rounds: int = Field(20, ge=1, description="Federated rounds.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seeds partitioning, sampling, channel draws, initialisation and training.")
+    rounds: int = Field(20, ge=1, le=MAX_ROUNDS, description="Federated rounds.")
     engine: Literal["flower", "inline"] = Field(
         "flower",
         description="'flower': Flower's simulation engine (Ray); 'inline': the same ServerApp and ClientApp called in-process (faster start, identical ledger).",
@@ -163,8 +168,78 @@ class Scenario(_Section):
                 raise ValueError(f"policy.ranks contains {r}; allowed: 0..{self.adapter.max_rank}")
         return self
 
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_directory_label(cls, value: str) -> str:
+        if not value or value.startswith(".") or any(c in value for c in "/\\") or any(ord(c) < 32 or c == "\x7f" for c in value) or len(value) > 100:
+            raise ValueError(
+                f"{value!r} is not allowed: the name labels the run directory, so it must be 1-100 characters "
+                "without '/', '\\' or control characters, and not start with '.'"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _finite_numbers(self) -> "Scenario":
+        problem = non_finite_field(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def non_finite_field(model: BaseModel, prefix: str = "") -> str | None:
+    """The first float field (any depth, list items too) holding NaN or an infinity, described in one line; None if all are finite.
+
+    An infinity is allowed only where it is the field's own default (e.g. a policy's `deadline_s: inf` = no deadline).
+    """
+    for name, info in type(model).model_fields.items():
+        problem = _non_finite_value(getattr(model, name), f"{prefix}{name}", info.default)
+        if problem:
+            return problem
+    return None
+
+
+def _non_finite_value(value: Any, path: str, default: Any) -> str | None:
+    if isinstance(value, BaseModel):
+        return non_finite_field(value, path + ".")
+    if isinstance(value, float) and not math.isfinite(value):
+        if math.isinf(value) and isinstance(default, float) and value == default:
+            return None
+        hint = " (null means none)" if default is None else ""
+        return f"{path} = {value} is invalid: must be a finite number{hint}"
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            problem = _non_finite_value(item, f"{path}[{i}]", None)
+            if problem:
+                return problem
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = _non_finite_value(item, f"{path}.{key}", None)
+            if problem:
+                return problem
+    return None
+
+
+def boolean_for_number(raw: Any, model: Any, prefix: str = "") -> str | None:
+    """The first field the input gives as true/false where the scenario wants a number (pydantic would read true as 1)."""
+    if not isinstance(raw, dict) or not isinstance(model, BaseModel):
+        return None
+    fields = type(model).model_fields
+    for key, value in raw.items():
+        if key not in fields:
+            continue
+        path, attr = f"{prefix}{key}", getattr(model, key)
+        pairs = list(zip(value, attr)) if isinstance(value, list) and isinstance(attr, list) else [(value, attr)]
+        for i, (given, parsed) in enumerate(pairs):
+            if isinstance(given, bool) and isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
+                where = path if len(pairs) == 1 and not isinstance(value, list) else f"{path}[{i}]"
+                return f"{where} = {str(given).lower()} is invalid: expected a number, not a boolean"
+        problem = boolean_for_number(value, attr, path + ".")
+        if problem:
+            return problem
+    return None
 
 
 def _describe_validation_error(exc: ValidationError, source: str) -> str:
@@ -203,8 +278,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise FedsimError(f"--set {text!r}: the field path is empty or has an empty part")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
+        value = load_yaml_text(raw) if raw != "" else ""
+    except (yaml.YAMLError, ValueError, RecursionError):
         value = raw
     return key.split("."), value
 
@@ -224,17 +299,58 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader, except that a mapping repeating a key is an error (PyYAML keeps the last value silently)."""
+
+
+def _construct_unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    first_line: dict = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden by explicit keys
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            seen = key in first_line
+        except TypeError:
+            raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark, "found unhashable key", key_node.start_mark) from None
+        if seen:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark,
+                f"found duplicate key {key!r} (first at line {first_line[key] + 1})", key_node.start_mark,
+            )  # fmt: skip
+        first_line[key] = key_node.start_mark.line
+    return yaml.constructor.SafeConstructor.construct_mapping(loader, node, deep=deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def load_yaml_text(text: str) -> Any:
+    """yaml.safe_load that refuses duplicate keys."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml_mapping(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FedsimError(f"{path}: no such file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise FedsimError(f"{path}: not a text file (byte 0x{exc.object[exc.start]:02x} at offset {exc.start} is not UTF-8); expected a YAML scenario") from None
+    except OSError as exc:
+        raise FedsimError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        raw = load_yaml_text(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "could not parse"
+        problem = getattr(exc, "problem", None) or (str(exc).splitlines() or ["could not parse"])[0]
         raise FedsimError(f"{path}: invalid YAML{where}: {problem}") from None
+    except (ValueError, OverflowError) as exc:  # e.g. a date-like value that is no date (2024-13-45)
+        raise FedsimError(f"{path}: invalid YAML: {(str(exc).splitlines() or ['could not parse'])[0]}") from None
+    except RecursionError:
+        raise FedsimError(f"{path}: invalid YAML: nested too deeply") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -244,11 +360,30 @@ def read_yaml_mapping(path: str | Path) -> dict:
 
 def scenario_from_dict(raw: dict, source: str = "scenario") -> Scenario:
     try:
-        return Scenario.model_validate(raw)
+        scenario = Scenario.model_validate(raw)
     except ValidationError as exc:
         raise FedsimError(_describe_validation_error(exc, source)) from None
+    problem = boolean_for_number(raw, scenario)
+    if problem:
+        raise FedsimError(f"{source}: {problem}")
+    return scenario
+
+
+# Sections chosen by their `name` (tagged unions): switching the name alone keeps fields the new kind lacks.
+_NAMED_SECTIONS = ("policy",)
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
     raw = apply_overrides(read_yaml_mapping(path), overrides or [])
-    return scenario_from_dict(raw, str(path))
+    try:
+        return scenario_from_dict(raw, str(path))
+    except FedsimError as exc:
+        for text in overrides or []:
+            keys, value = parse_override(text)
+            if len(keys) == 2 and keys[0] in _NAMED_SECTIONS and keys[1] == "name" and f"unknown key '{keys[0]}." in str(exc):
+                unknown = str(exc).split(f"unknown key '{keys[0]}.", 1)[1].split("'", 1)[0]
+                raise FedsimError(
+                    f"{path}: --set {text} keeps the rest of the scenario's {keys[0]} section, and '{unknown}' is not a field of "
+                    f"{keys[0]} '{value}'; replace the whole section instead: --set '{keys[0]}={{name: {value}}}'"
+                ) from None
+        raise

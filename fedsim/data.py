@@ -33,19 +33,44 @@ class Corpus:
 def _read_csv(path: Path, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
     if not path.is_file():
         raise FedsimError(f"{path}: no such file (data.dataset must be 'banking77' or a directory with train.csv and test.csv)")
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        columns = reader.fieldnames or []
-        for column, field in ((text_column, "data.text_column"), (label_column, "data.label_column")):
-            if column not in columns:
-                raise FedsimError(f"{path}: {field}={column!r} is not a column; columns are {columns}")
-        texts, labels = [], []
-        for row in reader:
-            texts.append(row[text_column] or "")
-            labels.append(row[label_column])
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            columns = reader.fieldnames or []
+            for column, field in ((text_column, "data.text_column"), (label_column, "data.label_column")):
+                if column not in columns:
+                    raise FedsimError(f"{path}: {field}={column!r} is not a column; columns are {columns}")
+            texts, labels = [], []
+            end = reader.line_num
+            for row in reader:
+                start, end = end + 1, reader.line_num
+                if None in row or None in row.values():  # DictReader's markers of a row with too many / too few fields
+                    found = len(columns) + len(row.get(None) or []) - sum(v is None for k, v in row.items() if k is not None)
+                    spans = f" (the row runs on to line {end}: an unclosed quote?)" if end > start else ""
+                    raise FedsimError(f"{path}: line {start}: {found} fields, the header has {len(columns)}{spans}")
+                if row[label_column] == "":
+                    raise FedsimError(f"{path}: line {start}: empty {label_column!r} (data.label_column)")
+                texts.append(row[text_column])
+                labels.append(row[label_column])
+    except UnicodeDecodeError as exc:
+        raise FedsimError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); save it as UTF-8") from None
+    except csv.Error as exc:
+        raise FedsimError(f"{path}: not a valid CSV file ({exc})") from None
+    except OSError as exc:
+        raise FedsimError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     if not texts:
         raise FedsimError(f"{path}: no rows")
     return texts, labels
+
+
+def _read_categories(path: Path) -> list[str]:
+    try:
+        names = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FedsimError(f"{path}: not a JSON list of label names ({str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise FedsimError(f"{path}: expected a JSON list of distinct label names (strings)")
+    return names
 
 
 @lru_cache(maxsize=4)
@@ -56,7 +81,7 @@ def _load_corpus_cached(dataset: str, text_column: str, label_column: str) -> Co
     train_texts, train_labels = _read_csv(root / "train.csv", text_column, label_column)
     test_texts, test_labels = _read_csv(root / "test.csv", text_column, label_column)
     categories = root / "categories.json"
-    names = json.loads(categories.read_text()) if categories.is_file() else sorted(set(train_labels))
+    names = _read_categories(categories) if categories.is_file() else sorted(set(train_labels))
     index = {name: i for i, name in enumerate(names)}
     unknown = sorted(set(test_labels) - set(index)) + sorted(set(train_labels) - set(index))
     if unknown:

@@ -8,6 +8,7 @@ node config the simulation engine gives them (partition-id, num-partitions).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from uuid import uuid4
 
 from flwr.app import Context, Message, RecordDict
@@ -16,12 +17,15 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedsim.client_errors import client_error_reply
+
 FIRST_NODE_ID = 1000  # any ids other than the SuperLink's
 
 
 class InlineGrid(Grid):
-    def __init__(self, client_app: ClientApp, num_nodes: int, run_id: int = 1):
+    def __init__(self, client_app: ClientApp, num_nodes: int, run_id: int = 1, error_log: str | Path | None = None):
         self.client_app = client_app
+        self.error_log = error_log  # where a failing client's traceback goes (the run directory's client_errors.log)
         self.run_id = run_id
         # The ServerApp's own identity, as Flower's runtimes set it before calling `main`.
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, SUPERLINK_NODE_ID
@@ -52,10 +56,8 @@ class InlineGrid(Grid):
             context = self.contexts[message.metadata.dst_node_id]
             try:
                 reply = self.client_app(message, context)
-            except Exception as exc:  # a failing client is a dropped client, as on the simulation engine
-                from flwr.app import Error
-
-                reply = Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=message)
+            except Exception as exc:  # an error reply naming the cause in one line, as on the simulation engine
+                reply = client_error_reply(message, exc, context, self.error_log)
             self._replies[message_id] = reply
             ids.append(message_id)
         return ids

@@ -10,12 +10,18 @@ the same scenario and seed.
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
+
+from fedsim.types import FedsimError
 
 ROUND_COLUMNS = [
     "round",
@@ -55,6 +61,40 @@ CLIENT_COLUMNS = [
 ]
 
 SUMMARY = "summary.json"
+LOCK = ".fedsim.lock"  # held (flock) by the run writing the directory; gone when it ends
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask would, briefly, for every thread)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def normal_permissions(path: Path) -> None:
+    """Give `path` (and everything below it) the modes a plain mkdir/open would: 0777/0666 less the umask.
+
+    mkdtemp and mkstemp create 0700/0600 entries, which would keep other users (and shared result
+    directories) out of a run directory for no reason.
+    """
+    mask = current_umask()
+    path = Path(path)
+    if path.is_dir():
+        for root, dirs, files in os.walk(path):
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o666 & ~mask)
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        os.chmod(path, 0o777 & ~mask)
+    else:
+        os.chmod(path, 0o666 & ~mask)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -62,8 +102,28 @@ def atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w", newline="") as fh:
         fh.write(text)
-    os.chmod(tmp, 0o644)
+    normal_permissions(Path(tmp))
     os.replace(tmp, path)
+
+
+def strict_json(value):
+    """`value` with every non-finite float replaced by None, so that json.dumps(allow_nan=False) accepts it.
+
+    Python's json writes NaN/Infinity, which is not JSON: strict parsers (jq, JavaScript, Go) reject the file.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", None) == 0:  # numpy / torch scalars
+        return strict_json(value.item())
+    return value
+
+
+def json_text(value) -> str:
+    return json.dumps(strict_json(value), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
 def _csv_text(columns: list[str], rows: list[dict]) -> str:
@@ -119,6 +179,7 @@ class RunDirectory:
         staging = Path(tempfile.mkdtemp(dir=self.path, prefix=".adapter."))
         try:
             save_fn(staging)
+            normal_permissions(staging)
             final = self.path / "adapter"
             if final.exists():
                 shutil.rmtree(final)
@@ -129,8 +190,190 @@ class RunDirectory:
 
     def finish(self, summary: dict) -> None:
         self.flush()
-        atomic_write_text(self.path / SUMMARY, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(self.path / SUMMARY, json_text(summary))
 
 
 def is_finished(path: str | Path) -> bool:
     return (Path(path) / SUMMARY).is_file()
+
+
+# ----------------------------------------------------------------------------- claiming a run directory
+
+
+def _first_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_out_path(path: str | Path, overwrite: bool = False, unique: bool = False) -> None:
+    """Cheap checks of a run directory path before anything is built: one FedsimError line each.
+
+    The claim itself (`claim_run_dir`) is atomic; this only gives the usual mistakes a clear
+    message early: a file in the way, a directory that already holds a run, no write permission.
+    """
+    path = Path(path)
+    if path.name in ("", ".", ".."):
+        raise FedsimError(f"--out {path}: name a run directory, not '{path.name or path}'")
+    if path.exists() and not path.is_dir():
+        raise FedsimError(f"--out {path}: is a file, not a directory")
+    anchor = _first_existing(path.parent) if not path.exists() else path
+    if not anchor.is_dir():
+        raise FedsimError(f"--out {path}: {anchor} is a file, not a directory")
+    if path.is_dir() and not unique and lock_held(path):
+        raise _busy(path)
+    if path.is_dir() and not unique and not overwrite and _holds_files(path):
+        state = "a finished run" if is_finished(path) else "files"
+        raise FedsimError(f"--out {path}: already holds {state}; choose another directory or pass --overwrite")
+    writable_dir = anchor if not (path.is_dir() and overwrite) else path.parent
+    if not os.access(writable_dir, os.W_OK | os.X_OK):
+        raise FedsimError(f"--out {path}: {writable_dir} is not writable")
+
+
+def lock_held(path: Path) -> bool:
+    """Whether a live fedsim run holds `path`'s lock (the kernel drops it when that run dies)."""
+    try:
+        fd = os.open(Path(path) / LOCK, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _busy(path: Path) -> FedsimError:
+    return FedsimError(f"--out {path}: another fedsim run is writing there; choose another directory")
+
+
+def _holds_files(path: Path) -> bool:
+    try:
+        return any(path.iterdir())
+    except OSError as exc:
+        raise FedsimError(f"--out {path}: cannot read the directory ({exc.strerror})") from None
+
+
+def _os_error(path: Path, exc: OSError, what: str) -> FedsimError:
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        blocker = _first_existing(path)
+        return FedsimError(f"--out {path}: {blocker} is a file, not a directory")
+    return FedsimError(f"--out {path}: cannot {what} ({exc.strerror or exc})")
+
+
+class RunClaim:
+    """A run directory this process owns: created exclusively (or an empty one, locked exclusively).
+
+    `.fedsim.lock` inside it is created with O_EXCL and flock'ed for the life of the run, so a
+    second run can neither share the directory nor `--overwrite` it while this one writes; the
+    kernel drops the flock if the process dies. `release()` removes the lock file, and the
+    directory itself if this run created it and never wrote anything into it.
+    """
+
+    def __init__(self, path: Path, created: bool, fd: int):
+        self.path = path
+        self.created = created
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        try:
+            (self.path / LOCK).unlink(missing_ok=True)
+        except OSError:
+            pass
+        os.close(self.fd)  # drops the flock
+        self.fd = -1
+        if self.created:
+            try:
+                self.path.rmdir()  # only succeeds when nothing was written: a run rejected before it started
+            except OSError:
+                pass
+
+
+def _take_lock(path: Path, created: bool) -> RunClaim:
+    lock = path / LOCK
+    try:
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        raise _busy(path) from None
+    except OSError as exc:
+        raise _os_error(path, exc, "create files in the run directory") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # a concurrent --overwrite is checking this very lock
+        os.close(fd)
+        raise _busy(path) from None
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return RunClaim(path, created, fd)
+
+
+def _replace_existing(path: Path) -> None:
+    """--overwrite: move the old run aside and delete it, before anything new is written.
+
+    Refused while a live run holds the old directory's lock (its writes would land in ours).
+    """
+    lock = path / LOCK
+    try:
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise _os_error(path, exc, "lock the old run directory") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FedsimError(f"--out {path}: a fedsim run is still writing there; wait for it to end or choose another directory") from None
+        aside = path.with_name(f".{path.name}.replaced-{os.getpid()}-{time.time_ns()}")
+        try:
+            os.rename(path, aside)
+        except OSError as exc:
+            raise _os_error(path, exc, "move the old run aside") from None
+    finally:
+        os.close(fd)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def claim_run_dir(path: str | Path, overwrite: bool = False, unique: bool = False) -> RunClaim:
+    """Claim `path` for one run, atomically (see RunClaim).
+
+    - `unique`: `path` is a default name; when it is taken, `path-2`, `path-3`, ... is claimed instead.
+    - `overwrite`: an existing directory is moved aside and deleted first (never mixed with the new run).
+    - otherwise an existing directory must be empty.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _os_error(path, exc, f"create {path.parent}") from None
+    candidates = [path] + ([path.with_name(f"{path.name}-{i}") for i in range(2, 10000)] if unique else [])
+    for candidate in candidates:
+        try:
+            os.mkdir(candidate)
+            return _take_lock(candidate, created=True)
+        except FileExistsError:
+            if unique:
+                continue
+        except FedsimError:
+            raise
+        except OSError as exc:
+            raise _os_error(candidate, exc, "create the run directory") from None
+        if not candidate.is_dir():
+            raise FedsimError(f"--out {candidate}: is a file, not a directory")
+        if lock_held(candidate):
+            raise _busy(candidate)
+        if overwrite:
+            _replace_existing(candidate)
+            try:
+                os.mkdir(candidate)
+            except FileExistsError:
+                raise FedsimError(f"--out {candidate}: another fedsim run claimed it meanwhile; choose another directory") from None
+            except OSError as exc:
+                raise _os_error(candidate, exc, "create the run directory") from None
+            return _take_lock(candidate, created=True)
+        if _holds_files(candidate):
+            state = "a finished run" if is_finished(candidate) else "files"
+            raise FedsimError(f"--out {candidate}: already holds {state}; choose another directory or pass --overwrite")
+        return _take_lock(candidate, created=False)
+    raise FedsimError(f"--out {path}: every name {path.name}-2 .. -9999 is taken; choose another directory")

@@ -223,3 +223,92 @@ def validate_backbone(backbone: str) -> None:
     if Path(backbone).is_dir():
         return
     load_tokenizer(backbone)
+
+
+# --- static checks of a scenario against its backbone (no weights loaded) ------------------------
+
+_LAYER_INDEX = re.compile(r"\.(?:layers|layer|h|block|blocks)\.(\d+)\.")
+
+
+def backbone_config(backbone: str):
+    """The backbone's HF config (sizes only; nothing is downloaded, no weights are read)."""
+    from transformers import AutoConfig, BertConfig
+
+    if backbone == "tiny-random":
+        return BertConfig(vocab_size=30522, max_position_embeddings=128, **TINY_RANDOM)
+    source = minilm_path() if backbone == "minilm" else backbone
+    try:
+        return AutoConfig.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError):
+        raise FedsimError(
+            f"model.backbone={backbone!r}: not found; allowed: 'minilm', 'tiny-random', a local model directory, "
+            "or an HF model id already in the local cache (nothing is downloaded)"
+        ) from None
+
+
+def max_positions(config) -> int | None:
+    """Tokens the backbone can take: its position embeddings (RoBERTa-style models reserve padding_idx + 1)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int):
+        return None
+    if "roberta" in str(getattr(config, "model_type", "")) or getattr(config, "model_type", "") == "camembert":
+        positions -= (getattr(config, "pad_token_id", 1) or 1) + 1
+    return positions
+
+
+def adapted_dims(config, target_modules: list[str], layers: list[int] | None) -> dict[str, tuple[int, int]]:
+    """(in, out) of every module LoRA would adapt, found on a weightless (meta-device) copy of the backbone."""
+    from transformers import AutoModel
+
+    with torch.device("meta"):
+        encoder = AutoModel.from_config(config)
+    dims = {}
+    for name, module in encoder.named_modules():
+        if not any(name == key or name.endswith("." + key) for key in target_modules):
+            continue
+        if layers is not None:
+            match = _LAYER_INDEX.search("." + name + ".")
+            if match is None or int(match.group(1)) not in layers:
+                continue
+        if isinstance(module, nn.Linear):
+            dims[name] = (module.in_features, module.out_features)
+        elif isinstance(getattr(module, "weight", None), torch.Tensor) and module.weight.dim() == 2:
+            dims[name] = tuple(module.weight.shape[::-1])
+    return dims
+
+
+def check_backbone_fits(scenario) -> None:
+    """data.max_length within the backbone's positions; adapter.max_rank within the adapted layers' dimensions.
+
+    A rank above min(in, out) of a layer adds nothing (rank(B A) <= min(in, out)) and only costs
+    memory and time (adapter.max_rank=100000 on MiniLM would allocate ~3.7 GB of LoRA factors).
+    """
+    config = backbone_config(scenario.model.backbone)
+    backbone = scenario.model.backbone
+    positions = max_positions(config)
+    if positions is not None and scenario.data.max_length > positions:
+        raise FedsimError(
+            f"data.max_length={scenario.data.max_length} exceeds the {positions} token positions of model.backbone={backbone!r}; "
+            f"allowed: 8..{positions}"
+        )
+    adapter = scenario.adapter
+    if adapter.kind == "nano":
+        hidden = int(getattr(config, "hidden_size", 0) or 0)
+        if hidden and adapter.max_rank > hidden:
+            raise FedsimError(
+                f"adapter.max_rank={adapter.max_rank} exceeds {hidden}, the hidden size of model.backbone={backbone!r} "
+                f"(a NanoAdapter's rank cannot exceed it); allowed: 1..{hidden}"
+            )
+        return
+    dims = adapted_dims(config, adapter.target_modules, adapter.layers)
+    if not dims:
+        where = f" in adapter.layers={adapter.layers}" if adapter.layers is not None else ""
+        raise FedsimError(f"adapter.target_modules={adapter.target_modules}{where}: no such layer in model.backbone={backbone!r}")
+    name, (d_in, d_out) = min(dims.items(), key=lambda item: min(item[1]))
+    cap = min(d_in, d_out)
+    if adapter.max_rank > cap:
+        raise FedsimError(
+            f"adapter.max_rank={adapter.max_rank} exceeds {cap}, the smallest dimension of the adapted layers "
+            f"({name.split('.', 1)[-1] if name.count('.') > 3 else name}: {d_in} -> {d_out}); a larger rank adds nothing "
+            f"(rank(B A) <= min(in, out)); allowed: 1..{cap}"
+        )

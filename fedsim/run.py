@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import warnings
 from pathlib import Path
 
+from flwr.serverapp import Grid
+
+from fedsim.client_errors import CLIENT_ERRORS_LOG
 from fedsim.config import Scenario
-from fedsim.ledger import is_finished
-from fedsim.types import FedsimError
+from fedsim.ledger import RunClaim, check_out_path, claim_run_dir, is_finished
 
 
 def quiet_frameworks() -> None:
@@ -29,39 +33,127 @@ def quiet_frameworks() -> None:
             logger.addFilter(_ErrorsOnly())
 
 
+def silence_frameworks() -> None:
+    """Not even errors: for the way down after Ctrl-C, when Flower and Ray report every lost actor with a traceback."""
+    for name in ("flwr", "ray", "peft", "transformers"):
+        logging.getLogger(name).disabled = True
+
+
 class _ErrorsOnly(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno >= logging.ERROR
 
 
-def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True, overwrite: bool = False) -> dict:
-    """Run `scenario` into `out_dir`; returns the summary. The directory is finished only when summary.json exists."""
-    from fedsim.model import validate_backbone
+class RunInterrupted(Exception):
+    """Raised in the ServerApp's thread once the user interrupted the run (Ctrl-C), so that it stops."""
+
+
+def preflight(scenario: Scenario) -> None:
+    """Everything a run checks before it claims a directory or builds a model (`fedsim validate` runs it too):
+    the backbone exists and fits data.max_length / adapter.max_rank, the data files parse and split, the policy checkpoint loads."""
+    from fedsim.model import check_backbone_fits, validate_backbone
+    from fedsim.runtime import check_data
     from policies import build_policy
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        state = "a finished run" if is_finished(out_dir) else "files"
-        raise FedsimError(f"--out {out_dir}: already holds {state}; choose another directory or pass --overwrite")
     validate_backbone(scenario.model.backbone)
+    check_backbone_fits(scenario)
+    check_data(scenario)
     build_policy(scenario.policy)  # a bad checkpoint is a one-line error before any engine starts
-    quiet_frameworks()
-    if scenario.engine == "inline":
-        from fedsim.client_app import app as client_app
-        from fedsim.inline_grid import InlineGrid
-        from fedsim.server_app import run_server
 
-        return run_server(InlineGrid(client_app, scenario.clients.num_clients), scenario, out_dir, progress)
-    return _run_flower_simulation(scenario, out_dir, progress)
+
+def start_run(scenario: Scenario, out_dir: str | Path, overwrite: bool = False, unique: bool = False) -> RunClaim:
+    """Check the scenario (`preflight`) and claim its run directory; nothing is written yet.
+
+    `unique`: `out_dir` is a default name, suffixed -2, -3, ... when taken; `overwrite`: an existing
+    directory is moved aside and deleted first. Every refusal is a FedsimError, before anything is built.
+    """
+    check_out_path(out_dir, overwrite=overwrite, unique=unique)
+    preflight(scenario)
+    return claim_run_dir(out_dir, overwrite=overwrite, unique=unique)
+
+
+def execute_run(scenario: Scenario, claim: RunClaim, progress: bool = True) -> dict:
+    """Run `scenario` into the claimed directory and release it; returns the summary."""
+    quiet_frameworks()
+    try:
+        if scenario.engine == "inline":
+            from fedsim.client_app import app as client_app
+            from fedsim.inline_grid import InlineGrid
+            from fedsim.server_app import run_server
+
+            grid = InlineGrid(client_app, scenario.clients.num_clients, error_log=claim.path / CLIENT_ERRORS_LOG)
+            return run_server(grid, scenario, claim.path, progress)
+        return _run_flower_simulation(scenario, claim.path, progress)
+    finally:
+        claim.release()
+
+
+def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool = True, overwrite: bool = False, unique: bool = False) -> dict:
+    """Run `scenario` into `out_dir`; returns the summary. The directory is finished only when summary.json exists."""
+    return execute_run(scenario, start_run(scenario, out_dir, overwrite=overwrite, unique=unique), progress)
+
+
+class _CancellableGrid(Grid):
+    """The simulation's grid, except that every call raises RunInterrupted once `cancel` is set.
+
+    Flower runs the ServerApp in a non-daemon thread that Ctrl-C does not reach: without this it
+    would keep waiting for replies from a stopped engine, and the interpreter for it, forever.
+    """
+
+    def __init__(self, grid: Grid, cancel: threading.Event):
+        self._grid = grid
+        self._cancel = cancel
+
+    def _check(self) -> None:
+        if self._cancel.is_set():
+            raise RunInterrupted("interrupted")
+
+    def set_run(self, run_id) -> None:
+        self._grid.set_run(run_id)
+
+    @property
+    def run(self):
+        return self._grid.run
+
+    def create_message(self, *args, **kwargs):
+        return self._grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self):
+        self._check()
+        return self._grid.get_node_ids()
+
+    def push_messages(self, messages):
+        self._check()
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids):
+        self._check()
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        self._check()
+        return self._grid.send_and_receive(messages, timeout=timeout)
 
 
 def _run_flower_simulation(scenario: Scenario, out_dir: Path, progress: bool) -> dict:
+    from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
     from fedsim.client_app import app as client_app
-    from fedsim.server_app import make_server_app
+    from fedsim.client_errors import GuardedClientApp
+    from fedsim.procs import start_reaper
+    from fedsim.server_app import run_server
 
     result: dict = {}
+    cancel = threading.Event()
+    server_threads: list[threading.Thread] = []
+    server = ServerApp()
+
+    @server.main()
+    def main(grid, context) -> None:
+        server_threads.append(threading.current_thread())
+        result.update(run_server(_CancellableGrid(grid, cancel), scenario, out_dir, progress))
+
     cores = os.cpu_count() or 1
     threads = scenario.threads or cores
     backend_config = {
@@ -70,12 +162,44 @@ def _run_flower_simulation(scenario: Scenario, out_dir: Path, progress: bool) ->
         "client_resources": {"num_cpus": min(threads, cores), "num_gpus": 0.0},
         "init_args": {"logging_level": logging.ERROR, "log_to_driver": False, "include_dashboard": False, "num_cpus": cores},
     }
-    run_simulation(
-        server_app=make_server_app(scenario, out_dir, progress, result),
-        client_app=client_app,
-        num_supernodes=scenario.clients.num_clients,
-        backend_config=backend_config,
-    )
+    def interrupted(signum, frame):
+        # Before Flower's clean-up runs: its threads would log every actor that Ray loses on the way
+        # down as an ERROR with a traceback, and the ServerApp thread would wait for replies forever.
+        cancel.set()
+        silence_frameworks()
+        raise KeyboardInterrupt
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, interrupted) if in_main else None
+    start_reaper()  # Ray's agents do not die with us by themselves (fedsim.procs)
+    try:
+        run_simulation(
+            server_app=server,
+            client_app=GuardedClientApp(client_app, out_dir / CLIENT_ERRORS_LOG),
+            num_supernodes=scenario.clients.num_clients,
+            backend_config=backend_config,
+        )
+    except BaseException:
+        # Ctrl-C (or a crash) in the engine: stop the ServerApp thread, and Ray if Flower had no time to.
+        cancel.set()
+        silence_frameworks()
+        for thread in server_threads:
+            thread.join(timeout=5.0)
+        _shutdown_ray()
+        raise
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
     if not is_finished(out_dir):
         raise RuntimeError(f"the Flower simulation ended without finishing {out_dir}; see the log above")
     return result
+
+
+def _shutdown_ray() -> None:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except Exception:  # noqa: BLE001 - best effort on the way out
+        pass

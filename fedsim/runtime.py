@@ -16,7 +16,7 @@ import torch
 from fedsim.adapter_state import AdapterState, state_from_model
 from fedsim.config import Scenario
 from fedsim.data import Tokenized, load_corpus, partition, tokenize
-from fedsim.model import LoraClassifier, load_tokenizer
+from fedsim.model import LoraClassifier, check_backbone_fits, load_tokenizer
 from fedsim.prefix_cache import PrefixCache
 from fedsim.types import FedsimError
 
@@ -38,6 +38,7 @@ def _runtime_key(scenario: Scenario) -> str:
 class Runtime:
     def __init__(self, scenario: Scenario):
         self.scenario = scenario
+        check_backbone_fits(scenario)  # max_length and max_rank against the backbone, before any weight is built
         corpus = load_corpus(scenario.data)
         self.label_names = corpus.label_names
         tokenizer = load_tokenizer(scenario.model.backbone)
@@ -131,3 +132,10 @@ def batches_by_length(runtime: Runtime, split: str, indices: np.ndarray, batch_s
     order = indices[np.argsort(data.lengths[indices], kind="stable")]
     for start in range(0, len(order), batch_size):
         yield runtime.batch(split, order[start : start + batch_size])
+
+
+def check_data(scenario: Scenario) -> None:
+    """What building a runtime checks of the data, without a tokenizer or a model: the files parse, the split fits."""
+    corpus = load_corpus(scenario.data)
+    _, kept = split_validation(len(corpus.train.labels), scenario.data.validation_samples, scenario.seed)
+    partition(corpus.train.labels[kept], scenario.clients.num_clients, scenario.data.partition, scenario.seed)

@@ -463,8 +463,15 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, workers: int = 1, progress: boo
             for point, scenario_json, run_dir in jobs:
                 record(point, _run_point(scenario_json, run_dir))
         else:
+            from fedsim.procs import die_with_parent
+
+            # Workers stopped by Ctrl-C leave their pool's semaphores behind; the resource tracker process
+            # (which inherits -W options) would report that as a two-line warning after "interrupted".
+            if "ignore:resource_tracker:UserWarning" not in sys.warnoptions:
+                sys.warnoptions.append("ignore:resource_tracker:UserWarning")
             context = multiprocessing.get_context("spawn")
-            pool = futures.ProcessPoolExecutor(max_workers=workers, mp_context=context)
+            # Workers die with this process (parent-death signal), even when it is SIGKILLed.
+            pool = futures.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),))
             try:
                 pending = {pool.submit(_run_point, s, d): p for p, s, d in jobs}
                 for future in futures.as_completed(pending):
@@ -480,6 +487,11 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, workers: int = 1, progress: boo
                 pool.shutdown(wait=False, cancel_futures=True)
                 for process in workers_alive:
                     process.terminate()
+                for process in workers_alive:  # gone before we return: no worker outlives the command
+                    process.join(timeout=5.0)
+                    if process.is_alive():
+                        process.kill()
+                        process.join(timeout=5.0)
                 raise
             pool.shutdown()
         bar.close()

@@ -128,10 +128,41 @@ def _cmd_collect(args) -> int:
     if not Path(args.dir).is_dir():
         raise FedsimError(f"{args.dir}: no such directory")
     csv_path, parquet_path, n_runs, n_rows = write_results(args.dir)
+    skipped = unfinished_runs(args.dir)
     if n_runs == 0:
-        raise FedsimError(f"{args.dir}: no finished runs (no run directory with summary.json)")
+        also = f"; skipped {_skipped_text(skipped)}" if skipped else ""
+        raise FedsimError(f"{args.dir}: no finished runs (no run directory with summary.json){also}")
     print(f"{csv_path}: {n_rows} rows from {n_runs} runs" + (f"; also {parquet_path}" if parquet_path else " (install pyarrow for results.parquet)"))
+    if skipped:
+        print(f"skipped {_skipped_text(skipped)}")
     return 0
+
+
+def unfinished_runs(root: str | Path) -> list[Path]:
+    """Run directories under `root` that have started (config.yaml) but not finished (no summary.json).
+
+    In a sweep directory only the current sweep's points count, as for collecting.
+    """
+    from fedsim.collect import sweep_run_names
+    from fedsim.ledger import is_finished
+
+    root = Path(root)
+    members = sweep_run_names(root)
+    found = []
+    for config in sorted(root.rglob("config.yaml")):
+        run_dir = config.parent
+        if any(part.startswith(".") for part in run_dir.relative_to(root).parts):
+            continue  # a directory being replaced (--overwrite) or a staging area
+        if members is not None and run_dir.relative_to(root).as_posix() not in members and run_dir.name not in members:
+            continue
+        if not is_finished(run_dir):
+            found.append(run_dir)
+    return found
+
+
+def _skipped_text(runs: list[Path], shown: int = 5) -> str:
+    names = ", ".join(r.name for r in runs[:shown]) + (f", ... ({len(runs) - shown} more)" if len(runs) > shown else "")
+    return f"{len(runs)} unfinished run{'s' if len(runs) != 1 else ''} (no summary.json): {names}"
 
 
 def _cmd_plot(args) -> int:
@@ -141,4 +172,7 @@ def _cmd_plot(args) -> int:
     paths = make_plots(args.dir, x=args.x, y=args.y, hue=args.hue, facet=args.facet, run=args.run, budget_mb=args.budget_mb, out_dir=args.out)
     write_results(args.dir)
     print("wrote " + ", ".join(str(p) for p in paths if p.suffix == ".png") + " (and .svg)")
+    skipped = unfinished_runs(args.dir)
+    if skipped:
+        print(f"skipped {_skipped_text(skipped)}")
     return 0

@@ -77,23 +77,41 @@ class RankPolicy(ABC):
         meta_file = path / "policy.json"
         if not meta_file.is_file():
             raise FedsimError(f"policy checkpoint {path}: no policy.json there; expected a directory written by policy.save()")
+        def no_constant(name: str):  # Python's json reads NaN/Infinity, which JSON does not have
+            raise ValueError(f"{name} is not a JSON number")
+
         try:
-            meta = json.loads(meta_file.read_text())
+            meta = json.loads(meta_file.read_text(encoding="utf-8"), parse_constant=no_constant)
         except json.JSONDecodeError as exc:
             raise FedsimError(f"policy checkpoint {meta_file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise FedsimError(f"policy checkpoint {meta_file}: not valid JSON ({(str(exc).splitlines() or [type(exc).__name__])[0][:120]})") from None
+        except OSError as exc:
+            raise FedsimError(f"policy checkpoint {meta_file}: cannot read it ({exc.strerror or exc})") from None
+        if not isinstance(meta, dict):
+            raise FedsimError(f"policy checkpoint {meta_file}: expected a JSON object (policy, config, state), found a {type(meta).__name__}")
         if meta.get("policy") != self.name:
-            raise FedsimError(f"policy checkpoint {path}: holds policy '{meta.get('policy')}', but the scenario asks for '{self.name}'")
+            raise FedsimError(f"policy checkpoint {path}: holds policy {meta.get('policy')!r}, but the scenario asks for '{self.name}'")
         if not isinstance(meta.get("state", {}), dict):
             raise FedsimError(f"policy checkpoint {meta_file}: 'state' must be a mapping")
-        self.load_state_dict(meta.get("state", {}))
+        try:
+            self.load_state_dict(meta.get("state", {}))
+        except FedsimError:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError) as exc:  # a state of the wrong shape
+            raise FedsimError(f"policy checkpoint {meta_file}: invalid 'state' ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]})") from None
         weights = path / "weights.safetensors"
         if weights.is_file():
+            import torch
             from safetensors.torch import load_file
 
             try:
                 tensors = load_file(str(weights))
             except Exception as exc:  # safetensors raises its own error types for truncated or garbled files
                 raise FedsimError(f"policy checkpoint {weights}: unreadable safetensors file ({str(exc).splitlines()[0][:120]})") from None
+            for key, tensor in tensors.items():
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    raise FedsimError(f"policy checkpoint {weights}: '{key}' holds NaN or infinite values; retrain the policy or use another checkpoint")
             self.load_tensors(tensors, weights)
         elif self.tensors():
             raise FedsimError(f"policy checkpoint {path}: no weights.safetensors, but policy '{self.name}' has learned weights")
