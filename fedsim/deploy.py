@@ -258,25 +258,24 @@ def deploy_local(
     """Run `scenario` on a loopback SuperLink + `num_nodes` SuperNodes into `out_dir`; returns the summary."""
     import json
 
-    from fedsim.model import validate_backbone
-
     out_dir = Path(out_dir).resolve()
     if num_nodes != scenario.clients.num_clients:
         raise FedsimError(
             f"--nodes {num_nodes}: the scenario has clients.num_clients={scenario.clients.num_clients}; "
             "deploy-local starts one SuperNode per client, so pass --nodes equal to it (or --set clients.num_clients=N)"
         )
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        state = "a finished run" if is_finished(out_dir) else "files"
-        raise FedsimError(f"--out {out_dir}: already holds {state}; choose another directory or pass --overwrite")
-    validate_backbone(scenario.model.backbone)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.json").unlink(missing_ok=True)
-    workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="fedsim-deploy-"))
-    federation = LocalFederation(num_nodes, workdir, log)
-    with federation:
-        code = federation.submit(scenario, out_dir, round_timeout_s, (lambda line: on_line(federation, line)) if on_line else None)
-        leftovers = federation.stop()
+    from fedsim.run import start_run
+
+    # Same checks and the same atomic claim as `fedsim run` (the SuperLink's ServerApp writes into it).
+    claim = start_run(scenario, out_dir, overwrite=overwrite)
+    try:
+        workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="fedsim-deploy-"))
+        federation = LocalFederation(num_nodes, workdir, log)
+        with federation:
+            code = federation.submit(scenario, out_dir, round_timeout_s, (lambda line: on_line(federation, line)) if on_line else None)
+            leftovers = federation.stop()
+    finally:
+        claim.release()
     if leftovers:
         raise RuntimeError(f"deploy-local: processes {leftovers} survived SIGKILL")
     if not is_finished(out_dir):
