@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.common.constant import ErrorCode
 
 from channels import Channel
 from channels.quantization import dequantize_payload, encoded_bits
@@ -172,7 +173,8 @@ class RankAdaptiveStrategy:
         by_node = {node: int(c) for c, node in zip(pending.clients, pending.nodes)}
         for reply in replies:
             if reply.has_error():
-                errors[by_node.get(reply.metadata.src_node_id, -1)] = _one_line(reply.error.reason)
+                if reply.error.code in CLIENT_FAILURES:  # else the node or message was lost: a plain no-reply
+                    errors[by_node.get(reply.metadata.src_node_id, -1)] = _one_line(reply.error.reason)
                 continue
             metrics = dict(reply.content["metrics"])
             received[int(metrics["client-id"])] = (from_array_record(reply.content["arrays"]), metrics)
@@ -394,6 +396,16 @@ class RankAdaptiveStrategy:
         self.policy.feedback(self.last_reward, info)
         self.last_loss, self.last_accuracy = seen_loss, seen_accuracy
         return loss, accuracy, len(indices)
+
+
+# Error codes of a client that ran and failed; NODE_UNAVAILABLE and the *_UNAVAILABLE codes are transport losses.
+CLIENT_FAILURES = {
+    ErrorCode.UNKNOWN,
+    ErrorCode.LOAD_CLIENT_APP_EXCEPTION,
+    ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+    ErrorCode.MOD_FAILED_PRECONDITION,
+    ErrorCode.CLIENT_APP_CRASHED,
+}
 
 
 def _one_line(reason) -> str:
