@@ -72,12 +72,10 @@ def test_aircomp_run_with_4_bit_uploads(tmp_path, tiny):
     from fedsim.runtime import get_runtime
 
     model = get_runtime(scenario).model
-    hidden = model.head.weight.shape[1]
     shapes = {"head.weight": tuple(model.head.weight.shape), "head.bias": tuple(model.head.bias.shape)}
     for i in range(len(model.layers)):
         a, b = model.factor(i)
         shapes[f"A.{i}"], shapes[f"B.{i}"] = (3, a.shape[1]), (b.shape[0], 3)
-    assert hidden > 0
     assert {int(c["bytes_up"]) for c in clients} == {expected_bytes(shapes, 4)}
     assert {int(c["params_up"]) for c in clients} == {sum(int(np.prod(s)) for s in shapes.values())}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -240,18 +241,18 @@ def test_airllm_checkpoint_round_trip_gives_the_same_ranks(tmp_path):
 
 def test_ppo_checkpoint_round_trip_gives_the_same_ranks(tmp_path):
     policy = PpoPolicy(PpoConfig(hidden=8, seed=2))
-    observation = make_observation([-5.0, 15.0], [4e5, 5e6], deadline_s=0.1)
-    with torch.no_grad():  # move the weights off their initialisation so that the check means something
-        for p in policy.tensors().values() if policy.model else []:
-            p.add_(0.1)
-    first = policy.ranks(observation)
-    with torch.no_grad():
+    observation = make_observation([-5.0, 15.0, 5.0], [4e5, 5e6, 1e6], deadline_s=0.1)
+    initial = policy.ranks(observation)  # builds the network
+    with torch.no_grad():  # move the weights off their initialisation, so that a load that kept them would be caught
         for p in policy.model.policy.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
-    first = policy.ranks(observation)
+            p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+    moved = policy.ranks(observation)
+    assert not np.array_equal(moved, initial)
     policy.save(tmp_path / "ppo")
     loaded = PpoPolicy(PpoConfig(seed=2)).load(tmp_path / "ppo")
-    assert np.array_equal(loaded.ranks(observation), first)
+    assert np.array_equal(loaded.ranks(observation), moved)
+    for key, value in policy.tensors().items():
+        assert torch.equal(value, loaded.tensors()[key])
 
 
 @pytest.mark.parametrize(
@@ -540,3 +541,28 @@ def test_client_rewards_average_to_the_round_reward_and_charge_each_client_its_o
     assert per_client.mean() == pytest.approx(round_reward(config, info))
     assert per_client[0] < per_client[1]  # the bigger, slower, costlier upload scores lower
     assert per_client[2] < per_client[0]  # the late client pays the penalty
+
+
+# --- the shipped checkpoints ---------------------------------------------------------------------
+
+SHIPPED = Path(__file__).resolve().parent.parent / "policies" / "checkpoints"
+
+
+@pytest.mark.parametrize("name", ["airllm", "ppo"])
+def test_shipped_checkpoint_loads_and_its_mean_rank_rises_with_snr(name):
+    """What policy_compare.yaml loads: MiniLM's layout (12 adapted layers of 768 parameters per rank, a
+    29,645-parameter head, 8 bits), 3 clients on 1 MHz with a 3 s deadline, no fading; SNR -10 ... 25 dB."""
+    policy_class, config_class = {"airllm": (AirLlmPolicy, AirLlmConfig), "ppo": (PpoPolicy, PpoConfig)}[name]
+    policy = policy_class(config_class()).load(SHIPPED / name)
+    assert policy.training.get("command", "").startswith("fedsim train-policy")
+    lo, hi = policy.training["seeds"]
+    assert hi < 0 or lo > 2, "trained on seeds that the comparison (0, 1, 2) evaluates on"
+    levels = [-10.0, -5.0, 0.0, 5.0, 10.0, 15.0, 20.0, 25.0]
+    mean_rank = []
+    for snr in levels:
+        rate = np.full(3, 1e6 / 3 * np.log2(1 + 10 ** (snr / 10)))
+        observation = make_observation([snr] * 3, rate, n_layers=12, round_=5, total=10, deadline_s=3.0, ppr=768, fixed=29_645)
+        observation.bits_per_param = 8
+        mean_rank.append(float(np.mean([policy.ranks(observation).mean() for _ in range(3)])))
+    assert all(b >= a - 0.25 for a, b in zip(mean_rank, mean_rank[1:])), dict(zip(levels, mean_rank))
+    assert mean_rank[levels.index(15.0)] - mean_rank[levels.index(-5.0)] >= 2.0, dict(zip(levels, mean_rank))
