@@ -21,7 +21,11 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/fedsim run scenarios/quickstart.yaml
 
+# Lint (ruff), layering (import-linter: see [tool.importlinter] in pyproject.toml), then the tests.
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 clean:

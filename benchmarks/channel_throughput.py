@@ -43,7 +43,11 @@ def main() -> None:
     print(f"{'configuration':<40} {'draws/s':>12} {'ms/round':>10} {'dropped':>8}")
     configs = {f"preset {name}": {"preset": name, "access": "tdma"} for name in PRESETS}
     configs["harsh + distance + rho=0.9 + HARQ 2"] = {
-        "preset": "harsh", "access": "tdma", "large_scale": "distance", "correlation": 0.9, "harq_retransmissions": 2,
+        "preset": "harsh",
+        "access": "tdma",
+        "large_scale": "distance",
+        "correlation": 0.9,
+        "harq_retransmissions": 2,
     }
     for label, config in configs.items():
         rate, dropped = measure(config, args.clients, args.rounds, args.payload_bits)

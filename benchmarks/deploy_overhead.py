@@ -79,7 +79,9 @@ def main() -> None:
     print(f"{'inline engine (in-process)':<40}{inline_s:>10.1f}   {' '.join(f'{t:.1f}' for t in per_round(work / 'inline'))}")
     print(f"{'deploy-local, whole launch':<40}{deploy_s:>10.1f}")
     print(f"{'deploy-local, ServerApp only':<40}{summary['wall_s']:>10.1f}   {' '.join(f'{t:.1f}' for t in per_round(work / 'deploy'))}")
-    print(f"cold flwr-clientapp: import fedsim.client_app {cold[0]} s + get_runtime {cold[1]} s (paid by each of the {messages} train messages and each node query)")
+    print(
+        f"cold flwr-clientapp: import fedsim.client_app {cold[0]} s + get_runtime {cold[1]} s (paid by each of the {messages} train messages and each node query)"
+    )
     print(f"ledgers identical (rounds.csv, clients.csv): {identical}; load average now {os.getloadavg()[0]:.1f}")
 
 

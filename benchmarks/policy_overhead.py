@@ -33,10 +33,20 @@ def quickstart_observation(n_clients: int, round_: int, rng: np.random.Generator
     rate = 1e6 / n_clients * np.log2(1 + 10 ** (snr / 10))
     channel = ChannelStates(np.arange(n_clients), snr, np.ones(n_clients), np.full(n_clients, 1e6 / n_clients), rate)
     return Observation(
-        round=round_, total_rounds=20, channel=channel, layer_names=[f"l{i}" for i in range(n_layers)], max_rank=8,
-        params_per_rank=np.full(n_layers, 768), fixed_params=29645, bits_per_param=32,
-        last_ranks=np.full((n_clients, n_layers), 8), last_loss=4.0, last_accuracy=0.1,
-        layer_importance=rng.uniform(0, 1, n_layers), data_stats=np.tile([9.0, 0.001], (n_clients, 1)), deadline_s=5.0,
+        round=round_,
+        total_rounds=20,
+        channel=channel,
+        layer_names=[f"l{i}" for i in range(n_layers)],
+        max_rank=8,
+        params_per_rank=np.full(n_layers, 768),
+        fixed_params=29645,
+        bits_per_param=32,
+        last_ranks=np.full((n_clients, n_layers), 8),
+        last_loss=4.0,
+        last_accuracy=0.1,
+        layer_importance=rng.uniform(0, 1, n_layers),
+        data_stats=np.tile([9.0, 0.001], (n_clients, 1)),
+        deadline_s=5.0,
     )
 
 

@@ -312,7 +312,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir")
     parser.add_argument("--reference", help=f"policy the others are compared with, paired over seeds (default {DEFAULT_REFERENCE})")
-    parser.add_argument("--target", type=float, default=DEFAULT_TARGET, help=f"fixed accuracy target for 'MB to target' (default {DEFAULT_TARGET}); choose it per study, not from the results")
+    parser.add_argument(
+        "--target",
+        type=float,
+        default=DEFAULT_TARGET,
+        help=f"fixed accuracy target for 'MB to target' (default {DEFAULT_TARGET}); choose it per study, not from the results",
+    )
     parser.add_argument("--split", help="one table per value of this field (default channel.snr_db when it varies)")
     parser.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
     args = parser.parse_args(argv)

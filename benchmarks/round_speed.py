@@ -49,7 +49,6 @@ BF16_CONFIGS = {"fedsim cohort bf16": ["train.engine=cohort", "train.precision=b
 
 def raw_throughput(batch: int = 16, width: int = 64, steps: int = 8) -> float:
     """Padded tokens/s of forward+backward through MiniLM + LoRA at fixed shape: the compute limit."""
-    import torch
 
     from fedsim.adapter_state import load_payload, truncate
     from fedsim.config import scenario_from_dict
@@ -71,9 +70,9 @@ def raw_throughput(batch: int = 16, width: int = 64, steps: int = 8) -> float:
 
 def fedsim_real_tokens(run_dir: Path, rounds: list[int]) -> int:
     """Real tokens the clients of `rounds` trained on, re-derived from the seeded batches in clients.csv."""
+    from fedsim.batches import client_batches
     from fedsim.config import load_scenario
     from fedsim.runtime import get_runtime
-    from fedsim.training import client_batches
 
     runtime = get_runtime(load_scenario(run_dir / "config.yaml"))
     total = 0

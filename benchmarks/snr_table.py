@@ -40,7 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dir")
     parser.add_argument("--by", default="channel.snr_db", help="grid field whose values are the rows (default channel.snr_db)")
     parser.add_argument("--reference", help="value of --by the others are compared with, paired over seeds (default: the largest)")
-    parser.add_argument("--target", type=float, default=DEFAULT_TARGET, help=f"fixed accuracy target for 'MB to target' (default {DEFAULT_TARGET}); choose it per study, not from the results")
+    parser.add_argument(
+        "--target",
+        type=float,
+        default=DEFAULT_TARGET,
+        help=f"fixed accuracy target for 'MB to target' (default {DEFAULT_TARGET}); choose it per study, not from the results",
+    )
     parser.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
     args = parser.parse_args(argv)
     try:

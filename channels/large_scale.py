@@ -66,9 +66,7 @@ def distance_snr_db(distance_m, tx_power_w: float, bandwidth_hz, geometry: Geome
 class LargeScaleSNR:
     """Per-client large-scale SNR in dB; `kind` is one of `channels.blocks.LARGE_SCALE`."""
 
-    def __init__(
-        self, kind: str, snr_db: float, spread_db: float, geometry: GeometryConfig, tx_power_w: float, seed: int, levels_db=()
-    ):
+    def __init__(self, kind: str, snr_db: float, spread_db: float, geometry: GeometryConfig, tx_power_w: float, seed: int, levels_db=()):
         self.kind = kind
         self.levels_db = np.asarray(levels_db, dtype=float)
         self.snr_db = snr_db

@@ -46,7 +46,7 @@ resend is all its packets); `channels.wireless` charges them at the round's send
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

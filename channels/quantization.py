@@ -80,11 +80,7 @@ def dequantize_payload(encoded: dict[str, np.ndarray], bits: int, shapes: dict[s
     """The float32 payload the server aggregates; `shapes` are the tensor shapes the server expects."""
     if bits == 32:
         return {key: np.asarray(value, dtype=np.float32) for key, value in encoded.items()}
-    return {
-        key: dequantize_tensor(encoded[key], encoded[key + SCALE_SUFFIX], bits, shapes[key])
-        for key in encoded
-        if not key.endswith(SCALE_SUFFIX)
-    }
+    return {key: dequantize_tensor(encoded[key], encoded[key + SCALE_SUFFIX], bits, shapes[key]) for key in encoded if not key.endswith(SCALE_SUFFIX)}
 
 
 def encoded_bits(encoded: dict[str, np.ndarray]) -> int:

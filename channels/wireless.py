@@ -49,7 +49,9 @@ class ChannelConfig(BaseModel):
     k_factor: float = Field(5.0, ge=0, description="Rician K-factor (linear, >= 0; 0 = Rayleigh). Used by kind: rician.")
     correlation: float = Field(0.0, ge=0, le=1, description="Gauss-Markov correlation rho of fading between consecutive rounds (0 = independent).")
     snr_db: float = Field(10.0, description="Large-scale SNR in dB (fixed), or the centre of the uniform/normal spread.")
-    large_scale: Literal[LARGE_SCALE] = Field("fixed", description="Per-client SNR: fixed, uniform (+-snr_spread_db), normal (std snr_spread_db), levels (one of snr_levels_db), distance (geometry).")  # type: ignore[valid-type]
+    large_scale: Literal[LARGE_SCALE] = Field(
+        "fixed", description="Per-client SNR: fixed, uniform (+-snr_spread_db), normal (std snr_spread_db), levels (one of snr_levels_db), distance (geometry)."
+    )  # type: ignore[valid-type]
     snr_spread_db: float = Field(0.0, ge=0, description="Half-width (uniform) or std (normal) of the per-client SNR in dB.")
     snr_levels_db: list[float] = Field(default_factory=list, description="For large_scale: levels, the SNRs (dB) a client draws from, equally likely.")
     geometry: GeometryConfig = Field(default_factory=GeometryConfig, description="Placement and path loss for large_scale: distance.")
@@ -57,7 +59,9 @@ class ChannelConfig(BaseModel):
     access: Literal[ACCESS] = Field("fdma-equal", description="fdma-equal, fdma-proportional (to data size), or tdma (full band, sequential slots).")  # type: ignore[valid-type]
     tx_power_w: float = Field(0.2, gt=0, description="Client transmit power (W); transmit energy = power x airtime.")
     snr_gap_db: float = Field(0.0, ge=0, description="SNR gap (coding loss) in dB: R = B log2(1 + SNR |h|^2 / gap).")
-    target_rate_bps: Optional[float] = Field(None, gt=0, description="Fixed transmission rate; outage when the capacity is below it (null = rate adapts, no outage).")
+    target_rate_bps: Optional[float] = Field(
+        None, gt=0, description="Fixed transmission rate; outage when the capacity is below it (null = rate adapts, no outage)."
+    )
     deadline_s: Optional[float] = Field(None, gt=0, description="Round deadline for computation plus upload (s); later updates are dropped (null = none).")
     packet_error: Literal[PACKET_ERROR] = Field(  # type: ignore[valid-type]
         "none",
@@ -66,9 +70,13 @@ class ChannelConfig(BaseModel):
     )
     packet_bits: int = Field(12000, ge=1, description="Packet size in bits.")
     per_m: float = Field(0.023, gt=0, description="Decoding threshold m on the received SNR (linear) of the packet-error models.")
-    harq_retransmissions: int = Field(0, ge=0, description="Resends allowed per lost codeword (the update, or a packet in per-packet) before the update is dropped.")
+    harq_retransmissions: int = Field(
+        0, ge=0, description="Resends allowed per lost codeword (the update, or a packet in per-packet) before the update is dropped."
+    )
     harq: Literal[HARQ] = Field("time-diversity", description="time-diversity: each resend sees a new independent fade; chase: same fade, SNRs add.")  # type: ignore[valid-type]
-    bits_per_param: Literal[BITS_PER_PARAM] = Field(32, description="Upload precision in bits: 32 (float32), 16, 8 or 4 (integer codes + a float32 scale per tensor).")  # type: ignore[valid-type]
+    bits_per_param: Literal[BITS_PER_PARAM] = Field(
+        32, description="Upload precision in bits: 32 (float32), 16, 8 or 4 (integer codes + a float32 scale per tensor)."
+    )  # type: ignore[valid-type]
     rounding: Literal[ROUNDING] = Field("nearest", description="Quantisation rounding: nearest or stochastic (unbiased).")  # type: ignore[valid-type]
     compute: ComputeConfig = Field(default_factory=ComputeConfig, description="Optional local computation time and energy.")
     aircomp: AirCompConfig = Field(default_factory=AirCompConfig, description="Over-the-air aggregation settings (mode: aircomp).")
@@ -140,8 +148,15 @@ class WirelessChannel(Channel):
             outage = np.zeros(n, dtype=bool)
         if cfg.packet_error != "none":
             retransmissions, lost = send_update(
-                cfg.packet_error, cfg.harq, packets, db_to_linear(states.snr_db), states.fading_gain,
-                cfg.per_m, cfg.harq_retransmissions, self.fading.cdf, rng,
+                cfg.packet_error,
+                cfg.harq,
+                packets,
+                db_to_linear(states.snr_db),
+                states.fading_gain,
+                cfg.per_m,
+                cfg.harq_retransmissions,
+                self.fading.cdf,
+                rng,
             )
             retransmissions = np.where(outage, 0, retransmissions)  # nothing is sent in outage
         else:

@@ -33,7 +33,7 @@ class AdapterState:
         """B A of one layer (without the LoRA scaling), float64."""
         return self.B[index].astype(np.float64) @ self.A[index].astype(np.float64)
 
-    def copy(self) -> "AdapterState":
+    def copy(self) -> AdapterState:
         return AdapterState([a.copy() for a in self.A], [b.copy() for b in self.B], {k: v.copy() for k, v in self.head.items()})
 
 

@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fedsim.sweep_cli import add_commands
 
     COMMANDS.update(add_commands(sub))
-    from policies.train import add_commands as add_policy_commands
+    from fedsim.rl.train import add_commands as add_policy_commands
 
     COMMANDS.update(add_policy_commands(sub))
     from fedsim.deploy import add_commands as add_deploy_commands

@@ -26,17 +26,15 @@ import torch
 import torch.nn.functional as F
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
-from fedsim.adapter_state import HEAD_KEYS, payload_ranks
+from fedsim.adapter_state import payload_ranks
+from fedsim.batches import client_batches
 from fedsim.runtime import Runtime
 from fedsim.sensitivity import SensitivityMeter, sensitivity_betas
-from fedsim.training import client_batches
 
 COHORT_TYPE = f"{MessageType.TRAIN}.cohort"
 
 
-def cohort_train(
-    runtime: Runtime, payloads: list[dict[str, np.ndarray]], client_ids: list[int], server_round: int
-) -> list[tuple[dict[str, np.ndarray], dict]]:
+def cohort_train(runtime: Runtime, payloads: list[dict[str, np.ndarray]], client_ids: list[int], server_round: int) -> list[tuple[dict[str, np.ndarray], dict]]:
     cfg = runtime.scenario.train
     model = runtime.model
     n_clients, n_layers, max_rank = len(payloads), runtime.n_layers, model.max_rank

@@ -23,12 +23,8 @@ class _Section(BaseModel):
 
 
 class PartitionConfig(_Section):
-    kind: Literal["iid", "dirichlet", "quantity_skew"] = Field(
-        "dirichlet", description="How training examples are split across clients."
-    )
-    alpha: float = Field(
-        0.5, gt=0, description="Dirichlet concentration: small = very non-IID labels (dirichlet), very unequal sizes (quantity_skew)."
-    )
+    kind: Literal["iid", "dirichlet", "quantity_skew"] = Field("dirichlet", description="How training examples are split across clients.")
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration: small = very non-IID labels (dirichlet), very unequal sizes (quantity_skew).")
     min_examples: int = Field(8, ge=1, description="Every client gets at least this many examples.")
 
 
@@ -41,9 +37,7 @@ class DataConfig(_Section):
     label_column: str = Field("category", description="CSV column with the class label.")
     max_length: int = Field(64, ge=8, description="Texts are truncated to this many tokens; batches pad only to their own longest.")
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
-    eval_samples: int | None = Field(
-        500, ge=1, description="Per-round server evaluation on a fixed random subset of this size (null = whole test set)."
-    )
+    eval_samples: int | None = Field(500, ge=1, description="Per-round server evaluation on a fixed random subset of this size (null = whole test set).")
     eval_full_final: bool = Field(True, description="Evaluate the last round on the whole test set.")
     validation_samples: int = Field(
         0,
@@ -55,9 +49,7 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    backbone: str = Field(
-        "minilm", description="'minilm' (embedded all-MiniLM-L6-v2), 'tiny-random' (for tests), or an HF model id / local path."
-    )
+    backbone: str = Field("minilm", description="'minilm' (embedded all-MiniLM-L6-v2), 'tiny-random' (for tests), or an HF model id / local path.")
 
 
 class AdapterConfig(_Section):
@@ -146,12 +138,9 @@ class Scenario(_Section):
     policy: PolicyConfig = Field(default_factory=lambda: POLICIES["fixed"][0]())  # type: ignore[valid-type]
 
     @model_validator(mode="after")
-    def _cross_field_checks(self) -> "Scenario":
+    def _cross_field_checks(self) -> Scenario:
         if self.clients.per_round > self.clients.num_clients:
-            raise ValueError(
-                f"clients.per_round={self.clients.per_round} exceeds clients.num_clients={self.clients.num_clients}; "
-                "allowed: 1..num_clients"
-            )
+            raise ValueError(f"clients.per_round={self.clients.per_round} exceeds clients.num_clients={self.clients.num_clients}; allowed: 1..num_clients")
         rank = getattr(self.policy, "rank", None)
         if rank is not None and rank > self.adapter.max_rank:
             raise ValueError(f"policy.rank={rank} exceeds adapter.max_rank={self.adapter.max_rank}; allowed: 0..{self.adapter.max_rank}")
@@ -179,7 +168,7 @@ class Scenario(_Section):
         return value
 
     @model_validator(mode="after")
-    def _finite_numbers(self) -> "Scenario":
+    def _finite_numbers(self) -> Scenario:
         problem = non_finite_field(self)
         if problem:
             raise ValueError(problem)
@@ -337,7 +326,9 @@ def read_yaml_mapping(path: str | Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise FedsimError(f"{path}: not a text file (byte 0x{exc.object[exc.start]:02x} at offset {exc.start} is not UTF-8); expected a YAML scenario") from None
+        raise FedsimError(
+            f"{path}: not a text file (byte 0x{exc.object[exc.start]:02x} at offset {exc.start} is not UTF-8); expected a YAML scenario"
+        ) from None
     except OSError as exc:
         raise FedsimError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     try:

@@ -109,9 +109,7 @@ def partition(labels: np.ndarray, num_clients: int, config: PartitionConfig, see
     """
     n = len(labels)
     if num_clients * config.min_examples > n:
-        raise FedsimError(
-            f"clients.num_clients={num_clients} x data.partition.min_examples={config.min_examples} exceeds the {n} training examples"
-        )
+        raise FedsimError(f"clients.num_clients={num_clients} x data.partition.min_examples={config.min_examples} exceeds the {n} training examples")
     rng = np.random.default_rng([seed, 7001])
     if config.kind == "iid":
         parts = np.array_split(rng.permutation(n), num_clients)

@@ -101,9 +101,7 @@ class LocalFederation:
     # --- processes ------------------------------------------------------------------------
     def _spawn(self, args: list[str], log_name: str, **kwargs) -> subprocess.Popen:
         log_file = open(self.workdir / log_name, "ab")  # noqa: SIM115 - closed with the process
-        process = subprocess.Popen(
-            args, stdout=kwargs.pop("stdout", log_file), stderr=subprocess.STDOUT, env=self.env, start_new_session=True, **kwargs
-        )
+        process = subprocess.Popen(args, stdout=kwargs.pop("stdout", log_file), stderr=subprocess.STDOUT, env=self.env, start_new_session=True, **kwargs)
         log_file.close()
         self._remember(process.pid)
         return process
@@ -129,7 +127,15 @@ class LocalFederation:
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "127.0.0.1:{self.superlink_port}"\ninsecure = true\n'
         )
         self.superlink = self._spawn(
-            [flower_bin("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(self.superlink_port)],
+            [
+                flower_bin("flower-superlink"),
+                "--insecure",
+                "--disable-runtime-dependency-installation",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.superlink_port),
+            ],
             "superlink.log",
             cwd=self.workdir,
         )

@@ -30,8 +30,7 @@ class InlineGrid(Grid):
         # The ServerApp's own identity, as Flower's runtimes set it before calling `main`.
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, SUPERLINK_NODE_ID
         self.contexts = {
-            FIRST_NODE_ID + i: Context(run_id, FIRST_NODE_ID + i, {"partition-id": i, "num-partitions": num_nodes}, RecordDict(), {})
-            for i in range(num_nodes)
+            FIRST_NODE_ID + i: Context(run_id, FIRST_NODE_ID + i, {"partition-id": i, "num-partitions": num_nodes}, RecordDict(), {}) for i in range(num_nodes)
         }
         self._replies: dict[str, Message] = {}
 

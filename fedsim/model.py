@@ -164,9 +164,7 @@ class LoraClassifier:
         self.model.eval()  # no dropout: training is deterministic per seed, and cheaper
         self.max_rank = max_rank
         self.layers: list[tuple[str, LoraLayer]] = [
-            (name.removeprefix("base_model.model."), module)
-            for name, module in self.model.named_modules()
-            if isinstance(module, LoraLayer)
+            (name.removeprefix("base_model.model."), module) for name, module in self.model.named_modules() if isinstance(module, LoraLayer)
         ]
         self.layer_names = [name for name, _ in self.layers]
         self.head = self.model.base_model.model.head.modules_to_save["default"]
@@ -288,8 +286,7 @@ def check_backbone_fits(scenario) -> None:
     positions = max_positions(config)
     if positions is not None and scenario.data.max_length > positions:
         raise FedsimError(
-            f"data.max_length={scenario.data.max_length} exceeds the {positions} token positions of model.backbone={backbone!r}; "
-            f"allowed: 8..{positions}"
+            f"data.max_length={scenario.data.max_length} exceeds the {positions} token positions of model.backbone={backbone!r}; allowed: 8..{positions}"
         )
     adapter = scenario.adapter
     if adapter.kind == "nano":

@@ -162,7 +162,13 @@ class NanoClassifier:
         tensors |= {"head.weight": self.head.weight.detach().contiguous(), "head.bias": self.head.bias.detach().contiguous()}
         directory = Path(directory)
         save_file(tensors, str(directory / "nano_adapter.safetensors"))
-        config = {"kind": "nano", "streams": self.layer_names, "max_rank": self.max_rank, "scaling": self.layers[0][1].scaling, "base_model": self.classifier.name_or_path}
+        config = {
+            "kind": "nano",
+            "streams": self.layer_names,
+            "max_rank": self.max_rank,
+            "scaling": self.layers[0][1].scaling,
+            "base_model": self.classifier.name_or_path,
+        }
         (directory / "nano_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
@@ -228,7 +234,7 @@ def split_step(model: NanoClassifier, batch: dict[str, torch.Tensor], labels: to
 
 def split_train(runtime, payload: dict[str, np.ndarray], client_id: int, server_round: int) -> tuple[dict[str, np.ndarray], dict]:
     """Local training of one nano client by split computation; same batches and seeds as `local_train`."""
-    from fedsim.training import client_batches, client_seed
+    from fedsim.batches import client_batches, client_seed
 
     scenario = runtime.scenario
     cfg = scenario.train
@@ -279,4 +285,3 @@ def split_train(runtime, payload: dict[str, np.ndarray], client_id: int, server_
 def server_side_keys(scenario) -> tuple[str, ...]:
     """Payload keys that never cross the air in this scenario (nano mode: the server-side head)."""
     return HEAD_KEYS if scenario.adapter.kind == "nano" else ()
-

@@ -248,14 +248,14 @@ def plot_curves(root: Path, out_dir: Path, x: str, y: str, hue: str | None, face
     band_text = "seed mean ± 95% t-CI" if seeds and min(seeds) >= 2 else "single seed"
     for ax in axes[:, 0]:
         ax.set_ylabel(f"{y_label} ({band_text})")
-    for ax in list(axes.flat)[len(facets):]:
+    for ax in list(axes.flat)[len(facets) :]:
         ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     for ax in list(axes.flat)[1 : len(facets)]:
-        for h, l in zip(*ax.get_legend_handles_labels()):
-            if l not in labels:
-                handles.append(h)
-                labels.append(l)
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
     seed_text = band_name(min(seeds)) if seeds else "no data"
     fig.suptitle(f"{Y_AXES[y][1].capitalize()} vs {x_title}  ·  {root.name}  ({seed_text})", fontweight="bold", y=1.0)
     if len(labels) > 1 or hue_fields:
@@ -337,7 +337,9 @@ def plot_budget_bars(root: Path, out_dir: Path, rows: list[dict], fields: list[s
     means = [float(np.mean(groups[k])) for k in keys]
     edges = np.clip(np.array([band(np.array(groups[k])) for k in keys]), 0, 1)
     errors = np.clip(np.stack([means - edges[:, 0], edges[:, 1] - means]), 0, None)
-    colors = [PALETTE[0] if not k or len(group_fields) == 0 else PALETTE[sorted({kk[0] for kk in keys}, key=_sort_key).index(k[0]) % len(PALETTE)] for k in keys]
+    colors = [
+        PALETTE[0] if not k or len(group_fields) == 0 else PALETTE[sorted({kk[0] for kk in keys}, key=_sort_key).index(k[0]) % len(PALETTE)] for k in keys
+    ]
     tick_labels = [_group_label(group_fields, k).replace(", ", "\n") for k in keys]
     longest = max(len(line) for label in tick_labels for line in label.splitlines())
     fig, ax = plt.subplots(figsize=(max(4.0, max(0.55, 0.07 * longest) * len(keys) + 2.0), 3.6))  # upright labels must not collide

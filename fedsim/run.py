@@ -6,7 +6,6 @@ import logging
 import os
 import signal
 import threading
-import warnings
 from pathlib import Path
 
 from flwr.serverapp import Grid
@@ -14,34 +13,7 @@ from flwr.serverapp import Grid
 from fedsim.client_errors import CLIENT_ERRORS_LOG
 from fedsim.config import Scenario
 from fedsim.ledger import RunClaim, check_out_path, claim_run_dir, is_finished
-
-
-def quiet_frameworks() -> None:
-    """Keep Flower's, Ray's and HF's log noise away from the user; errors still show."""
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("RAY_DISABLE_IMPORT_WARNING", "1")
-    os.environ.setdefault("RAY_LOG_TO_STDERR", "0")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    for name in ("flwr", "ray", "peft", "transformers"):
-        logger = logging.getLogger(name)
-        logger.setLevel(logging.ERROR)
-        # Flower resets its logger's level when a simulation starts; a filter survives that.
-        if not any(isinstance(f, _ErrorsOnly) for f in logger.filters):
-            logger.addFilter(_ErrorsOnly())
-
-
-def silence_frameworks() -> None:
-    """Not even errors: for the way down after Ctrl-C, when Flower and Ray report every lost actor with a traceback."""
-    for name in ("flwr", "ray", "peft", "transformers"):
-        logging.getLogger(name).disabled = True
-
-
-class _ErrorsOnly(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.ERROR
+from fedsim.quiet import quiet_frameworks, silence_frameworks
 
 
 class RunInterrupted(Exception):
@@ -162,6 +134,7 @@ def _run_flower_simulation(scenario: Scenario, out_dir: Path, progress: bool) ->
         "client_resources": {"num_cpus": min(threads, cores), "num_gpus": 0.0},
         "init_args": {"logging_level": logging.ERROR, "log_to_driver": False, "include_dashboard": False, "num_cpus": cores},
     }
+
     def interrupted(signum, frame):
         # Before Flower's clean-up runs: its threads would log every actor that Ray loses on the way
         # down as an ERROR with a traceback, and the ServerApp thread would wait for replies forever.

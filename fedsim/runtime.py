@@ -15,7 +15,7 @@ import torch
 
 from fedsim.adapter_state import AdapterState, state_from_model
 from fedsim.config import Scenario
-from fedsim.data import Tokenized, load_corpus, partition, tokenize
+from fedsim.data import load_corpus, partition, tokenize
 from fedsim.model import LoraClassifier, check_backbone_fits, load_tokenizer
 from fedsim.prefix_cache import PrefixCache
 from fedsim.types import FedsimError

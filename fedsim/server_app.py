@@ -160,9 +160,7 @@ def build_strategy(scenario: Scenario, policy=None) -> RankAdaptiveStrategy:
     return RankAdaptiveStrategy(scenario, get_runtime(scenario), build_channel(scenario.channel, scenario.seed), policy)
 
 
-def run_server(
-    grid: Grid, scenario: Scenario, out_dir: Path, progress: bool = True, round_timeout_s: float | None = None, log_rounds: bool = False
-) -> dict:
+def run_server(grid: Grid, scenario: Scenario, out_dir: Path, progress: bool = True, round_timeout_s: float | None = None, log_rounds: bool = False) -> dict:
     """Run every round of `scenario` through `grid` into `out_dir`.
 
     `round_timeout_s` is the deployment's round deadline: replies that have not arrived by
@@ -231,7 +229,10 @@ def storage_summary(model, rounds: list[dict]) -> dict:
     from fedsim.nano import client_storage
 
     client_params, model_params = client_storage(model)
-    totals = {f"total_{key}": int(sum(r.get(key, 0) for r in rounds)) for key in ("bytes_up_adapter", "bytes_up_fisher", "bytes_up_activations", "bytes_down_gradients")}
+    totals = {
+        f"total_{key}": int(sum(r.get(key, 0) for r in rounds))
+        for key in ("bytes_up_adapter", "bytes_up_fisher", "bytes_up_activations", "bytes_down_gradients")
+    }
     return {"client_params": client_params, "model_params": model_params, "client_params_ratio": client_params / model_params, **totals}
 
 
@@ -261,7 +262,7 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    from fedsim.run import quiet_frameworks
+    from fedsim.quiet import quiet_frameworks
 
     quiet_frameworks()
     cfg = context.run_config
@@ -273,7 +274,10 @@ def main(grid: Grid, context: Context) -> None:
     timeout = float(cfg.get("round-timeout", 0) or 0) or None
     print(f"[fedsim] scenario {scenario.name}: {scenario.rounds} rounds, {scenario.clients.num_clients} clients -> {out.resolve()}", flush=True)
     summary = run_server(grid, scenario, out, progress=False, round_timeout_s=timeout, log_rounds=True)
-    print(f"[fedsim] finished: final accuracy {summary['final_accuracy']:.4f}, {summary['clients_dropped']} updates dropped, run directory {out.resolve()}", flush=True)
+    print(
+        f"[fedsim] finished: final accuracy {summary['final_accuracy']:.4f}, {summary['clients_dropped']} updates dropped, run directory {out.resolve()}",
+        flush=True,
+    )
 
 
 def resolve_app_path(path: str) -> Path:

@@ -150,7 +150,9 @@ class RankAdaptiveStrategy:
         ranks = np.asarray(self.policy.ranks(observation) if ranks is None else ranks)
         expected = (len(clients), len(self.params_per_rank))
         if ranks.shape != expected or ranks.min() < 0 or ranks.max() > self.scenario.adapter.max_rank:
-            raise RuntimeError(f"policy '{self.policy.name}' returned ranks of shape {ranks.shape} in [{ranks.min()}, {ranks.max()}]; expected {expected} in [0, max_rank]")
+            raise RuntimeError(
+                f"policy '{self.policy.name}' returned ranks of shape {ranks.shape} in [{ranks.min()}, {ranks.max()}]; expected {expected} in [0, max_rank]"
+            )
         ranks = ranks.astype(np.int64)
         messages, bytes_down = [], []
         for client, client_ranks in zip(clients, ranks):
@@ -190,7 +192,9 @@ class RankAdaptiveStrategy:
         # aggregates their dequantised values, so quantisation error is real.
         encoded = [received.get(int(c), (None, None))[0] for c in pending.clients]
         adapter_bits = np.array([encoded_bits(self.on_air(e)) if e is not None else 0 for e in encoded])
-        fisher_bits = np.array([encoded_bits({k: v for k, v in self.on_air(e).items() if k.startswith(FISHER_PREFIX)}) if e is not None else 0 for e in encoded])
+        fisher_bits = np.array(
+            [encoded_bits({k: v for k, v in self.on_air(e).items() if k.startswith(FISHER_PREFIX)}) if e is not None else 0 for e in encoded]
+        )
         # Nano mode: every local step also sent activations up and got gradients down (split computation).
         replied = [received.get(int(c), (None, {}))[1] for c in pending.clients]
         activation_bytes = np.array([int(m.get("bytes-up-activations", 0)) if m else 0 for m in replied])
@@ -389,7 +393,7 @@ class RankAdaptiveStrategy:
             "accuracy": seen_accuracy,
             "last_accuracy": self.last_accuracy,
         }
-        self.last_info = info  # per-client reward terms are computed from it (policies.env.ClientSlotsVecEnv)
+        self.last_info = info  # per-client reward terms are computed from it (fedsim.rl.env.ClientSlotsVecEnv)
         self.last_reward = self.policy.reward(info) if self.round_info else -seen_loss
         if self.validation_metrics:
             self.validation_metrics["reward"] = self.last_reward

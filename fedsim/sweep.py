@@ -50,7 +50,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from fedsim.config import Scenario, apply_overrides, read_yaml_mapping, scenario_from_dict
+from fedsim.config import Scenario, read_yaml_mapping, scenario_from_dict
 from fedsim.ledger import atomic_write_text, is_finished
 from fedsim.types import FedsimError
 
@@ -171,7 +171,7 @@ def config_digest(scenario: Scenario) -> str:
 def _short_names(paths: list[str]) -> dict[str, str]:
     """Last path component as the label, unless two fields share it (then the full path)."""
     last = [p.rsplit(".", 1)[-1] for p in paths]
-    return {p: (l if last.count(l) == 1 else p) for p, l in zip(paths, last)}
+    return {p: (short if last.count(short) == 1 else p) for p, short in zip(paths, last)}
 
 
 def _label_value(value: Any) -> str:
@@ -346,10 +346,7 @@ def status_report(sweep: Sweep, out_dir: Path) -> str:
     states = point_states(sweep, out_dir)
     failed = read_failed(out_dir)
     counts = {s: sum(1 for v in states.values() if v == s) for s in ("done", "unfinished", "failed", "pending")}
-    lines = [
-        f"sweep {sweep.path} -> {out_dir}: {len(states)} runs: "
-        + ", ".join(f"{n} {s}" for s, n in counts.items())
-    ]
+    lines = [f"sweep {sweep.path} -> {out_dir}: {len(states)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items())]
     for point in sweep.points:
         state = states[point.name]
         extra = f"  ({failed[point.name]['error']})" if state == "failed" else ""
@@ -433,8 +430,13 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, workers: int = 1, progress: boo
         _write_failed(out_dir, failed)
 
         bar = tqdm(
-            total=len(sweep.points), initial=skipped, desc="sweep", unit="run",
-            disable=not progress, dynamic_ncols=True, smoothing=0.0,
+            total=len(sweep.points),
+            initial=skipped,
+            desc="sweep",
+            unit="run",
+            disable=not progress,
+            dynamic_ncols=True,
+            smoothing=0.0,
         )
         ran = 0
         n_failed = 0

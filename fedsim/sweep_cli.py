@@ -85,7 +85,12 @@ def add_commands(sub) -> dict:
         formatter_class=raw,
     )
     plot.add_argument("dir", metavar="DIR", help="a sweep directory, or any directory holding run directories")
-    plot.add_argument("--x", choices=["bytes_up", "latency", "energy", "round"], default="bytes_up", help="x axis: uploaded MB, simulated time s (compute + upload), client energy J, or round (default bytes_up)")
+    plot.add_argument(
+        "--x",
+        choices=["bytes_up", "latency", "energy", "round"],
+        default="bytes_up",
+        help="x axis: uploaded MB, simulated time s (compute + upload), client energy J, or round (default bytes_up)",
+    )
     plot.add_argument("--y", choices=["accuracy", "loss"], default="accuracy", help="y axis (default accuracy)")
     plot.add_argument("--hue", metavar="FIELD", help="one curve per value of this field (default policy.name, else the first varying field)")
     plot.add_argument("--facet", metavar="FIELD", help="one panel per value of this field (default the next varying field)")

@@ -6,28 +6,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedsim.adapter_state import load_payload, truncate, state_from_model
+from fedsim.adapter_state import load_payload, state_from_model, truncate
+from fedsim.batches import client_batches
 from fedsim.runtime import Runtime, batches_by_length
 from fedsim.sensitivity import SensitivityMeter, sensitivity_betas
 
 EVAL_BATCH = 128
-
-
-def client_seed(seed: int, server_round: int, client_id: int) -> list[int]:
-    return [seed, server_round, client_id, 7003]
-
-
-def client_batches(runtime: Runtime, client_id: int, server_round: int):
-    """The example indices of each local step of one client in one round (seeded; shared by every engine)."""
-    cfg = runtime.scenario.train
-    shard = runtime.partitions[client_id]
-    rng = np.random.default_rng(client_seed(runtime.scenario.seed, server_round, client_id))
-    order, cursor = rng.permutation(shard), 0
-    for _ in range(cfg.local_steps):
-        if cursor + cfg.batch_size > len(order):
-            order, cursor = rng.permutation(shard), 0
-        yield order[cursor : cursor + cfg.batch_size]
-        cursor += cfg.batch_size
 
 
 def local_train(runtime: Runtime, payload: dict[str, np.ndarray], client_id: int, server_round: int) -> tuple[dict[str, np.ndarray], dict]:

@@ -29,7 +29,7 @@ class ChannelStates:
     def __len__(self) -> int:
         return len(self.client_ids)
 
-    def subset(self, index: np.ndarray) -> "ChannelStates":
+    def subset(self, index: np.ndarray) -> ChannelStates:
         return ChannelStates(
             client_ids=self.client_ids[index],
             snr_db=self.snr_db[index],

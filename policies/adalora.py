@@ -89,7 +89,7 @@ class AdaLoraPolicy(RankPolicy):
         self.ema: np.ndarray | None = None
         self.uncertainty: np.ndarray | None = None
         self.allocation: np.ndarray | None = None
-        self.allocated_round = -10**9
+        self.allocated_round = -(10**9)
 
     def _importance(self, observation: Observation) -> np.ndarray:
         s = np.nan_to_num(np.asarray(observation.layer_importance, dtype=float), nan=0.0, posinf=0.0)

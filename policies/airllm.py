@@ -52,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.types import FedsimError, Observation
 from policies.base import RankPolicy, assign_tensors, clip_ranks
-from policies.common import RewardConfig, client_features, level_ranks, client_terms, importance_share, n_features
+from policies.common import RewardConfig, client_features, client_terms, importance_share, level_ranks, n_features
 
 
 class AirLlmConfig(BaseModel):
@@ -185,9 +185,7 @@ class Denoiser(nn.Module):
 def make_scheduler(train_timesteps: int):
     from diffusers import DDIMScheduler
 
-    return DDIMScheduler(
-        num_train_timesteps=train_timesteps, beta_schedule="squaredcos_cap_v2", clip_sample=True, prediction_type="epsilon"
-    )
+    return DDIMScheduler(num_train_timesteps=train_timesteps, beta_schedule="squaredcos_cap_v2", clip_sample=True, prediction_type="epsilon")
 
 
 @torch.inference_mode()
@@ -205,7 +203,9 @@ def ddim_sample(denoiser: Denoiser, scheduler, cond: torch.Tensor, x_dim: int, s
     return x.clamp(-1.0, 1.0)
 
 
-def denoising_loss(denoiser: Denoiser, scheduler, x0: torch.Tensor, cond: torch.Tensor, weights: torch.Tensor, cond_drop: float, generator: torch.Generator) -> torch.Tensor:
+def denoising_loss(
+    denoiser: Denoiser, scheduler, x0: torch.Tensor, cond: torch.Tensor, weights: torch.Tensor, cond_drop: float, generator: torch.Generator
+) -> torch.Tensor:
     """Reward-weighted ε-prediction loss with the condition dropped with probability `cond_drop`."""
     n = x0.shape[0]
     t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=generator)
@@ -288,8 +288,10 @@ class AirLlmPolicy(RankPolicy):
         obs = torch.as_tensor(features)
         if c.learn and len(self.rollout) >= c.n_steps:
             self._update(next_obs=obs)
-        generator = self.generator if c.learn else torch.Generator().manual_seed(
-            hash((c.seed, observation.round, tuple(int(i) for i in observation.channel.client_ids))) & 0x7FFFFFFF
+        generator = (
+            self.generator
+            if c.learn
+            else torch.Generator().manual_seed(hash((c.seed, observation.round, tuple(int(i) for i in observation.channel.client_ids))) & 0x7FFFFFFF)
         )
         share = importance_share(observation.layer_importance, observation.n_layers)
         with torch.no_grad():

@@ -72,11 +72,12 @@ class RankPolicy(ABC):
         meta = {"policy": self.name, "config": self.config.model_dump(mode="json"), "state": self.state_dict()}
         (path / "policy.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
 
-    def load(self, path: str | Path) -> "RankPolicy":
+    def load(self, path: str | Path) -> RankPolicy:
         path = Path(path)
         meta_file = path / "policy.json"
         if not meta_file.is_file():
             raise FedsimError(f"policy checkpoint {path}: no policy.json there; expected a directory written by policy.save()")
+
         def no_constant(name: str):  # Python's json reads NaN/Infinity, which JSON does not have
             raise ValueError(f"{name} is not a JSON number")
 
@@ -134,7 +135,5 @@ def assign_tensors(targets: dict, tensors: dict, source: Path) -> None:
     with torch.no_grad():
         for key, target in targets.items():
             if tuple(target.shape) != tuple(tensors[key].shape):
-                raise FedsimError(
-                    f"policy checkpoint {source}: '{key}' has shape {tuple(tensors[key].shape)}, this policy needs {tuple(target.shape)}"
-                )
+                raise FedsimError(f"policy checkpoint {source}: '{key}' has shape {tuple(tensors[key].shape)}, this policy needs {tuple(target.shape)}")
             target.copy_(tensors[key])

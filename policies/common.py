@@ -135,7 +135,9 @@ class RewardConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    objective: Literal["loss", "accuracy-gain"] = Field("loss", description="Shared term: 'loss': -validation loss after the round; 'accuracy-gain': the validation accuracy's change.")
+    objective: Literal["loss", "accuracy-gain"] = Field(
+        "loss", description="Shared term: 'loss': -validation loss after the round; 'accuracy-gain': the validation accuracy's change."
+    )
     cost: Literal["bytes", "latency", "energy"] = Field("latency", description="Which normalised cost λ multiplies.")
     lam: float = Field(1.0, ge=0, description="λ, the weight of a client's normalised cost.")
     utility: float = Field(1.0, ge=0, description="β, the reward of a delivered full-rank update (0: no per-client utility).")

@@ -23,9 +23,5 @@ class FixedPolicy(RankPolicy):
     name = "fixed"
 
     def ranks(self, observation: Observation) -> np.ndarray:
-        per_layer = (
-            np.asarray(self.config.ranks)
-            if self.config.ranks is not None
-            else np.full(observation.n_layers, self.config.rank)
-        )
+        per_layer = np.asarray(self.config.ranks) if self.config.ranks is not None else np.full(observation.n_layers, self.config.rank)
         return clip_ranks(np.tile(per_layer, (observation.n_clients, 1)), observation.max_rank)

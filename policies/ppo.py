@@ -6,7 +6,7 @@ of L · (r_min + (a_k + 1)/2 · (R - r_min)) over its L layers, shared equally. 
 instead of one action per (client, layer) is what PPO can learn in the training budget: the reward
 depends on a client's ranks mostly through its upload size, i.e. their sum.
 
-It learns only under `fedsim train-policy`: SB3's `learn()` drives `policies.env.ClientSlotsVecEnv`,
+It learns only under `fedsim train-policy`: SB3's `learn()` drives `fedsim.rl.env.ClientSlotsVecEnv`,
 in which every client slot of a round is one sub-environment rewarded with its client's own term of
 the round reward (`policies.common.client_terms`). (An earlier version acted jointly on all clients
 of a round with one action scored by the round reward; in the same budget it barely learned, since

@@ -6,9 +6,9 @@ from typing import Annotated, Union
 
 from pydantic import Field
 
-from policies.base import RankPolicy
 from policies.adalora import AdaLoraConfig, AdaLoraPolicy
 from policies.airllm import AirLlmConfig, AirLlmPolicy
+from policies.base import RankPolicy
 from policies.channel_greedy import ChannelGreedyConfig, ChannelGreedyPolicy
 from policies.fixed import FixedConfig, FixedPolicy
 from policies.ppo import PpoConfig, PpoPolicy

@@ -169,8 +169,8 @@ def test_fedavg_factor_updates_leave_untrained_components():
 )
 def test_a_round_without_local_training_leaves_the_global_adapter_unchanged(tiny, method, engine, bits, channel_mode):
     """lr = 0 through the whole path: truncation, the ClientApp, its upload of changes, quantisation, decoding, merging."""
-    from fedsim.inline_grid import InlineGrid
     from fedsim.client_app import app as client_app
+    from fedsim.inline_grid import InlineGrid
     from fedsim.server_app import build_strategy, run_train_round
 
     channel = {"bits_per_param": bits, "mode": channel_mode} | ({"kind": "awgn", "aircomp": {"noise": False}} if channel_mode == "aircomp" else {})

@@ -134,7 +134,7 @@ def test_per_packet_harq_resends_each_lost_packet(snr_db):
 
 
 def test_minilm_update_at_5_db_is_lost_07_percent_not_86():
-    bits, snr = 275 * PACKET, 10 ** 0.5  # a MiniLM-sized update (~3.3 Mbit) in 275 packets
+    bits, snr = 275 * PACKET, 10**0.5  # a MiniLM-sized update (~3.3 Mbit) in 275 packets
     lost, _, _ = _send(5.0, bits, kind="rayleigh", packet_error="threshold")
     exact = 1 - np.exp(-M / snr)
     assert exact == pytest.approx(0.00725, abs=5e-5)
@@ -376,7 +376,7 @@ def test_aircomp_mse_grows_as_snr_falls():
         _, result = ch.superpose(updates, weights, states, rng, shapes)
         mses.append(result.mse_noise)
     assert all(a > b for a, b in zip(mses, mses[1:])), mses
-    assert mses[0] / mses[-1] == pytest.approx(10 ** 4, rel=1e-6)  # noise MSE = 1/c^2: exactly 1/SNR
+    assert mses[0] / mses[-1] == pytest.approx(10**4, rel=1e-6)  # noise MSE = 1/c^2: exactly 1/SNR
 
 
 def _equal_power(rng, k, shape, power):

@@ -77,9 +77,19 @@ def airllm_checkpoint(path: Path, poison_weights: bool = False) -> Path:
     channel = ChannelStates(np.arange(1), np.zeros(1), np.ones(1), np.full(1, 1e6), np.full(1, 1e6))
     policy.ranks(
         Observation(
-            round=1, total_rounds=2, channel=channel, layer_names=[f"l{i}" for i in range(4)], max_rank=8,
-            params_per_rank=np.full(4, 100), fixed_params=50, bits_per_param=32, last_ranks=np.full((1, 4), 8),
-            last_loss=float("nan"), last_accuracy=float("nan"), layer_importance=np.ones(4), data_stats=np.zeros((1, 2)),
+            round=1,
+            total_rounds=2,
+            channel=channel,
+            layer_names=[f"l{i}" for i in range(4)],
+            max_rank=8,
+            params_per_rank=np.full(4, 100),
+            fixed_params=50,
+            bits_per_param=32,
+            last_ranks=np.full((1, 4), 8),
+            last_loss=float("nan"),
+            last_accuracy=float("nan"),
+            layer_importance=np.ones(4),
+            data_stats=np.zeros((1, 2)),
         )  # fmt: skip
     )
     if poison_weights:
@@ -136,7 +146,11 @@ BAD_INPUT = [
     (QUICKSTART, ["name=../../x"], "name: '../../x' is not allowed"),
     (QUICKSTART, ["name=a/b"], "name: 'a/b' is not allowed"),
     (QUICKSTART, ["adapter.max_rank=100000", "policy.rank=4"], "adapter.max_rank=100000 exceeds 32, the smallest dimension of the adapted layers"),
-    (QUICKSTART, ["adapter.kind=nano", "aggregation.method=fisher", "train.engine=per-client", "adapter.max_rank=64", "policy.rank=4"], "adapter.max_rank=64 exceeds 32, the hidden size"),
+    (
+        QUICKSTART,
+        ["adapter.kind=nano", "aggregation.method=fisher", "train.engine=per-client", "adapter.max_rank=64", "policy.rank=4"],
+        "adapter.max_rank=64 exceeds 32, the hidden size",
+    ),
     (QUICKSTART, ["adapter.layers=[7]"], "no such layer in model.backbone='tiny-random'"),
     (QUICKSTART, ["adapter.layers=[]"], "adapter.layers = [] is invalid"),
     (QUICKSTART, ["policy.name=channel-greedy"], "replace the whole section instead: --set 'policy={name: channel-greedy}'"),
@@ -498,7 +512,18 @@ def test_flower_engine_stops_within_10_s_and_leaves_no_ray_process(tmp_path, how
 
 # --- property: malformed scenarios, data files and checkpoints -> one line, exit 2 ---------------
 
-FIELDS_INT = ["rounds", "seed", "threads", "clients.num_clients", "clients.per_round", "train.local_steps", "train.batch_size", "adapter.max_rank", "data.max_length", "policy.rank"]
+FIELDS_INT = [
+    "rounds",
+    "seed",
+    "threads",
+    "clients.num_clients",
+    "clients.per_round",
+    "train.local_steps",
+    "train.batch_size",
+    "adapter.max_rank",
+    "data.max_length",
+    "policy.rank",
+]
 FIELDS_FLOAT = ["train.lr", "train.head_lr", "adapter.alpha", "channel.snr_db", "channel.bandwidth_hz", "data.partition.alpha"]
 NOT_FINITE = [".nan", ".inf", "-.inf", ".NaN", "-.Inf"]
 
@@ -509,7 +534,17 @@ def _bad_override():
         st.tuples(st.sampled_from(FIELDS_INT), not_int).map(lambda kv: f"{kv[0]}={kv[1]}"),
         st.tuples(st.sampled_from(FIELDS_FLOAT), st.sampled_from(NOT_FINITE + ["true", "abc", "[1, 2]"])).map(lambda kv: f"{kv[0]}={kv[1]}"),
         st.tuples(st.sampled_from(["name"]), st.sampled_from(["../../x", "a/b", ".hidden", "..", "x\\\\y", "''"])).map(lambda kv: f"{kv[0]}={kv[1]}"),
-        st.sampled_from(["adapter.layers=[]", "adapter.layers=[-1]", "policy.name=channel-greedy", "policy.name=nosuch", "nosuch.field=1", "adapter.kind=lora2", "engine=ray"]),
+        st.sampled_from(
+            [
+                "adapter.layers=[]",
+                "adapter.layers=[-1]",
+                "policy.name=channel-greedy",
+                "policy.name=nosuch",
+                "nosuch.field=1",
+                "adapter.kind=lora2",
+                "engine=ray",
+            ]
+        ),
         st.text(alphabet="abcxyz.", min_size=1, max_size=12).filter(lambda k: "." not in (k[0], k[-1]) and ".." not in k).map(lambda k: f"zz{k}=1"),
     )
 
@@ -517,7 +552,19 @@ def _bad_override():
 def _garbage_yaml():
     return st.one_of(
         st.binary(min_size=0, max_size=64).map(lambda b: b"\xff" + b),  # never UTF-8
-        st.sampled_from([b"rounds: [1\n", b"- 1\n- 2\n", b"just a string\n", b"rounds: 2\nrounds: 3\n", b"a: {b: 1, b: 2}\n", b"rounds: 2\n\tseed: 1\n", b"? [a]\n: 1\n", b"x: 2024-13-45\n", b"[" * 2000]),
+        st.sampled_from(
+            [
+                b"rounds: [1\n",
+                b"- 1\n- 2\n",
+                b"just a string\n",
+                b"rounds: 2\nrounds: 3\n",
+                b"a: {b: 1, b: 2}\n",
+                b"rounds: 2\n\tseed: 1\n",
+                b"? [a]\n: 1\n",
+                b"x: 2024-13-45\n",
+                b"[" * 2000,
+            ]
+        ),
         st.tuples(st.sampled_from(["aggregation", "seed", "policy", "channel", "data"]), st.sampled_from(["[1, 2]", "{}", "'x'", "null"]))
         .filter(lambda kv: not (kv[0] in ("policy", "channel", "data", "aggregation") and kv[1] in ("{}", "null")))
         .map(lambda kv: f"{kv[0]}: {kv[1]}\n".encode()),
@@ -567,7 +614,9 @@ def _bad_rows():
     good = st.tuples(st.text(alphabet="abc xyz", min_size=1, max_size=20), st.sampled_from(["a", "b"])).map(lambda r: f"{r[0]},{r[1]}\n".encode())
     bad = st.one_of(
         st.text(alphabet="abc xyz", min_size=1, max_size=20).map(lambda t: f"{t}\n".encode()),  # a missing field
-        st.tuples(st.text(alphabet="abc", min_size=1, max_size=5), st.text(alphabet="abc", min_size=1, max_size=5)).map(lambda r: f"{r[0]},a,{r[1]}\n".encode()),
+        st.tuples(st.text(alphabet="abc", min_size=1, max_size=5), st.text(alphabet="abc", min_size=1, max_size=5)).map(
+            lambda r: f"{r[0]},a,{r[1]}\n".encode()
+        ),
         st.text(alphabet="abc", max_size=8).map(lambda t: b"caf\xe9 " + t.encode() + b",a\n"),  # Latin-1, not UTF-8
         st.just(b'"an unclosed quote,a\n'),
         st.just(b"text only,\n"),  # empty label
@@ -589,7 +638,7 @@ def test_property_malformed_data_files_are_one_line_exit_2(rows):
 
 
 def _checkpoint_damage():
-    state_values = ["\"x\"", "[1]", "{\"a\": 1}", "NaN", "Infinity", "-3"]
+    state_values = ['"x"', "[1]", '{"a": 1}', "NaN", "Infinity", "-3"]
     json_damage = st.one_of(
         st.sampled_from(["[]", "[1, 2]", "3", "null", '"airllm"', "{", '{"policy": "airllm", "state": []}', '{"policy": "ppo"}', "NaN", ""]),
         st.tuples(st.sampled_from(["updates", "n_layers", "architecture"]), st.sampled_from(state_values))

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 
 from fedsim.adapter_state import AdapterState, truncate
 from fedsim.aggregation import aggregate
+from fedsim.batches import client_batches
 from fedsim.nano import NanoClassifier, client_storage, split_step, split_train
 from fedsim.run import run_scenario
 from fedsim.runtime import get_runtime
-from fedsim.training import client_batches
 from fedsim.types import FedsimError
 
 NANO = {"adapter": {"kind": "nano", "max_rank": 4}, "aggregation": {"method": "fisher"}, "policy": {"name": "fixed", "rank": 4}}
@@ -83,7 +83,10 @@ def test_fisher_merging_follows_the_client_whose_fisher_dominates():
 def test_fisher_merging_over_mixed_ranks_keeps_unsent_components():
     rng = np.random.default_rng(3)
     state = _global(rng, 4)
-    low = {k: v[:2] if k in ("A.0", "A.1", "F.A.0", "F.A.1") else (v[:, :2] if k.startswith(("B.", "F.B.")) else v) for k, v in _uploads(rng, 1, 4, [1.0])[0].items()}
+    low = {
+        k: v[:2] if k in ("A.0", "A.1", "F.A.0", "F.A.1") else (v[:, :2] if k.startswith(("B.", "F.B.")) else v)
+        for k, v in _uploads(rng, 1, 4, [1.0])[0].items()
+    }
     merged, _, _ = aggregate(state, [low], [1.0], "fisher", np.random.default_rng(1))
     np.testing.assert_allclose(merged.A[0][:2], low["A.0"], atol=1e-6)
     np.testing.assert_array_equal(merged.A[0][2:], state.A[0][2:])  # nobody sent components 2, 3

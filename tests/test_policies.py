@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_scenario
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedsim.cli import main
 from fedsim.config import scenario_from_dict
 from fedsim.runtime import get_runtime
-from fedsim.types import ChannelStates, FedsimError, Observation
+from fedsim.types import ChannelStates, Observation
 from policies.adalora import AdaLoraConfig, AdaLoraPolicy, cubic_budget, share_budget
 from policies.airllm import AirLlmConfig, AirLlmPolicy, Denoiser, ddim_sample, denoising_loss, make_scheduler
 from policies.channel_greedy import ChannelGreedyConfig, ChannelGreedyPolicy
@@ -24,7 +25,6 @@ from policies.common import RewardConfig, round_reward
 from policies.fixed import FixedConfig, FixedPolicy
 from policies.ppo import PpoConfig, PpoPolicy
 
-from conftest import tiny_scenario
 
 @pytest.fixture(autouse=True)
 def one_torch_thread():
@@ -167,9 +167,20 @@ def test_adalora_spends_the_whole_budget_at_any_importance_scale(scale):
 def test_reward_credits_the_delivered_rank_and_charges_cost_and_the_reference_deadline_penalty():
     """term_k = β U_k delivered_k - λ cost_k, or -P max(ρ_k, 1) when late; R = -loss + mean_k term_k."""
     config = RewardConfig(cost="latency", lam=0.5, utility=1.0, utility_curve=[(0.0, 0.0), (0.5, 0.8), (1.0, 1.0)], deadline_penalty=10.0)
-    info = {"loss": 2.0, "accuracy": 0.5, "bits_up": [40.0, 20.0, 150.0, 30.0], "bits_full": [100.0] * 4, "rate_bps": [10.0, 10.0, 10.0, 10.0],
-            "energy_j": [1.0] * 4, "deadline_s": 10.0, "drop_reasons": ["", "outage", "deadline", ""], "delivered": [True, False, False, True],
-            "ranks": [[4, 8], [4, 4], [8, 8], [0, 4]], "max_rank": 8, "layer_importance": [3.0, 1.0]}
+    info = {
+        "loss": 2.0,
+        "accuracy": 0.5,
+        "bits_up": [40.0, 20.0, 150.0, 30.0],
+        "bits_full": [100.0] * 4,
+        "rate_bps": [10.0, 10.0, 10.0, 10.0],
+        "energy_j": [1.0] * 4,
+        "deadline_s": 10.0,
+        "drop_reasons": ["", "outage", "deadline", ""],
+        "delivered": [True, False, False, True],
+        "ranks": [[4, 8], [4, 4], [8, 8], [0, 4]],
+        "max_rank": 8,
+        "layer_importance": [3.0, 1.0],
+    }
     u = np.array([0.75 * 0.8 + 0.25 * 1.0, 0.8, 1.0, 0.25 * 0.8])  # shares 0.75 / 0.25 of g(r / 8)
     expected = np.array([u[0] - 0.5 * 0.4, -0.5 * 0.2, -10.0 * 1.5, u[3] - 0.5 * 0.3])  # the outage client delivered nothing
     from policies.common import client_rewards, client_terms
@@ -327,7 +338,7 @@ def env_scenario(dataset, policy):
 def test_env_passes_gymnasium_check_env(small_dataset):
     from gymnasium.utils.env_checker import check_env
 
-    from policies.env import FederatedRoundEnv
+    from fedsim.rl.env import FederatedRoundEnv
 
     env = FederatedRoundEnv(env_scenario(small_dataset, {"name": "ppo"}))
     check_env(env, skip_render_check=True)
@@ -534,8 +545,16 @@ def test_adalora_clients_report_smoothed_sensitivity_and_the_cohort_engine_agree
 def test_client_rewards_average_to_the_round_reward_and_charge_each_client_its_own_cost(cost):
     from policies.common import client_rewards
 
-    info = {"loss": 2.0, "accuracy": 0.5, "bits_up": [80.0, 20.0, 50.0], "bits_full": [100.0] * 3, "rate_bps": [10.0, 40.0, 5.0],
-            "energy_j": [3.0, 0.2, 4.0], "deadline_s": 10.0, "drop_reasons": ["", "", "deadline"]}
+    info = {
+        "loss": 2.0,
+        "accuracy": 0.5,
+        "bits_up": [80.0, 20.0, 50.0],
+        "bits_full": [100.0] * 3,
+        "rate_bps": [10.0, 40.0, 5.0],
+        "energy_j": [3.0, 0.2, 4.0],
+        "deadline_s": 10.0,
+        "drop_reasons": ["", "", "deadline"],
+    }
     config = RewardConfig(cost=cost, lam=0.5, deadline_penalty=1.0)
     per_client = client_rewards(config, info)
     assert per_client.mean() == pytest.approx(round_reward(config, info))

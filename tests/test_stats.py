@@ -149,7 +149,9 @@ def _fake_sweep(root: Path, with_reward: bool) -> None:
                 config = {"seed": seed, "channel": {"snr_db": snr}, "policy": policy, "data": {"eval_full_final": True}}
                 _write_run(root, name, config, [final / 3, final / 1.5, final], 1e6 * (policy.get("rank", 5) / 4), with_reward, 3080)
                 points.append({"dir": name})
-    (root / "sweep.json").write_text(json.dumps({"fields": ["channel.snr_db", "policy.name", "policy.rank"], "zip_groups": [["policy.name", "policy.rank"]], "points": points}))
+    (root / "sweep.json").write_text(
+        json.dumps({"fields": ["channel.snr_db", "policy.name", "policy.rank"], "zip_groups": [["policy.name", "policy.rank"]], "points": points})
+    )
 
 
 def _table(text: str, heading: str) -> dict[str, dict[str, str]]:
@@ -162,9 +164,7 @@ def _table(text: str, heading: str) -> dict[str, dict[str, str]]:
 
 
 def _script(name: str, *args) -> str:
-    return subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / name), *map(str, args)], capture_output=True, text=True, check=True, cwd=REPO
-    ).stdout
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *map(str, args)], capture_output=True, text=True, check=True, cwd=REPO).stdout
 
 
 @pytest.mark.parametrize("with_reward", [False, True])
@@ -182,7 +182,9 @@ def test_policy_table_prints_paired_differences_against_the_reference(tmp_path, 
     assert table["fixed-8"]["reached"] == "3/3" and table["fixed-8"]["MB to 0.3: median"] == "6.000"
     # fixed-2 (0.5 MB a round, finals 0.39 / 0.44 / 0.49): round 3, 3, 2 (0.49 / 1.5 >= 0.3) -> 1.5, 1.5, 1.0 MB.
     assert fixed2["MB to 0.3: median"] == "1.500"
-    assert fixed2["Δ MB vs fixed-8, both reached [95% CI]"].startswith("-4.667 [") and fixed2["Δ MB vs fixed-8, both reached [95% CI]"].endswith("significant (n=3)")
+    assert fixed2["Δ MB vs fixed-8, both reached [95% CI]"].startswith("-4.667 [") and fixed2["Δ MB vs fixed-8, both reached [95% CI]"].endswith(
+        "significant (n=3)"
+    )
     assert ("Δ reward verdict" in fixed2) is with_reward
     # A target fixed-8 never reaches at -5 dB (finals 0.31-0.41): never, not an average of the lucky seeds.
     high = _table(_script("policy_table.py", tmp_path, "--target", "0.45"), "SNR -5 dB")

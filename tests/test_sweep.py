@@ -60,8 +60,7 @@ def test_grid_expansion_is_the_cartesian_product_in_file_order(tmp_path):
 def test_zip_fields_vary_together_and_multiply_with_grid(tmp_path):
     path = write_sweep(
         tmp_path,
-        "base: base.yaml\ngrid:\n  channel.snr_db: [0, 10]\n"
-        "zip:\n  data.partition.alpha: [0.1, 1.0, 100]\n  policy.rank: [1, 2, 4]\nseeds: [0]\n",
+        "base: base.yaml\ngrid:\n  channel.snr_db: [0, 10]\nzip:\n  data.partition.alpha: [0.1, 1.0, 100]\n  policy.rank: [1, 2, 4]\nseeds: [0]\n",
     )
     points = load_sweep(path).points
     assert len(points) == 2 * 3  # not 2 * 3 * 3
@@ -89,8 +88,9 @@ def test_directory_name_is_stable_across_processes(tmp_path):
     path = write_sweep(tmp_path, "base: base.yaml\ngrid:\n  channel.snr_db: [-5, 2.5]\n  data.partition.kind: [iid, dirichlet]\nseeds: [0, 7]\n")
     here = [p.name for p in load_sweep(path).points]
     code = "import sys; from fedsim.sweep import load_sweep; print('\\n'.join(p.name for p in load_sweep(sys.argv[1], workers=2).points))"
-    there = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True,
-                           env={"PYTHONHASHSEED": "12345", "PATH": "/usr/bin:/bin"}).stdout.split()
+    there = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "12345", "PATH": "/usr/bin:/bin"}
+    ).stdout.split()
     assert here == there
     # ...and the digest depends on the config, not on how the point was written.
     same = write_sweep(tmp_path, "base: base.yaml\nset: {channel.snr_db: -5.0, data.partition.kind: iid}\nseeds: [0]\n", "same.yaml")

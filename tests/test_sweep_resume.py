@@ -43,7 +43,9 @@ def _start(sweep_path: Path, out: Path) -> subprocess.Popen:
     # Its own session = its own process group, so killpg reaches the spawned workers too.
     return subprocess.Popen(
         [sys.executable, "-m", "fedsim.cli", "sweep", str(sweep_path), "--out", str(out), "--workers", "2", "--no-progress"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
 
 

@@ -44,7 +44,9 @@ def _cmd_train_policy(args) -> int:
     if args.episodes < 1:
         raise FedsimError(f"--episodes {args.episodes}: must be at least 1")
     scenario = load_scenario(args.scenario, args.overrides)
-    command = " ".join(["fedsim train-policy", args.scenario, *[f"--set {shlex.quote(o)}" for o in args.overrides], f"--episodes {args.episodes}", f"--out {args.out}"])
+    command = " ".join(
+        ["fedsim train-policy", args.scenario, *[f"--set {shlex.quote(o)}" for o in args.overrides], f"--episodes {args.episodes}", f"--out {args.out}"]
+    )
     rows = train_policy(scenario, args.episodes, Path(args.out), progress=not args.no_progress, command=command)
     first, last = rows[: max(1, len(rows) // 5)], rows[-max(1, len(rows) // 5) :]
     print(
@@ -60,7 +62,7 @@ def train_policy(scenario, episodes: int, out: Path, progress: bool = True, comm
     """Train the scenario's policy for `episodes` runs; save it to `out`; return one row per episode."""
     from tqdm.auto import tqdm
 
-    from policies.env import FederatedRoundEnv
+    from fedsim.rl.env import FederatedRoundEnv
     from policies.registry import build_policy
 
     name = scenario.policy.name
@@ -137,7 +139,7 @@ def _episode_row(env, seed: int, total: float, mean_rank: float, last_info: dict
 def _ppo_learn(env, policy, episodes: int, finish_episode) -> None:
     from stable_baselines3.common.callbacks import BaseCallback
 
-    from policies.env import ClientSlotsVecEnv
+    from fedsim.rl.env import ClientSlotsVecEnv
 
     class EpisodeRows(BaseCallback):
         def _on_training_start(self) -> None:

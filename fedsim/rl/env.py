@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
-
 from stable_baselines3.common.vec_env import VecEnv
 
 from fedsim.types import Observation
@@ -36,7 +35,7 @@ class FederatedRoundEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, scenario, policy: RankPolicy | None = None):
-        from fedsim.run import quiet_frameworks
+        from fedsim.quiet import quiet_frameworks
         from fedsim.runtime import get_runtime
         from policies.registry import build_policy
 
@@ -87,7 +86,16 @@ class FederatedRoundEnv(gym.Env):
         result = run_train_round(self.grid, self.strategy, self.round, self.nodes, None, ranks=ranks)
         loss, accuracy, _ = self.strategy.evaluate(self.round)
         reward = float(self.strategy.last_reward)
-        info = {"seed": self.episode_scenario.seed, "round": self.round, "reward": reward, "loss": loss, "accuracy": accuracy, "bytes_up": result.row["bytes_up"], "mean_rank": result.row["mean_rank"], "bytes_up_total": self.strategy.cum_bytes_up}
+        info = {
+            "seed": self.episode_scenario.seed,
+            "round": self.round,
+            "reward": reward,
+            "loss": loss,
+            "accuracy": accuracy,
+            "bytes_up": result.row["bytes_up"],
+            "mean_rank": result.row["mean_rank"],
+            "bytes_up_total": self.strategy.cum_bytes_up,
+        }
         terminated = self.round >= self.scenario.rounds
         if terminated:
             features = client_features(self.observation).reshape(-1)  # terminal: any valid observation
