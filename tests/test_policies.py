@@ -571,8 +571,6 @@ SHIPPED = Path(__file__).resolve().parent.parent / "policies" / "checkpoints"
 def test_shipped_checkpoint_loads_and_its_mean_rank_rises_with_snr(name):
     """What policy_compare.yaml loads: MiniLM's layout (12 adapted layers of 768 parameters per rank, a
     29,645-parameter head, 8 bits), 3 clients on 1 MHz with a 3 s deadline, no fading; SNR -10 ... 25 dB."""
-    if not (SHIPPED / name / "policy.json").is_file():
-        pytest.skip("TEMPORARY until the trained checkpoints are committed")
     policy_class, config_class = {"airllm": (AirLlmPolicy, AirLlmConfig), "ppo": (PpoPolicy, PpoConfig)}[name]
     policy = policy_class(config_class()).load(SHIPPED / name)
     assert policy.training.get("command", "").startswith("fedsim train-policy")
