@@ -22,7 +22,7 @@ from pathlib import Path
 
 from fedsim.config import load_scenario
 from fedsim.deploy import deploy_local
-from fedsim.run import run_scenario
+from fedsim.runner import run_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 COLD_CLIENT = """

@@ -66,7 +66,7 @@ def decision_times(clients: int, repeats: int, learn: bool) -> list[float]:
 
 def quickstart_round_times(rounds: int) -> list[float]:
     from fedsim.config import load_scenario
-    from fedsim.run import run_scenario
+    from fedsim.runner import run_scenario
 
     scenario = load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / "quickstart.yaml", ["engine=inline", f"rounds={rounds}"])
     with tempfile.TemporaryDirectory() as out:

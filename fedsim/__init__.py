@@ -1,3 +1,24 @@
-"""fedsim: federated and over-the-air fine-tuning simulator."""
+"""fedsim: federated and over-the-air fine-tuning simulator.
+
+The Python API (imported lazily, so that `import fedsim` and `fedsim --help` stay fast):
+
+- `fedsim.run(scenario, overrides, out)` -> `RunResult` (summary, ledgers as DataFrames)
+- `fedsim.sweep(sweep_file, out, workers=...)` -> `SweepResult`
+- `fedsim.load_run(path)` -> `RunResult` of a finished run directory
+- `fedsim.register_policy(ConfigClass)` decorator: a rank policy from your own code
+"""
+
+from fedsim.types import FedsimError
 
 __version__ = "0.1.0"
+__all__ = ["FedsimError", "load_run", "register_policy", "run", "sweep"]
+
+
+def __getattr__(name: str):
+    from importlib import import_module
+
+    if name in ("run", "sweep", "load_run", "RunResult", "SweepResult"):
+        return getattr(import_module("fedsim.api"), name)
+    if name == "register_policy":
+        return import_module("fedsim.plugins").register_policy
+    raise AttributeError(f"module 'fedsim' has no attribute {name!r}")

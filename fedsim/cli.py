@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_run(args) -> int:
     from fedsim.config import load_scenario
-    from fedsim.run import execute_run, start_run
+    from fedsim.runner import execute_run, start_run
 
     scenario = load_scenario(args.scenario, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -103,7 +103,7 @@ def _cmd_run(args) -> int:
 
 def _cmd_validate(args) -> int:
     from fedsim.config import load_scenario
-    from fedsim.run import preflight
+    from fedsim.runner import preflight
 
     scenario = load_scenario(args.scenario, args.overrides)
     preflight(scenario)  # what a run checks before it starts: backbone, data files, policy checkpoint

@@ -256,7 +256,27 @@ def _register_union_tags() -> None:
     _UNION_TAGS.update(CHANNELS, POLICIES)
 
 
+def refresh_policy_schema() -> None:
+    """Rebuild the scenario model after a policy was registered (`fedsim.register_policy`, entry points),
+    so that `policy: {name: ...}` accepts it everywhere a scenario is read."""
+    from policies.registry import config_union
+
+    Scenario.model_fields["policy"].annotation = config_union()
+    Scenario.model_rebuild(force=True)
+    _register_union_tags()
+
+
+def _load_plugins() -> None:
+    """Policies that installed distributions declare (entry point group `fedsim.policies`): loaded in every
+    process that reads a scenario, sweep workers and Ray actors included."""
+    from policies.registry import load_entry_points
+
+    if load_entry_points():
+        refresh_policy_schema()
+
+
 _register_union_tags()
+_load_plugins()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

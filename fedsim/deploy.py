@@ -270,7 +270,7 @@ def deploy_local(
             f"--nodes {num_nodes}: the scenario has clients.num_clients={scenario.clients.num_clients}; "
             "deploy-local starts one SuperNode per client, so pass --nodes equal to it (or --set clients.num_clients=N)"
         )
-    from fedsim.run import start_run
+    from fedsim.runner import start_run
 
     # Same checks and the same atomic claim as `fedsim run` (the SuperLink's ServerApp writes into it).
     claim = start_run(scenario, out_dir, overwrite=overwrite)

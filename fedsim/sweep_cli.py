@@ -101,7 +101,7 @@ def add_commands(sub) -> dict:
 
 
 def _cmd_sweep(args) -> int:
-    from fedsim.sweep import default_out_dir, load_sweep, run_sweep, status_report
+    from fedsim.sweeps import default_out_dir, load_sweep, run_sweep, status_report
     from fedsim.types import FedsimError
 
     if args.workers < 1:

@@ -10,7 +10,7 @@ import pytest
 from channels.quantization import expected_bytes
 from fedsim.cli import main
 from fedsim.config import load_scenario
-from fedsim.run import run_scenario
+from fedsim.runner import run_scenario
 
 QUICKSTART = "scenarios/quickstart.yaml"
 FAST = ["engine=inline", "model.backbone=tiny-random", "rounds=2", "data.eval_samples=32", "data.eval_full_final=false", "train.local_steps=2"]

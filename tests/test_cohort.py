@@ -8,7 +8,7 @@ import numpy as np
 
 from fedsim.adapter_state import truncate
 from fedsim.cohort import cohort_train
-from fedsim.run import run_scenario
+from fedsim.runner import run_scenario
 from fedsim.runtime import get_runtime
 from fedsim.training import local_train
 

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from fedsim.deploy import LocalFederation, deploy_local
-from fedsim.run import run_scenario
+from fedsim.runner import run_scenario
 
 BANKING77 = Path(__file__).resolve().parents[1] / "fedsim" / "data" / "banking77"
 FLOWER_PROCESSES = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-serverapp", "flwr-clientapp", "flwr run")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedsim.run import run_scenario
+from fedsim.runner import run_scenario
 
 
 @pytest.mark.flower

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from fedsim.config import load_scenario
-from fedsim.run import run_scenario
+from fedsim.runner import run_scenario
 
 GOLDEN = Path(__file__).parent / "golden"
 SHORT = ["rounds=2", "data.eval_samples=64"]

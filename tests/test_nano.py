@@ -14,7 +14,7 @@ from fedsim.adapter_state import AdapterState, truncate
 from fedsim.aggregation import aggregate
 from fedsim.batches import client_batches
 from fedsim.nano import NanoClassifier, client_storage, split_step, split_train
-from fedsim.run import run_scenario
+from fedsim.runner import run_scenario
 from fedsim.runtime import get_runtime
 from fedsim.types import FedsimError
 

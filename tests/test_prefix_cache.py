@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from fedsim.adapter_state import load_payload, truncate
-from fedsim.run import run_scenario
+from fedsim.runner import run_scenario
 from fedsim.runtime import get_runtime
 from fedsim.training import local_train
 

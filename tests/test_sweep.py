@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fedsim.cli import main
-from fedsim.sweep import config_digest, load_sweep, point_states, run_sweep
+from fedsim.sweeps import config_digest, load_sweep, point_states, run_sweep
 
 TINY_BASE = """\
 name: tiny
@@ -87,7 +87,7 @@ def test_threads_split_among_workers_do_not_change_the_directory(tmp_path):
 def test_directory_name_is_stable_across_processes(tmp_path):
     path = write_sweep(tmp_path, "base: base.yaml\ngrid:\n  channel.snr_db: [-5, 2.5]\n  data.partition.kind: [iid, dirichlet]\nseeds: [0, 7]\n")
     here = [p.name for p in load_sweep(path).points]
-    code = "import sys; from fedsim.sweep import load_sweep; print('\\n'.join(p.name for p in load_sweep(sys.argv[1], workers=2).points))"
+    code = "import sys; from fedsim.sweeps import load_sweep; print('\\n'.join(p.name for p in load_sweep(sys.argv[1], workers=2).points))"
     there = subprocess.run(
         [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "12345", "PATH": "/usr/bin:/bin"}
     ).stdout.split()

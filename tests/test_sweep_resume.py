@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from fedsim.collect import write_results
-from fedsim.sweep import load_sweep, point_states, run_sweep
+from fedsim.sweeps import load_sweep, point_states, run_sweep
 
 BASE = """\
 name: tiny

@@ -372,7 +372,7 @@ def write_manifest(sweep: Sweep, out_dir: Path) -> None:
 
 def _run_point(scenario_json: dict, run_dir: str) -> tuple[str, float, dict | None, str | None]:
     """Worker entry (a fresh 'spawn' process): run one scenario; never raises, reports the error instead."""
-    from fedsim.run import run_scenario
+    from fedsim.runner import run_scenario
 
     started = time.time()
     try:
@@ -511,6 +511,6 @@ def default_out_dir(sweep_path: str | Path) -> Path:
     return Path("runs") / Path(sweep_path).stem
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m fedsim.sweep FILE` prints the points
+if __name__ == "__main__":  # pragma: no cover - `python -m fedsim.sweeps FILE` prints the points
     for p in load_sweep(sys.argv[1]).points:
         print(p.name)

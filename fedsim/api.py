@@ -1,0 +1,116 @@
+"""The Python API, for notebooks and scripts: what `fedsim run` and `fedsim sweep` do, with the
+ledgers handed back as pandas DataFrames.
+
+    import fedsim
+    result = fedsim.run("scenarios/quickstart.yaml", {"rounds": 5, "engine": "inline"})
+    result.rounds[["round", "accuracy", "cum_bytes_up"]]
+    sweep = fedsim.sweep("scenarios/snr_sweep.yaml", workers=2)
+    sweep.results.groupby("channel.snr_db").accuracy.max()
+
+Errors are `fedsim.FedsimError` (one line, as the CLI prints them); nothing is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedsim.types import FedsimError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from fedsim.config import Scenario
+
+
+@dataclass
+class RunResult:
+    """One finished run directory: the resolved scenario, the summary and both ledgers."""
+
+    path: Path
+    scenario: Scenario
+    summary: dict
+    rounds: pd.DataFrame  # rounds.csv: one row per round
+    clients: pd.DataFrame  # clients.csv: one row per selected client per round
+
+
+@dataclass
+class SweepResult:
+    path: Path
+    counts: dict  # total, done, ran, skipped, failed
+    results: pd.DataFrame  # results.csv: one row per run per round, the varying fields as columns
+
+
+def _overrides(overrides: dict[str, Any] | list[str] | None) -> list[str]:
+    """{"channel.snr_db": 0, "policy": {"name": "fixed", "rank": 2}} -> --set strings (JSON is YAML)."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, dict):
+        return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+    return list(overrides)
+
+
+def scenario_of(scenario: str | Path | dict | Scenario, overrides: dict[str, Any] | list[str] | None = None) -> Scenario:
+    """A Scenario from a YAML path, a mapping, or a Scenario, with `overrides` applied as `--set` does."""
+    from fedsim.config import Scenario, apply_overrides, load_scenario, scenario_from_dict
+
+    if isinstance(scenario, (str, Path)):
+        return load_scenario(scenario, _overrides(overrides))
+    raw = scenario.model_dump(mode="json") if isinstance(scenario, Scenario) else dict(scenario)
+    return scenario_from_dict(apply_overrides(raw, _overrides(overrides)), "scenario")
+
+
+def run(
+    scenario: str | Path | dict | Scenario,
+    overrides: dict[str, Any] | list[str] | None = None,
+    out: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> RunResult:
+    """Run one scenario into `out` (default runs/<name>-<time>, suffixed when taken) and load its results."""
+    from fedsim.runner import execute_run, start_run
+
+    resolved = scenario_of(scenario, overrides)
+    path = Path(out) if out else Path("runs") / f"{resolved.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    claim = start_run(resolved, path, overwrite=overwrite, unique=out is None)
+    execute_run(resolved, claim, progress=progress)
+    return load_run(claim.path)
+
+
+def load_run(path: str | Path) -> RunResult:
+    """A finished run directory as a RunResult (an unfinished one is a FedsimError)."""
+    import pandas as pd
+
+    from fedsim.config import load_scenario
+    from fedsim.ledger import SUMMARY, is_finished
+
+    path = Path(path)
+    if not is_finished(path):
+        raise FedsimError(f"{path}: not a finished run (no {SUMMARY})")
+    return RunResult(
+        path=path,
+        scenario=load_scenario(path / "config.yaml"),
+        summary=json.loads((path / SUMMARY).read_text()),
+        rounds=pd.read_csv(path / "rounds.csv"),
+        clients=pd.read_csv(path / "clients.csv", keep_default_na=False, na_values=[""]),
+    )
+
+
+def sweep(sweep_file: str | Path, out: str | Path | None = None, *, workers: int = 1, engine: str | None = None, progress: bool = False) -> SweepResult:
+    """Run (or resume) every point of a sweep file, then collect them, as `fedsim sweep` and `fedsim collect` do."""
+    import pandas as pd
+
+    from fedsim.collect import write_results
+    from fedsim.sweeps import default_out_dir, load_sweep, run_sweep
+
+    if workers < 1:
+        raise FedsimError(f"workers={workers}: must be at least 1")
+    spec = load_sweep(sweep_file, engine=engine, workers=workers)
+    path = Path(out) if out else default_out_dir(sweep_file)
+    counts = run_sweep(spec, path, workers=workers, progress=progress)
+    csv_path, _, _, _ = write_results(path)
+    return SweepResult(path=path, counts=counts, results=pd.read_csv(csv_path))

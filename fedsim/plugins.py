@@ -1,0 +1,43 @@
+"""Plugins from the user's own code: register a rank policy without editing fedsim.
+
+In a script or notebook (this process, and the inline engine):
+
+    import fedsim
+    from policies.base import RankPolicy
+
+    class HalfConfig(pydantic.BaseModel):
+        name: Literal["half"] = "half"
+
+    @fedsim.register_policy(HalfConfig)
+    class HalfPolicy(RankPolicy):
+        def ranks(self, observation):
+            return np.full((observation.n_clients, observation.n_layers), observation.max_rank // 2)
+
+    fedsim.run("scenarios/quickstart.yaml", {"policy": {"name": "half"}, "engine": "inline"})
+
+For every process (sweep workers, Flower's Ray actors, `fedsim` on the command line), declare it in
+your package's pyproject.toml instead; fedsim loads the group whenever it reads a scenario:
+
+    [project.entry-points."fedsim.policies"]
+    half = "mypackage.policies:HALF"      # HALF = (HalfConfig, HalfPolicy)
+"""
+
+from __future__ import annotations
+
+
+def register_policy(config_cls: type, policy_cls: type | None = None):
+    """Register a rank policy under its config's `name`; usable as a decorator on the policy class.
+
+    `config_cls`: a pydantic model with `name: Literal["<name>"] = "<name>"` (and the policy's
+    fields, all defaulted); `policy_cls`: a `policies.base.RankPolicy` subclass taking that config.
+    """
+
+    def register(cls: type) -> type:
+        from fedsim.config import refresh_policy_schema
+        from policies.registry import add_policy
+
+        add_policy(config_cls, cls)
+        refresh_policy_schema()
+        return cls
+
+    return register(policy_cls) if policy_cls is not None else register
