@@ -200,8 +200,12 @@ def run_server(grid: Grid, scenario: Scenario, out_dir: Path, progress: bool = T
             )
 
     rounds = run_dir.rounds
-    if not any(r["updates_aggregated"] for r in rounds):
-        raise FedsimError(f"no update was aggregated in any of the {len(rounds)} rounds (see drop_reason in {out_dir}/clients.csv); the run is not finished")
+    # Tolerated client errors that left nothing to aggregate are a failed run; a channel that lost every
+    # update is a result (the global adapter stayed as initialised), so that run finishes normally.
+    if not any(r["updates_aggregated"] for r in rounds) and any(c["drop_reason"] == "client-error" for c in run_dir.clients):
+        raise FedsimError(
+            f"no update was aggregated in any of the {len(rounds)} rounds: clients failed (see drop_reason and error in {out_dir}/clients.csv); the run is not finished"
+        )
     run_dir.save_adapter(lambda d: _export_adapter(strategy, d))
     summary = {
         "scenario": scenario.name,

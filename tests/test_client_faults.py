@@ -53,3 +53,12 @@ def test_non_finite_updates_are_dropped_and_the_global_adapter_kept(tmp_path, ca
         previous = rounds[int(r["round"]) - 2]
         assert r["loss"] == previous["loss"] and r["accuracy"] == previous["accuracy"]
     assert all(float(r["loss"]) < float("inf") for r in rounds)
+
+
+def test_a_channel_that_loses_every_update_is_a_result_not_a_failure(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "scenarios/quickstart.yaml", *TINY, "--set", "channel.deadline_s=1e-6", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert {c["drop_reason"] for c in rows(out / "clients.csv")} == {"deadline"}
+    assert all(r["updates_aggregated"] == "0" for r in rows(out / "rounds.csv"))
+    assert (out / "summary.json").exists()
