@@ -19,7 +19,7 @@ from policies.channel_greedy import ChannelGreedyConfig
 from policies.fixed import FixedConfig
 from policies.ppo import PpoConfig
 
-POLICIES: dict[str, tuple[type, str]] = {
+POLICIES: dict[str, tuple[type, type[RankPolicy] | str]] = {
     "fixed": (FixedConfig, "policies.fixed:FixedPolicy"),
     "channel-greedy": (ChannelGreedyConfig, "policies.channel_greedy:ChannelGreedyPolicy"),
     "adalora": (AdaLoraConfig, "policies.adalora:AdaLoraPolicy"),
@@ -27,12 +27,50 @@ POLICIES: dict[str, tuple[type, str]] = {
     "airllm": (AirLlmConfig, "policies.airllm.policy:AirLlmPolicy"),
 }
 
-_configs = tuple(cfg for cfg, _ in POLICIES.values())
-PolicyConfig = _configs[0] if len(_configs) == 1 else Annotated[Union[_configs], Field(discriminator="name")]  # type: ignore[valid-type]  # noqa: UP007
+ENTRY_POINT_GROUP = "fedsim.policies"  # a distribution's entry point here names a (config class, policy class) pair
+
+
+def config_union():
+    """The pydantic type of a scenario's `policy:` section: the registered configs, told apart by `name`."""
+    configs = tuple(cfg for cfg, _ in POLICIES.values())
+    return configs[0] if len(configs) == 1 else Annotated[Union[configs], Field(discriminator="name")]  # type: ignore[valid-type]  # noqa: UP007
+
+
+PolicyConfig = config_union()
+
+
+def add_policy(config_cls: type, policy_cls: type[RankPolicy] | str) -> str:
+    """Register a policy (the registry's part of `fedsim.register_policy`); returns its name.
+
+    `config_cls` is a pydantic model whose `name` field is a one-value Literal (the name a scenario
+    writes); `policy_cls` a RankPolicy subclass taking that config, or "module:Class".
+    """
+    field = getattr(config_cls, "model_fields", {}).get("name")
+    name = getattr(field, "default", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{config_cls.__name__}: a policy config needs a `name: Literal['...'] = '...'` field")
+    if name in POLICIES and POLICIES[name] != (config_cls, policy_cls):
+        raise ValueError(f"a policy named {name!r} is already registered")
+    POLICIES[name] = (config_cls, policy_cls)
+    return name
+
+
+def load_entry_points() -> list[str]:
+    """Register the policies that installed distributions declare under ENTRY_POINT_GROUP; returns their names."""
+    from importlib.metadata import entry_points
+
+    names = []
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        config_cls, policy_cls = entry.load()
+        names.append(add_policy(config_cls, policy_cls))
+    return names
 
 
 def policy_class(name: str) -> type[RankPolicy]:
-    module, _, attribute = POLICIES[name][1].partition(":")
+    target = POLICIES[name][1]
+    if not isinstance(target, str):
+        return target
+    module, _, attribute = target.partition(":")
     return getattr(import_module(module), attribute)
 
 
