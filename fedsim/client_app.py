@@ -16,6 +16,7 @@ from flwr.clientapp import ClientApp
 
 from channels.quantization import quantize_payload
 from fedsim.aggregation import update_keys
+from fedsim.algorithms.base import MEMORY_PREFIX
 from fedsim.client_errors import guard_client_errors
 from fedsim.cohort import cohort_train
 from fedsim.config import Scenario, scenario_from_dict
@@ -54,7 +55,9 @@ def _on_air(scenario: Scenario, upload: dict, received: dict, client_id: int, se
     """
     channel = scenario.channel
     rounding_rng = np.random.default_rng([scenario.seed, server_round, client_id, 7031])
-    server_side = {k: v for k, v in upload.items() if k in server_side_keys(scenario)}  # nano: the head never leaves the server
+    # Not on the air: nano's head (it never leaves the server) and the client's own state (`memory.` keys), which the
+    # simulator carries for it between rounds.
+    server_side = {k: v for k, v in upload.items() if k in server_side_keys(scenario) or k.startswith(MEMORY_PREFIX)}
     sent = {k: v for k, v in upload.items() if k not in server_side}
     if scenario.aggregation.average == "updates":
         sent = {k: (v - received[k] if k in update_keys(received) else v) for k, v in sent.items()}

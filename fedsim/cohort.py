@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
 from fedsim.adapter_state import payload_ranks
+from fedsim.algorithms.local import LocalAlgorithm
 from fedsim.batches import client_batches
 from fedsim.runtime import Runtime
 from fedsim.sensitivity import SensitivityMeter, sensitivity_betas
@@ -56,6 +57,9 @@ def cohort_train(runtime: Runtime, payloads: list[dict[str, np.ndarray]], client
     head_w = torch.stack([torch.from_numpy(p["head.weight"]) for p in payloads]).requires_grad_()
     head_b = torch.stack([torch.from_numpy(p["head.bias"]) for p in payloads]).requires_grad_()
     optimizer = torch.optim.Adam([{"params": [head_w, head_b], "lr": cfg.head_lr}, {"params": a_stack + b_stack, "lr": cfg.lr}])
+    trained = {f"A.{i}": (a, cfg.lr) for i, a in enumerate(a_stack)} | {f"B.{i}": (b, cfg.lr) for i, b in enumerate(b_stack)}
+    trained |= {"head.weight": (head_w, cfg.head_lr), "head.bias": (head_b, cfg.head_lr)}
+    algorithm = LocalAlgorithm(runtime.scenario.algorithm, trained, payloads, stacked=True)
 
     betas = sensitivity_betas(runtime.scenario)
     meter = SensitivityMeter(list(zip(a_stack, b_stack)), *betas, stacked=True) if betas else None
@@ -86,7 +90,9 @@ def cohort_train(runtime: Runtime, payloads: list[dict[str, np.ndarray]], client
                 np.add.at(tokens, owner[chunk], batch["attention_mask"].sum(1).numpy())
             if meter is not None:
                 meter.update()
+            algorithm.after_backward()  # after the sensitivity meter: it measures the loss alone
             optimizer.step()
+            algorithm.after_step()
 
     sensitivity = meter.scores() if meter is not None else None
     results = []
@@ -99,6 +105,7 @@ def cohort_train(runtime: Runtime, payloads: list[dict[str, np.ndarray]], client
                 upload[f"B.{i}"] = b_stack[i][c, :, :r].detach().numpy().copy()
         upload["head.weight"] = head_w[c].detach().numpy().copy()
         upload["head.bias"] = head_b[c].detach().numpy().copy()
+        upload |= algorithm.upload(c, ranks[c])
         metrics = {"num-examples": len(runtime.partitions[cid]), "train-loss": float(losses[c].mean()), "tokens": int(tokens[c])}
         if meter is not None:
             metrics["sensitivity"] = sensitivity[c].tolist()

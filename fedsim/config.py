@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from channels import ChannelConfig
+from fedsim.algorithms import ALGORITHMS, CLIENT_SIDE, AlgorithmConfig
 from fedsim.types import FedsimError
 from policies import POLICIES, PolicyConfig
 
@@ -134,6 +135,12 @@ class Scenario(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     clients: ClientsConfig = Field(default_factory=ClientsConfig)
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
+    algorithm: AlgorithmConfig = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ALGORITHMS["fedavg"][0](),
+        description="The federated algorithm: fedavg, fedprox (mu), scaffold (server_lr), or a server optimiser on the "
+        "round's pseudo-gradient: fedavgm (server_lr, momentum), fedadam / fedyogi (server_lr, beta_1, beta_2, tau), "
+        "fedadagrad (server_lr, beta_1, tau). See docs and fedsim/algorithms/.",
+    )
     channel: ChannelConfig = Field(default_factory=lambda: ChannelConfig())  # type: ignore[operator]
     policy: PolicyConfig = Field(default_factory=lambda: POLICIES["fixed"][0]())  # type: ignore[valid-type]
 
@@ -150,6 +157,21 @@ class Scenario(_Section):
         if getattr(self.channel, "mode", "digital") == "aircomp" and (self.adapter.kind == "nano" or self.aggregation.method == "fisher"):
             field = "adapter.kind=nano" if self.adapter.kind == "nano" else "aggregation.method=fisher"
             raise ValueError(f"channel.mode=aircomp does not support {field} (AirComp receives only the sum of the updates); allowed: channel.mode=digital")
+        algorithm = self.algorithm.name
+        if algorithm in CLIENT_SIDE and self.adapter.kind == "nano":
+            raise ValueError(
+                f"algorithm.name={algorithm} changes local training, which adapter.kind=nano (split training) does not support; allowed: adapter.kind=lora"
+            )
+        if algorithm == "scaffold" and (self.aggregation.method != "fedavg-factors" or self.aggregation.average != "updates"):
+            raise ValueError(
+                f"algorithm.name=scaffold needs aggregation.method=fedavg-factors with average=updates (its control variates live in "
+                f"factor coordinates; {self.aggregation.method}/{self.aggregation.average} does not keep them); allowed: "
+                "--set aggregation.method=fedavg-factors --set aggregation.average=updates"
+            )
+        if algorithm == "scaffold" and getattr(self.channel, "mode", "digital") == "aircomp":
+            raise ValueError(
+                "algorithm.name=scaffold is not modelled over channel.mode=aircomp (the control variates would need their own superposition); allowed: channel.mode=digital"
+            )
         if getattr(self.policy, "learn", False) and self.data.validation_samples == 0:
             raise ValueError("policy.learn=true needs data.validation_samples > 0 (the reward must not read the test split); allowed: e.g. 500")
         for r in getattr(self.policy, "ranks", None) or []:
@@ -253,7 +275,7 @@ def _register_union_tags() -> None:
     from channels import CHANNELS
     from policies import POLICIES
 
-    _UNION_TAGS.update(CHANNELS, POLICIES)
+    _UNION_TAGS.update(CHANNELS, POLICIES, ALGORITHMS)
 
 
 def refresh_policy_schema() -> None:
@@ -381,7 +403,7 @@ def scenario_from_dict(raw: dict, source: str = "scenario") -> Scenario:
 
 
 # Sections chosen by their `name` (tagged unions): switching the name alone keeps fields the new kind lacks.
-_NAMED_SECTIONS = ("policy",)
+_NAMED_SECTIONS = ("policy", "algorithm")
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from fedsim.types import FedsimError
 
 ROUND_COLUMNS = [
@@ -61,6 +63,7 @@ CLIENT_COLUMNS = [
 ]
 
 SUMMARY = "summary.json"
+ALGORITHM_STATE = "algorithm_state.safetensors"  # the server state of fedadam, scaffold, ... at the end of the run
 LOCK = ".fedsim.lock"  # held (flock) by the run writing the directory; gone when it ends
 
 
@@ -187,6 +190,19 @@ class RunDirectory:
         finally:
             if staging.exists():
                 shutil.rmtree(staging)
+
+    def save_arrays(self, name: str, arrays: dict, metadata: dict[str, str]) -> None:
+        """Named float arrays as one safetensors file (e.g. the server optimiser's state); nothing when empty."""
+        if not arrays:
+            return
+        from safetensors.numpy import save
+
+        data = save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata=metadata)
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        normal_permissions(Path(tmp))
+        os.replace(tmp, self.path / name)
 
     def finish(self, summary: dict) -> None:
         self.flush()

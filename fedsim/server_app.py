@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from channels import build_channel
 from fedsim.cohort import pack, unpack
 from fedsim.config import Scenario, load_scenario
-from fedsim.ledger import RunDirectory
+from fedsim.ledger import ALGORITHM_STATE, RunDirectory
 from fedsim.runtime import get_runtime
 from fedsim.strategy import RankAdaptiveStrategy, check_node_map
 from fedsim.types import FedsimError
@@ -207,6 +207,7 @@ def run_server(grid: Grid, scenario: Scenario, out_dir: Path, progress: bool = T
             f"no update was aggregated in any of the {len(rounds)} rounds: clients failed (see drop_reason and error in {out_dir}/clients.csv); the run is not finished"
         )
     run_dir.save_adapter(lambda d: _export_adapter(strategy, d))
+    run_dir.save_arrays(ALGORITHM_STATE, strategy.algorithm.state_dict(), {"algorithm": scenario.algorithm.name})
     summary = {
         "scenario": scenario.name,
         "seed": scenario.seed,
@@ -235,7 +236,7 @@ def storage_summary(model, rounds: list[dict]) -> dict:
     client_params, model_params = client_storage(model)
     totals = {
         f"total_{key}": int(sum(r.get(key, 0) for r in rounds))
-        for key in ("bytes_up_adapter", "bytes_up_fisher", "bytes_up_activations", "bytes_down_gradients")
+        for key in ("bytes_up_adapter", "bytes_up_fisher", "bytes_up_control", "bytes_up_activations", "bytes_down_gradients")
     }
     return {"client_params": client_params, "model_params": model_params, "client_params_ratio": client_params / model_params, **totals}
 

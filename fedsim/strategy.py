@@ -18,7 +18,9 @@ from flwr.common.constant import ErrorCode
 from channels import Channel
 from channels.quantization import dequantize_payload, encoded_bits
 from fedsim.adapter_state import FISHER_PREFIX, HEAD_KEYS, AdapterState, payload_bits, payload_params, truncate
-from fedsim.aggregation import aggregate
+from fedsim.aggregation import Aggregated, aggregate
+from fedsim.algorithms import build_algorithm
+from fedsim.algorithms.base import MEMORY_PREFIX
 from fedsim.config import Scenario
 from fedsim.nano import server_side_keys
 from fedsim.runtime import Runtime
@@ -65,6 +67,8 @@ class RankAdaptiveStrategy:
         self.policy = policy
         self.scenario_yaml = scenario.to_yaml()
         self.global_state: AdapterState = runtime.initial_state.copy()
+        self.algorithm = build_algorithm(scenario.algorithm, scenario.aggregation.method, scenario.clients.num_clients)
+        self.algorithm.setup(self.global_state)
         n_layers = runtime.n_layers
         self.params_per_rank = np.array(runtime.model.params_per_rank())
         # Nano mode: the head lives on the server, so it is neither broadcast nor uploaded (not metered),
@@ -156,9 +160,9 @@ class RankAdaptiveStrategy:
         ranks = ranks.astype(np.int64)
         messages, bytes_down = [], []
         for client, client_ranks in zip(clients, ranks):
-            payload = truncate(self.global_state, client_ranks)
-            on_air = {k: v for k, v in payload.items() if k not in self.server_side_keys}
-            bytes_down.append(payload_bits(on_air, 32) // 8)  # the broadcast is float32, as sent
+            payload = truncate(self.global_state, client_ranks) | self.algorithm.downlink(int(client), client_ranks)
+            bytes_down.append(payload_bits(self.on_air(payload), 32) // 8)  # the broadcast is float32, as sent
+            payload |= self.algorithm.memory(int(client), client_ranks)  # the client's own state, carried for it
             config = ConfigRecord({"server-round": server_round, "client-id": int(client), "scenario": self.scenario_yaml})
             content = RecordDict({"arrays": to_array_record(payload), "config": config})
             messages.append(Message(content, dst_node_id=node_of_client[int(client)], message_type=MessageType.TRAIN, group_id=str(server_round)))
@@ -195,6 +199,14 @@ class RankAdaptiveStrategy:
         fisher_bits = np.array(
             [encoded_bits({k: v for k, v in self.on_air(e).items() if k.startswith(FISHER_PREFIX)}) if e is not None else 0 for e in encoded]
         )
+        control_bits = np.array(
+            [
+                encoded_bits({k: v for k, v in self.on_air(e).items() if k.startswith(self.algorithm.upload_prefix)})
+                if e is not None and self.algorithm.upload_prefix
+                else 0
+                for e in encoded
+            ]
+        )
         # Nano mode: every local step also sent activations up and got gradients down (split computation).
         replied = [received.get(int(c), (None, {}))[1] for c in pending.clients]
         activation_bytes = np.array([int(m.get("bytes-up-activations", 0)) if m else 0 for m in replied])
@@ -205,6 +217,9 @@ class RankAdaptiveStrategy:
         # Over the air, a client would not superpose it, so it is left out of the AirComp sum too.
         finite = [u is None or all(np.isfinite(v).all() for v in u.values()) for u in uploads]
         uploads = [u if ok else None for u, ok in zip(uploads, finite)]
+        for client, e, ok in zip(pending.clients, encoded, finite):  # the client keeps its new state, whatever the channel does
+            if e is not None and ok:
+                self.algorithm.remember(int(client), {k: v for k, v in e.items() if k.startswith(MEMORY_PREFIX)})
         samples = np.full(len(pending.clients), self.scenario.train.local_steps * self.scenario.train.batch_size)
         superposition = None
         if self.channel.mode == "aircomp":
@@ -250,6 +265,7 @@ class RankAdaptiveStrategy:
                     "bytes_down": int(pending.bytes_down[k] + gradient_bytes[k]),
                     "bytes_up_adapter": int(adapter_bits[k] // 8),
                     "bytes_up_fisher": int(fisher_bits[k] // 8),
+                    "bytes_up_control": int(control_bits[k] // 8),
                     "bytes_up_activations": int(activation_bytes[k]),
                     "bytes_down_gradients": int(gradient_bytes[k]),
                     "snr_db": float(pending.states.snr_db[k]),
@@ -271,13 +287,13 @@ class RankAdaptiveStrategy:
                 }
             )
 
-        truncated_fraction = 0.0
         if superposition is not None:
-            self.global_state, self.layer_importance = self.apply_superposition(superposition.aggregate)
+            merged = Aggregated(*self.apply_superposition(superposition.aggregate), 0.0)
         else:
             agg = self.scenario.aggregation
             merged = aggregate(self.global_state, delivered_uploads, weights, agg.method, self.rng_aggregation, agg.average)
-            self.global_state, self.layer_importance, truncated_fraction = merged
+        merged = self.algorithm.server_update(self.global_state, merged, delivered_uploads, weights)
+        self.global_state, self.layer_importance, truncated_fraction = merged
         if sensitivities:  # the clients' AdaLoRA sensitivity replaces the server-side singular values
             self.layer_importance = np.average(sensitivities, axis=0, weights=sensitivity_weights)
         bytes_up = int(up_bits.sum() // 8)
@@ -293,6 +309,7 @@ class RankAdaptiveStrategy:
             "bytes_down": bytes_down,
             "bytes_up_adapter": int(adapter_bits.sum() // 8),
             "bytes_up_fisher": int(fisher_bits.sum() // 8),
+            "bytes_up_control": int(control_bits.sum() // 8),
             "bytes_up_activations": int(activation_bytes.sum()),
             "bytes_down_gradients": int(gradient_bytes.sum()),
             "cum_bytes_up": self.cum_bytes_up,
@@ -344,11 +361,12 @@ class RankAdaptiveStrategy:
             shapes |= {f"{FISHER_PREFIX}{key}": shape for key, shape in shapes.items()}
         for key in HEAD_KEYS:
             shapes[key] = tuple(self.global_state.head[key].shape)
-        return shapes
+        return shapes | self.algorithm.upload_shapes(shapes)
 
     def on_air(self, encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The arrays of a reply that crossed the uplink (not the server-side head of nano mode)."""
-        return {k: v for k, v in encoded.items() if k not in self.server_side_keys}
+        """The arrays of a message that cross the air: not the server-side head of nano mode, nor the state the
+        simulator carries for a client (`memory.` keys)."""
+        return {k: v for k, v in encoded.items() if k not in self.server_side_keys and not k.startswith(MEMORY_PREFIX)}
 
     def decode_upload(self, encoded: dict[str, np.ndarray], ranks) -> dict[str, np.ndarray]:
         """The float32 values the client sent: its changes (`average: updates`) or its adapter (`models`)."""

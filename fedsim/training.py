@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from fedsim.adapter_state import load_payload, state_from_model, truncate
+from fedsim.algorithms.local import LocalAlgorithm
 from fedsim.batches import client_batches
 from fedsim.runtime import Runtime, batches_by_length
 from fedsim.sensitivity import SensitivityMeter, sensitivity_betas
@@ -33,6 +34,9 @@ def local_train(runtime: Runtime, payload: dict[str, np.ndarray], client_id: int
     if lora:
         groups.append({"params": lora, "lr": cfg.lr})
     optimizer = torch.optim.Adam(groups)
+    trained = {f"{side}.{i}": (p, cfg.lr) for i, r in enumerate(ranks) if r > 0 for side, p in zip("AB", model.factor(i))}
+    trained |= {"head.weight": (model.head.weight, cfg.head_lr), "head.bias": (model.head.bias, cfg.head_lr)}
+    algorithm = LocalAlgorithm(scenario.algorithm, trained, [payload], stacked=False)
 
     betas = sensitivity_betas(scenario)
     meter = SensitivityMeter([model.factor(i) for i in range(len(model.layers))], *betas) if betas else None
@@ -54,11 +58,13 @@ def local_train(runtime: Runtime, payload: dict[str, np.ndarray], client_id: int
                 f_b += b.grad.detach().float() ** 2
         if meter is not None:
             meter.update()
+        algorithm.after_backward()  # after the Fisher and sensitivity meters: they measure the loss alone
         optimizer.step()
+        algorithm.after_step()
         losses.append(loss.item())
         tokens += int(batch["attention_mask"].sum())
         steps += 1
-    upload = truncate(state_from_model(model), ranks)
+    upload = truncate(state_from_model(model), ranks) | algorithm.upload(0, ranks)
     if want_fisher:
         from fedsim.nano import add_fisher
 

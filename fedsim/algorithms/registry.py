@@ -1,0 +1,37 @@
+"""Algorithm registry: a new federated algorithm is one file plus one line here (config class, algorithm class).
+
+Both are light (numpy and pydantic), so reading a scenario imports no torch.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+from pydantic import Field
+
+from fedsim.algorithms.base import FederatedAlgorithm
+from fedsim.algorithms.fedadagrad import FedAdagrad, FedAdagradConfig
+from fedsim.algorithms.fedadam import FedAdam, FedAdamConfig
+from fedsim.algorithms.fedavg import FedAvg, FedAvgConfig
+from fedsim.algorithms.fedavgm import FedAvgM, FedAvgMConfig
+from fedsim.algorithms.fedprox import FedProx, FedProxConfig
+from fedsim.algorithms.fedyogi import FedYogi, FedYogiConfig
+from fedsim.algorithms.scaffold import Scaffold, ScaffoldConfig
+
+ALGORITHMS: dict[str, tuple[type, type[FederatedAlgorithm]]] = {
+    "fedavg": (FedAvgConfig, FedAvg),
+    "fedprox": (FedProxConfig, FedProx),
+    "scaffold": (ScaffoldConfig, Scaffold),
+    "fedavgm": (FedAvgMConfig, FedAvgM),
+    "fedadam": (FedAdamConfig, FedAdam),
+    "fedyogi": (FedYogiConfig, FedYogi),
+    "fedadagrad": (FedAdagradConfig, FedAdagrad),
+}
+
+CLIENT_SIDE = ("fedprox", "scaffold")  # change local training (fedsim.algorithms.local)
+
+AlgorithmConfig = Annotated[Union[tuple(cfg for cfg, _ in ALGORITHMS.values())], Field(discriminator="name")]  # type: ignore[valid-type]  # noqa: UP007
+
+
+def build_algorithm(config, method: str, num_clients: int) -> FederatedAlgorithm:
+    return ALGORITHMS[config.name][1](config, method, num_clients)
