@@ -37,6 +37,13 @@ class DataConfig(_Section):
     text_column: str = Field("text", description="CSV column with the input text.")
     label_column: str = Field("category", description="CSV column with the class label.")
     max_length: int = Field(64, ge=8, description="Texts are truncated to this many tokens; batches pad only to their own longest.")
+    labels: list[str] | dict[str, list[str]] | None = Field(
+        None,
+        min_length=2,
+        description="A smaller task from the data set's labels, in both splits: a list keeps only those labels; a mapping "
+        "{new_label: [labels]} merges each list into one new label and drops the rest (e.g. a binary task from BANKING77 "
+        "intents, scenarios/label_skew.yaml); null = all labels.",
+    )
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     eval_samples: int | None = Field(500, ge=1, description="Per-round server evaluation on a fixed random subset of this size (null = whole test set).")
     eval_full_final: bool = Field(True, description="Evaluate the last round on the whole test set.")

@@ -94,7 +94,28 @@ def _load_corpus_cached(dataset: str, text_column: str, label_column: str) -> Co
 
 
 def load_corpus(config: DataConfig) -> Corpus:
-    return _load_corpus_cached(config.dataset, config.text_column, config.label_column)
+    corpus = _load_corpus_cached(config.dataset, config.text_column, config.label_column)
+    return select_labels(corpus, config.labels) if config.labels else corpus
+
+
+def select_labels(corpus: Corpus, labels: list[str] | dict[str, list[str]]) -> Corpus:
+    """The corpus restricted to `data.labels`: a list keeps those labels (relabelled 0.. in its order), a mapping
+    {new: [old, ...]} merges each group into label `new` (in the mapping's order); other examples are dropped."""
+    groups = labels if isinstance(labels, dict) else {name: [name] for name in labels}
+    members = [old for group in groups.values() for old in group]
+    unknown = [n for n in members if n not in corpus.label_names]
+    if unknown or len(set(members)) != len(members) or any(not group for group in groups.values()):
+        problem = f"{unknown[0]!r} is not a label of the data set" if unknown else "a label is listed twice, or a group is empty"
+        raise FedsimError(f"data.labels: {problem}; the labels are {', '.join(corpus.label_names[:5])}, ... ({len(corpus.label_names)} in all)")
+    remap = np.full(len(corpus.label_names), -1)
+    for new_id, group in enumerate(groups.values()):
+        remap[[corpus.label_names.index(old) for old in group]] = new_id
+
+    def subset(data: TextDataset) -> TextDataset:
+        keep = np.flatnonzero(remap[data.labels] >= 0)
+        return TextDataset([data.texts[i] for i in keep], remap[data.labels[keep]].astype(np.int64))
+
+    return Corpus(subset(corpus.train), subset(corpus.test), list(groups))
 
 
 # --- partitioners -----------------------------------------------------------------------------

@@ -181,9 +181,12 @@ def _label_value(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.+\-]+", "_", text).strip("_") or "_"
 
 
+LONG_LABEL = 64  # a value whose label is longer (e.g. a list of 27 label names) is left out of the name; the hash keeps it apart
+
+
 def run_dir_name(values: dict[str, Any], digest: str) -> str:
     short = _short_names(list(values))
-    labels = "_".join(f"{short[k]}={_label_value(v)}" for k, v in values.items())
+    labels = "_".join(f"{short[k]}={label}" for k, v in values.items() if len(label := _label_value(v)) <= LONG_LABEL)
     return f"{labels[:120]}-{digest[:10]}"
 
 
