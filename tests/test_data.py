@@ -61,3 +61,24 @@ def test_dynamic_padding_pads_to_batch_longest(banking):
     batch = tok.batch(idx)
     assert batch["input_ids"].shape[1] == tok.lengths[idx].max() < 64
     assert int(batch["attention_mask"].sum()) == int(tok.lengths[idx].sum())
+
+
+def test_data_labels_keeps_or_merges_labels_in_both_splits():
+    full = load_corpus(DataConfig())
+    kept = load_corpus(DataConfig(labels=["exchange_rate", "card_arrival"]))
+    assert kept.label_names == ["exchange_rate", "card_arrival"]
+    for split in ("train", "test"):
+        whole, part = getattr(full, split), getattr(kept, split)
+        expected = [t for t, y in zip(whole.texts, whole.labels) if full.label_names[y] in ("exchange_rate", "card_arrival")]
+        assert part.texts == expected
+        assert [kept.label_names[y] for y in part.labels] == [full.label_names[y] for y in whole.labels if full.label_names[y] in kept.label_names]
+    merged = load_corpus(DataConfig(labels={"money": ["exchange_rate", "cash_withdrawal_charge"], "card": ["card_arrival"]}))
+    names = full.label_names
+    counts = {n: int((full.test.labels == names.index(n)).sum()) for n in ("exchange_rate", "cash_withdrawal_charge", "card_arrival")}
+    assert merged.label_names == ["money", "card"]
+    assert list(np.bincount(merged.test.labels)) == [counts["exchange_rate"] + counts["cash_withdrawal_charge"], counts["card_arrival"]]
+
+
+def test_an_unknown_label_is_one_line():
+    with pytest.raises(FedsimError, match="data.labels: 'no_such_intent' is not a label"):
+        load_corpus(DataConfig(labels=["card_arrival", "no_such_intent"]))
