@@ -66,7 +66,12 @@ class AdapterConfig(_Section):
         description="'lora': LoRA in the backbone, the client holds the whole model; 'nano': FedNano NanoAdapters on the "
         "token embeddings' output, the backbone and head stay on the server (split computation, activations metered).",
     )
-    target_modules: list[str] = Field(["query", "value"], min_length=1, description="Module names LoRA is injected into.")
+    target_modules: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Module names LoRA is injected into (null = the backbone family's default: query/value for BERT-style "
+        "encoders, q_proj/v_proj for OPT, Llama, Qwen and Mistral, c_attn for GPT-2; see fedsim/backbones/registry.py).",
+    )
     max_rank: int = Field(8, ge=1, description="The largest rank a policy may give a layer; the global adapter's rank.")
     alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator: the update is (alpha / max_rank) * B A.")
     layers: list[Annotated[int, Field(ge=0)]] | None = Field(

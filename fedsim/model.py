@@ -65,20 +65,24 @@ def load_encoder(backbone: str) -> nn.Module:
 
 
 class SentenceClassifier(nn.Module):
-    """Encoder -> masked mean pooling -> linear head (logits over the classes).
+    """Backbone -> pooling (its family's: masked mean for encoders, last token for decoders,
+    `fedsim.backbones`) -> linear head (logits over the classes).
 
     `forward(prefix_hidden=h, prefix_layers=k)` starts from cached hidden states
-    entering transformer layer k instead of from token ids (see `encode_prefix`).
+    entering transformer layer k instead of from token ids (see `encode_prefix`; encoders only).
     """
 
     def __init__(self, encoder: nn.Module, num_labels: int):
         super().__init__()
+        from fedsim.backbones import family
+
         self.encoder = encoder
+        self.family = family(encoder.config)
         self.head = nn.Linear(encoder.config.hidden_size, num_labels)
         self.name_or_path = getattr(encoder.config, "_name_or_path", "")  # PEFT records it in adapter_config.json
 
     def _layers(self) -> nn.ModuleList:
-        return self.encoder.encoder.layer
+        return self.family.blocks(self.encoder)
 
     def _mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor):
         from transformers.masking_utils import create_bidirectional_mask
@@ -86,7 +90,7 @@ class SentenceClassifier(nn.Module):
         return create_bidirectional_mask(config=self.encoder.config, inputs_embeds=hidden, attention_mask=attention_mask)
 
     def supports_prefix(self) -> bool:
-        return hasattr(self.encoder, "embeddings") and hasattr(getattr(self.encoder, "encoder", None), "layer")
+        return self.family.blocks(self.encoder) is not None
 
     def encode_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: int) -> torch.Tensor:
         """Hidden states entering transformer layer `layers`: embeddings plus the layers below it."""
@@ -103,7 +107,7 @@ class SentenceClassifier(nn.Module):
         prefix_hidden: torch.Tensor | None = None,
         prefix_layers: int = 0,
     ) -> torch.Tensor:
-        """Mean-pooled sentence embeddings (what the head sees)."""
+        """Pooled sentence embeddings (what the head sees)."""
         if prefix_hidden is None:
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         else:
@@ -111,8 +115,7 @@ class SentenceClassifier(nn.Module):
             mask = self._mask(hidden, attention_mask)
             for layer in self._layers()[prefix_layers:]:
                 hidden = layer(hidden, mask)
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return ((hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)).float()
+        return self.family.pool(hidden, attention_mask)
 
     def forward(self, input_ids=None, attention_mask=None, prefix_hidden=None, prefix_layers: int = 0, **_) -> torch.Tensor:
         return self.head(self.features(input_ids, attention_mask, prefix_hidden, prefix_layers))
@@ -139,7 +142,7 @@ class LoraClassifier:
         self,
         backbone: str,
         num_labels: int,
-        target_modules: list[str],
+        target_modules: list[str] | None,
         max_rank: int,
         alpha: float,
         layers: list[int] | None = None,
@@ -149,12 +152,14 @@ class LoraClassifier:
 
         logging.getLogger("peft").setLevel(logging.ERROR)
         base = build_classifier(backbone, num_labels)
+        target_modules = target_modules or base.family.default_targets
         config = LoraConfig(
             r=max_rank,
             lora_alpha=alpha,
             lora_dropout=0.0,
             target_modules=list(target_modules),
             modules_to_save=["head"],
+            fan_in_fan_out=base.family.fan_in_fan_out,
             layers_to_transform=list(layers) if layers is not None else None,
         )
         try:
@@ -297,10 +302,13 @@ def check_backbone_fits(scenario) -> None:
                 f"(a NanoAdapter's rank cannot exceed it); allowed: 1..{hidden}"
             )
         return
-    dims = adapted_dims(config, adapter.target_modules, adapter.layers)
+    from fedsim.backbones import family
+
+    targets = adapter.target_modules or family(config).default_targets
+    dims = adapted_dims(config, targets, adapter.layers)
     if not dims:
         where = f" in adapter.layers={adapter.layers}" if adapter.layers is not None else ""
-        raise FedsimError(f"adapter.target_modules={adapter.target_modules}{where}: no such layer in model.backbone={backbone!r}")
+        raise FedsimError(f"adapter.target_modules={targets}{where}: no such layer in model.backbone={backbone!r}")
     name, (d_in, d_out) = min(dims.items(), key=lambda item: min(item[1]))
     cap = min(d_in, d_out)
     if adapter.max_rank > cap:
