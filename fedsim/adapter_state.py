@@ -40,9 +40,9 @@ class AdapterState:
 def state_from_model(model: LoraClassifier) -> AdapterState:
     factors = [model.factor(i) for i in range(len(model.layers))]
     return AdapterState(
-        A=[a.detach().numpy().copy() for a, _ in factors],
-        B=[b.detach().numpy().copy() for _, b in factors],
-        head={"head.weight": model.head.weight.detach().numpy().copy(), "head.bias": model.head.bias.detach().numpy().copy()},
+        A=[a.detach().cpu().numpy().copy() for a, _ in factors],
+        B=[b.detach().cpu().numpy().copy() for _, b in factors],
+        head={"head.weight": model.head.weight.detach().cpu().numpy().copy(), "head.bias": model.head.bias.detach().cpu().numpy().copy()},
     )
 
 

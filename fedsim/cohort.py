@@ -40,12 +40,13 @@ def cohort_train(runtime: Runtime, payloads: list[dict[str, np.ndarray]], client
     model = runtime.model
     n_clients, n_layers, max_rank = len(payloads), runtime.n_layers, model.max_rank
     ranks = np.array([payload_ranks(p, n_layers) for p in payloads])  # [clients, layers]
+    device = runtime.device
 
     a_stack, b_stack, masks = [], [], []
     for i in range(n_layers):
         a_ref, b_ref = model.factor(i)
-        a = torch.zeros((n_clients, max_rank, a_ref.shape[1]))
-        b = torch.zeros((n_clients, b_ref.shape[0], max_rank))
+        a = torch.zeros((n_clients, max_rank, a_ref.shape[1]), device=device)
+        b = torch.zeros((n_clients, b_ref.shape[0], max_rank), device=device)
         for c, payload in enumerate(payloads):
             r = ranks[c, i]
             if r:
@@ -53,9 +54,9 @@ def cohort_train(runtime: Runtime, payloads: list[dict[str, np.ndarray]], client
                 b[c, :, :r] = torch.from_numpy(payload[f"B.{i}"])
         a_stack.append(a.requires_grad_())
         b_stack.append(b.requires_grad_())
-        masks.append(torch.as_tensor(np.arange(max_rank)[None, :] < ranks[:, i, None], dtype=torch.float32))
-    head_w = torch.stack([torch.from_numpy(p["head.weight"]) for p in payloads]).requires_grad_()
-    head_b = torch.stack([torch.from_numpy(p["head.bias"]) for p in payloads]).requires_grad_()
+        masks.append(torch.as_tensor(np.arange(max_rank)[None, :] < ranks[:, i, None], dtype=torch.float32, device=device))
+    head_w = torch.stack([torch.from_numpy(p["head.weight"]) for p in payloads]).to(device).requires_grad_()
+    head_b = torch.stack([torch.from_numpy(p["head.bias"]) for p in payloads]).to(device).requires_grad_()
     optimizer = torch.optim.Adam([{"params": [head_w, head_b], "lr": cfg.head_lr}, {"params": a_stack + b_stack, "lr": cfg.lr}])
     trained = {f"A.{i}": (a, cfg.lr) for i, a in enumerate(a_stack)} | {f"B.{i}": (b, cfg.lr) for i, b in enumerate(b_stack)}
     trained |= {"head.weight": (head_w, cfg.head_lr), "head.bias": (head_b, cfg.head_lr)}
@@ -72,12 +73,12 @@ def cohort_train(runtime: Runtime, payloads: list[dict[str, np.ndarray]], client
             groups = [steps[c][step] for c in range(n_clients)]
             rows = np.concatenate(groups)
             owner = np.repeat(np.arange(n_clients), [len(g) for g in groups])
-            weight = torch.from_numpy(np.concatenate([np.full(len(g), 1.0 / len(g)) for g in groups])).float()
+            weight = torch.from_numpy(np.concatenate([np.full(len(g), 1.0 / len(g)) for g in groups])).float().to(device)
             optimizer.zero_grad(set_to_none=True)
             for chunk in length_chunks(lengths[rows]):
                 batch = runtime.batch("train", rows[chunk])
                 labels = batch.pop("labels")
-                chunk_owner = torch.from_numpy(owner[chunk])
+                chunk_owner = torch.from_numpy(owner[chunk]).to(device)
                 owner_of_rows(chunk_owner)
                 with runtime.autocast():
                     pooled = model.classifier.features(**batch)
@@ -86,8 +87,8 @@ def cohort_train(runtime: Runtime, payloads: list[dict[str, np.ndarray]], client
                     logits = logits_all[torch.arange(len(chunk)), chunk_owner].float()
                 per_row = F.cross_entropy(logits, labels, reduction="none") * weight[chunk]
                 per_row.sum().backward()
-                np.add.at(losses[:, step], owner[chunk], per_row.detach().numpy())
-                np.add.at(tokens, owner[chunk], batch["attention_mask"].sum(1).numpy())
+                np.add.at(losses[:, step], owner[chunk], per_row.detach().cpu().numpy())
+                np.add.at(tokens, owner[chunk], batch["attention_mask"].sum(1).cpu().numpy())
             if meter is not None:
                 meter.update()
             algorithm.after_backward()  # after the sensitivity meter: it measures the loss alone
@@ -101,10 +102,10 @@ def cohort_train(runtime: Runtime, payloads: list[dict[str, np.ndarray]], client
         for i in range(n_layers):
             r = ranks[c, i]
             if r:
-                upload[f"A.{i}"] = a_stack[i][c, :r].detach().numpy().copy()
-                upload[f"B.{i}"] = b_stack[i][c, :, :r].detach().numpy().copy()
-        upload["head.weight"] = head_w[c].detach().numpy().copy()
-        upload["head.bias"] = head_b[c].detach().numpy().copy()
+                upload[f"A.{i}"] = a_stack[i][c, :r].detach().cpu().numpy().copy()
+                upload[f"B.{i}"] = b_stack[i][c, :, :r].detach().cpu().numpy().copy()
+        upload["head.weight"] = head_w[c].detach().cpu().numpy().copy()
+        upload["head.bias"] = head_b[c].detach().cpu().numpy().copy()
         upload |= algorithm.upload(c, ranks[c])
         metrics = {"num-examples": len(runtime.partitions[cid]), "train-loss": float(losses[c].mean()), "tokens": int(tokens[c])}
         if meter is not None:

@@ -136,6 +136,12 @@ class Scenario(_Section):
         description="'flower': Flower's simulation engine (Ray); 'inline': the same ServerApp and ClientApp called in-process (faster start, identical ledger).",
     )
     threads: int | None = Field(None, ge=1, description="torch threads for training (null = all cores).")
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        "cpu",
+        description="Where clients train and the server evaluates: 'cpu' (default), 'cuda' (one GPU: the frozen backbone "
+        "once in GPU memory, every client's adapter and optimizer state beside it), or 'auto' (cuda when available). "
+        "Rank policies stay on the CPU. With train.precision=bf16 the GPU runs bfloat16 autocast.",
+    )
     tolerate_client_errors: bool = Field(
         False,
         description="false: a client that fails stops the run with one line naming the client, round and cause; "
@@ -184,6 +190,8 @@ class Scenario(_Section):
             raise ValueError(
                 "algorithm.name=scaffold is not modelled over channel.mode=aircomp (the control variates would need their own superposition); allowed: channel.mode=digital"
             )
+        if self.device != "cpu" and self.adapter.kind == "nano":
+            raise ValueError(f"device={self.device} supports adapter.kind=lora (NanoAdapters' split training runs on the CPU); allowed: device=cpu")
         if getattr(self.policy, "learn", False) and self.data.validation_samples == 0:
             raise ValueError("policy.learn=true needs data.validation_samples > 0 (the reward must not read the test split); allowed: e.g. 500")
         for r in getattr(self.policy, "ranks", None) or []:

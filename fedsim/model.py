@@ -40,7 +40,8 @@ def load_tokenizer(backbone: str):
         ) from None
 
 
-def load_encoder(backbone: str) -> nn.Module:
+def load_encoder(backbone: str, dtype: torch.dtype | None = None) -> nn.Module:
+    """The backbone's weights (frozen later), in `dtype` when given (bf16 on a GPU: half the memory), else as stored."""
     from transformers import AutoModel, BertConfig, BertModel
     from transformers.utils import logging as hf_logging
 
@@ -53,10 +54,11 @@ def load_encoder(backbone: str) -> nn.Module:
             torch.manual_seed(0)
             return BertModel(BertConfig(vocab_size=vocab, max_position_embeddings=128, **TINY_RANDOM), add_pooling_layer=False)
     source = minilm_path() if backbone == "minilm" else backbone
+    kwargs = {"dtype": dtype} if dtype is not None else {}
     try:
-        return AutoModel.from_pretrained(source, local_files_only=True, add_pooling_layer=False)
+        return AutoModel.from_pretrained(source, local_files_only=True, add_pooling_layer=False, **kwargs)
     except TypeError:
-        return AutoModel.from_pretrained(source, local_files_only=True)
+        return AutoModel.from_pretrained(source, local_files_only=True, **kwargs)
     except (OSError, ValueError):
         raise FedsimError(
             f"model.backbone={backbone!r}: not found; allowed: 'minilm', 'tiny-random', a local model directory, "
@@ -121,12 +123,12 @@ class SentenceClassifier(nn.Module):
         return self.head(self.features(input_ids, attention_mask, prefix_hidden, prefix_layers))
 
 
-def build_classifier(backbone: str, num_labels: int) -> SentenceClassifier:
+def build_classifier(backbone: str, num_labels: int, dtype: torch.dtype | None = None) -> SentenceClassifier:
     """The base model an exported adapter applies to. The head's initial weights do not matter:
     the adapter carries the trained head."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = SentenceClassifier(load_encoder(backbone), num_labels)
+        model = SentenceClassifier(load_encoder(backbone, dtype), num_labels)
     model.name_or_path = backbone
     return model
 
@@ -146,12 +148,14 @@ class LoraClassifier:
         max_rank: int,
         alpha: float,
         layers: list[int] | None = None,
+        dtype: torch.dtype | None = None,
     ):
         from peft import LoraConfig, get_peft_model
         from peft.tuners.lora import LoraLayer
 
         logging.getLogger("peft").setLevel(logging.ERROR)
-        base = build_classifier(backbone, num_labels)
+        base = build_classifier(backbone, num_labels, dtype)
+        base.head.float()  # the head and the LoRA factors (PEFT keeps them float32) train in float32 under autocast
         target_modules = target_modules or base.family.default_targets
         config = LoraConfig(
             r=max_rank,
@@ -201,6 +205,13 @@ class LoraClassifier:
 
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.head.parameters())
+
+    def to(self, device: torch.device) -> LoraClassifier:
+        """The whole model (frozen base, adapters, head) and the rank masks on `device`, in place."""
+        self.model.to(device)
+        for mask in self._masks:
+            mask.data = mask.data.to(device)
+        return self
 
     def set_ranks(self, ranks) -> None:
         for mask, rank in zip(self._masks, ranks):

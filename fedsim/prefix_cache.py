@@ -36,7 +36,8 @@ class PrefixCache:
         for start in range(0, len(missing), CHUNK):
             chunk = missing[start : start + CHUNK]
             batch = self.data.batch(chunk)
-            hidden = self.classifier.encode_prefix(batch["input_ids"], batch["attention_mask"], self.layers)
+            device = next(self.classifier.parameters()).device  # the states are kept in host memory
+            hidden = self.classifier.encode_prefix(batch["input_ids"].to(device), batch["attention_mask"].to(device), self.layers).cpu()
             for row, i in enumerate(chunk):
                 self.states[i] = hidden[row, : self.data.lengths[i]].to(self.dtype).clone()
 

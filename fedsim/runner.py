@@ -20,6 +20,15 @@ class RunInterrupted(Exception):
     """Raised in the ServerApp's thread once the user interrupted the run (Ctrl-C), so that it stops."""
 
 
+def gpu_wanted(device: str) -> bool:
+    """Whether a scenario's `device` asks for a GPU (cuda, or auto where torch sees one)."""
+    if device == "cpu":
+        return False
+    import torch
+
+    return device == "cuda" or torch.cuda.is_available()
+
+
 def preflight(scenario: Scenario) -> None:
     """Everything a run checks before it claims a directory or builds a model (`fedsim validate` runs it too):
     the backbone exists and fits data.max_length / adapter.max_rank, the data files parse and split, the policy checkpoint loads."""
@@ -128,11 +137,13 @@ def _run_flower_simulation(scenario: Scenario, out_dir: Path, progress: bool) ->
 
     cores = os.cpu_count() or 1
     threads = scenario.threads or cores
+    gpus = 1.0 if gpu_wanted(scenario.device) else 0.0
     backend_config = {
-        # One actor using every core: local training is serial per client anyway, and
-        # the same thread count as the inline engine keeps the ledgers identical.
-        "client_resources": {"num_cpus": min(threads, cores), "num_gpus": 0.0},
-        "init_args": {"logging_level": logging.ERROR, "log_to_driver": False, "include_dashboard": False, "num_cpus": cores},
+        # One actor using every core (and the GPU, with device: cuda): local training is serial per client
+        # anyway (or one cohort call per round), the base model then sits in GPU memory once, and the same
+        # thread count as the inline engine keeps the ledgers identical.
+        "client_resources": {"num_cpus": min(threads, cores), "num_gpus": gpus},
+        "init_args": {"logging_level": logging.ERROR, "log_to_driver": False, "include_dashboard": False, "num_cpus": cores, "num_gpus": int(gpus)},
     }
 
     def interrupted(signum, frame):

@@ -31,6 +31,7 @@ def _runtime_key(scenario: Scenario) -> str:
         "prefix_cache": scenario.train.prefix_cache,
         "num_clients": scenario.clients.num_clients,
         "seed": scenario.seed,
+        "device": scenario.device,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -62,9 +63,14 @@ class Runtime:
                     adapter.max_rank,
                     adapter.alpha,
                     adapter.layers,
+                    # On a GPU with bf16 the frozen base is stored in bf16 (half the memory); on the CPU it stays float32.
+                    dtype=torch.bfloat16 if scenario.device != "cpu" and scenario.train.precision == "bf16" and torch.cuda.is_available() else None,
                 )
             torch.nn.init.normal_(self.model.head.weight, std=0.02)
             torch.nn.init.zeros_(self.model.head.bias)
+        self.device = resolve_device(scenario.device)
+        if self.device.type != "cpu":
+            self.model.to(self.device)
         self.initial_state: AdapterState = state_from_model(self.model)
         self.eval_subset = self._eval_subset()
         prefix_layers = self.model.frozen_prefix_layers if scenario.train.prefix_cache else 0
@@ -80,12 +86,13 @@ class Runtime:
 
     def batch(self, split: str, indices: np.ndarray) -> dict[str, torch.Tensor]:
         """Model inputs and labels for examples `indices` of 'train' or 'test', from the prefix cache when valid."""
-        if self.prefix is not None:
-            return self.prefix[split].batch(indices)
-        return (self.train if split == "train" else self.test).batch(indices)
+        batch = self.prefix[split].batch(indices) if self.prefix is not None else (self.train if split == "train" else self.test).batch(indices)
+        if self.device.type == "cpu":
+            return batch
+        return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def autocast(self):
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.scenario.train.precision == "bf16")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.scenario.train.precision == "bf16")
 
     def _eval_subset(self) -> np.ndarray:
         n = len(self.test)
@@ -97,6 +104,15 @@ class Runtime:
     @property
     def n_layers(self) -> int:
         return len(self.model.layers)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`device` of a scenario as a torch device; cuda without a visible GPU is one clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise FedsimError("device=cuda: no CUDA device is visible to torch (torch.cuda.is_available() is false); allowed: device=cpu or auto")
+    return torch.device(name)
 
 
 def split_validation(n_train: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -45,7 +45,7 @@ class SensitivityMeter:
         for smoothed, uncertainty in zip(self.smoothed, self.uncertainty):
             score = sum((s * u).flatten(start_dim=1 if self.stacked else 0).sum(-1) for s, u in zip(smoothed, uncertainty))
             per_layer.append(score)
-        return torch.stack(per_layer, dim=-1).double().numpy() if per_layer else np.zeros(0)
+        return torch.stack(per_layer, dim=-1).double().cpu().numpy() if per_layer else np.zeros(0)
 
 
 def sensitivity_betas(scenario) -> tuple[float, float] | None:

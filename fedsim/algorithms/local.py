@@ -22,7 +22,7 @@ def _gather(payloads: list[dict[str, np.ndarray]], name: str, key: str, like: to
     out = torch.zeros_like(like, dtype=torch.float32)
     for c, payload in enumerate(payloads):
         if name in payload:
-            value = torch.from_numpy(np.asarray(payload[name], dtype=np.float32))
+            value = torch.from_numpy(np.asarray(payload[name], dtype=np.float32)).to(out.device)
             (out[c] if stacked else out)[region(key, value)] = value
     return out
 
@@ -75,8 +75,8 @@ class LocalAlgorithm:
                 new = own - control + (pick(self.start[key]).double() - pick(tensor).double()) / (self.steps * lr)
             else:  # a frozen parameter learns nothing about the drift: keep c_i
                 new = own
-            new_cut = at_ranks(key, new.numpy(), ranks)
+            new_cut = at_ranks(key, new.cpu().numpy(), ranks)
             if new_cut is not None:  # a layer at rank 0 trained nothing
-                out[DELTA_PREFIX + key] = at_ranks(key, (new - own).numpy(), ranks)
+                out[DELTA_PREFIX + key] = at_ranks(key, (new - own).cpu().numpy(), ranks)
                 out[MEMORY_PREFIX + CONTROL_PREFIX + key] = new_cut
         return out

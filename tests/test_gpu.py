@@ -1,0 +1,85 @@
+"""device: cuda (issue 16). Skipped without a CUDA device, so CI (CPU only) skips them; run on a GPU machine
+with `pytest -m gpu`. The backbone is a tiny random OPT with a word-level tokenizer built from BANKING77,
+so nothing but the repository is needed there (MiniLM's weights are not)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import TINY, tiny_scenario
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+DATA = Path(__file__).resolve().parents[1] / "fedsim" / "data" / "banking77"
+
+
+@pytest.fixture(scope="module")
+def opt_dir(tmp_path_factory):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import AutoModel, OPTConfig, PreTrainedTokenizerFast
+
+    with open(DATA / "train.csv", newline="") as fh:
+        texts = [row["text"] for row in csv.DictReader(fh)]
+    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]")
+    config = OPTConfig(
+        vocab_size=fast.vocab_size, pad_token_id=0, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=2, word_embed_proj_dim=64
+    )
+    path = tmp_path_factory.mktemp("opt")
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(path)
+    fast.save_pretrained(path)
+    return str(path)
+
+
+def scenario(opt_dir, device, engine="per-client", precision="fp32", **overrides):
+    return tiny_scenario(model={"backbone": opt_dir}, device=device, train={**TINY["train"], "engine": engine, "precision": precision}, **overrides)
+
+
+def test_a_cuda_run_matches_the_cpu_run_in_fp32(opt_dir, tmp_path):
+    import pandas as pd
+
+    from fedsim.runner import run_scenario
+
+    ledgers = {}
+    for device in ("cpu", "cuda"):
+        run_scenario(scenario(opt_dir, device), tmp_path / device, progress=False)
+        ledgers[device] = pd.read_csv(tmp_path / device / "clients.csv")
+    assert (ledgers["cpu"]["bytes_up"] == ledgers["cuda"]["bytes_up"]).all()
+    np.testing.assert_allclose(ledgers["cuda"]["train_loss"], ledgers["cpu"]["train_loss"], rtol=1e-3)
+
+
+def test_cohort_uploads_equal_per_client_uploads_within_bf16_tolerance(opt_dir):
+    from fedsim.adapter_state import truncate
+    from fedsim.cohort import cohort_train
+    from fedsim.runtime import get_runtime
+    from fedsim.training import local_train
+
+    runtime = get_runtime(scenario(opt_dir, "cuda", precision="bf16"))
+    assert runtime.device.type == "cuda" and next(runtime.model.model.parameters()).device.type == "cuda"
+    clients = [0, 2, 4]
+    ranks = [[8, 8, 8, 8], [4, 2, 8, 1], [1, 0, 3, 8]]
+    payloads = [truncate(runtime.initial_state, r) for r in ranks]
+    together = cohort_train(runtime, payloads, clients, server_round=1)
+    for payload, client, (upload, _) in zip(payloads, clients, together):
+        alone, _ = local_train(runtime, payload, client, server_round=1)
+        assert alone.keys() == upload.keys()
+        for key in alone:
+            change_alone, change_together = alone[key] - payload[key], upload[key] - payload[key]
+            scale = np.abs(change_alone).max() + 1e-12
+            assert np.abs(change_together - change_alone).max() <= 0.05 * scale + 1e-4, key
+
+
+def test_scaffold_and_fedadam_run_on_cuda(opt_dir, tmp_path):
+    from fedsim.runner import run_scenario
+
+    for name, extra in {"scaffold": {"aggregation": {"method": "fedavg-factors"}}, "fedadam": {}}.items():
+        summary = run_scenario(scenario(opt_dir, "cuda", engine="cohort", algorithm={"name": name}, **extra), tmp_path / name, progress=False)
+        assert np.isfinite(summary["final_loss"])
