@@ -75,7 +75,7 @@ def cohort_train(runtime: Runtime, payloads: list[dict[str, np.ndarray]], client
             owner = np.repeat(np.arange(n_clients), [len(g) for g in groups])
             weight = torch.from_numpy(np.concatenate([np.full(len(g), 1.0 / len(g)) for g in groups])).float().to(device)
             optimizer.zero_grad(set_to_none=True)
-            for chunk in length_chunks(lengths[rows]):
+            for chunk in length_chunks(lengths[rows], *PASS_SIZING[device.type == "cuda"]):
                 batch = runtime.batch("train", rows[chunk])
                 labels = batch.pop("labels")
                 chunk_owner = torch.from_numpy(owner[chunk]).to(device)
@@ -116,13 +116,18 @@ def cohort_train(runtime: Runtime, payloads: list[dict[str, np.ndarray]], client
 
 CHUNK_TOKENS = 4096  # the most padded tokens in one forward pass (bounds activation memory)
 PASS_OVERHEAD_TOKENS = 128  # a pass's fixed cost (per-op dispatch, hooks), in padded-token equivalents
+# On a GPU a pass costs its thousands of kernel launches (~0.25 s at OPT-1.3B's depth, benchmarks/README.md,
+# "LLM scale on a GPU") whatever its size, while padding is nearly free: fewer, larger passes.
+GPU_CHUNK_TOKENS = 16384
+GPU_PASS_OVERHEAD_TOKENS = 8192
+PASS_SIZING = {False: (CHUNK_TOKENS, PASS_OVERHEAD_TOKENS), True: (GPU_CHUNK_TOKENS, GPU_PASS_OVERHEAD_TOKENS)}
 
 
-def length_chunks(row_lengths: np.ndarray, max_padded_tokens: int = CHUNK_TOKENS) -> list[np.ndarray]:
+def length_chunks(row_lengths: np.ndarray, max_padded_tokens: int = CHUNK_TOKENS, pass_overhead: int = PASS_OVERHEAD_TOKENS) -> list[np.ndarray]:
     """Split a step's rows into forward passes of similar length, as cheaply as possible.
 
     Rows are sorted by length (stable, so the split is deterministic) and cut into contiguous runs
-    by dynamic programming, minimising the padded tokens computed plus `PASS_OVERHEAD_TOKENS` per
+    by dynamic programming, minimising the padded tokens computed plus `pass_overhead` per
     pass, with no pass above `max_padded_tokens` (a longer single row gets a pass of its own).
     The loss is a sum over rows, so accumulating the passes' gradients gives the gradient of one
     pass over all rows.
@@ -135,7 +140,7 @@ def length_chunks(row_lengths: np.ndarray, max_padded_tokens: int = CHUNK_TOKENS
     for end in range(1, n + 1):
         starts = np.arange(end)
         padded = (end - starts) * sorted_lengths[end - 1]
-        cost = best[:end] + padded + PASS_OVERHEAD_TOKENS
+        cost = best[:end] + padded + pass_overhead
         cost[(padded > max_padded_tokens) & (starts < end - 1)] = np.inf
         cut[end] = int(np.argmin(cost))
         best[end] = cost[cut[end]]
