@@ -72,9 +72,10 @@ def test_cohort_uploads_equal_per_client_uploads_within_bf16_tolerance(opt_dir):
         alone, _ = local_train(runtime, payload, client, server_round=1)
         assert alone.keys() == upload.keys()
         for key in alone:
+            # Adam moves every coordinate by about lr whatever its gradient's size, so a coordinate whose gradient
+            # is at bf16's rounding level can flip sign: compare whole tensors, not coordinates.
             change_alone, change_together = alone[key] - payload[key], upload[key] - payload[key]
-            scale = np.abs(change_alone).max() + 1e-12
-            assert np.abs(change_together - change_alone).max() <= 0.05 * scale + 1e-4, key
+            assert np.linalg.norm(change_together - change_alone) <= 0.1 * np.linalg.norm(change_alone) + 1e-6, key
 
 
 def test_scaffold_and_fedadam_run_on_cuda(opt_dir, tmp_path):
