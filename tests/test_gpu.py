@@ -71,11 +71,19 @@ def test_cohort_uploads_equal_per_client_uploads_within_bf16_tolerance(opt_dir):
     for payload, client, (upload, _) in zip(payloads, clients, together):
         alone, _ = local_train(runtime, payload, client, server_round=1)
         assert alone.keys() == upload.keys()
-        for key in alone:
-            # Adam moves every coordinate by about lr whatever its gradient's size, so a coordinate whose gradient
-            # is at bf16's rounding level can flip sign: compare whole tensors, not coordinates.
-            change_alone, change_together = alone[key] - payload[key], upload[key] - payload[key]
-            assert np.linalg.norm(change_together - change_alone) <= 0.1 * np.linalg.norm(change_alone) + 1e-6, key
+        # What the model computes is B A (and the head): compare that over all layers, not coordinates. Adam moves each
+        # coordinate by about lr whatever its gradient's size, so in round 1 (B = 0, tiny gradients) bf16 rounding
+        # becomes part of a coordinate's change: on the CPU in bf16 the two engines differ by ~6% of the update in
+        # norm (1e-6 in fp32); a row given to the wrong client would differ by ~100%.
+        diff = total = 0.0
+        for key in [k for k in alone if k.startswith("A.")]:
+            b_key = "B." + key[2:]
+            before = payload[b_key] @ payload[key]
+            d_alone, d_together = alone[b_key] @ alone[key] - before, upload[b_key] @ upload[key] - before
+            diff, total = diff + np.sum((d_together - d_alone) ** 2), total + np.sum(d_alone**2)
+        assert np.sqrt(diff / total) <= 0.15
+        head_alone, head_together = alone["head.weight"] - payload["head.weight"], upload["head.weight"] - payload["head.weight"]
+        assert np.linalg.norm(head_together - head_alone) <= 0.15 * np.linalg.norm(head_alone)
 
 
 def test_scaffold_and_fedadam_run_on_cuda(opt_dir, tmp_path):
