@@ -14,9 +14,13 @@ tokenizer built from the data, SST-2-like lengths), one round = 8 clients x 10 s
 3. **fedsim**: `fedsim.run` with `device: cuda`, `train.precision: bf16`, `train.engine: cohort`, the
    inline engine, 8 clients per round (rounds 2.. timed: round 1 includes allocation and warm-up).
 4. **fedsim, 64 clients per round**: one round, peak GPU memory against the base model's bytes.
+5. **the quickstart at MiniLM's shape** (`--part minilm`): random weights of all-MiniLM-L6-v2's shape
+   (its weights are not on the GPU machine), the quickstart's settings, fp32, seconds per round on
+   `--device`; run it once with cuda and once with cpu to compare.
 
     python benchmarks/gpu_round.py --out /tmp/gpu_round           # on a GPU machine
     python benchmarks/gpu_round.py --shape tiny --device cpu      # a smoke test of the script anywhere
+    python benchmarks/gpu_round.py --part minilm --device cuda    # then --device cpu: the quickstart's round
 
 It prints a table and writes `gpu_round.json` beside the saved model.
 """
@@ -62,6 +66,34 @@ def save_backbone(directory: Path, shape: str, device: str) -> None:
     model.save_pretrained(directory)
     fast.save_pretrained(directory)
     del model
+
+
+def save_minilm_shape(directory: Path) -> None:
+    """A random BERT of all-MiniLM-L6-v2's shape with a word-level tokenizer of BANKING77."""
+    from transformers import BertConfig, BertModel
+
+    save_backbone(directory, "tiny", "cpu")  # for its tokenizer; the OPT weights are replaced below
+    for file in directory.glob("model*.safetensors"):
+        file.unlink()
+    config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536, max_position_embeddings=512)
+    torch.manual_seed(0)
+    BertModel(config, add_pooling_layer=False).save_pretrained(directory)
+
+
+def minilm_round(out: Path, device: str, rounds: int) -> dict:
+    import fedsim
+
+    directory = out / "minilm-shape-random"
+    if not (directory / "config.json").is_file():
+        save_minilm_shape(directory)
+    run = fedsim.run(
+        "scenarios/quickstart.yaml",
+        {"model.backbone": str(directory), "device": device, "engine": "inline", "rounds": rounds, "data.eval_full_final": False},
+        out=out / f"minilm-{device}",
+        overwrite=True,
+    )
+    walls = np.loadtxt(run.path / "timings.csv", delimiter=",", skiprows=1, usecols=1, ndmin=1)
+    return {"minilm_device": device, "minilm_round_s": float(np.mean(walls[1:])), "minilm_round_s_all": walls.tolist()}
 
 
 def token_batches(directory: Path, rows: int, steps: int, seed: int = 0) -> list[list[list[int]]]:
@@ -128,7 +160,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3, help="fedsim rounds at --clients per round (the first is not timed)")
     parser.add_argument("--big-cohort", type=int, default=64, help="clients in the one-round memory run (0 = skip)")
+    parser.add_argument("--part", choices=["llm", "minilm"], default="llm", help="llm: parts 1-4; minilm: part 5")
     args = parser.parse_args()
+    if args.part == "minilm":
+        result = minilm_round(Path(args.out), args.device, args.rounds)
+        print(json.dumps(result))
+        return
     from transformers import AutoModel
 
     import fedsim
