@@ -134,8 +134,9 @@ class RankAdaptiveStrategy:
             channel=states,
             layer_names=self.runtime.model.layer_names,
             max_rank=self.scenario.adapter.max_rank,
-            params_per_rank=self.params_per_rank,
-            fixed_params=self.head_params,
+            # What one rank component and the fixed part cost on the uplink, as sent: SCAFFOLD sends each twice.
+            params_per_rank=self.params_per_rank * self.algorithm.upload_copies,
+            fixed_params=self.head_params * self.algorithm.upload_copies,
             bits_per_param=self.channel.bits_per_param,
             last_ranks=self.last_ranks[states.client_ids],
             last_loss=self.last_loss,
@@ -333,7 +334,7 @@ class RankAdaptiveStrategy:
             row["aircomp_mse"] = superposition.mse
             row["aircomp_mse_noise"] = superposition.mse_noise
             row["aircomp_mse_truncation"] = superposition.mse_truncation
-        full_params = int(self.params_per_rank.sum()) * self.scenario.adapter.max_rank + self.head_params
+        full_params = (int(self.params_per_rank.sum()) * self.scenario.adapter.max_rank + self.head_params) * self.algorithm.upload_copies
         self.round_info = {  # what a learning policy's reward needs (policies.common.round_reward)
             "bits_up": up_bits.astype(float),
             "bits_full": np.full(len(up_bits), float(full_params * bits_per_param)),

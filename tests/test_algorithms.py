@@ -182,3 +182,36 @@ def test_algorithm_misconfigurations_are_one_line(overrides, message):
     with pytest.raises(FedsimError) as err:
         scenario_from_dict({"model": {"backbone": "tiny-random"}, **overrides})
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "algorithm, extra",
+    [
+        ({"name": "fedadam"}, {"channel": {"kind": "rayleigh", "snr_db": 0, "bits_per_param": 4, "deadline_s": 0.05}, "policy": {"name": "channel-greedy"}}),
+        ({"name": "fedyogi"}, {"channel": {"kind": "awgn", "snr_db": 10, "mode": "aircomp"}, "policy": {"name": "adalora", "tinit": 0, "tfinal": 1}}),
+        (
+            {"name": "scaffold"},
+            {
+                "channel": {"kind": "rayleigh", "snr_db": 0, "bits_per_param": 8, "deadline_s": 0.25, "packet_error": "threshold", "per_m": 1.0},
+                "aggregation": {"method": "fedavg-factors"},
+                "policy": {"name": "channel-greedy"},
+            },
+        ),
+        ({"name": "fedprox", "mu": 0.1}, {"policy": {"name": "ppo"}, "channel": {"kind": "rayleigh", "snr_db": 5, "bits_per_param": 16}}),
+    ],
+)
+def test_algorithms_compose_with_policies_quantisation_losses_and_aircomp(tmp_path, algorithm, extra):
+    """Heterogeneous ranks, 4/8-bit uploads, updates lost to the deadline, over-the-air aggregation: the run
+    finishes with finite metrics, and a round that lost every update keeps the global adapter."""
+    import pandas as pd
+
+    path = run(tmp_path, "run", algorithm=algorithm, **extra)
+    rounds, clients = pd.read_csv(path / "rounds.csv"), pd.read_csv(path / "clients.csv")
+    assert np.isfinite(rounds["loss"]).all()
+    if algorithm["name"] == "scaffold":
+        # channel-greedy budgets the doubled upload (no update is late); a lost upload loses its control variates too
+        lost = clients["drop_reason"] == "packet-error"
+        assert not (clients["drop_reason"] == "deadline").any() and lost.any() and clients["delivered"].any()
+        assert (clients.loc[lost, "bytes_up_control"] * 2 == clients.loc[lost, "bytes_up_adapter"]).all()
+    elif "deadline_s" in extra.get("channel", {}):
+        assert (clients["drop_reason"] == "deadline").any() and clients["delivered"].any()

@@ -49,6 +49,7 @@ def region(key: str, value: np.ndarray):
 class FederatedAlgorithm:
     name = "fedavg"
     upload_prefix = ""  # keys of the extra arrays a client uploads (metered as bytes_up_control); "" = none
+    upload_copies = 1  # the upload's size in adapters of the client's ranks (what rank policies budget with)
 
     def __init__(self, config: Any, method: str, num_clients: int):
         self.config = config

@@ -55,6 +55,7 @@ class ScaffoldConfig(BaseModel):
 class Scaffold(FederatedAlgorithm):
     name = "scaffold"
     upload_prefix = DELTA_PREFIX
+    upload_copies = 2  # Delta y and Delta c_i have the same shapes
 
     def setup(self, initial_state) -> None:
         zeros = {f"A.{i}": np.zeros(a.shape) for i, a in enumerate(initial_state.A)}
