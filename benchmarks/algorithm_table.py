@@ -95,7 +95,7 @@ def plot(groups, out_dir: Path) -> None:
             ax.plot(mb, acc.mean(0), marker="o", markersize=3, label=method, linewidth=2 if method == REFERENCE else 1.4)
         ax.set_title(f"{task} (Dirichlet 0.1, 20 clients)")
         ax.set_xlabel("MB uploaded (cumulative, mean over seeds)")
-        ax.set_ylabel("test accuracy (mean of 3 seeds; last round: whole test set)")
+        ax.set_ylabel("test accuracy, mean of 3 seeds")
         ax.grid(alpha=0.3)
     axes[0][0].legend(frameon=False)
     fig.tight_layout()
