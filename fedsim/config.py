@@ -308,6 +308,15 @@ def refresh_policy_schema() -> None:
     _register_union_tags()
 
 
+def refresh_algorithm_schema() -> None:
+    """Rebuild the scenario model after an algorithm was registered (`fedsim.register_algorithm`)."""
+    from fedsim.algorithms.registry import config_union
+
+    Scenario.model_fields["algorithm"].annotation = config_union()
+    Scenario.model_rebuild(force=True)
+    _register_union_tags()
+
+
 def _load_plugins() -> None:
     """Policies that installed distributions declare (entry point group `fedsim.policies`): loaded in every
     process that reads a scenario, sweep workers and Ray actors included."""

@@ -1,4 +1,5 @@
-"""Plugins from the user's own code: register a rank policy without editing fedsim.
+"""Plugins from the user's own code: register a rank policy, a federated algorithm or a backbone family
+without editing fedsim.
 
 In a script or notebook (this process, and the inline engine):
 
@@ -41,3 +42,30 @@ def register_policy(config_cls: type, policy_cls: type | None = None):
         return cls
 
     return register(policy_cls) if policy_cls is not None else register
+
+
+def register_algorithm(config_cls: type, algorithm_cls: type | None = None):
+    """Register a federated algorithm under its config's `name`; usable as a decorator on the class.
+
+    `config_cls`: a pydantic model with `name: Literal["<name>"] = "<name>"`; `algorithm_cls`: a
+    `fedsim.algorithms.base.FederatedAlgorithm` subclass (server hooks; `server_update` is the usual one).
+    Scenarios then accept `algorithm: {name: <name>, ...}` in this process (and the inline engine).
+    """
+
+    def register(cls: type) -> type:
+        from fedsim.algorithms.registry import add_algorithm
+        from fedsim.config import refresh_algorithm_schema
+
+        add_algorithm(config_cls, cls)
+        refresh_algorithm_schema()
+        return cls
+
+    return register(algorithm_cls) if algorithm_cls is not None else register
+
+
+def register_backbone(model_type: str, family) -> None:
+    """Use `family` (a `fedsim.backbones.base.Backbone`: pooling, default LoRA targets, prefix blocks) for
+    every backbone whose HF config has this `model_type`."""
+    from fedsim.backbones.registry import FAMILIES
+
+    FAMILIES[model_type] = family

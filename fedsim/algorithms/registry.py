@@ -30,7 +30,25 @@ ALGORITHMS: dict[str, tuple[type, type[FederatedAlgorithm]]] = {
 
 CLIENT_SIDE = ("fedprox", "scaffold")  # change local training (fedsim.algorithms.local)
 
-AlgorithmConfig = Annotated[Union[tuple(cfg for cfg, _ in ALGORITHMS.values())], Field(discriminator="name")]  # type: ignore[valid-type]  # noqa: UP007
+
+def config_union():
+    """The pydantic type of a scenario's `algorithm:` section: the registered configs, told apart by `name`."""
+    return Annotated[Union[tuple(cfg for cfg, _ in ALGORITHMS.values())], Field(discriminator="name")]  # type: ignore[valid-type]  # noqa: UP007
+
+
+AlgorithmConfig = config_union()
+
+
+def add_algorithm(config_cls: type, algorithm_cls: type[FederatedAlgorithm]) -> str:
+    """Register an algorithm (the registry's part of `fedsim.register_algorithm`); returns its name."""
+    field = getattr(config_cls, "model_fields", {}).get("name")
+    name = getattr(field, "default", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{config_cls.__name__}: an algorithm config needs a `name: Literal['...'] = '...'` field")
+    if name in ALGORITHMS and ALGORITHMS[name] != (config_cls, algorithm_cls):
+        raise ValueError(f"an algorithm named {name!r} is already registered")
+    ALGORITHMS[name] = (config_cls, algorithm_cls)
+    return name
 
 
 def build_algorithm(config, method: str, num_clients: int) -> FederatedAlgorithm:
