@@ -63,7 +63,7 @@ def execute_run(scenario: Scenario, claim: RunClaim, progress: bool = True) -> d
             from fedsim.server_app import run_server
 
             grid = InlineGrid(client_app, scenario.clients.num_clients, error_log=claim.path / CLIENT_ERRORS_LOG)
-            return run_server(grid, scenario, claim.path, progress)
+            return run_server(grid, scenario, claim.path, progress, simulated=True)
         return _run_flower_simulation(scenario, claim.path, progress)
     finally:
         claim.release()
@@ -133,7 +133,7 @@ def _run_flower_simulation(scenario: Scenario, out_dir: Path, progress: bool) ->
     @server.main()
     def main(grid, context) -> None:
         server_threads.append(threading.current_thread())
-        result.update(run_server(_CancellableGrid(grid, cancel), scenario, out_dir, progress))
+        result.update(run_server(_CancellableGrid(grid, cancel), scenario, out_dir, progress, simulated=True))
 
     cores = os.cpu_count() or 1
     threads = scenario.threads or cores

@@ -1,9 +1,10 @@
 """The Flower ServerApp: owns the round loop and writes the run directory.
 
 `run_server(grid, scenario, out_dir)` is the whole server side. The simulation
-engine gets it through `make_server_app`; a deployment (`flwr run`) gets the
-module-level `app`, which reads the scenario and output directory from the run
-config.
+engines call it from `fedsim.runner` (clients map to simulated nodes without
+queries); a deployment (`flwr run`) gets the module-level `app`, which reads the
+scenario and output directory from the run config and asks each SuperNode for its
+partition-id.
 """
 
 from __future__ import annotations
@@ -36,6 +37,24 @@ def discover_nodes(grid: Grid, num_clients: int, wait_s: float = NODE_WAIT_S) ->
     while len(list(grid.get_node_ids())) < num_clients and time.monotonic() < deadline:
         time.sleep(0.05)
     mapping = query_partitions(grid, sorted(grid.get_node_ids()), num_clients, wait_s)
+    check_node_map(mapping, num_clients)
+    return mapping
+
+
+def simulated_nodes(grid: Grid, num_clients: int, wait_s: float = NODE_WAIT_S) -> dict[int, int]:
+    """Client index -> node id on a simulation engine (inline, Flower's Ray simulation), with no message.
+
+    There every client's data is found from the `client-id` its train message carries (the runtime holds
+    all partitions), so any simulated node can serve any client: client k goes to the k-th node id in
+    increasing order. Start-up then costs one `get_node_ids` call at any population, where asking each
+    node for its partition-id (`discover_nodes`, which the deployment engine needs: there a SuperNode holds
+    one client's data) took one actor call per node: ~20 minutes for 1,000 clients on a loaded 2-core machine.
+    """
+    deadline = time.monotonic() + wait_s
+    while len(list(grid.get_node_ids())) < num_clients and time.monotonic() < deadline:
+        time.sleep(0.05)
+    nodes = sorted(grid.get_node_ids())
+    mapping = {client: nodes[client] for client in range(min(num_clients, len(nodes)))}
     check_node_map(mapping, num_clients)
     return mapping
 
@@ -160,11 +179,20 @@ def build_strategy(scenario: Scenario, policy=None) -> RankAdaptiveStrategy:
     return RankAdaptiveStrategy(scenario, get_runtime(scenario), build_channel(scenario.channel, scenario.seed), policy)
 
 
-def run_server(grid: Grid, scenario: Scenario, out_dir: Path, progress: bool = True, round_timeout_s: float | None = None, log_rounds: bool = False) -> dict:
+def run_server(
+    grid: Grid,
+    scenario: Scenario,
+    out_dir: Path,
+    progress: bool = True,
+    round_timeout_s: float | None = None,
+    log_rounds: bool = False,
+    simulated: bool = False,
+) -> dict:
     """Run every round of `scenario` through `grid` into `out_dir`.
 
     `round_timeout_s` is the deployment's round deadline: replies that have not arrived by
     then are dropped ("no-reply") and the round closes with those that came (None = wait for all).
+    `simulated`: the grid is a simulation engine's, so clients map to nodes without queries (`simulated_nodes`).
     """
     import torch
 
@@ -176,7 +204,8 @@ def run_server(grid: Grid, scenario: Scenario, out_dir: Path, progress: bool = T
     runtime = strategy.runtime
     run_dir.start(scenario.to_yaml())
     num_clients = scenario.clients.num_clients
-    nodes = NodeDirectory(grid, discover_nodes(grid, num_clients), num_clients, min(round_timeout_s or NODE_WAIT_S, NODE_WAIT_S))
+    initial = simulated_nodes(grid, num_clients) if simulated else discover_nodes(grid, num_clients)
+    nodes = NodeDirectory(grid, initial, num_clients, min(round_timeout_s or NODE_WAIT_S, NODE_WAIT_S))
 
     bar = tqdm(range(1, scenario.rounds + 1), desc=scenario.name, unit="round", disable=not progress, dynamic_ncols=True)
     for server_round in bar:
@@ -247,18 +276,6 @@ def _export_adapter(strategy: RankAdaptiveStrategy, directory: Path) -> None:
     model = strategy.runtime.model
     load_payload(model, truncate(strategy.global_state, [model.max_rank] * len(model.layers)))
     model.save_adapter(directory)
-
-
-def make_server_app(scenario: Scenario, out_dir: Path, progress: bool = True, result: dict | None = None) -> ServerApp:
-    server = ServerApp()
-
-    @server.main()
-    def main(grid: Grid, context: Context) -> None:
-        summary = run_server(grid, scenario, out_dir, progress)
-        if result is not None:
-            result.update(summary)
-
-    return server
 
 
 # Deployment entry point (`flwr run`): the run config names the scenario file and the output directory.

@@ -95,3 +95,12 @@ def test_last_token_pooling_ignores_right_padding(decoders):
         padded = model.features(batch, mask)
         alone = model.features(torch.tensor([ids[0]]), torch.ones((1, len(ids[0])), dtype=torch.long))
     torch.testing.assert_close(padded[0:1], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_a_decoder_run_is_reproducible_byte_for_byte(decoders, tmp_path):
+    from tests.test_golden import ledger_text
+
+    for attempt in ("first", "second"):
+        run_scenario(decoder_scenario(decoders["gpt2"], "cohort"), tmp_path / attempt, progress=False)
+    for ledger in ("rounds.csv", "clients.csv"):
+        assert ledger_text(tmp_path / "first" / ledger) == ledger_text(tmp_path / "second" / ledger)

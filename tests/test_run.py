@@ -99,3 +99,19 @@ def test_exported_adapter_loads_with_peft_and_gives_the_same_logits(tmp_path, ti
         exported = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     torch.testing.assert_close(exported, simulator, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(exported, base.head(torch.zeros(1, base.head.in_features))), "the trained head is loaded"
+
+
+def test_simulated_nodes_map_every_client_without_a_message():
+    """On a simulation engine client k goes to the k-th node id: complete, deterministic, no query sent."""
+    from fedsim.client_app import app
+    from fedsim.inline_grid import InlineGrid
+    from fedsim.server_app import discover_nodes, simulated_nodes
+
+    grid = InlineGrid(app, 7)
+    sent = []
+    grid.push_messages = lambda messages: sent.extend(messages) or []  # any message would land here
+    mapping = simulated_nodes(grid, 7)
+    assert mapping == {k: node for k, node in enumerate(sorted(grid.get_node_ids()))} == simulated_nodes(InlineGrid(app, 7), 7)
+    assert not sent
+    # the deployment engine's discovery (one query per node) agrees on the inline engine, where partition k is node k
+    assert discover_nodes(InlineGrid(app, 7), 7) == mapping

@@ -59,7 +59,7 @@ class FederatedRoundEnv(gym.Env):
 
         from fedsim.client_app import app as client_app
         from fedsim.inline_grid import InlineGrid
-        from fedsim.server_app import build_strategy, discover_nodes
+        from fedsim.server_app import build_strategy, simulated_nodes
 
         if self.scenario.threads:
             torch.set_num_threads(self.scenario.threads)
@@ -69,7 +69,7 @@ class FederatedRoundEnv(gym.Env):
         self.episode_scenario = scenario
         self.strategy = build_strategy(scenario, self.policy)
         self.grid = InlineGrid(client_app, scenario.clients.num_clients)
-        self.nodes = discover_nodes(self.grid, scenario.clients.num_clients)
+        self.nodes = simulated_nodes(self.grid, scenario.clients.num_clients)
         self.policy.reset()
         self.round = 1
         self.observation = self.strategy.prepare_round(self.round)
