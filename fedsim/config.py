@@ -104,6 +104,14 @@ class TrainConfig(_Section):
 class ClientsConfig(_Section):
     num_clients: int = Field(20, ge=1, description="Total simulated clients.")
     per_round: int = Field(5, ge=1, description="Clients sampled each round.")
+    availability: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Probability that a client is online in a round, independently per client and round (Bernoulli "
+        "availability). The server samples per_round of the online clients (all of them when fewer are online) and, "
+        "while none is, waits for the next check-in (a new draw). rounds.csv then records clients_online.",
+    )
 
 
 class AggregationConfig(_Section):

@@ -79,6 +79,8 @@ class RankAdaptiveStrategy:
         self.rng_sampling = np.random.default_rng([scenario.seed, 7010])
         self.rng_channel = np.random.default_rng([scenario.seed, 7011])
         self.rng_aggregation = np.random.default_rng([scenario.seed, 7012])
+        self.rng_availability = np.random.default_rng([scenario.seed, 7013])
+        self.clients_online: int | None = None  # this round's online clients (clients.availability < 1)
         self.last_ranks = np.full((scenario.clients.num_clients, n_layers), scenario.adapter.max_rank)
         self.last_loss, self.last_accuracy = float("nan"), float("nan")
         self.layer_importance = np.zeros(n_layers)
@@ -96,7 +98,13 @@ class RankAdaptiveStrategy:
     # --- configure --------------------------------------------------------------------------
     def sample_clients(self) -> np.ndarray:
         c = self.scenario.clients
-        return np.sort(self.rng_sampling.choice(c.num_clients, size=c.per_round, replace=False))
+        if c.availability >= 1.0:  # everyone online: no availability draw, so the streams are as before
+            return np.sort(self.rng_sampling.choice(c.num_clients, size=c.per_round, replace=False))
+        online = np.zeros(0, dtype=np.int64)
+        while not len(online):  # nobody online: the server waits for the next check-in
+            online = np.flatnonzero(self.rng_availability.random(c.num_clients) < c.availability)
+        self.clients_online = len(online)
+        return np.sort(self.rng_sampling.choice(online, size=min(c.per_round, len(online)), replace=False))
 
     def client_data_stats(self) -> np.ndarray:
         """[num_clients, 2]: token entropy (bits) and OOV ([UNK]) rate of each client's tokenised shard, as AirLLM observes."""
@@ -330,6 +338,8 @@ class RankAdaptiveStrategy:
             "retransmissions": int(sum(t.retransmissions for t in transmissions)),
             "compute_energy_j": float(sum(t.compute_energy_j for t in transmissions)),
         }
+        if self.scenario.clients.availability < 1.0:
+            row["clients_online"] = self.clients_online
         if superposition is not None:
             row["aircomp_mse"] = superposition.mse
             row["aircomp_mse_noise"] = superposition.mse_noise

@@ -115,3 +115,19 @@ def test_simulated_nodes_map_every_client_without_a_message():
     assert not sent
     # the deployment engine's discovery (one query per node) agrees on the inline engine, where partition k is node k
     assert discover_nodes(InlineGrid(app, 7), 7) == mapping
+
+
+def test_client_availability_samples_only_online_clients(tmp_path, tiny):
+    """clients.availability: each client online with probability p per round; the server samples among them."""
+    import pandas as pd
+
+    scenario = tiny(rounds=12, clients={"num_clients": 6, "per_round": 3, "availability": 0.3})
+    run_scenario(scenario, tmp_path / "a", progress=False)
+    rounds = pd.read_csv(tmp_path / "a" / "rounds.csv")
+    assert (rounds["clients_online"] >= 1).all() and (rounds["clients_selected"] == rounds["clients_online"].clip(upper=3)).all()
+    assert (rounds["clients_online"] < 3).any(), "with p = 0.3 and 6 clients, some round has fewer than 3 online"
+    run_scenario(scenario, tmp_path / "b", progress=False)
+    assert (tmp_path / "a" / "clients.csv").read_bytes() == (tmp_path / "b" / "clients.csv").read_bytes()
+    full = tiny(rounds=1, clients={"num_clients": 6, "per_round": 3, "availability": 1.0})
+    run_scenario(full, tmp_path / "full", progress=False)
+    assert "clients_online" not in pd.read_csv(tmp_path / "full" / "rounds.csv").columns
