@@ -49,22 +49,28 @@ def texts() -> list[str]:
         return [row["text"] for row in csv.DictReader(fh)]
 
 
-def save_backbone(directory: Path, shape: str, device: str) -> None:
-    """A random-weight OPT of the given shape and a word-level tokenizer of BANKING77, loadable by path."""
+def save_tokenizer(directory: Path) -> None:
+    """A word-level tokenizer of BANKING77 (no hub access here), loadable by path."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import AutoModel, OPTConfig, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.train_from_iterator(texts(), trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]"]))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]")
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(directory)
+
+
+def save_backbone(directory: Path, shape: str, device: str) -> None:
+    """A random-weight OPT of the given shape and the BANKING77 tokenizer, loadable by path."""
+    from transformers import AutoModel, OPTConfig
+
     config = OPTConfig(vocab_size=50272, pad_token_id=0, **SHAPES[shape])
     torch.manual_seed(0)
     with torch.device(device):
         model = AutoModel.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(directory)
-    fast.save_pretrained(directory)
+    save_tokenizer(directory)
     del model
 
 
@@ -72,9 +78,7 @@ def save_minilm_shape(directory: Path) -> None:
     """A random BERT of all-MiniLM-L6-v2's shape with a word-level tokenizer of BANKING77."""
     from transformers import BertConfig, BertModel
 
-    save_backbone(directory, "tiny", "cpu")  # for its tokenizer; the OPT weights are replaced below
-    for file in directory.glob("model*.safetensors"):
-        file.unlink()
+    save_tokenizer(directory)
     config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536, max_position_embeddings=512)
     torch.manual_seed(0)
     BertModel(config, add_pooling_layer=False).save_pretrained(directory)
@@ -193,7 +197,8 @@ def main() -> None:
     results["raw_tokens_per_s"] = tokens / raw_s
     results["raw_step_ms"] = 1000 * raw_s / args.steps
     del model, head, base
-    torch.cuda.empty_cache() if device.type == "cuda" else None
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
     # 2. plain per-client loop: a fresh copy of the base per client, padded to 64
     pristine = AutoModel.from_pretrained(str(model_dir), dtype=torch.bfloat16)

@@ -49,6 +49,7 @@ class Runtime:
         parts = partition(corpus.train.labels[kept], scenario.clients.num_clients, scenario.data.partition, scenario.seed)
         self.partitions = [kept[p] for p in parts]  # indices into the training set
         adapter = scenario.adapter
+        self.device = resolve_device(scenario.device)  # before any weight is built: a missing GPU fails fast
         with torch.random.fork_rng():
             torch.manual_seed(scenario.seed)  # seeds PEFT's initialisation of A, so the initial global adapter is reproducible
             if adapter.kind == "nano":
@@ -64,11 +65,10 @@ class Runtime:
                     adapter.alpha,
                     adapter.layers,
                     # On a GPU with bf16 the frozen base is stored in bf16 (half the memory); on the CPU it stays float32.
-                    dtype=torch.bfloat16 if scenario.device != "cpu" and scenario.train.precision == "bf16" and torch.cuda.is_available() else None,
+                    dtype=torch.bfloat16 if self.device.type == "cuda" and scenario.train.precision == "bf16" else None,
                 )
             torch.nn.init.normal_(self.model.head.weight, std=0.02)
             torch.nn.init.zeros_(self.model.head.bias)
-        self.device = resolve_device(scenario.device)
         if self.device.type != "cpu":
             self.model.to(self.device)
         self.initial_state: AdapterState = state_from_model(self.model)

@@ -31,12 +31,17 @@ ABSENT_NODE = 0  # destination of a client whose SuperNode is gone: its message 
 DROP_NO_NODE = "no-node"
 
 
+def _await_nodes(grid: Grid, count: int, wait_s: float) -> list[int]:
+    """The grid's node ids, sorted, once `count` have registered (or `wait_s` has passed)."""
+    deadline = time.monotonic() + wait_s
+    while len(list(grid.get_node_ids())) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return sorted(grid.get_node_ids())
+
+
 def discover_nodes(grid: Grid, num_clients: int, wait_s: float = NODE_WAIT_S) -> dict[int, int]:
     """Map client index -> node id by asking each node for its partition-id; every client must be served."""
-    deadline = time.monotonic() + wait_s
-    while len(list(grid.get_node_ids())) < num_clients and time.monotonic() < deadline:
-        time.sleep(0.05)
-    mapping = query_partitions(grid, sorted(grid.get_node_ids()), num_clients, wait_s)
+    mapping = query_partitions(grid, _await_nodes(grid, num_clients, wait_s), num_clients, wait_s)
     check_node_map(mapping, num_clients)
     return mapping
 
@@ -50,10 +55,7 @@ def simulated_nodes(grid: Grid, num_clients: int, wait_s: float = NODE_WAIT_S) -
     node for its partition-id (`discover_nodes`, which the deployment engine needs: there a SuperNode holds
     one client's data) took one actor call per node: ~20 minutes for 1,000 clients on a loaded 2-core machine.
     """
-    deadline = time.monotonic() + wait_s
-    while len(list(grid.get_node_ids())) < num_clients and time.monotonic() < deadline:
-        time.sleep(0.05)
-    nodes = sorted(grid.get_node_ids())
+    nodes = _await_nodes(grid, num_clients, wait_s)
     mapping = {client: nodes[client] for client in range(min(num_clients, len(nodes)))}
     check_node_map(mapping, num_clients)
     return mapping

@@ -11,6 +11,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+def add_named(registry: dict, config_cls: type, target, kind: str) -> str:
+    """Register (config_cls, target) under the config's `name` (a one-value Literal with that default); returns
+    the name. The shared part of `fedsim.register_policy` and `fedsim.register_algorithm`."""
+    field = getattr(config_cls, "model_fields", {}).get("name")
+    name = getattr(field, "default", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{config_cls.__name__}: a {kind} config needs a `name: Literal['...'] = '...'` field")
+    if name in registry and registry[name] != (config_cls, target):
+        raise ValueError(f"a {kind} named {name!r} is already registered")
+    registry[name] = (config_cls, target)
+    return name
+
+
 class FedsimError(Exception):
     """Bad user input (config, data, checkpoint, CLI). The CLI prints it as one line and exits 2."""
 

@@ -12,6 +12,7 @@ from typing import Annotated, Union
 
 from pydantic import Field
 
+from fedsim.types import add_named
 from policies.adalora import AdaLoraConfig
 from policies.airllm.config import AirLlmConfig
 from policies.base import RankPolicy
@@ -45,14 +46,7 @@ def add_policy(config_cls: type, policy_cls: type[RankPolicy] | str) -> str:
     `config_cls` is a pydantic model whose `name` field is a one-value Literal (the name a scenario
     writes); `policy_cls` a RankPolicy subclass taking that config, or "module:Class".
     """
-    field = getattr(config_cls, "model_fields", {}).get("name")
-    name = getattr(field, "default", None)
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"{config_cls.__name__}: a policy config needs a `name: Literal['...'] = '...'` field")
-    if name in POLICIES and POLICIES[name] != (config_cls, policy_cls):
-        raise ValueError(f"a policy named {name!r} is already registered")
-    POLICIES[name] = (config_cls, policy_cls)
-    return name
+    return add_named(POLICIES, config_cls, policy_cls, "policy")
 
 
 def load_entry_points() -> list[str]:

@@ -11,19 +11,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from fedsim.algorithms.fedopt import AdaptiveServerOptimizer
+from fedsim.algorithms.fedopt import AdamLikeConfig, AdaptiveServerOptimizer
 
 
-class FedAdamConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class FedAdamConfig(AdamLikeConfig):
     name: Literal["fedadam"] = "fedadam"
-    server_lr: float = Field(1e-2, gt=0, description="Server learning rate eta.")
-    beta_1: float = Field(0.9, ge=0, lt=1, description="First-moment decay.")
-    beta_2: float = Field(0.99, ge=0, lt=1, description="Second-moment decay.")
-    tau: float = Field(1e-3, gt=0, description="Adaptivity tau: added to sqrt(v); v starts at tau².")
 
 
 class FedAdam(AdaptiveServerOptimizer):

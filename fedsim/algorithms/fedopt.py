@@ -28,8 +28,21 @@ lr 1) returns the aggregate bit for bit.
 from __future__ import annotations
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.algorithms.base import FederatedAlgorithm
+
+
+class AdamLikeConfig(BaseModel):
+    """FedAdam's and FedYogi's hyper-parameters (Reddi et al.'s Algorithm 2); each subclass narrows `name`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    server_lr: float = Field(1e-2, gt=0, description="Server learning rate eta.")
+    beta_1: float = Field(0.9, ge=0, lt=1, description="First-moment decay.")
+    beta_2: float = Field(0.99, ge=0, lt=1, description="Second-moment decay.")
+    tau: float = Field(1e-3, gt=0, description="Adaptivity tau: added to sqrt(v); v starts at tau².")
 
 
 def to_space(state, product: bool) -> dict[str, np.ndarray]:

@@ -68,8 +68,8 @@ class LocalAlgorithm:
         if not self.scaffold:
             return {}
         out = {}
+        pick = (lambda t: t[index]) if self.stacked else (lambda t: t)
         for key, (tensor, lr) in self.params.items():
-            pick = (lambda t: t[index]) if self.stacked else (lambda t: t)
             own, control = pick(self.own[key]).double(), pick(self.control[key]).double()
             if lr > 0 and self.steps > 0:
                 new = own - control + (pick(self.start[key]).double() - pick(tensor).double()) / (self.steps * lr)

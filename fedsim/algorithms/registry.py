@@ -17,6 +17,7 @@ from fedsim.algorithms.fedavgm import FedAvgM, FedAvgMConfig
 from fedsim.algorithms.fedprox import FedProx, FedProxConfig
 from fedsim.algorithms.fedyogi import FedYogi, FedYogiConfig
 from fedsim.algorithms.scaffold import Scaffold, ScaffoldConfig
+from fedsim.types import add_named
 
 ALGORITHMS: dict[str, tuple[type, type[FederatedAlgorithm]]] = {
     "fedavg": (FedAvgConfig, FedAvg),
@@ -41,14 +42,7 @@ AlgorithmConfig = config_union()
 
 def add_algorithm(config_cls: type, algorithm_cls: type[FederatedAlgorithm]) -> str:
     """Register an algorithm (the registry's part of `fedsim.register_algorithm`); returns its name."""
-    field = getattr(config_cls, "model_fields", {}).get("name")
-    name = getattr(field, "default", None)
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"{config_cls.__name__}: an algorithm config needs a `name: Literal['...'] = '...'` field")
-    if name in ALGORITHMS and ALGORITHMS[name] != (config_cls, algorithm_cls):
-        raise ValueError(f"an algorithm named {name!r} is already registered")
-    ALGORITHMS[name] = (config_cls, algorithm_cls)
-    return name
+    return add_named(ALGORITHMS, config_cls, algorithm_cls, "algorithm")
 
 
 def build_algorithm(config, method: str, num_clients: int) -> FederatedAlgorithm:
