@@ -12,6 +12,7 @@ and the policy picks
 
 T is the observation's deadline (the channel's), else this policy's `deadline_s`; with
 neither (inf), every client gets max_rank. A client that cannot fit even rank 0 gets 0.
+(`policies.common.fitting_rank`; the learning policies send a learned share of the same rank.)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.types import Observation
 from policies.base import RankPolicy, clip_ranks
+from policies.common import fitting_rank
 
 
 class ChannelGreedyConfig(BaseModel):
@@ -39,13 +41,6 @@ class ChannelGreedyPolicy(RankPolicy):
     name = "channel-greedy"
 
     def ranks(self, observation: Observation) -> np.ndarray:
-        deadline = observation.deadline_s if np.isfinite(observation.deadline_s) else self.config.deadline_s
-        n, n_layers = observation.n_clients, observation.n_layers
-        if not np.isfinite(deadline):
-            return np.full((n, n_layers), observation.max_rank, dtype=np.int64)
-        overhead = self.config.scale_bits * (2 * n_layers + 2) if observation.bits_per_param < 32 else 0
-        budget_params = (observation.channel.rate_bps * deadline * self.config.margin - overhead) / observation.bits_per_param
-        per_rank = float(np.sum(observation.params_per_rank))
-        fitting = np.floor((budget_params - observation.fixed_params) / max(per_rank, 1.0))
-        uniform = clip_ranks(np.nan_to_num(fitting, nan=0.0, posinf=observation.max_rank, neginf=0.0), observation.max_rank)
-        return np.repeat(uniform[:, None], n_layers, axis=1)
+        c = self.config
+        fitting = fitting_rank(observation, deadline_s=c.deadline_s, margin=c.margin, scale_bits=c.scale_bits)
+        return np.repeat(clip_ranks(fitting, observation.max_rank)[:, None], observation.n_layers, axis=1)

@@ -5,7 +5,7 @@ Features (one row per selected client, all roughly in [-1, 1] or [0, 1]):
     snr_db / 20, log10(fading_gain) / 2, bandwidth share (b_k / Σ b), log10(rate_bps) / 8 - 0.75,
     budget = clip(rate · T / bits_full, 0, 4) / 4    (T = deadline; 1 when there is none),
     log budget = clip(log2(rate · T / bits_full), -4, 2) / 4,
-    fit = the largest uniform rank whose upload fits rate · T, / max_rank (-1/max_rank: not even rank 0),
+    fit = `fitting_rank` / max_rank (the largest uniform rank whose upload fits rate · T; -1/max_rank: not even rank 0),
     mean(last_ranks) / max_rank, token entropy / 10, OOV rate,
     round / rounds, last loss / 5, last accuracy,
     layer importance (share per layer, Σ = 1; uniform before any aggregate)
@@ -51,6 +51,14 @@ that fits" (channel-greedy) wherever bytes cost more than they are worth.
 
 The learning policies learn from each client's own term_k (`client_terms`); `round_reward` is the
 objective they are scored on (the episode reward is its sum over rounds).
+
+Action (`ranks_from_action`): a client's action a in [-1, 1] is its rank level f = (a + 1) / 2, capped at
+the largest uniform rank that meets the deadline at its rate (`fitting_rank`, r_fit; R with no deadline):
+a total of L · min(r_min + f · (R - r_min), max(r_fit, r_min)) rank components over its L layers. The
+policy decides how much rank is worth its airtime; the channel arithmetic (what fits) is exact, not
+learned, so no learned action misses the deadline it could have met. (Uncapped levels left the policy to
+learn that arithmetic from a few SNR levels: the previous checkpoints sent rank 0 at -5 dB, a held-out
+level between training levels where nothing fits and where rank 2 does, and lost to channel-greedy there.)
 """
 
 from __future__ import annotations
@@ -74,6 +82,26 @@ def full_rank_bits(observation: Observation) -> float:
     return params * observation.bits_per_param
 
 
+def fitting_rank(observation: Observation, deadline_s: float | None = None, margin: float = 1.0, scale_bits: int = 32) -> np.ndarray:
+    """Per client, the largest uniform rank r in [0, R] whose upload meets the deadline T at its rate C_k:
+
+        bits(r) = (r · Σ_l p_l + p_fixed) · b + s · (2 L + 2)  <=  C_k · T · margin
+
+    (p_l parameters per rank component of layer l, p_fixed the head's, b bits per parameter, and, when
+    b < 32, one s-bit scale per quantised tensor: A and B of L layers plus the head's two; an upper
+    bound, since a rank-0 layer sends no tensor). -1 where not even rank 0 fits; R with no deadline.
+    T is the observation's deadline, else `deadline_s`. Float array [clients]."""
+    deadline = observation.deadline_s if np.isfinite(observation.deadline_s) else (deadline_s if deadline_s is not None else np.inf)
+    n, n_layers = observation.n_clients, observation.n_layers
+    if not np.isfinite(deadline):
+        return np.full(n, float(observation.max_rank))
+    overhead = scale_bits * (2 * n_layers + 2) if observation.bits_per_param < 32 else 0
+    budget_params = (np.asarray(observation.channel.rate_bps, dtype=float) * deadline * margin - overhead) / observation.bits_per_param
+    per_rank = max(float(np.sum(observation.params_per_rank)), 1.0)
+    fitting = np.floor((budget_params - observation.fixed_params) / per_rank)
+    return np.clip(np.nan_to_num(fitting, nan=-1.0, posinf=observation.max_rank, neginf=-1.0), -1, observation.max_rank)
+
+
 def client_features(observation: Observation) -> np.ndarray:
     """Float32 [clients, n_features(layers)], finite and clipped to [-5, 5]."""
     ch = observation.channel
@@ -83,9 +111,7 @@ def client_features(observation: Observation) -> np.ndarray:
     ratio = capacity / full_rank_bits(observation)
     budget = np.clip(ratio, 0, 4) / 4
     log_budget = np.clip(np.log2(np.maximum(ratio, 1e-12)), -4, 2) / 4
-    per_rank = float(np.sum(observation.params_per_rank)) * observation.bits_per_param
-    fixed = observation.fixed_params * observation.bits_per_param
-    fit = np.clip(np.floor((capacity - fixed) / max(per_rank, 1.0)), -1, observation.max_rank) / observation.max_rank
+    fit = fitting_rank(observation) / observation.max_rank
     stats = observation.data_stats if observation.data_stats.shape == (n, 2) else np.zeros((n, 2))
     importance = np.asarray(observation.layer_importance, dtype=float)
     total = importance.sum()
@@ -111,20 +137,30 @@ def client_features(observation: Observation) -> np.ndarray:
     return np.clip(np.nan_to_num(features, nan=0.0, posinf=5.0, neginf=-5.0), -5, 5).astype(np.float32)
 
 
-def level_ranks(level: np.ndarray, n_layers: int, min_rank: int, max_rank: int, weights: np.ndarray | None = None) -> np.ndarray:
+def level_ranks(level: np.ndarray, n_layers: int, min_rank: int, max_rank: int, weights: np.ndarray | None = None, top: np.ndarray | None = None) -> np.ndarray:
     """Ranks [clients, layers] from each client's rank level f in [0, 1]: a total of
-    L · (r_min + f · (R - r_min)) over its L layers, shared in proportion to `weights` [clients, layers]
-    (equally when None) by `allocate_ranks`. The mean rank is r_min + f (R - r_min) up to rounding."""
+    L · min(r_min + f · (R - r_min), top) over its L layers (top: a per-client cap, R when None), shared in
+    proportion to `weights` [clients, layers] (equally when None) by `allocate_ranks`. The mean rank is
+    that minimum up to rounding; r_min wins where top < r_min."""
     level = np.clip(np.nan_to_num(np.atleast_1d(np.asarray(level, dtype=float)), nan=0.0), 0.0, 1.0)
     lo = min(min_rank, max_rank)
+    top = np.full(len(level), float(max_rank)) if top is None else np.clip(np.asarray(top, dtype=float), lo, max_rank)
     weights = np.ones((len(level), n_layers)) if weights is None else np.asarray(weights, dtype=float)
-    budgets = n_layers * (lo + level * (max_rank - lo))
+    budgets = n_layers * np.minimum(lo + level * (max_rank - lo), top)
     return np.stack([allocate_ranks(b, w, lo, max_rank) for b, w in zip(budgets, weights)]).reshape(len(level), n_layers)
 
 
 def action_to_level(action: np.ndarray) -> np.ndarray:
     """[-1, 1] -> rank level in [0, 1]."""
     return (np.clip(np.asarray(action, dtype=float), -1.0, 1.0) + 1.0) / 2.0
+
+
+def ranks_from_action(action: np.ndarray, observation: Observation, min_rank: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """The learning policies' action map (module docstring): action [clients] in [-1, 1] -> ranks
+    [clients, layers], a rank level capped at each client's `fitting_rank`."""
+    top = np.clip(fitting_rank(observation), 0, observation.max_rank)
+    level = action_to_level(np.asarray(action, dtype=float).reshape(observation.n_clients))
+    return level_ranks(level, observation.n_layers, min_rank, observation.max_rank, weights, top)
 
 
 DEFAULT_UTILITY_CURVE = [[0.0, 0.0], [0.125, 0.81], [0.25, 0.86], [0.5, 0.93], [1.0, 1.0]]  # scenarios/rank_sweep.yaml, 3 seeds
@@ -140,7 +176,7 @@ class RewardConfig(BaseModel):
     )
     cost: Literal["bytes", "latency", "energy"] = Field("latency", description="Which normalised cost λ multiplies.")
     lam: float = Field(1.0, ge=0, description="λ, the weight of a client's normalised cost.")
-    utility: float = Field(1.0, ge=0, description="β, the reward of a delivered full-rank update (0: no per-client utility).")
+    utility: float = Field(2.0, ge=0, description="β, the reward of a delivered full-rank update (0: no per-client utility).")
     utility_curve: list[tuple[float, float]] = Field(
         default_factory=lambda: [tuple(p) for p in DEFAULT_UTILITY_CURVE],
         description="g as [rank / max_rank, value] points, interpolated linearly; from 0 to 1 on both axes.",

@@ -1,8 +1,9 @@
-"""`ppo`: stable-baselines3 PPO choosing each selected client's rank level from that client's features.
+"""`ppo`: stable-baselines3 PPO choosing each selected client's rank level (capped at the largest rank that meets the deadline) from that client's features.
 
 One network, shared by all clients: it sees client k's feature row (policies.common.client_features)
-and acts with a Box action in [-1, 1], client k's rank level (policies.common.level_ranks): a total
-of L · (r_min + (a_k + 1)/2 · (R - r_min)) over its L layers, shared equally. One level per client
+and acts with a Box action in [-1, 1], client k's rank level (policies.common.ranks_from_action):
+a total of L · min(r_min + (a_k + 1)/2 · (R - r_min), r_fit) over its L layers, shared equally, where
+r_fit is the largest uniform rank that meets the deadline at the client's rate. One level per client
 instead of one action per (client, layer) is what PPO can learn in the training budget: the reward
 depends on a client's ranks mostly through its upload size, i.e. their sum.
 
@@ -26,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.types import FedsimError, Observation
 from policies.base import RankPolicy, assign_tensors, clip_ranks
-from policies.common import RewardConfig, action_to_level, client_features, level_ranks, n_features
+from policies.common import RewardConfig, client_features, n_features, ranks_from_action
 
 
 class PpoConfig(BaseModel):
@@ -111,8 +112,7 @@ class PpoPolicy(RankPolicy):
         if n_layers != self.n_layers:
             raise FedsimError(f"policy ppo: trained for {self.n_layers} adapted layers, the scenario has {n_layers}; retrain it for this adapter")
         action, _ = self.model.predict(client_features(observation), deterministic=True)
-        ranks = level_ranks(action_to_level(np.asarray(action).reshape(n)), n_layers, self.config.min_rank, observation.max_rank)
-        return clip_ranks(ranks, observation.max_rank)
+        return clip_ranks(ranks_from_action(np.asarray(action).reshape(n), observation, self.config.min_rank), observation.max_rank)
 
     def state_dict(self) -> dict:
         return {"n_layers": self.n_layers, "hidden": self.config.hidden, "training": self.training}

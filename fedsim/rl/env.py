@@ -2,8 +2,9 @@
 
     reset()      a fresh global adapter (a new `RankAdaptiveStrategy`), the episode's seed, and
                  the first round's observation
-    step(a)      a in [-1, 1]^clients, each client's rank level (policies.common.level_ranks: a total
-                 of L · (r_min + (a + 1)/2 · (R - r_min)) shared equally over its L layers);
+    step(a)      a in [-1, 1]^clients, each client's rank level (policies.common.ranks_from_action:
+                 a total of L · min(r_min + (a + 1)/2 · (R - r_min), r_fit) shared equally over its L layers,
+                 r_fit the largest uniform rank that meets the deadline at its rate);
                  `step_ranks(ranks)` takes integer ranks [clients, layers] from an agent that
                  chooses them itself (airllm). The round runs through the strategy's hooks and an InlineGrid with the real
                  ClientApp, exactly as the ServerApp does (fedsim.server_app.run_train_round, then
@@ -28,7 +29,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from fedsim.types import Observation
 from policies.base import RankPolicy
-from policies.common import action_to_level, client_features, client_terms, level_ranks, n_features
+from policies.common import client_features, client_terms, n_features, ranks_from_action
 
 
 class FederatedRoundEnv(gym.Env):
@@ -76,8 +77,7 @@ class FederatedRoundEnv(gym.Env):
         return client_features(self.observation).reshape(-1), {"seed": episode_seed}
 
     def step(self, action):
-        level = action_to_level(np.asarray(action).reshape(self.n_clients))
-        return self.step_ranks(level_ranks(level, self.n_layers, self.min_rank, self.max_rank))
+        return self.step_ranks(ranks_from_action(np.asarray(action), self.observation, self.min_rank))
 
     def step_ranks(self, ranks: np.ndarray):
         from fedsim.server_app import run_train_round
@@ -137,7 +137,7 @@ class ClientSlotsVecEnv(VecEnv):
 
     def step_wait(self):
         env = self.env
-        ranks = level_ranks(action_to_level(self.actions[:, 0]), env.n_layers, env.min_rank, env.max_rank)
+        ranks = ranks_from_action(self.actions[:, 0], env.observation, env.min_rank)
         terminal_rows = self._rows()
         _, _, done, _, info = env.step_ranks(ranks)
         rewards = client_terms(env.policy.config.reward, env.strategy.last_info).astype(np.float32)

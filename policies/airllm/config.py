@@ -19,7 +19,9 @@ class AirLlmConfig(BaseModel):
     min_rank: int = Field(0, ge=0, description="Smallest rank the policy may give a layer.")
     reward: RewardConfig = Field(default_factory=RewardConfig)
     # PPO (coarse action); stable-baselines3's names
-    coarse_dim: int = Field(1, ge=1, description="Dimension of PPO's tanh-squashed coarse action; its first component is the rank level.")
+    coarse_dim: int = Field(
+        1, ge=1, description="Dimension of PPO's tanh-squashed coarse action; its first component is the rank level (capped at the fitting rank)."
+    )
     hidden: int = Field(64, ge=4, description="Width of the actor and critic MLPs.")
     lr: float = Field(3e-4, gt=0)
     clip: float = Field(0.2, gt=0)

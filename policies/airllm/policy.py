@@ -7,7 +7,8 @@ channel in its features, so clients on different channels get different ranks):
  1. features s_k = policies.common.client_features(observation)[k]
  2. PPO actor: u ~ N(μ(s_k), σ), coarse action a_k = tanh(u) in [-1, 1]^coarse_dim (mean action when
     frozen). Its first component is the client's rank level f_k = (a_k,0 + 1) / 2, which sets the
-    client's total rank b_k = L · (r_min + f_k · (R - r_min)) over its L adapted layers.
+    client's total rank b_k = L · min(r_min + f_k · (R - r_min), r_fit,k) over its L adapted layers, r_fit,k
+    the largest uniform rank that meets the deadline at its rate (policies.common.ranks_from_action).
  3. DDIM refinement of the per-layer pattern: start from x_T ~ N(0, I) in R^L and run the DDIM
     sampler (diffusers' `DDIMScheduler`, `sampling_steps` of `train_timesteps`) with a conditional
     denoiser ε_θ(x_t, t, c_k), c_k = [a_k, layer-importance shares], and classifier-free guidance
@@ -51,7 +52,7 @@ import torch.nn as nn
 from fedsim.types import FedsimError, Observation
 from policies.airllm.config import AirLlmConfig
 from policies.base import RankPolicy, assign_tensors, clip_ranks
-from policies.common import client_features, client_terms, importance_share, level_ranks, n_features
+from policies.common import client_features, client_terms, fitting_rank, importance_share, level_ranks, n_features
 
 # --- networks ---------------------------------------------------------------------------------
 
@@ -271,7 +272,7 @@ class AirLlmPolicy(RankPolicy):
                     "cond": cond.numpy(),
                     "x": x.numpy(),
                 }
-        return self.to_ranks(coarse, x, observation.max_rank)
+        return self.to_ranks(coarse, x, observation.max_rank, top=fitting_rank(observation))
 
     def condition(self, coarse: torch.Tensor, share: np.ndarray) -> torch.Tensor:
         """The denoiser's condition c_k: the coarse action and the layer-importance shares."""
@@ -282,11 +283,13 @@ class AirLlmPolicy(RankPolicy):
         c = self.config
         return ddim_sample(self.denoiser, self.scheduler, cond, self.n_layers, min(c.sampling_steps, c.train_timesteps), c.guidance, generator)
 
-    def to_ranks(self, coarse: torch.Tensor, pattern: torch.Tensor, max_rank: int) -> np.ndarray:
-        """Step 4: the level (first coarse component) sets each client's total rank, the pattern shares it."""
+    def to_ranks(self, coarse: torch.Tensor, pattern: torch.Tensor, max_rank: int, top: np.ndarray | None = None) -> np.ndarray:
+        """Step 4: the level (first coarse component), capped at each client's `top` (its fitting rank; no
+        cap when None), sets its total rank; the pattern shares it over layers."""
         level = (coarse[:, 0].numpy().astype(float) + 1.0) / 2.0
         weights = np.exp(self.config.sharpness * pattern.numpy().astype(float))
-        return clip_ranks(level_ranks(level, self.n_layers, self.config.min_rank, max_rank, weights), max_rank)
+        top = None if top is None else np.clip(top, 0, max_rank)
+        return clip_ranks(level_ranks(level, self.n_layers, self.config.min_rank, max_rank, weights, top), max_rank)
 
     # --- learning -----------------------------------------------------------------------
     def feedback(self, reward: float, info: dict) -> None:
