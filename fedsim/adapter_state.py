@@ -1,9 +1,8 @@
 """The global adapter as plain arrays, and the payloads that travel between server and clients.
 
 A payload is a flat dict of float32 arrays, exactly what goes into a Flower
-ArrayRecord: `A.{i}` (rank x in) and `B.{i}` (out x rank) for every adapted layer
-i with rank > 0, plus `head.weight` and `head.bias`. Bits are counted from these
-arrays, so what is metered is what is sent.
+ArrayRecord (its names: `fedsim.payload`). Bits are counted from these arrays, so
+what is metered is what is sent.
 """
 
 from __future__ import annotations
@@ -14,9 +13,7 @@ import numpy as np
 import torch
 
 from fedsim.model import LoraClassifier
-
-HEAD_KEYS = ("head.weight", "head.bias")
-FISHER_PREFIX = "F."  # `F.A.{i}`, `F.B.{i}`: a client's diagonal Fisher estimate of its factors (Fisher merging)
+from fedsim.payload import HEAD_KEYS, a_key, b_key
 
 
 @dataclass
@@ -51,15 +48,15 @@ def truncate(state: AdapterState, ranks) -> dict[str, np.ndarray]:
     payload: dict[str, np.ndarray] = {}
     for i, rank in enumerate(ranks):
         if rank > 0:
-            payload[f"A.{i}"] = np.ascontiguousarray(state.A[i][:rank], dtype=np.float32)
-            payload[f"B.{i}"] = np.ascontiguousarray(state.B[i][:, :rank], dtype=np.float32)
+            payload[a_key(i)] = np.ascontiguousarray(state.A[i][:rank], dtype=np.float32)
+            payload[b_key(i)] = np.ascontiguousarray(state.B[i][:, :rank], dtype=np.float32)
     for key in HEAD_KEYS:
         payload[key] = np.ascontiguousarray(state.head[key], dtype=np.float32)
     return payload
 
 
 def payload_ranks(payload: dict[str, np.ndarray], n_layers: int) -> list[int]:
-    return [payload[f"A.{i}"].shape[0] if f"A.{i}" in payload else 0 for i in range(n_layers)]
+    return [payload[a_key(i)].shape[0] if a_key(i) in payload else 0 for i in range(n_layers)]
 
 
 @torch.no_grad()
@@ -71,8 +68,8 @@ def load_payload(model: LoraClassifier, payload: dict[str, np.ndarray]) -> list[
         a.zero_()
         b.zero_()
         if rank:
-            a[:rank] = torch.from_numpy(payload[f"A.{i}"])
-            b[:, :rank] = torch.from_numpy(payload[f"B.{i}"])
+            a[:rank] = torch.from_numpy(payload[a_key(i)])
+            b[:, :rank] = torch.from_numpy(payload[b_key(i)])
     model.head.weight.copy_(torch.from_numpy(payload["head.weight"]))
     model.head.bias.copy_(torch.from_numpy(payload["head.bias"]))
     model.set_ranks(ranks)

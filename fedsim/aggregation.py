@@ -54,7 +54,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fedsim.adapter_state import FISHER_PREFIX, HEAD_KEYS, AdapterState, payload_ranks
+from fedsim.adapter_state import AdapterState, payload_ranks
+from fedsim.payload import FACTOR_PREFIXES, FISHER_PREFIX, HEAD_KEYS, a_key, b_key
 
 FISHER_EPS = 1e-12
 ROUNDOFF = 1e-6  # relative norm below which a product-space update is rounding noise (the Gram trace loses half the digits)
@@ -62,7 +63,7 @@ ROUNDOFF = 1e-6  # relative norm below which a product-space update is rounding 
 
 def update_keys(payload: dict[str, np.ndarray]) -> list[str]:
     """Keys that travel as a change in `average: updates`: the factors and the head, not Fisher estimates."""
-    return [k for k in payload if k.startswith(("A.", "B.")) or k in HEAD_KEYS]
+    return [k for k in payload if k.startswith(FACTOR_PREFIXES) or k in HEAD_KEYS]
 
 
 def _orthonormal_rows(count: int, dim: int, exclude: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -209,7 +210,7 @@ def aggregate(
         glob_a, glob_b = global_state.A[i], global_state.B[i]
         trained = []
         for k in senders:  # the client's adapter after training
-            a, b = uploads[k][f"A.{i}"], uploads[k][f"B.{i}"]
+            a, b = uploads[k][a_key(i)], uploads[k][b_key(i)]
             if deltas:
                 r = a.shape[0]
                 a, b = glob_a[:r].astype(np.float64) + a, glob_b[:, :r].astype(np.float64) + b

@@ -16,13 +16,13 @@ from flwr.clientapp import ClientApp
 
 from channels.quantization import quantize_payload
 from fedsim.aggregation import update_keys
-from fedsim.algorithms.base import MEMORY_PREFIX
 from fedsim.client_errors import guard_client_errors
 from fedsim.cohort import cohort_train
 from fedsim.config import Scenario, scenario_from_dict
 from fedsim.nano import server_side_keys
+from fedsim.payload import MEMORY_PREFIX
+from fedsim.round.messages import from_array_record, to_array_record
 from fedsim.runtime import get_runtime
-from fedsim.strategy import from_array_record, to_array_record
 from fedsim.training import local_train
 
 app = ClientApp(mods=[guard_client_errors])  # a raising client replies "Type: message" on every engine

@@ -29,6 +29,7 @@ from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDic
 from fedsim.adapter_state import payload_ranks
 from fedsim.algorithms.local import LocalAlgorithm
 from fedsim.batches import client_batches
+from fedsim.payload import HEAD_BIAS, HEAD_WEIGHT, a_key, b_key
 from fedsim.runtime import Runtime
 from fedsim.sensitivity import SensitivityMeter, sensitivity_betas
 
@@ -50,16 +51,16 @@ def cohort_train(runtime: Runtime, payloads: list[dict[str, np.ndarray]], client
         for c, payload in enumerate(payloads):
             r = ranks[c, i]
             if r:
-                a[c, :r] = torch.from_numpy(payload[f"A.{i}"])
-                b[c, :, :r] = torch.from_numpy(payload[f"B.{i}"])
+                a[c, :r] = torch.from_numpy(payload[a_key(i)])
+                b[c, :, :r] = torch.from_numpy(payload[b_key(i)])
         a_stack.append(a.requires_grad_())
         b_stack.append(b.requires_grad_())
         masks.append(torch.as_tensor(np.arange(max_rank)[None, :] < ranks[:, i, None], dtype=torch.float32, device=device))
-    head_w = torch.stack([torch.from_numpy(p["head.weight"]) for p in payloads]).to(device).requires_grad_()
-    head_b = torch.stack([torch.from_numpy(p["head.bias"]) for p in payloads]).to(device).requires_grad_()
+    head_w = torch.stack([torch.from_numpy(p[HEAD_WEIGHT]) for p in payloads]).to(device).requires_grad_()
+    head_b = torch.stack([torch.from_numpy(p[HEAD_BIAS]) for p in payloads]).to(device).requires_grad_()
     optimizer = torch.optim.Adam([{"params": [head_w, head_b], "lr": cfg.head_lr}, {"params": a_stack + b_stack, "lr": cfg.lr}])
-    trained = {f"A.{i}": (a, cfg.lr) for i, a in enumerate(a_stack)} | {f"B.{i}": (b, cfg.lr) for i, b in enumerate(b_stack)}
-    trained |= {"head.weight": (head_w, cfg.head_lr), "head.bias": (head_b, cfg.head_lr)}
+    trained = {a_key(i): (a, cfg.lr) for i, a in enumerate(a_stack)} | {b_key(i): (b, cfg.lr) for i, b in enumerate(b_stack)}
+    trained |= {HEAD_WEIGHT: (head_w, cfg.head_lr), HEAD_BIAS: (head_b, cfg.head_lr)}
     algorithm = LocalAlgorithm(runtime.scenario.algorithm, trained, payloads, stacked=True)
 
     betas = sensitivity_betas(runtime.scenario)
@@ -102,10 +103,10 @@ def cohort_train(runtime: Runtime, payloads: list[dict[str, np.ndarray]], client
         for i in range(n_layers):
             r = ranks[c, i]
             if r:
-                upload[f"A.{i}"] = a_stack[i][c, :r].detach().cpu().numpy().copy()
-                upload[f"B.{i}"] = b_stack[i][c, :, :r].detach().cpu().numpy().copy()
-        upload["head.weight"] = head_w[c].detach().cpu().numpy().copy()
-        upload["head.bias"] = head_b[c].detach().cpu().numpy().copy()
+                upload[a_key(i)] = a_stack[i][c, :r].detach().cpu().numpy().copy()
+                upload[b_key(i)] = b_stack[i][c, :, :r].detach().cpu().numpy().copy()
+        upload[HEAD_WEIGHT] = head_w[c].detach().cpu().numpy().copy()
+        upload[HEAD_BIAS] = head_b[c].detach().cpu().numpy().copy()
         upload |= algorithm.upload(c, ranks[c])
         metrics = {"num-examples": len(runtime.partitions[cid]), "train-loss": float(losses[c].mean()), "tokens": int(tokens[c])}
         if meter is not None:

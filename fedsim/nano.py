@@ -47,8 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedsim.adapter_state import FISHER_PREFIX, HEAD_KEYS, load_payload, state_from_model, truncate
+from fedsim.adapter_state import load_payload, state_from_model, truncate
 from fedsim.model import LoraClassifier, SentenceClassifier, build_classifier
+from fedsim.payload import FISHER_PREFIX, HEAD_BIAS, HEAD_KEYS, HEAD_WEIGHT, a_key
 from fedsim.types import FedsimError
 
 STREAMS = 2  # segment 0 and segment 1 of a text pair
@@ -159,7 +160,7 @@ class NanoClassifier:
         self.set_ranks([self.max_rank] * len(self.layers))
         tensors = {f"{name}.lora_A": a.detach().contiguous() for name, (a, _) in zip(self.layer_names, map(self.factor, range(len(self.layers))))}
         tensors |= {f"{name}.lora_B": b.detach().contiguous() for name, (_, b) in zip(self.layer_names, map(self.factor, range(len(self.layers))))}
-        tensors |= {"head.weight": self.head.weight.detach().contiguous(), "head.bias": self.head.bias.detach().contiguous()}
+        tensors |= {HEAD_WEIGHT: self.head.weight.detach().contiguous(), HEAD_BIAS: self.head.bias.detach().contiguous()}
         directory = Path(directory)
         save_file(tensors, str(directory / "nano_adapter.safetensors"))
         config = {
@@ -195,8 +196,8 @@ def fisher_keys(payload: dict) -> list[str]:
 def add_fisher(upload: dict[str, np.ndarray], fisher: list[tuple[torch.Tensor, torch.Tensor]], steps: int) -> None:
     """Diagonal Fisher estimate (mean squared gradient per parameter) of every factor in the upload."""
     for i, (f_a, f_b) in enumerate(fisher):
-        if f"A.{i}" in upload:
-            rank = upload[f"A.{i}"].shape[0]
+        if a_key(i) in upload:
+            rank = upload[a_key(i)].shape[0]
             upload[f"{FISHER_PREFIX}A.{i}"] = np.ascontiguousarray((f_a[:rank] / steps).numpy(), dtype=np.float32)
             upload[f"{FISHER_PREFIX}B.{i}"] = np.ascontiguousarray((f_b[:, :rank] / steps).numpy(), dtype=np.float32)
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from fedsim.adapter_state import load_payload, state_from_model, truncate
 from fedsim.algorithms.local import LocalAlgorithm
 from fedsim.batches import client_batches
+from fedsim.payload import HEAD_BIAS, HEAD_WEIGHT
 from fedsim.runtime import Runtime, batches_by_length
 from fedsim.sensitivity import SensitivityMeter, sensitivity_betas
 
@@ -35,7 +36,7 @@ def local_train(runtime: Runtime, payload: dict[str, np.ndarray], client_id: int
         groups.append({"params": lora, "lr": cfg.lr})
     optimizer = torch.optim.Adam(groups)
     trained = {f"{side}.{i}": (p, cfg.lr) for i, r in enumerate(ranks) if r > 0 for side, p in zip("AB", model.factor(i))}
-    trained |= {"head.weight": (model.head.weight, cfg.head_lr), "head.bias": (model.head.bias, cfg.head_lr)}
+    trained |= {HEAD_WEIGHT: (model.head.weight, cfg.head_lr), HEAD_BIAS: (model.head.bias, cfg.head_lr)}
     algorithm = LocalAlgorithm(scenario.algorithm, trained, [payload], stacked=False)
 
     betas = sensitivity_betas(scenario)

@@ -6,7 +6,7 @@ FedAvg aggregate of the delivered updates (`fedsim.aggregation.aggregate`). An a
 - `setup(initial_state)`: shapes the server state from the initial global adapter;
 - `downlink(client, ranks)`: arrays the server sends beside the adapter (metered, float32), e.g. SCAFFOLD's c;
 - `memory(client, ranks)`: the client's own state, which the simulator carries for it between rounds
-  (never metered; see `fedsim.algorithms.scaffold`), under `MEMORY_PREFIX`;
+  (never metered; see `fedsim.algorithms.scaffold`), under `fedsim.payload.MEMORY_PREFIX`;
 - `upload_shapes(shapes, ranks)`: the shapes of the extra arrays a client sends (for dequantisation);
 - `remember(client, arrays)`: a client's new state, from every reply (delivered or lost on the air);
 - `server_update(global_state, aggregated, uploads, weights)`: the new global adapter, from the
@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 
-MEMORY_PREFIX = "memory."  # arrays the simulator carries for a client between rounds; never on the air
+from fedsim.payload import A_PREFIX, B_PREFIX, FACTOR_PREFIXES
 
 
 def at_ranks(key: str, array: np.ndarray, ranks) -> np.ndarray | None:
     """`array` (shaped like the global adapter's `key`: A.{i} [R, in], B.{i} [out, R] or a head tensor) cut to the
     client's rank of that layer, as `fedsim.adapter_state.truncate` cuts the adapter; None at rank 0."""
-    if key.startswith(("A.", "B.")):
+    if key.startswith(FACTOR_PREFIXES):
         rank = int(ranks[int(key[2:])])
         if rank == 0:
             return None
@@ -39,9 +39,9 @@ def at_ranks(key: str, array: np.ndarray, ranks) -> np.ndarray | None:
 
 def region(key: str, value: np.ndarray):
     """The index of a full-size array (shaped like the global adapter's `key`) that `value`, cut to a rank, covers."""
-    if key.startswith("A."):
+    if key.startswith(A_PREFIX):
         return np.s_[: value.shape[0]]
-    if key.startswith("B."):
+    if key.startswith(B_PREFIX):
         return np.s_[:, : value.shape[1]]
     return np.s_[...]
 

@@ -31,6 +31,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.algorithms.base import FederatedAlgorithm
+from fedsim.payload import FACTOR_PREFIXES, a_key, b_key
 
 
 class AdamLikeConfig(BaseModel):
@@ -52,8 +53,8 @@ def to_space(state, product: bool) -> dict[str, np.ndarray]:
         if product:
             vectors[f"W.{i}"] = b.astype(np.float64) @ a.astype(np.float64)
         else:
-            vectors[f"A.{i}"] = a.astype(np.float64)
-            vectors[f"B.{i}"] = b.astype(np.float64)
+            vectors[a_key(i)] = a.astype(np.float64)
+            vectors[b_key(i)] = b.astype(np.float64)
     for key, value in state.head.items():
         vectors[key] = value.astype(np.float64)
     return vectors
@@ -75,7 +76,7 @@ def apply_correction(aggregated, base: dict[str, np.ndarray], correction: dict[s
             state.A[i] = vt[:rank].astype(np.float32)
             state.B[i] = (u[:, :rank] * sigma[:rank]).astype(np.float32)
             importance[i] = float(sigma[:rank].sum())
-        elif key.startswith(("A.", "B.")):
+        elif key.startswith(FACTOR_PREFIXES):
             i = int(key[2:])
             (state.A if key[0] == "A" else state.B)[i] = target.astype(np.float32)
             touched.add(i)

@@ -14,8 +14,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fedsim.algorithms.base import MEMORY_PREFIX, at_ranks, region
+from fedsim.algorithms.base import at_ranks, region
 from fedsim.algorithms.scaffold import CONTROL_PREFIX, DELTA_PREFIX
+from fedsim.payload import MEMORY_PREFIX
 
 
 def _gather(payloads: list[dict[str, np.ndarray]], name: str, key: str, like: torch.Tensor, stacked: bool) -> torch.Tensor:

@@ -38,8 +38,9 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedsim.algorithms.base import MEMORY_PREFIX, FederatedAlgorithm, at_ranks, region
+from fedsim.algorithms.base import FederatedAlgorithm, at_ranks, region
 from fedsim.algorithms.fedopt import apply_correction, to_space
+from fedsim.payload import MEMORY_PREFIX, a_key, b_key
 
 CONTROL_PREFIX = "C."  # the server's control c, cut to the client's ranks (downlink)
 DELTA_PREFIX = "dC."  # a client's Delta c_i (uplink)
@@ -58,8 +59,8 @@ class Scaffold(FederatedAlgorithm):
     upload_copies = 2  # Delta y and Delta c_i have the same shapes
 
     def setup(self, initial_state) -> None:
-        zeros = {f"A.{i}": np.zeros(a.shape) for i, a in enumerate(initial_state.A)}
-        zeros |= {f"B.{i}": np.zeros(b.shape) for i, b in enumerate(initial_state.B)}
+        zeros = {a_key(i): np.zeros(a.shape) for i, a in enumerate(initial_state.A)}
+        zeros |= {b_key(i): np.zeros(b.shape) for i, b in enumerate(initial_state.B)}
         zeros |= {key: np.zeros(value.shape) for key, value in initial_state.head.items()}
         self.control = zeros
         self.client_controls: dict[int, dict[str, np.ndarray]] = {}

@@ -1,0 +1,80 @@
+"""Stage `uplink`: what each client sent, metered by the channel, and decoded into float32 values.
+
+Bits are those of the arrays the client sent (quantised codes and scales), split by kind (adapter,
+Fisher estimate, control variate, split-computation activations); the server aggregates their
+dequantised values, so quantisation error is real. A NaN/inf update would poison the global adapter
+(and the SVD): it is never aggregated and is logged as non-finite; over the air a client would not
+superpose it, so it is left out of the AirComp sum too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from channels.quantization import encoded_bits
+from fedsim.payload import FISHER_PREFIX
+from fedsim.round.replies import Replies
+
+
+@dataclass
+class Uplink:
+    encoded: list[dict | None]  # per selected client, as sent (None: no reply)
+    uploads: list[dict | None]  # decoded float32 values (None: no reply or non-finite)
+    finite: list[bool]
+    adapter_bits: np.ndarray
+    fisher_bits: np.ndarray
+    control_bits: np.ndarray
+    activation_bytes: np.ndarray  # nano mode: activations sent up at every local step
+    gradient_bytes: np.ndarray  # nano mode: gradients sent back down
+    transmissions: list  # channels.base.Transmission per client
+    downlinks: list
+    superposition: object | None  # AirComp's received sum (channels.aircomp), else None
+
+    @property
+    def up_bits(self) -> np.ndarray:
+        return self.adapter_bits + 8 * self.activation_bytes
+
+
+def _bits(encoded: list[dict | None], layout, prefix: str | None = None) -> np.ndarray:
+    def count(e: dict) -> int:
+        arrays = layout.on_air(e)
+        return encoded_bits(arrays if prefix is None else {k: v for k, v in arrays.items() if k.startswith(prefix)})
+
+    return np.array([count(e) if e is not None and prefix != "" else 0 for e in encoded])
+
+
+def meter_uplink(pending, replies: Replies, layout, channel, algorithm, samples: np.ndarray, max_rank: int, rng) -> Uplink:
+    """Meter the round's replies on `channel` (uplink or AirComp superposition, then the downlink)."""
+    clients = [int(c) for c in pending.clients]
+    encoded = [replies.payload(c) for c in clients]
+    metrics = [replies.metrics(c) or {} for c in clients]
+    activation_bytes = np.array([int(m.get("bytes-up-activations", 0)) for m in metrics])
+    gradient_bytes = np.array([int(m.get("bytes-down-gradients", 0)) for m in metrics])
+    uploads = [layout.decode(e, r, channel.bits_per_param) if e is not None else None for e, r in zip(encoded, pending.ranks)]
+    finite = [u is None or all(np.isfinite(v).all() for v in u.values()) for u in uploads]
+    uploads = [u if ok else None for u, ok in zip(uploads, finite)]
+    adapter_bits = _bits(encoded, layout)
+    up_bits = adapter_bits + 8 * activation_bytes
+    superposition = None
+    if channel.mode == "aircomp":
+        sizes = np.array([float(m["num-examples"]) if c in replies.received else 0.0 for c, m in zip(clients, metrics)])
+        shapes = layout.shapes([max_rank] * len(layout.global_state.A))
+        transmissions, superposition = channel.superpose(uploads, sizes, pending.states, rng, shapes, samples)
+    else:
+        transmissions = channel.uplink(pending.states, up_bits, rng, samples)
+    downlinks = channel.downlink(pending.states, (pending.bytes_down + gradient_bytes) * 8)
+    return Uplink(
+        encoded=encoded,
+        uploads=uploads,
+        finite=finite,
+        adapter_bits=adapter_bits,
+        fisher_bits=_bits(encoded, layout, FISHER_PREFIX),
+        control_bits=_bits(encoded, layout, algorithm.upload_prefix or ""),
+        activation_bytes=activation_bytes,
+        gradient_bytes=gradient_bytes,
+        transmissions=transmissions,
+        downlinks=downlinks,
+        superposition=superposition,
+    )
