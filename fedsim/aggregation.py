@@ -55,9 +55,11 @@ from typing import NamedTuple
 import numpy as np
 
 from fedsim.adapter_state import AdapterState, payload_ranks
+from fedsim.aggregators import AGGREGATORS
 from fedsim.payload import FACTOR_PREFIXES, FISHER_PREFIX, HEAD_KEYS, a_key, b_key
 
 FISHER_EPS = 1e-12
+STATISTIC_PREFIX = {"fisher": FISHER_PREFIX}  # where a client statistic travels: `F.A.{i}`, `F.B.{i}`
 ROUNDOFF = 1e-6  # relative norm below which a product-space update is rounding noise (the Gram trace loses half the digits)
 
 
@@ -125,7 +127,7 @@ class LayerMerge(NamedTuple):
     update_sq: float = 0.0  # ‖W − B_g A_g‖_F², the round's update before truncation (svd only)
 
 
-def merge_svd(glob_a, glob_b, trained, weights, deltas, max_rank, rng) -> LayerMerge:
+def merge_svd(glob_a, glob_b, trained, weights, deltas, max_rank, rng, statistics=None) -> LayerMerge:
     """`trained[k]` = client k's (A'_k, B'_k) after training; `deltas`: combine as updates (else models)."""
     glob_a, glob_b = glob_a.astype(np.float64), glob_b.astype(np.float64)
     a_clients = [a.astype(np.float64) for a, _ in trained]
@@ -150,7 +152,7 @@ def _singular_mass(a: np.ndarray, b: np.ndarray, max_rank: int) -> float:
     return float(np.linalg.svd(b.astype(np.float64) @ a.astype(np.float64), compute_uv=False)[:max_rank].sum())
 
 
-def merge_factors(glob_a, glob_b, trained, weights, deltas, max_rank, rng) -> LayerMerge:
+def merge_factors(glob_a, glob_b, trained, weights, deltas, max_rank, rng, statistics=None) -> LayerMerge:
     """fedavg-factors: zero-padded means of A and B (updates: of their changes, added to the global)."""
     a_new = glob_a.astype(np.float64).copy() if deltas else np.zeros(glob_a.shape)
     b_new = glob_b.astype(np.float64).copy() if deltas else np.zeros(glob_b.shape)
@@ -178,6 +180,11 @@ def fisher_merge(factors, weights, max_rank, fishers, global_factors) -> LayerMe
     return LayerMerge(a_new, b_new, _singular_mass(a_new, b_new, max_rank))
 
 
+def merge_fisher(glob_a, glob_b, trained, weights, deltas, max_rank, rng, statistics) -> LayerMerge:
+    """The `fisher` aggregator: Fisher merging of the trained factors (the same for both `average` modes)."""
+    return fisher_merge(trained, weights, max_rank, statistics["fisher"], (glob_a, glob_b))
+
+
 class Aggregated(NamedTuple):
     state: AdapterState
     importance: np.ndarray  # per layer: sum of the new global product's singular values
@@ -192,7 +199,12 @@ def aggregate(
     rng: np.random.Generator,
     average: str = "models",
 ) -> Aggregated:
-    """New global adapter from the delivered uploads (changes with `average="updates"`, adapters with "models")."""
+    """New global adapter from the delivered uploads (changes with `average="updates"`, adapters with "models"),
+    each adapted layer merged by the aggregator registered as `method` (`fedsim.aggregators`)."""
+    spec = AGGREGATORS.get(method)
+    if spec is None:
+        raise ValueError(f"unknown aggregation method {method!r}; allowed: {', '.join(AGGREGATORS)}")
+    merge = spec.merge_fn()
     n_layers = len(global_state.A)
     state = global_state.copy()
     importance = np.zeros(n_layers)
@@ -215,18 +227,14 @@ def aggregate(
                 r = a.shape[0]
                 a, b = glob_a[:r].astype(np.float64) + a, glob_b[:, :r].astype(np.float64) + b
             trained.append((a, b))
-        if method == "svd":
-            merged = merge_svd(glob_a, glob_b, trained, w, deltas, global_state.max_rank, rng)
-        elif method == "fedavg-factors":
-            merged = merge_factors(glob_a, glob_b, trained, w, deltas, global_state.max_rank, rng)
-        elif method == "fisher":
-            missing = [k for k in senders if f"{FISHER_PREFIX}A.{i}" not in uploads[k]]
+        statistics = {}
+        for name in spec.client_statistics:
+            prefix = STATISTIC_PREFIX[name]
+            missing = [k for k in senders if f"{prefix}{a_key(i)}" not in uploads[k]]
             if missing:
-                raise ValueError(f"aggregation 'fisher': upload {missing[0]} has no Fisher estimate for layer {i}")
-            fishers = [(uploads[k][f"{FISHER_PREFIX}A.{i}"], uploads[k][f"{FISHER_PREFIX}B.{i}"]) for k in senders]
-            merged = fisher_merge(trained, w, global_state.max_rank, fishers, (glob_a, glob_b))
-        else:
-            raise ValueError(f"unknown aggregation method {method!r}; allowed: svd, fedavg-factors, fisher")
+                raise ValueError(f"aggregation {method!r}: upload {missing[0]} has no {name} statistic for layer {i}")
+            statistics[name] = [(uploads[k][f"{prefix}{a_key(i)}"], uploads[k][f"{prefix}{b_key(i)}"]) for k in senders]
+        merged = merge(glob_a, glob_b, trained, w, deltas, global_state.max_rank, rng, statistics)
         state.A[i], state.B[i], importance[i] = merged.A, merged.B, merged.importance
         discarded_sq += merged.discarded_sq
         update_sq += merged.update_sq

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from channels import ChannelConfig
+from fedsim.aggregators import AGGREGATORS
 from fedsim.algorithms import ALGORITHMS, CLIENT_SIDE, AlgorithmConfig
 from fedsim.types import FedsimError
 from policies import POLICIES, PolicyConfig
@@ -115,12 +116,21 @@ class ClientsConfig(_Section):
 
 
 class AggregationConfig(_Section):
-    method: Literal["svd", "fedavg-factors", "fisher"] = Field(
+    method: str = Field(
         "svd",
-        description="'svd': weighted mean in product space (B_k A_k), refactored by truncated SVD to max_rank; "
-        "'fedavg-factors': average zero-padded A and B separately; 'fisher': Fisher merging of A and B, "
-        "each client also sends its diagonal Fisher estimate (FedNano).",
+        description="The aggregator (fedsim.aggregators): 'svd': weighted mean in product space (B_k A_k), refactored by "
+        "truncated SVD to max_rank; 'fedavg-factors': average zero-padded A and B separately; 'fisher': Fisher merging "
+        "of A and B, each client also sends its diagonal Fisher estimate (FedNano); or one registered with "
+        "fedsim.register_aggregator.",
     )
+
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, method: str) -> str:
+        if method not in AGGREGATORS:
+            raise ValueError(f"{method!r} is not a registered aggregator; allowed: {', '.join(AGGREGATORS)}")
+        return method
+
     average: Literal["updates", "models"] = Field(
         "updates",
         description="'updates' (FedAvg): each client sends its change to the part of the adapter it received, and the "
@@ -177,11 +187,13 @@ class Scenario(_Section):
         rank = getattr(self.policy, "rank", None)
         if rank is not None and rank > self.adapter.max_rank:
             raise ValueError(f"policy.rank={rank} exceeds adapter.max_rank={self.adapter.max_rank}; allowed: 0..{self.adapter.max_rank}")
-        if self.train.engine == "cohort" and (self.adapter.kind == "nano" or self.aggregation.method == "fisher"):
-            field = "adapter.kind=nano" if self.adapter.kind == "nano" else "aggregation.method=fisher"
+        aggregator = AGGREGATORS[self.aggregation.method]
+        method = f"aggregation.method={self.aggregation.method}"
+        if self.train.engine == "cohort" and (self.adapter.kind == "nano" or not aggregator.cohort):
+            field = "adapter.kind=nano" if self.adapter.kind == "nano" else method
             raise ValueError(f"train.engine=cohort does not support {field}; allowed: train.engine=per-client")
-        if getattr(self.channel, "mode", "digital") == "aircomp" and (self.adapter.kind == "nano" or self.aggregation.method == "fisher"):
-            field = "adapter.kind=nano" if self.adapter.kind == "nano" else "aggregation.method=fisher"
+        if getattr(self.channel, "mode", "digital") == "aircomp" and (self.adapter.kind == "nano" or not aggregator.aircomp):
+            field = "adapter.kind=nano" if self.adapter.kind == "nano" else method
             raise ValueError(f"channel.mode=aircomp does not support {field} (AirComp receives only the sum of the updates); allowed: channel.mode=digital")
         algorithm = self.algorithm.name
         if algorithm in CLIENT_SIDE and self.adapter.kind == "nano":

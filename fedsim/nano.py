@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedsim.adapter_state import load_payload, state_from_model, truncate
+from fedsim.aggregators import wants_fisher
 from fedsim.model import LoraClassifier, SentenceClassifier, build_classifier
 from fedsim.payload import FISHER_PREFIX, HEAD_BIAS, HEAD_KEYS, HEAD_WEIGHT, a_key
 from fedsim.types import FedsimError
@@ -271,7 +272,7 @@ def split_train(runtime, payload: dict[str, np.ndarray], client_id: int, server_
         bytes_down += down
     # A stream adapter no batch touched is unchanged: it is not uploaded (the server keeps its global value).
     upload = truncate(state_from_model(model), [r if seen[i] else 0 for i, r in enumerate(ranks)])
-    if scenario.aggregation.method == "fisher":
+    if wants_fisher(scenario):
         add_fisher(upload, fisher, steps)
     metrics = {
         "num-examples": len(runtime.partitions[client_id]),

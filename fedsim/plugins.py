@@ -1,4 +1,4 @@
-"""Plugins from the user's own code: register a rank policy, a federated algorithm or a backbone family
+"""Plugins from the user's own code: register a rank policy, a federated algorithm, an aggregator or a backbone family
 without editing fedsim.
 
 In a script or notebook (this process, and the inline engine):
@@ -61,6 +61,17 @@ def register_algorithm(config_cls: type, algorithm_cls: type | None = None):
         return cls
 
     return register(algorithm_cls) if algorithm_cls is not None else register
+
+
+def register_aggregator(name: str, merge, *, client_statistics: tuple[str, ...] = (), cohort: bool = True, aircomp: bool = True) -> None:
+    """Register a per-layer merge as `aggregation.method: <name>` (signature in `fedsim.aggregators`).
+
+    `client_statistics=("fisher",)` makes each client send its diagonal Fisher estimate, passed to `merge`
+    as `statistics["fisher"]`; such an aggregator needs the per-client engine and a digital uplink.
+    """
+    from fedsim.aggregators import register_aggregator as add
+
+    add(name, merge, client_statistics=client_statistics, cohort=cohort, aircomp=aircomp)
 
 
 def register_backbone(model_type: str, family) -> None:

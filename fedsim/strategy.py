@@ -20,6 +20,7 @@ from flwr.app import Message
 
 from channels import Channel
 from fedsim.adapter_state import AdapterState, truncate
+from fedsim.aggregators import wants_fisher
 from fedsim.algorithms import build_algorithm
 from fedsim.config import Scenario
 from fedsim.nano import server_side_keys
@@ -86,7 +87,7 @@ class RankAdaptiveStrategy:
         # and a policy's bit budget carries no fixed head cost.
         keys = server_side_keys(scenario)
         self.head_params = 0 if keys else runtime.model.head_param_count()
-        self.layout = UploadLayout(self.global_state, self.algorithm, scenario.aggregation.method == "fisher", keys)
+        self.layout = UploadLayout(self.global_state, self.algorithm, wants_fisher(scenario), keys)
         c = scenario.clients
         self.sampler = ClientSampler(c.num_clients, c.per_round, c.availability, scenario.seed)
         self.rng_channel = np.random.default_rng([scenario.seed, 7011])

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from fedsim.adapter_state import load_payload, state_from_model, truncate
+from fedsim.aggregators import wants_fisher
 from fedsim.algorithms.local import LocalAlgorithm
 from fedsim.batches import client_batches
 from fedsim.payload import HEAD_BIAS, HEAD_WEIGHT
@@ -41,7 +42,7 @@ def local_train(runtime: Runtime, payload: dict[str, np.ndarray], client_id: int
 
     betas = sensitivity_betas(scenario)
     meter = SensitivityMeter([model.factor(i) for i in range(len(model.layers))], *betas) if betas else None
-    want_fisher = scenario.aggregation.method == "fisher"
+    want_fisher = wants_fisher(scenario)
     fisher = [(torch.zeros_like(a), torch.zeros_like(b)) for a, b in map(model.factor, range(len(model.layers)))] if want_fisher else []
     losses, tokens, steps = [], 0, 0
     for indices in client_batches(runtime, client_id, server_round):

@@ -142,6 +142,44 @@ def test_an_algorithm_registered_from_user_code_runs_by_name(tmp_path):
     assert (half.clients["bytes_up"] == fedavg.clients["bytes_up"]).all()
 
 
+def keep_global_factors(glob_a, glob_b, trained, weights, deltas, max_rank, rng, statistics):
+    """A toy aggregator: the global factors stay as they are (only the head, always a weighted mean, moves)."""
+    from fedsim.aggregation import LayerMerge
+
+    return LayerMerge(glob_a.copy(), glob_b.copy(), 1.0)
+
+
+def factor_mean_with_fisher(glob_a, glob_b, trained, weights, deltas, max_rank, rng, statistics):
+    """A toy aggregator that asks the clients for their Fisher estimate, and checks it arrived shaped like their factors."""
+    from fedsim.aggregation import merge_factors
+
+    assert [f[0].shape for f in statistics["fisher"]] == [a.shape for a, _ in trained]
+    return merge_factors(glob_a, glob_b, trained, weights, deltas, max_rank, rng)
+
+
+fedsim.register_aggregator("keep-global", keep_global_factors)
+fedsim.register_aggregator("mean-with-fisher", factor_mean_with_fisher, client_statistics=("fisher",))
+
+
+def test_an_aggregator_registered_from_user_code_runs_by_name(tmp_path):
+    """The aggregator seam: a merge function and one registration in this file, named in a scenario; a declared
+    client statistic is computed by the clients, sent, metered and handed to the merge."""
+    from safetensors.numpy import load_file
+
+    base = {**TINY, "rounds": 1, "train.engine": "per-client"}
+    kept = fedsim.run("scenarios/quickstart.yaml", {**base, "aggregation.method": "keep-global"}, out=tmp_path / "kept")
+    factors = load_file(str(tmp_path / "kept" / "adapter" / "adapter_model.safetensors"))
+    assert all(not v.any() for k, v in factors.items() if "lora_B" in k)  # B starts at 0 and the aggregator kept it
+    assert kept.rounds["updates_aggregated"].iloc[-1] == 3
+    fisher = fedsim.run("scenarios/quickstart.yaml", {**base, "aggregation.method": "mean-with-fisher"}, out=tmp_path / "fisher")
+    assert (fisher.clients["bytes_up_fisher"] > 0).all() and (kept.clients["bytes_up_fisher"] == 0).all()
+    assert any(v.any() for k, v in load_file(str(tmp_path / "fisher" / "adapter" / "adapter_model.safetensors")).items() if "lora_B" in k)
+    with pytest.raises(fedsim.FedsimError, match="train.engine=cohort does not support aggregation.method=mean-with-fisher"):
+        fedsim.run("scenarios/quickstart.yaml", {**base, "aggregation.method": "mean-with-fisher", "train.engine": "cohort"}, out=tmp_path / "x")
+    with pytest.raises(fedsim.FedsimError, match="not a registered aggregator; allowed: svd, fedavg-factors, fisher"):
+        fedsim.run("scenarios/quickstart.yaml", {**base, "aggregation.method": "median"}, out=tmp_path / "y")
+
+
 def test_a_backbone_family_registered_from_user_code_changes_the_pooling():
     """The backbone seam: a family for a model type, registered from this file, decides the sentence vector."""
     import torch
