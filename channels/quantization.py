@@ -94,3 +94,9 @@ def expected_bytes(shapes: dict[str, tuple[int, ...]], bits: int) -> int:
     if bits == 32:
         return 4 * sum(counts)
     return sum(-(-n * bits // 8) + 4 for n in counts)
+
+
+def upload_precision(channel_config) -> tuple[int, str]:
+    """(bits per parameter, rounding) a client quantises its upload with: the channel config's, 32-bit float when a
+    channel model has no such fields."""
+    return int(getattr(channel_config, "bits_per_param", 32)), str(getattr(channel_config, "rounding", "nearest"))

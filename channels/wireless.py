@@ -43,6 +43,7 @@ class ChannelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    model: Literal["wireless"] = Field("wireless", description="The channel model (channels.registry); 'wireless' is this one.")
     preset: Optional[Literal[tuple(PRESETS)]] = Field(None, description=f"Named preset ({', '.join(PRESETS)}); explicit fields override it.")  # type: ignore[valid-type]
     mode: Literal["digital", "aircomp"] = Field("digital", description="'digital': separate metered uploads; 'aircomp': analog over-the-air superposition.")
     kind: Literal[tuple(FADING)] = Field("awgn", description="Small-scale fading: awgn (none), rayleigh, rician.")  # type: ignore[valid-type]

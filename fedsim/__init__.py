@@ -7,6 +7,7 @@ The Python API (imported lazily, so that `import fedsim` and `fedsim --help` sta
 - `fedsim.load_run(path)` -> `RunResult` of a finished run directory
 - `fedsim.register_policy(ConfigClass)` decorator: a rank policy from your own code
 - `fedsim.register_algorithm(ConfigClass)` decorator: a federated algorithm from your own code
+- `fedsim.register_channel(ConfigClass)` decorator: an uplink model from your own code
 - `fedsim.register_aggregator(name, merge)`: how the clients' factors of a layer are merged
 - `fedsim.register_backbone(model_type, family)`: pooling and LoRA targets for a backbone family
 """
@@ -14,7 +15,7 @@ The Python API (imported lazily, so that `import fedsim` and `fedsim --help` sta
 from fedsim.types import FedsimError
 
 __version__ = "0.1.0"
-__all__ = ["FedsimError", "load_run", "register_aggregator", "register_algorithm", "register_backbone", "register_policy", "run", "sweep"]
+__all__ = ["FedsimError", "load_run", "register_aggregator", "register_algorithm", "register_backbone", "register_channel", "register_policy", "run", "sweep"]
 
 
 def __getattr__(name: str):
@@ -22,6 +23,6 @@ def __getattr__(name: str):
 
     if name in ("run", "sweep", "load_run", "RunResult", "SweepResult"):
         return getattr(import_module("fedsim.api"), name)
-    if name in ("register_policy", "register_algorithm", "register_aggregator", "register_backbone"):
+    if name in ("register_policy", "register_algorithm", "register_aggregator", "register_backbone", "register_channel"):
         return getattr(import_module("fedsim.plugins"), name)
     raise AttributeError(f"module 'fedsim' has no attribute {name!r}")

@@ -14,7 +14,7 @@ import yaml
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from channels.quantization import quantize_payload
+from channels.quantization import quantize_payload, upload_precision
 from fedsim.aggregation import update_keys
 from fedsim.client_errors import guard_client_errors
 from fedsim.cohort import cohort_train
@@ -61,7 +61,7 @@ def _on_air(scenario: Scenario, upload: dict, received: dict, client_id: int, se
     sent = {k: v for k, v in upload.items() if k not in server_side}
     if scenario.aggregation.average == "updates":
         sent = {k: (v - received[k] if k in update_keys(received) else v) for k, v in sent.items()}
-    return quantize_payload(sent, channel.bits_per_param, channel.rounding, rounding_rng) | server_side
+    return quantize_payload(sent, *upload_precision(channel), rounding_rng) | server_side
 
 
 @app.train()

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from channels import ChannelConfig
+from channels.registry import config_union as channel_union
 from fedsim.aggregators import AGGREGATORS
 from fedsim.algorithms import ALGORITHMS, CLIENT_SIDE, AlgorithmConfig
 from fedsim.types import FedsimError
@@ -143,6 +144,9 @@ class AggregationConfig(_Section):
 MAX_ROUNDS = 1_000_000  # a bound, so that a typo like 1e22 is an error rather than a run that never ends
 
 
+ChannelUnion = channel_union()
+
+
 class Scenario(_Section):
     """A complete, reproducible description of one federated fine-tuning run."""
 
@@ -177,7 +181,7 @@ class Scenario(_Section):
         "round's pseudo-gradient: fedavgm (server_lr, momentum), fedadam / fedyogi (server_lr, beta_1, beta_2, tau), "
         "fedadagrad (server_lr, beta_1, tau). See docs and fedsim/algorithms/.",
     )
-    channel: ChannelConfig = Field(default_factory=lambda: ChannelConfig())  # type: ignore[operator]
+    channel: ChannelUnion = Field(default_factory=lambda: ChannelConfig())  # type: ignore[valid-type]
     policy: PolicyConfig = Field(default_factory=lambda: POLICIES["fixed"][0]())  # type: ignore[valid-type]
 
     @model_validator(mode="after")
@@ -324,6 +328,13 @@ def refresh_policy_schema() -> None:
     from policies.registry import config_union
 
     Scenario.model_fields["policy"].annotation = config_union()
+    Scenario.model_rebuild(force=True)
+    _register_union_tags()
+
+
+def refresh_channel_schema() -> None:
+    """Rebuild the scenario model after a channel model was registered (`fedsim.register_channel`)."""
+    Scenario.model_fields["channel"].annotation = channel_union()
     Scenario.model_rebuild(force=True)
     _register_union_tags()
 

@@ -140,7 +140,7 @@ def _csv_text(columns: list[str], rows: list[dict]) -> str:
 
 def _fmt(value):
     if isinstance(value, float):
-        return repr(round(value, 10))
+        return repr(round(float(value), 10))  # float(): a numpy scalar (a float subclass) would print as np.float64(...)
     return value
 
 

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from channels.quantization import upload_precision
 from fedsim.adapter_state import load_payload, state_from_model, truncate
 from fedsim.aggregators import wants_fisher
 from fedsim.model import LoraClassifier, SentenceClassifier, build_classifier
@@ -258,7 +259,7 @@ def split_train(runtime, payload: dict[str, np.ndarray], client_id: int, server_
         segments = batch.get("token_type_ids", torch.zeros_like(batch["input_ids"]))[batch["attention_mask"].bool()]
         seen |= np.array([bool((segments == s).any()) for s in range(len(model.layers))])
         optimizer.zero_grad(set_to_none=True)
-        loss, up, down = split_step(model, batch, labels, channel.bits_per_param, channel.rounding, rng)
+        loss, up, down = split_step(model, batch, labels, *upload_precision(channel), rng)
         for i, (f_a, f_b) in enumerate(fisher):
             a, b = model.factor(i)
             if a.grad is not None:

@@ -1,4 +1,4 @@
-"""Plugins from the user's own code: register a rank policy, a federated algorithm, an aggregator or a backbone family
+"""Plugins from the user's own code: register a rank policy, a federated algorithm, a channel model, an aggregator or a backbone family
 without editing fedsim.
 
 In a script or notebook (this process, and the inline engine):
@@ -61,6 +61,26 @@ def register_algorithm(config_cls: type, algorithm_cls: type | None = None):
         return cls
 
     return register(algorithm_cls) if algorithm_cls is not None else register
+
+
+def register_channel(config_cls: type, channel_cls: type | None = None):
+    """Register a channel model under its config's `model`; usable as a decorator on the channel class.
+
+    `config_cls`: a pydantic model with `model: Literal["<name>"] = "<name>"` (and the channel's fields, all
+    defaulted; `bits_per_param` and `rounding` if its uploads are quantised); `channel_cls`: a
+    `channels.base.Channel` subclass built as `channel_cls(config, seed)`. Scenarios then accept
+    `channel: {model: <name>, ...}` in this process (and the inline engine).
+    """
+
+    def register(cls: type) -> type:
+        from channels.registry import add_channel
+        from fedsim.config import refresh_channel_schema
+
+        add_channel(config_cls, cls)
+        refresh_channel_schema()
+        return cls
+
+    return register(channel_cls) if channel_cls is not None else register
 
 
 def register_aggregator(name: str, merge, *, client_statistics: tuple[str, ...] = (), cohort: bool = True, aircomp: bool = True) -> None:

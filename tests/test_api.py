@@ -13,7 +13,9 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 import fedsim
+from channels.base import Channel
 from fedsim.algorithms.base import FederatedAlgorithm
+from fedsim.types import ChannelStates, Transmission
 from policies.base import RankPolicy
 
 TINY = {
@@ -140,6 +142,47 @@ def test_an_algorithm_registered_from_user_code_runs_by_name(tmp_path):
     for key in initial:  # B starts at 0, so after one round B_half = B_fedavg / 2 exactly
         np.testing.assert_allclose(halved[key], initial[key] / 2, rtol=1e-6, atol=1e-9)
     assert (half.clients["bytes_up"] == fedavg.clients["bytes_up"]).all()
+
+
+class ErasureConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: Literal["erasure"] = "erasure"
+    loss: float = 0.0
+    rate_bps: float = 1e6
+
+
+@fedsim.register_channel(ErasureConfig)
+class ErasureChannel(Channel):
+    """A toy uplink: a fixed rate, and each upload erased with probability `loss`."""
+
+    def __init__(self, config: ErasureConfig, seed: int):
+        self.config = config
+
+    def draw(self, round, client_ids, rng):
+        n = len(client_ids)
+        ones = np.ones(n)
+        return ChannelStates(np.asarray(client_ids), 0 * ones, ones, 1e6 * ones, self.config.rate_bps * ones)
+
+    def uplink(self, states, n_bits, rng, samples=None):
+        erased = rng.random(len(n_bits)) < self.config.loss
+        return [Transmission(int(b), b / self.config.rate_bps, 0.0, not e, "erased" if e else "") for b, e in zip(n_bits, erased)]
+
+    def downlink(self, states, n_bits):
+        return [Transmission(int(b), b / self.config.rate_bps, 0.0, True) for b in n_bits]
+
+
+def test_a_channel_registered_from_user_code_meters_the_uploads(tmp_path):
+    """The channel seam: a config, a `Channel` subclass and one registration in this file, named by `model`."""
+    clean = fedsim.run("scenarios/quickstart.yaml", {**TINY, "channel": {"model": "erasure"}}, out=tmp_path / "clean")
+    assert clean.scenario.channel.model == "erasure"
+    assert (clean.clients["drop_reason"].fillna("") == "").all()
+    np.testing.assert_allclose(clean.clients["latency_s"], clean.clients["bytes_up"] * 8 / 1e6)
+    lost = fedsim.run("scenarios/quickstart.yaml", {**TINY, "channel": {"model": "erasure", "loss": 1.0}}, out=tmp_path / "lost")
+    assert (lost.clients["drop_reason"] == "erased").all() and (lost.rounds["updates_aggregated"] == 0).all()
+    assert lost.rounds["accuracy"].nunique() == 1  # nothing was aggregated: the global adapter never moved
+    with pytest.raises(fedsim.FedsimError, match="channel"):
+        fedsim.run("scenarios/quickstart.yaml", {**TINY, "channel": {"model": "erasure", "snr_db": 5}}, out=tmp_path / "bad")
 
 
 def keep_global_factors(glob_a, glob_b, trained, weights, deltas, max_rank, rng, statistics):
