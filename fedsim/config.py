@@ -114,6 +114,16 @@ class ClientsConfig(_Section):
         "availability). The server samples per_round of the online clients (all of them when fewer are online) and, "
         "while none is, waits for the next check-in (a new draw). rounds.csv then records clients_online.",
     )
+    availability_trace: str | None = Field(
+        None,
+        description="A CSV file of online intervals in rounds (client,from_round,to_round; fedsim/availability.py), as "
+        "FedScale's availability traces: a client is online only inside its intervals (then with probability "
+        "`availability`). Relative to the directory you run fedsim in; null = every client always online.",
+    )
+
+    @property
+    def always_online(self) -> bool:
+        return self.availability >= 1.0 and self.availability_trace is None
 
 
 class AggregationConfig(_Section):

@@ -31,7 +31,8 @@ def gpu_wanted(device: str) -> bool:
 
 def preflight(scenario: Scenario) -> None:
     """Everything a run checks before it claims a directory or builds a model (`fedsim validate` runs it too):
-    the backbone exists and fits data.max_length / adapter.max_rank, the data files parse and split, the policy checkpoint loads."""
+    the backbone exists and fits data.max_length / adapter.max_rank, the data files parse and split, the availability trace
+    covers every round, the policy checkpoint loads."""
     from fedsim.model import check_backbone_fits, validate_backbone
     from fedsim.runtime import check_data
     from policies import build_policy
@@ -39,6 +40,10 @@ def preflight(scenario: Scenario) -> None:
     validate_backbone(scenario.model.backbone)
     check_backbone_fits(scenario)
     check_data(scenario)
+    if scenario.clients.availability_trace:
+        from fedsim.availability import load_trace
+
+        load_trace(scenario.clients.availability_trace, scenario.clients.num_clients, scenario.rounds)
     build_policy(scenario.policy)  # a bad checkpoint is a one-line error before any engine starts
 
 

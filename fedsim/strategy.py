@@ -22,6 +22,7 @@ from channels import Channel
 from fedsim.adapter_state import AdapterState, truncate
 from fedsim.aggregators import wants_fisher
 from fedsim.algorithms import build_algorithm
+from fedsim.availability import load_trace
 from fedsim.config import Scenario
 from fedsim.nano import server_side_keys
 from fedsim.payload import MEMORY_PREFIX
@@ -89,7 +90,8 @@ class RankAdaptiveStrategy:
         self.head_params = 0 if keys else runtime.model.head_param_count()
         self.layout = UploadLayout(self.global_state, self.algorithm, wants_fisher(scenario), keys)
         c = scenario.clients
-        self.sampler = ClientSampler(c.num_clients, c.per_round, c.availability, scenario.seed)
+        trace = load_trace(c.availability_trace, c.num_clients, scenario.rounds) if c.availability_trace else None
+        self.sampler = ClientSampler(c.num_clients, c.per_round, c.availability, scenario.seed, trace)
         self.rng_channel = np.random.default_rng([scenario.seed, 7011])
         self.rng_aggregation = np.random.default_rng([scenario.seed, 7012])
         self.deadline_s = channel_deadline(channel)
@@ -116,7 +118,7 @@ class RankAdaptiveStrategy:
     # --- configure --------------------------------------------------------------------------
     def prepare_round(self, server_round: int) -> Observation:
         """Stages select, channel and observe: this round's clients, their channel, what the policy sees."""
-        clients = self.sampler.sample()
+        clients = self.sampler.sample(server_round)
         states = self.channel.draw(server_round, clients, self.rng_channel)
         self.prepared = PreparedRound(server_round, clients, states, self.observe(server_round, states))
         return self.prepared.observation
@@ -192,7 +194,7 @@ class RankAdaptiveStrategy:
         self.totals.add(pending, uplink, client_rows)
         latency = self.channel.round_latency(uplink.transmissions)
         row = round_row(server_round, pending, uplink, client_rows, len(delivered_uploads), truncated_fraction, latency, self.totals)
-        if self.scenario.clients.availability < 1.0:
+        if not self.scenario.clients.always_online:
             row["clients_online"] = self.sampler.online
         if uplink.superposition is not None:
             row["aircomp_mse"] = uplink.superposition.mse

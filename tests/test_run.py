@@ -6,6 +6,7 @@ import csv
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from fedsim.adapter_state import load_payload, truncate
@@ -131,3 +132,37 @@ def test_client_availability_samples_only_online_clients(tmp_path, tiny):
     full = tiny(rounds=1, clients={"num_clients": 6, "per_round": 3, "availability": 1.0})
     run_scenario(full, tmp_path / "full", progress=False)
     assert "clients_online" not in pd.read_csv(tmp_path / "full" / "rounds.csv").columns
+
+
+def test_an_availability_trace_decides_who_is_online_in_each_round(tmp_path, tiny):
+    """clients.availability_trace: clients are sampled only inside their online intervals (FedScale-style traces)."""
+    import pandas as pd
+
+    trace = tmp_path / "trace.csv"
+    trace.write_text("client,from_round,to_round\n0,1,2\n1,1,3\n2,2,3\n3,3,3\n4,1,1\n")  # client 5 is never online
+    online = {1: {0, 1, 4}, 2: {0, 1, 2}, 3: {1, 2, 3}}
+    scenario = tiny(rounds=3, clients={"num_clients": 6, "per_round": 2, "availability_trace": str(trace)})
+    run_scenario(scenario, tmp_path / "a", progress=False)
+    clients = pd.read_csv(tmp_path / "a" / "clients.csv")
+    assert all(set(group["client"]) <= online[r] and len(group) == 2 for r, group in clients.groupby("round"))
+    assert list(pd.read_csv(tmp_path / "a" / "rounds.csv")["clients_online"]) == [3, 3, 3]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("client,from_round,to_round\n0,1,1\n", "no client is online in round 2 (of 3)"),
+        ("client,from,to\n0,1,3\n", "expected a header client,from_round,to_round"),
+        ("client,from_round,to_round\n9,1,3\n", "line 2: client 9 rounds 1..3; allowed: client 0..5"),
+        ("client,from_round,to_round\n0,one,3\n", "line 2: {'client': '0', 'from_round': 'one', 'to_round': '3'} is not three integers"),
+    ],
+)
+def test_a_bad_availability_trace_is_one_line_exit_2(tmp_path, capsys, text, expected):
+    from fedsim.cli import main
+
+    trace = tmp_path / "trace.csv"
+    trace.write_text(text)
+    args = ["--set", "model.backbone=tiny-random", "--set", "rounds=3", "--set", "clients.num_clients=6", "--set", "clients.per_round=2"]
+    code = main(["validate", "scenarios/quickstart.yaml", *args, "--set", f"clients.availability_trace={trace}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and expected in err, err

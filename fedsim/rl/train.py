@@ -70,10 +70,11 @@ def train_policy(scenario, episodes: int, out: Path, progress: bool = True, comm
         raise FedsimError(f"policy.name={name!r} cannot be trained; allowed: {', '.join(TRAINABLE)}")
     if scenario.data.validation_samples == 0:
         raise FedsimError("train-policy needs data.validation_samples > 0: the reward must not read the test split (e.g. --set data.validation_samples=500)")
-    if name == "ppo" and scenario.clients.availability < 1.0:
+    if name == "ppo" and not scenario.clients.always_online:
         raise FedsimError(
-            f"clients.availability={scenario.clients.availability}: training ppo needs every round to have clients.per_round "
-            "clients (one SB3 environment per client slot); allowed: clients.availability=1 (airllm trains with any)"
+            f"clients.availability={scenario.clients.availability}, availability_trace={scenario.clients.availability_trace}: training ppo "
+            "needs every round to have clients.per_round clients (one SB3 environment per client slot); allowed: clients.availability=1 "
+            "and no availability_trace (airllm trains with any)"
         )
     if name == "airllm":
         scenario = scenario.model_copy(update={"policy": scenario.policy.model_copy(update={"learn": True})})
