@@ -203,7 +203,6 @@ def run_server(
     run_dir = RunDirectory(out_dir)
     started = time.time()
     strategy = build_strategy(scenario)  # a bad policy checkpoint fails here, before the run directory exists
-    runtime = strategy.runtime
     run_dir.start(scenario.to_yaml())
     num_clients = scenario.clients.num_clients
     initial = simulated_nodes(grid, num_clients) if simulated else discover_nodes(grid, num_clients)
@@ -230,7 +229,13 @@ def run_server(
                 flush=True,
             )
 
-    rounds = run_dir.rounds
+    return finish_run(run_dir, strategy, out_dir, started)
+
+
+def finish_run(run_dir: RunDirectory, strategy: RankAdaptiveStrategy, out_dir: Path, started: float) -> dict:
+    """Seal a run whose rounds all ran: the adapter, the algorithm's state, then summary.json (last, so that a
+    directory without it is never mistaken for a finished run)."""
+    rounds, scenario, runtime = run_dir.rounds, strategy.scenario, strategy.runtime
     # Tolerated client errors that left nothing to aggregate are a failed run; a channel that lost every
     # update is a result (the global adapter stayed as initialised), so that run finishes normally.
     if not any(r["updates_aggregated"] for r in rounds) and any(c["drop_reason"] == "client-error" for c in run_dir.clients):
