@@ -166,3 +166,30 @@ def test_a_bad_availability_trace_is_one_line_exit_2(tmp_path, capsys, text, exp
     code = main(["validate", "scenarios/quickstart.yaml", *args, "--set", f"clients.availability_trace={trace}"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and expected in err, err
+
+
+def test_the_runtime_cache_shares_model_and_data_but_serves_the_latest_settings(tiny):
+    """get_runtime builds a model and data once per (model, data, adapter, clients, seed, device) and keeps two;
+    training, channel and policy settings always come from the scenario asked for now."""
+    from fedsim.runtime import _RUNTIMES, get_runtime
+
+    _RUNTIMES.clear()
+    first = get_runtime(tiny(train={"lr": 1e-3}))
+    again = get_runtime(tiny(train={"lr": 5e-3}, channel={"snr_db": 3.0}))
+    assert again is first and again.scenario.train.lr == 5e-3 and again.scenario.channel.snr_db == 3.0
+    other = get_runtime(tiny(seed=99))  # a new seed: new partitions, a new runtime
+    assert other is not first and len(_RUNTIMES) == 2
+    get_runtime(tiny(seed=98))
+    assert len(_RUNTIMES) == 2 and get_runtime(tiny(train={"lr": 1e-3})) is not first  # the oldest was let go
+
+
+def test_downlink_latency_is_the_slowest_broadcast_at_the_downlink_rate(tmp_path, tiny):
+    """rounds.csv downlink_latency_s = max_k bits_down_k / (B_dl log2(1 + SNR_dl)) (AWGN, Shannon rate)."""
+    import pandas as pd
+
+    scenario = tiny(rounds=2, channel={"downlink_bandwidth_hz": 2e5, "downlink_snr_db": 10.0})
+    run_scenario(scenario, tmp_path / "a", progress=False)
+    rounds, clients = pd.read_csv(tmp_path / "a" / "rounds.csv"), pd.read_csv(tmp_path / "a" / "clients.csv")
+    rate = 2e5 * np.log2(1 + 10.0)
+    expected = clients.groupby("round")["bytes_down"].max() * 8 / rate
+    np.testing.assert_allclose(rounds.set_index("round")["downlink_latency_s"], expected, rtol=1e-9)
