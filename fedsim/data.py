@@ -9,7 +9,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from fedsim.config import DataConfig, PartitionConfig
 from fedsim.types import FedsimError
@@ -171,7 +170,10 @@ class Tokenized:
     def __len__(self) -> int:
         return len(self.token_ids)
 
-    def batch(self, indices: np.ndarray, pad_to: int | None = None) -> dict[str, torch.Tensor]:
+    def batch(self, indices: np.ndarray, pad_to: int | None = None) -> dict:
+        """{input_ids, attention_mask, labels} as torch tensors, padded to the batch's longest row (or `pad_to`)."""
+        import torch  # here, so that reading and checking data (fedsim validate) needs no torch
+
         width = pad_to or int(self.lengths[indices].max())
         ids = torch.full((len(indices), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(indices), width), dtype=torch.long)
@@ -185,3 +187,20 @@ class Tokenized:
 def tokenize(tokenizer, dataset: TextDataset, max_length: int) -> Tokenized:
     encoded = tokenizer(dataset.texts, truncation=True, max_length=max_length, padding=False)["input_ids"]
     return Tokenized(encoded, dataset.labels, tokenizer.pad_token_id)
+
+
+def split_validation(n_train: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(validation indices, the rest) of the training set; seeded; no validation when `size` is 0."""
+    if size == 0:
+        return np.zeros(0, dtype=np.int64), np.arange(n_train)
+    if size >= n_train:
+        raise FedsimError(f"data.validation_samples={size} leaves no training data (the training set has {n_train} examples)")
+    held = np.sort(np.random.default_rng([seed, 7004]).choice(n_train, size, replace=False))
+    return held, np.setdiff1d(np.arange(n_train), held)
+
+
+def check_data(scenario) -> None:
+    """What building a runtime checks of the data, without a tokenizer or a model: the files parse, the split fits."""
+    corpus = load_corpus(scenario.data)
+    _, kept = split_validation(len(corpus.train.labels), scenario.data.validation_samples, scenario.seed)
+    partition(corpus.train.labels[kept], scenario.clients.num_clients, scenario.data.partition, scenario.seed)

@@ -33,8 +33,8 @@ def preflight(scenario: Scenario) -> None:
     """Everything a run checks before it claims a directory or builds a model (`fedsim validate` runs it too):
     the backbone exists and fits data.max_length / adapter.max_rank, the data files parse and split, the availability trace
     covers every round, the policy checkpoint loads."""
-    from fedsim.model import check_backbone_fits, validate_backbone
-    from fedsim.runtime import check_data
+    from fedsim.backbone_check import check_backbone_fits, validate_backbone
+    from fedsim.data import check_data
     from policies import build_policy
 
     validate_backbone(scenario.model.backbone)

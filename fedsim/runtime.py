@@ -14,9 +14,11 @@ import numpy as np
 import torch
 
 from fedsim.adapter_state import AdapterState, state_from_model
+from fedsim.backbone_check import check_backbone_fits
 from fedsim.config import Scenario
-from fedsim.data import load_corpus, partition, tokenize
-from fedsim.model import LoraClassifier, check_backbone_fits, load_tokenizer
+from fedsim.data import load_corpus, partition, split_validation, tokenize
+from fedsim.hub import load_tokenizer
+from fedsim.model import LoraClassifier
 from fedsim.prefix_cache import PrefixCache
 from fedsim.types import FedsimError
 
@@ -115,16 +117,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def split_validation(n_train: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(validation indices, the rest) of the training set; seeded; no validation when `size` is 0."""
-    if size == 0:
-        return np.zeros(0, dtype=np.int64), np.arange(n_train)
-    if size >= n_train:
-        raise FedsimError(f"data.validation_samples={size} leaves no training data (the training set has {n_train} examples)")
-    held = np.sort(np.random.default_rng([seed, 7004]).choice(n_train, size, replace=False))
-    return held, np.setdiff1d(np.arange(n_train), held)
-
-
 _RUNTIMES: dict[str, Runtime] = {}
 
 
@@ -148,10 +140,3 @@ def batches_by_length(runtime: Runtime, split: str, indices: np.ndarray, batch_s
     order = indices[np.argsort(data.lengths[indices], kind="stable")]
     for start in range(0, len(order), batch_size):
         yield runtime.batch(split, order[start : start + batch_size])
-
-
-def check_data(scenario: Scenario) -> None:
-    """What building a runtime checks of the data, without a tokenizer or a model: the files parse, the split fits."""
-    corpus = load_corpus(scenario.data)
-    _, kept = split_validation(len(corpus.train.labels), scenario.data.validation_samples, scenario.seed)
-    partition(corpus.train.labels[kept], scenario.clients.num_clients, scenario.data.partition, scenario.seed)

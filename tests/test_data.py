@@ -5,7 +5,7 @@ import pytest
 
 from fedsim.config import DataConfig, PartitionConfig
 from fedsim.data import load_corpus, partition, tokenize
-from fedsim.model import load_tokenizer
+from fedsim.hub import load_tokenizer
 from fedsim.types import FedsimError
 
 

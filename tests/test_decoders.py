@@ -18,7 +18,7 @@ FAMILIES = ("opt", "gpt2", "llama")
 def decoders(tmp_path_factory):
     from transformers import AutoModel, GPT2Config, LlamaConfig, OPTConfig
 
-    from fedsim.model import load_tokenizer
+    from fedsim.hub import load_tokenizer
 
     tokenizer = load_tokenizer("minilm")
     common = dict(vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id)
@@ -81,7 +81,8 @@ def test_a_decoders_exported_adapter_loads_with_peft_and_gives_the_same_logits(d
 
 def test_last_token_pooling_ignores_right_padding(decoders):
     """A decoder's sentence vector is its last real token's state: padding the batch wider changes nothing."""
-    from fedsim.model import build_classifier, load_tokenizer
+    from fedsim.hub import load_tokenizer
+    from fedsim.model import build_classifier
 
     model = build_classifier(decoders["llama"], 3).eval()
     ids = load_tokenizer(decoders["llama"])(["a short one", "a much longer sentence than the other one"])["input_ids"]

@@ -193,3 +193,24 @@ def test_downlink_latency_is_the_slowest_broadcast_at_the_downlink_rate(tmp_path
     rate = 2e5 * np.log2(1 + 10.0)
     expected = clients.groupby("round")["bytes_down"].max() * 8 / rate
     np.testing.assert_allclose(rounds.set_index("round")["downlink_latency_s"], expected, rtol=1e-9)
+
+
+@pytest.mark.parametrize("backbone", ["tiny-random", "minilm"])
+@pytest.mark.parametrize("targets, layers", [(["query", "value"], None), (["key"], [1]), (["query", "key", "value"], [0, 1])])
+def test_adapted_dims_read_off_the_config_match_the_weightless_model(backbone, targets, layers):
+    """The torch-free reading of a BERT config gives exactly the modules and shapes a meta-device model has."""
+    from fedsim.backbone_check import adapted_dims, backbone_config
+
+    fast = adapted_dims(backbone_config(backbone), targets, layers)
+    exact = adapted_dims(backbone_config(backbone, hf=True), targets + ["__meta__"], layers)  # an unknown target forces the meta path
+    assert fast == exact and len(fast) == len(targets) * (len(layers) if layers else backbone_config(backbone).num_hidden_layers)
+
+
+def test_validate_answers_without_importing_torch():
+    """`fedsim validate` of a shipped scenario reads configs and data only (torch loads in ~2 s; a run needs it, a check does not)."""
+    import subprocess
+    import sys
+
+    code = "import sys; from fedsim.cli import main; rc = main(['validate', 'scenarios/quickstart.yaml']); print(rc, 'torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "0 False", done.stderr

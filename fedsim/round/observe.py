@@ -9,7 +9,7 @@ from fedsim.types import FedsimError
 
 def client_data_stats(runtime, backbone: str) -> np.ndarray:
     """[num_clients, 2]: token entropy (bits) and OOV ([UNK]) rate of each client's tokenised shard, as AirLLM observes."""
-    from fedsim.model import load_tokenizer
+    from fedsim.hub import load_tokenizer
 
     unk = load_tokenizer(backbone).unk_token_id
     stats = []
