@@ -34,18 +34,21 @@ _LAYER_INDEX = re.compile(r"\.(?:layers|layer|h|block|blocks)\.(\d+)\.")
 
 
 def backbone_config(backbone: str, hf: bool = False):
-    """The backbone's config (sizes only; nothing is downloaded, no weights are read). Read as plain JSON where it
-    can be (tiny-random, the embedded MiniLM, a local directory's config.json), so that no torch is needed;
-    `hf=True` (or an HF id) gives transformers' config object, which building a model needs."""
+    """The backbone's config (sizes only; nothing is downloaded, no weights are read). A BERT config on disk
+    (tiny-random, the embedded MiniLM, a local directory's config.json) is read as plain JSON, so that no torch
+    is needed: its JSON names are its attribute names. Other families go through transformers, whose config
+    objects also map aliases (GPT-2's n_positions is max_position_embeddings); so does `hf=True`, which
+    building a model needs."""
     if not hf:
         if backbone == "tiny-random":
             return SimpleNamespace(model_type="bert", vocab_size=30522, max_position_embeddings=128, **TINY_RANDOM)
         path = Path(minilm_path() if backbone == "minilm" else backbone) / "config.json"
-        if path.is_file():
-            try:
-                return SimpleNamespace(**json.loads(path.read_text(encoding="utf-8")))
-            except (ValueError, TypeError, OSError):
-                pass  # transformers' reader below says what is wrong with it
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except (ValueError, OSError):
+            raw = None  # transformers' reader below says what is wrong with it
+        if isinstance(raw, dict) and raw.get("model_type") == "bert":
+            return SimpleNamespace(**raw)
     from transformers import AutoConfig, BertConfig
 
     if backbone == "tiny-random":
