@@ -19,13 +19,11 @@ from fedsim.types import ChannelStates, Transmission
 class Channel(ABC):
     """Base class of uplink models.
 
-    `bits_per_param` and `rounding` say how the client quantises its upload
-    (`channels.quantization`); the bits metered are those of the arrays sent.
+    The bits metered are those of the arrays the client sent, encoded as the scenario's `quantization:`
+    section says (`channels.quantization`), apart from the radio.
     `mode` is 'digital' or 'aircomp'; `deadline_s` is the round deadline (inf if none).
     """
 
-    bits_per_param: int = 32
-    rounding: str = "nearest"
     mode: str = "digital"
     deadline_s: float = math.inf
 
@@ -47,7 +45,7 @@ class Channel(ABC):
     def set_data_sizes(self, sizes) -> None:
         """Clients' data sizes (indexed by client id), for access schemes that share the band by data size."""
 
-    def superpose(self, updates, weights, states, rng, shapes, samples=None):
+    def superpose(self, updates, weights, states, rng, shapes, samples=None, bits_per_param=32):
         """AirComp: (transmissions, `channels.aircomp.Superposition`). Only channels with `mode = 'aircomp'`."""
         raise NotImplementedError(f"{type(self).__name__} has no over-the-air aggregation")
 

@@ -17,6 +17,6 @@ LARGE_SCALE = ("fixed", "uniform", "normal", "levels", "distance")
 # Multiple access, chosen by `channel.access` (see channels.access).
 ACCESS = ("fdma-equal", "fdma-proportional", "tdma")
 
-# Upload precision, `channel.bits_per_param` (see channels.quantization).
+# Upload precision, `quantization.bits_per_param` (see channels.quantization).
 BITS_PER_PARAM = (32, 16, 8, 4)
 ROUNDING = ("nearest", "stochastic")

@@ -18,10 +18,26 @@ the last byte half-filled when the count is odd), and the scale as one float32 u
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from channels.blocks import BITS_PER_PARAM, ROUNDING
 
 SCALE_SUFFIX = "/scale"
 CODE_DTYPES = {16: np.int16, 8: np.int8, 4: np.uint8}
+
+
+class QuantizationConfig(BaseModel):
+    """The scenario's `quantization:` section: how a client encodes its upload, whatever the radio."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bits_per_param: Literal[BITS_PER_PARAM] = Field(  # type: ignore[valid-type]
+        32, description="Upload precision in bits: 32 (float32), 16, 8 or 4 (integer codes + a float32 scale per tensor)."
+    )
+    rounding: Literal[ROUNDING] = Field("nearest", description="Quantisation rounding: nearest or stochastic (unbiased).")  # type: ignore[valid-type]
 
 
 def levels(bits: int) -> int:
@@ -94,9 +110,3 @@ def expected_bytes(shapes: dict[str, tuple[int, ...]], bits: int) -> int:
     if bits == 32:
         return 4 * sum(counts)
     return sum(-(-n * bits // 8) + 4 for n in counts)
-
-
-def upload_precision(channel_config) -> tuple[int, str]:
-    """(bits per parameter, rounding) a client quantises its upload with: the channel config's, 32-bit float when a
-    channel model has no such fields."""
-    return int(getattr(channel_config, "bits_per_param", 32)), str(getattr(channel_config, "rounding", "nearest"))

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from channels import access as access_block
 from channels.aircomp import AirCompConfig, Superposition, slot_seconds, superpose
 from channels.base import Channel
-from channels.blocks import ACCESS, BITS_PER_PARAM, FADING, LARGE_SCALE, ROUNDING
+from channels.blocks import ACCESS, FADING, LARGE_SCALE
 from channels.compute import ComputeConfig, ComputeModel
 from channels.large_scale import GeometryConfig, LargeScaleSNR
 from channels.packet_error import HARQ, PACKET_ERROR, packet_count, send_update
@@ -75,10 +75,6 @@ class ChannelConfig(BaseModel):
         0, ge=0, description="Resends allowed per lost codeword (the update, or a packet in per-packet) before the update is dropped."
     )
     harq: Literal[HARQ] = Field("time-diversity", description="time-diversity: each resend sees a new independent fade; chase: same fade, SNRs add.")  # type: ignore[valid-type]
-    bits_per_param: Literal[BITS_PER_PARAM] = Field(
-        32, description="Upload precision in bits: 32 (float32), 16, 8 or 4 (integer codes + a float32 scale per tensor)."
-    )  # type: ignore[valid-type]
-    rounding: Literal[ROUNDING] = Field("nearest", description="Quantisation rounding: nearest or stochastic (unbiased).")  # type: ignore[valid-type]
     compute: ComputeConfig = Field(default_factory=ComputeConfig, description="Optional local computation time and energy.")
     aircomp: AirCompConfig = Field(default_factory=AirCompConfig, description="Over-the-air aggregation settings (mode: aircomp).")
     downlink_bandwidth_hz: float = Field(10e6, gt=0, description="Downlink (server broadcast) bandwidth (Hz).")
@@ -110,8 +106,6 @@ class WirelessChannel(Channel):
 
     def __init__(self, config: ChannelConfig, seed: int = 0):
         self.config = config
-        self.bits_per_param = int(config.bits_per_param)
-        self.rounding = config.rounding
         self.mode = config.mode
         self.deadline_s = float(config.deadline_s) if config.deadline_s is not None else math.inf
         self.large_scale = LargeScaleSNR(
@@ -205,8 +199,10 @@ class WirelessChannel(Channel):
         rng: np.random.Generator,
         shapes: dict[str, tuple[int, ...]],
         samples: np.ndarray | None = None,
+        bits_per_param: int = 32,
     ) -> tuple[list[Transmission], Superposition]:
-        """AirComp round: who transmits (truncation, deadline), what each spends (its inversion power x slot), and the noisy aggregate."""
+        """AirComp round: who transmits (truncation, deadline), what each spends (its inversion power x slot), and the noisy
+        aggregate. `n_bits` records what the same update would have cost digitally at `bits_per_param`."""
         cfg = self.config
         n = len(states)
         slot = slot_seconds(shapes, cfg.bandwidth_hz)
@@ -217,7 +213,7 @@ class WirelessChannel(Channel):
         senders = present & ~truncated & ~late
         result = superpose(updates, weights, states.snr_db, states.fading_gain, senders, shapes, cfg.aircomp.noise, rng)
         power = cfg.tx_power_w * result.power_fraction  # channel inversion: p_k = P_max c^2 w_k^2 m_k / gamma_k
-        bits = np.array([sum(int(np.prod(s)) for s in shapes.values()) * self.bits_per_param] * n)
+        bits = np.array([sum(int(np.prod(s)) for s in shapes.values()) * bits_per_param] * n)
         reasons = np.where(truncated, "aircomp-truncated", np.where(late, "deadline", ""))
         transmissions = [
             Transmission(
@@ -234,7 +230,3 @@ class WirelessChannel(Channel):
             for k in range(n)
         ]
         return transmissions, result
-
-
-def build_wireless(config: ChannelConfig, seed: int = 0) -> WirelessChannel:
-    return WirelessChannel(config, seed)

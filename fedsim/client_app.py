@@ -14,7 +14,7 @@ import yaml
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from channels.quantization import quantize_payload, upload_precision
+from channels.quantization import quantize_payload
 from fedsim.aggregation import update_keys
 from fedsim.client_errors import guard_client_errors
 from fedsim.cohort import cohort_train
@@ -53,7 +53,7 @@ def _on_air(scenario: Scenario, upload: dict, received: dict, client_id: int, se
     (`fedsim.aggregation.update_keys`), as FedAvg clients do: quantising the change rather than
     the weights keeps the quantisation error proportional to the update.
     """
-    channel = scenario.channel
+    q = scenario.quantization
     rounding_rng = np.random.default_rng([scenario.seed, server_round, client_id, 7031])
     # Not on the air: nano's head (it never leaves the server) and the client's own state (`memory.` keys), which the
     # simulator carries for it between rounds.
@@ -61,7 +61,7 @@ def _on_air(scenario: Scenario, upload: dict, received: dict, client_id: int, se
     sent = {k: v for k, v in upload.items() if k not in server_side}
     if scenario.aggregation.average == "updates":
         sent = {k: (v - received[k] if k in update_keys(received) else v) for k, v in sent.items()}
-    return quantize_payload(sent, *upload_precision(channel), rounding_rng) | server_side
+    return quantize_payload(sent, q.bits_per_param, q.rounding, rounding_rng) | server_side
 
 
 @app.train()

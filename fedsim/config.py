@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from channels import ChannelConfig
+from channels.quantization import QuantizationConfig
 from channels.registry import config_union as channel_union
 from fedsim.aggregators import AGGREGATORS
 from fedsim.algorithms import ALGORITHMS, CLIENT_SIDE, AlgorithmConfig
@@ -154,6 +155,7 @@ class AggregationConfig(_Section):
 MAX_ROUNDS = 1_000_000  # a bound, so that a typo like 1e22 is an error rather than a run that never ends
 
 
+QUANTIZATION_FIELDS = ("bits_per_param", "rounding")
 ChannelUnion = channel_union()
 
 
@@ -192,7 +194,26 @@ class Scenario(_Section):
         "fedadagrad (server_lr, beta_1, tau). See docs and fedsim/algorithms/.",
     )
     channel: ChannelUnion = Field(default_factory=lambda: ChannelConfig())  # type: ignore[valid-type]
+    quantization: QuantizationConfig = Field(
+        default_factory=QuantizationConfig, description="How clients encode their uploads (bits per parameter, rounding), whatever the channel model."
+    )
     policy: PolicyConfig = Field(default_factory=lambda: POLICIES["fixed"][0]())  # type: ignore[valid-type]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _quantization_from_channel(cls, data):
+        """The older spelling `channel.bits_per_param` / `channel.rounding` is read as `quantization.*`."""
+        if not isinstance(data, dict) or not isinstance(data.get("channel"), dict):
+            return data
+        moved = {k: data["channel"][k] for k in QUANTIZATION_FIELDS if k in data["channel"]}
+        if not moved:
+            return data
+        quantization = data.get("quantization") if isinstance(data.get("quantization"), dict) else {}
+        clash = [k for k in moved if k in quantization and quantization[k] != moved[k]]
+        if clash:
+            raise ValueError(f"channel.{clash[0]} and quantization.{clash[0]} disagree; set it once, under quantization")
+        channel = {k: v for k, v in data["channel"].items() if k not in QUANTIZATION_FIELDS}
+        return {**data, "channel": channel, "quantization": {**moved, **quantization}}
 
     @model_validator(mode="after")
     def _cross_field_checks(self) -> Scenario:

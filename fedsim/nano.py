@@ -25,7 +25,7 @@ Split computation (`split_train`), one local step:
 3. server: frozen backbone + head, loss, backward down to :math:`\partial L/\partial a`;
 4. downlink: :math:`\partial L/\partial a` goes back; the client runs `a.backward(grad)`.
 
-Both tensors are sent at `channel.bits_per_param` (quantised with the channel's
+Both tensors are sent at `quantization.bits_per_param` (quantised with its
 rounding when below 32 bits, so the quantisation error is real), and their bytes
 are counted from the arrays sent: ``batch x width x d x bits / 8`` (+ a 4-byte
 scale per tensor when quantised), with the batch's dynamic padding included.
@@ -47,7 +47,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from channels.quantization import upload_precision
 from fedsim.adapter_state import load_payload, state_from_model, truncate
 from fedsim.aggregators import wants_fisher
 from fedsim.model import LoraClassifier, SentenceClassifier, build_classifier
@@ -248,7 +247,7 @@ def split_train(runtime, payload: dict[str, np.ndarray], client_id: int, server_
     if factors:
         groups.append({"params": factors, "lr": cfg.lr})
     optimizer = torch.optim.Adam(groups)
-    channel = scenario.channel
+    q = scenario.quantization
     rng = np.random.default_rng([*client_seed(scenario.seed, server_round, client_id), 7032])
     fisher = [(torch.zeros_like(a), torch.zeros_like(b)) for a, b in map(model.factor, range(len(model.layers)))]
     seen = np.zeros(len(model.layers), dtype=bool)
@@ -259,7 +258,7 @@ def split_train(runtime, payload: dict[str, np.ndarray], client_id: int, server_
         segments = batch.get("token_type_ids", torch.zeros_like(batch["input_ids"]))[batch["attention_mask"].bool()]
         seen |= np.array([bool((segments == s).any()) for s in range(len(model.layers))])
         optimizer.zero_grad(set_to_none=True)
-        loss, up, down = split_step(model, batch, labels, *upload_precision(channel), rng)
+        loss, up, down = split_step(model, batch, labels, q.bits_per_param, q.rounding, rng)
         for i, (f_a, f_b) in enumerate(fisher):
             a, b = model.factor(i)
             if a.grad is not None:

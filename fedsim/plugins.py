@@ -67,7 +67,7 @@ def register_channel(config_cls: type, channel_cls: type | None = None):
     """Register a channel model under its config's `model`; usable as a decorator on the channel class.
 
     `config_cls`: a pydantic model with `model: Literal["<name>"] = "<name>"` (and the channel's fields, all
-    defaulted; `bits_per_param` and `rounding` if its uploads are quantised); `channel_cls`: a
+    defaulted; uploads are encoded as the scenario's `quantization:` says, whatever the channel); `channel_cls`: a
     `channels.base.Channel` subclass built as `channel_cls(config, seed)`. Scenarios then accept
     `channel: {model: <name>, ...}` in this process (and the inline engine).
     """

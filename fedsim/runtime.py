@@ -129,7 +129,7 @@ def get_runtime(scenario: Scenario) -> Runtime:
         _RUNTIMES[key] = Runtime(scenario)
     runtime = _RUNTIMES[key]
     # The cached model and data depend only on the key's fields; training, channel and aggregation
-    # settings (lr, local_steps, bits_per_param, ...) must come from the scenario asked for now.
+    # settings (lr, local_steps, quantization, ...) must come from the scenario asked for now.
     runtime.scenario = scenario
     return runtime
 

@@ -135,7 +135,7 @@ class RankAdaptiveStrategy:
             # What one rank component and the fixed part cost on the uplink, as sent: SCAFFOLD sends each twice.
             params_per_rank=self.params_per_rank * self.algorithm.upload_copies,
             fixed_params=self.head_params * self.algorithm.upload_copies,
-            bits_per_param=self.channel.bits_per_param,
+            bits_per_param=self.scenario.quantization.bits_per_param,
             last_ranks=self.last_ranks[states.client_ids],
             last_loss=self.last_loss,
             last_accuracy=self.last_accuracy,
@@ -166,7 +166,8 @@ class RankAdaptiveStrategy:
         got = collect_replies(replies, client_of_node, server_round, self.scenario.tolerate_client_errors)
         train = self.scenario.train
         samples = np.full(len(pending.clients), train.local_steps * train.batch_size)
-        uplink = meter_uplink(pending, got, self.layout, self.channel, self.algorithm, samples, self.scenario.adapter.max_rank, self.rng_channel)
+        bits = self.scenario.quantization.bits_per_param
+        uplink = meter_uplink(pending, got, self.layout, self.channel, bits, self.algorithm, samples, self.scenario.adapter.max_rank, self.rng_channel)
         for client, encoded, ok in zip(pending.clients, uplink.encoded, uplink.finite):  # the client keeps its new state, whatever the channel does
             if encoded is not None and ok:
                 self.algorithm.remember(int(client), {k: v for k, v in encoded.items() if k.startswith(MEMORY_PREFIX)})
@@ -201,7 +202,7 @@ class RankAdaptiveStrategy:
             row["aircomp_mse_noise"] = uplink.superposition.mse_noise
             row["aircomp_mse_truncation"] = uplink.superposition.mse_truncation
         full_params = (int(self.params_per_rank.sum()) * self.scenario.adapter.max_rank + self.head_params) * self.algorithm.upload_copies
-        full_bits = full_params * self.channel.bits_per_param
+        full_bits = full_params * self.scenario.quantization.bits_per_param
         self.round_info = reward_info(pending, uplink, client_rows, full_bits, self.deadline_s, self.scenario.adapter.max_rank)
         self.pending = None
         return RoundResult(row, client_rows)

@@ -173,12 +173,13 @@ def test_a_round_without_local_training_leaves_the_global_adapter_unchanged(tiny
     from fedsim.inline_grid import InlineGrid
     from fedsim.server_app import build_strategy, run_train_round
 
-    channel = {"bits_per_param": bits, "mode": channel_mode} | ({"kind": "awgn", "aircomp": {"noise": False}} if channel_mode == "aircomp" else {})
+    channel = {"mode": channel_mode} | ({"kind": "awgn", "aircomp": {"noise": False}} if channel_mode == "aircomp" else {})
     scenario = tiny(
         train={"local_steps": 2, "batch_size": 8, "lr": 0.0, "head_lr": 0.0, "engine": engine},
         aggregation={"method": method},
         policy={"name": "fixed", "ranks": [2, 8, 0, 1]},
         channel=channel,
+        quantization={"bits_per_param": bits},
     )
     strategy = build_strategy(scenario)
     rng = np.random.default_rng(9)

@@ -37,9 +37,9 @@ def ledger(path, name):
 @pytest.mark.parametrize("engine", ["per-client", "cohort"])
 def test_fedprox_mu_0_and_fedavgm_momentum_0_lr_1_reproduce_fedavg_exactly(tmp_path, engine):
     train = {**TINY["train"], "engine": engine}
-    base = run(tmp_path, "fedavg", train=train, channel={"kind": "awgn", "snr_db": 10, "bits_per_param": 8})
+    base = run(tmp_path, "fedavg", train=train, channel={"kind": "awgn", "snr_db": 10}, quantization={"bits_per_param": 8})
     for name, algorithm in {"fedprox": {"name": "fedprox", "mu": 0.0}, "fedavgm": {"name": "fedavgm", "momentum": 0.0, "server_lr": 1.0}}.items():
-        other = run(tmp_path, name, train=train, channel={"kind": "awgn", "snr_db": 10, "bits_per_param": 8}, algorithm=algorithm)
+        other = run(tmp_path, name, train=train, channel={"kind": "awgn", "snr_db": 10}, quantization={"bits_per_param": 8}, algorithm=algorithm)
         for name_ in LEDGERS:
             assert ledger(other, name_) == ledger(base, name_), f"{name} {name_} differs from fedavg's"
 
@@ -58,7 +58,7 @@ def test_fedprox_pulls_the_clients_towards_the_global_adapter(tmp_path):
 def test_scaffold_control_variates_sum_as_the_paper_says(tmp_path):
     """With every upload delivered in float32, c = (1/N) Σ_i c_i after every round (Karimireddy et al., eq. (5)),
     the controls are metered as an upload the size of the update, and round 1 (c = c_i = 0) is FedAvg's."""
-    common = dict(aggregation={"method": "fedavg-factors", "average": "updates"}, channel={"kind": "awgn", "bits_per_param": 32})
+    common = dict(aggregation={"method": "fedavg-factors", "average": "updates"}, channel={"kind": "awgn"}, quantization={"bits_per_param": 32})
     path = run(tmp_path, "scaffold", algorithm={"name": "scaffold"}, **common)
     state = load_file(str(path / ALGORITHM_STATE))
     n = TINY["clients"]["num_clients"]
@@ -187,17 +187,18 @@ def test_algorithm_misconfigurations_are_one_line(overrides, message):
 @pytest.mark.parametrize(
     "algorithm, extra",
     [
-        ({"name": "fedadam"}, {"channel": {"kind": "rayleigh", "snr_db": 0, "bits_per_param": 4, "deadline_s": 0.05}, "policy": {"name": "channel-greedy"}}),
+        ({"name": "fedadam"}, {"channel": {"kind": "rayleigh", "snr_db": 0, "deadline_s": 0.05}, "quantization": {"bits_per_param": 4}, "policy": {"name": "channel-greedy"}}),
         ({"name": "fedyogi"}, {"channel": {"kind": "awgn", "snr_db": 10, "mode": "aircomp"}, "policy": {"name": "adalora", "tinit": 0, "tfinal": 1}}),
         (
             {"name": "scaffold"},
             {
-                "channel": {"kind": "rayleigh", "snr_db": 0, "bits_per_param": 8, "deadline_s": 0.25, "packet_error": "threshold", "per_m": 1.0},
+                "channel": {"kind": "rayleigh", "snr_db": 0, "deadline_s": 0.25, "packet_error": "threshold", "per_m": 1.0},
+                "quantization": {"bits_per_param": 8},
                 "aggregation": {"method": "fedavg-factors"},
                 "policy": {"name": "channel-greedy"},
             },
         ),
-        ({"name": "fedprox", "mu": 0.1}, {"policy": {"name": "ppo"}, "channel": {"kind": "rayleigh", "snr_db": 5, "bits_per_param": 16}}),
+        ({"name": "fedprox", "mu": 0.1}, {"policy": {"name": "ppo"}, "channel": {"kind": "rayleigh", "snr_db": 5}, "quantization": {"bits_per_param": 16}}),
     ],
 )
 def test_algorithms_compose_with_policies_quantisation_losses_and_aircomp(tmp_path, algorithm, extra):

@@ -52,7 +52,8 @@ def test_quickstart_drops_updates_at_harsh_and_none_at_ideal(tmp_path):
 
 def test_aircomp_run_with_4_bit_uploads(tmp_path, tiny):
     scenario = tiny(
-        channel={"mode": "aircomp", "kind": "rayleigh", "snr_db": 10.0, "bits_per_param": 4, "rounding": "stochastic"},
+        channel={"mode": "aircomp", "kind": "rayleigh", "snr_db": 10.0},
+        quantization={"bits_per_param": 4, "rounding": "stochastic"},
         policy={"name": "fixed", "rank": 3},
     )
     run_scenario(scenario, tmp_path / "air", progress=False)
@@ -85,7 +86,7 @@ def test_aircomp_run_with_4_bit_uploads(tmp_path, tiny):
     [
         ("channel.bandwidth_hz=-1", "channel.bandwidth_hz = -1 is invalid: Input should be greater than 0"),
         ("channel.k_factor=-0.5", "channel.k_factor = -0.5 is invalid: Input should be greater than or equal to 0"),
-        ("channel.bits_per_param=12", "channel.bits_per_param = 12 is invalid: Input should be 32, 16, 8 or 4"),
+        ("quantization.bits_per_param=12", "quantization.bits_per_param = 12 is invalid: Input should be 32, 16, 8 or 4"),
         ("channel.preset=stormy", "channel: unknown preset 'stormy'; allowed: ideal, good, moderate, challenging, harsh"),
         ("channel={preset: nope}", "unknown preset 'nope'"),
         ("channel.kind=nakagami", "Input should be 'awgn', 'rayleigh' or 'rician'"),
@@ -98,3 +99,15 @@ def test_bad_channel_config_is_one_line_exit_2(tmp_path, capsys, override, expec
     assert code == 2
     assert len(err.splitlines()) == 1 and expected in err, err
     assert "Traceback" not in err and not (tmp_path / "never").exists()
+
+
+def test_quantization_is_configured_apart_from_the_channel_and_the_older_spelling_still_reads(tiny):
+    """`quantization:` says how uploads are encoded for any channel model; `channel.bits_per_param` (the spelling before
+    quantization had its own section) is read as `quantization.bits_per_param`, and a disagreement is one clear error."""
+    from fedsim.types import FedsimError
+
+    old = tiny(channel={"kind": "awgn", "bits_per_param": 8, "rounding": "stochastic"})
+    new = tiny(channel={"kind": "awgn"}, quantization={"bits_per_param": 8, "rounding": "stochastic"})
+    assert old == new and old.quantization.bits_per_param == 8 and "bits_per_param" not in old.channel.model_dump()
+    with pytest.raises(FedsimError, match="channel.bits_per_param and quantization.bits_per_param disagree"):
+        tiny(channel={"bits_per_param": 8}, quantization={"bits_per_param": 4})

@@ -143,7 +143,7 @@ def test_split_training_gives_the_same_gradients_as_the_whole_model_on_one_side(
 
 def test_metered_activation_bytes_are_batch_times_padded_width_times_hidden_times_bits(tiny):
     for bits in (32, 8):
-        scenario = tiny(**NANO, channel={"kind": "awgn", "bits_per_param": bits})
+        scenario = tiny(**NANO, channel={"kind": "awgn"}, quantization={"bits_per_param": bits})
         runtime = get_runtime(scenario)
         payload = truncate(runtime.initial_state, [4, 0])
         upload, metrics = split_train(runtime, payload, client_id=1, server_round=2)
@@ -177,7 +177,7 @@ def test_nano_and_fisher_with_unsupported_engines_are_one_line_errors(tiny):
 
 # --- end to end -------------------------------------------------------------------------------
 def test_nano_run_end_to_end_meters_adapter_and_split_traffic(tmp_path, tiny):
-    scenario = tiny(**NANO, channel={"kind": "awgn", "bits_per_param": 8})
+    scenario = tiny(**NANO, channel={"kind": "awgn"}, quantization={"bits_per_param": 8})
     summary = run_scenario(scenario, tmp_path / "run", progress=False)
     clients = read_rows(tmp_path / "run" / "clients.csv")
     rounds = read_rows(tmp_path / "run" / "rounds.csv")

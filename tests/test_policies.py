@@ -412,7 +412,7 @@ class ChannelRounds:
     def __init__(self, snr_levels, seed):
         from channels import ChannelConfig, build_channel
 
-        config = ChannelConfig(kind="rayleigh", large_scale="levels", snr_levels_db=list(snr_levels), bits_per_param=8, deadline_s=3.0)
+        config = ChannelConfig(kind="rayleigh", large_scale="levels", snr_levels_db=list(snr_levels), deadline_s=3.0)
         self.channel = build_channel(config, seed)
         self.channel.set_data_sizes(np.full(8, 100))
         self.rng = np.random.default_rng(seed)

@@ -45,14 +45,15 @@ def _bits(encoded: list[dict | None], layout, prefix: str | None = None) -> np.n
     return np.array([count(e) if e is not None and prefix != "" else 0 for e in encoded])
 
 
-def meter_uplink(pending, replies: Replies, layout, channel, algorithm, samples: np.ndarray, max_rank: int, rng) -> Uplink:
-    """Meter the round's replies on `channel` (uplink or AirComp superposition, then the downlink)."""
+def meter_uplink(pending, replies: Replies, layout, channel, bits_per_param: int, algorithm, samples: np.ndarray, max_rank: int, rng) -> Uplink:
+    """Meter the round's replies on `channel` (uplink or AirComp superposition, then the downlink); the uploads were
+    encoded at `bits_per_param` (the scenario's quantization)."""
     clients = [int(c) for c in pending.clients]
     encoded = [replies.payload(c) for c in clients]
     metrics = [replies.metrics(c) or {} for c in clients]
     activation_bytes = np.array([int(m.get("bytes-up-activations", 0)) for m in metrics])
     gradient_bytes = np.array([int(m.get("bytes-down-gradients", 0)) for m in metrics])
-    uploads = [layout.decode(e, r, channel.bits_per_param) if e is not None else None for e, r in zip(encoded, pending.ranks)]
+    uploads = [layout.decode(e, r, bits_per_param) if e is not None else None for e, r in zip(encoded, pending.ranks)]
     finite = [u is None or all(np.isfinite(v).all() for v in u.values()) for u in uploads]
     uploads = [u if ok else None for u, ok in zip(uploads, finite)]
     adapter_bits = _bits(encoded, layout)
@@ -61,7 +62,7 @@ def meter_uplink(pending, replies: Replies, layout, channel, algorithm, samples:
     if channel.mode == "aircomp":
         sizes = np.array([float(m["num-examples"]) if c in replies.received else 0.0 for c, m in zip(clients, metrics)])
         shapes = layout.shapes([max_rank] * len(layout.global_state.A))
-        transmissions, superposition = channel.superpose(uploads, sizes, pending.states, rng, shapes, samples)
+        transmissions, superposition = channel.superpose(uploads, sizes, pending.states, rng, shapes, samples, bits_per_param)
     else:
         transmissions = channel.uplink(pending.states, up_bits, rng, samples)
     downlinks = channel.downlink(pending.states, (pending.bytes_down + gradient_bytes) * 8)
