@@ -9,13 +9,14 @@ The Python API (imported lazily, so that `import fedsim` and `fedsim --help` sta
 - `fedsim.register_algorithm(ConfigClass)` decorator: a federated algorithm from your own code
 - `fedsim.register_channel(ConfigClass)` decorator: an uplink model from your own code
 - `fedsim.register_aggregator(name, merge)`: how the clients' factors of a layer are merged
+- `fedsim.register_adapter(name, build, train)`: an adapter kind (what clients hold and how they train)
 - `fedsim.register_backbone(model_type, family)`: pooling and LoRA targets for a backbone family
 """
 
 from fedsim.types import FedsimError
 
 __version__ = "0.1.0"
-__all__ = ["FedsimError", "load_run", "register_aggregator", "register_algorithm", "register_backbone", "register_channel", "register_policy", "run", "sweep"]
+__all__ = ["FedsimError", "load_run", "register_adapter", "register_aggregator", "register_algorithm", "register_backbone", "register_channel", "register_policy", "run", "sweep"]
 
 
 def __getattr__(name: str):
@@ -23,6 +24,6 @@ def __getattr__(name: str):
 
     if name in ("run", "sweep", "load_run", "RunResult", "SweepResult"):
         return getattr(import_module("fedsim.api"), name)
-    if name in ("register_policy", "register_algorithm", "register_aggregator", "register_backbone", "register_channel"):
+    if name in ("register_policy", "register_algorithm", "register_adapter", "register_aggregator", "register_backbone", "register_channel"):
         return getattr(import_module("fedsim.plugins"), name)
     raise AttributeError(f"module 'fedsim' has no attribute {name!r}")

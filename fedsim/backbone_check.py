@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
+from fedsim.adapters import ADAPTERS
 from fedsim.hub import TINY_RANDOM, load_tokenizer, minilm_path
 from fedsim.types import FedsimError
 
@@ -120,7 +121,7 @@ def check_backbone_fits(scenario) -> None:
             f"data.max_length={scenario.data.max_length} exceeds the {positions} token positions of model.backbone={backbone!r}; allowed: 8..{positions}"
         )
     adapter = scenario.adapter
-    if adapter.kind == "nano":
+    if ADAPTERS[adapter.kind].rank_cap == "hidden":
         hidden = int(getattr(config, "hidden_size", 0) or 0)
         if hidden and adapter.max_rank > hidden:
             raise FedsimError(

@@ -15,11 +15,11 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from channels.quantization import quantize_payload
+from fedsim.adapters import adapter_kind
 from fedsim.aggregation import update_keys
 from fedsim.client_errors import guard_client_errors
 from fedsim.cohort import cohort_train
 from fedsim.config import Scenario, scenario_from_dict
-from fedsim.nano import server_side_keys
 from fedsim.payload import MEMORY_PREFIX
 from fedsim.round.messages import from_array_record, to_array_record
 from fedsim.runtime import get_runtime
@@ -57,7 +57,7 @@ def _on_air(scenario: Scenario, upload: dict, received: dict, client_id: int, se
     rounding_rng = np.random.default_rng([scenario.seed, server_round, client_id, 7031])
     # Not on the air: nano's head (it never leaves the server) and the client's own state (`memory.` keys), which the
     # simulator carries for it between rounds.
-    server_side = {k: v for k, v in upload.items() if k in server_side_keys(scenario) or k.startswith(MEMORY_PREFIX)}
+    server_side = {k: v for k, v in upload.items() if k in adapter_kind(scenario).server_side or k.startswith(MEMORY_PREFIX)}
     sent = {k: v for k, v in upload.items() if k not in server_side}
     if scenario.aggregation.average == "updates":
         sent = {k: (v - received[k] if k in update_keys(received) else v) for k, v in sent.items()}

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from channels import ChannelConfig
 from channels.quantization import QuantizationConfig
 from channels.registry import config_union as channel_union
+from fedsim.adapters import ADAPTERS
 from fedsim.aggregators import AGGREGATORS
 from fedsim.algorithms import ALGORITHMS, CLIENT_SIDE, AlgorithmConfig
 from fedsim.types import FedsimError
@@ -64,11 +65,20 @@ class ModelConfig(_Section):
 
 
 class AdapterConfig(_Section):
-    kind: Literal["lora", "nano"] = Field(
+    kind: str = Field(
         "lora",
         description="'lora': LoRA in the backbone, the client holds the whole model; 'nano': FedNano NanoAdapters on the "
-        "token embeddings' output, the backbone and head stay on the server (split computation, activations metered).",
+        "token embeddings' output, the backbone and head stay on the server (split computation, activations metered); "
+        "or a kind registered with fedsim.register_adapter (fedsim/adapters.py).",
     )
+
+    @field_validator("kind")
+    @classmethod
+    def _registered_kind(cls, kind: str) -> str:
+        if kind not in ADAPTERS:
+            raise ValueError(f"{kind!r} is not a registered adapter kind; allowed: {', '.join(ADAPTERS)}")
+        return kind
+
     target_modules: list[str] | None = Field(
         None,
         min_length=1,
@@ -224,17 +234,16 @@ class Scenario(_Section):
             raise ValueError(f"policy.rank={rank} exceeds adapter.max_rank={self.adapter.max_rank}; allowed: 0..{self.adapter.max_rank}")
         aggregator = AGGREGATORS[self.aggregation.method]
         method = f"aggregation.method={self.aggregation.method}"
-        if self.train.engine == "cohort" and (self.adapter.kind == "nano" or not aggregator.cohort):
-            field = "adapter.kind=nano" if self.adapter.kind == "nano" else method
+        kind, adapter = f"adapter.kind={self.adapter.kind}", ADAPTERS[self.adapter.kind]
+        if self.train.engine == "cohort" and (not adapter.cohort or not aggregator.cohort):
+            field = kind if not adapter.cohort else method
             raise ValueError(f"train.engine=cohort does not support {field}; allowed: train.engine=per-client")
-        if getattr(self.channel, "mode", "digital") == "aircomp" and (self.adapter.kind == "nano" or not aggregator.aircomp):
-            field = "adapter.kind=nano" if self.adapter.kind == "nano" else method
+        if getattr(self.channel, "mode", "digital") == "aircomp" and (not adapter.aircomp or not aggregator.aircomp):
+            field = kind if not adapter.aircomp else method
             raise ValueError(f"channel.mode=aircomp does not support {field} (AirComp receives only the sum of the updates); allowed: channel.mode=digital")
         algorithm = self.algorithm.name
-        if algorithm in CLIENT_SIDE and self.adapter.kind == "nano":
-            raise ValueError(
-                f"algorithm.name={algorithm} changes local training, which adapter.kind=nano (split training) does not support; allowed: adapter.kind=lora"
-            )
+        if algorithm in CLIENT_SIDE and not adapter.client_algorithms:
+            raise ValueError(f"algorithm.name={algorithm} changes local training, which {kind} does not support; allowed: adapter.kind=lora")
         if algorithm == "scaffold" and (self.aggregation.method != "fedavg-factors" or self.aggregation.average != "updates"):
             raise ValueError(
                 f"algorithm.name=scaffold needs aggregation.method=fedavg-factors with average=updates (its control variates live in "
@@ -245,8 +254,8 @@ class Scenario(_Section):
             raise ValueError(
                 "algorithm.name=scaffold is not modelled over channel.mode=aircomp (the control variates would need their own superposition); allowed: channel.mode=digital"
             )
-        if self.device != "cpu" and self.adapter.kind == "nano":
-            raise ValueError(f"device={self.device} supports adapter.kind=lora (NanoAdapters' split training runs on the CPU); allowed: device=cpu")
+        if self.device != "cpu" and not adapter.gpu:
+            raise ValueError(f"device={self.device} does not support {kind} (it trains on the CPU); allowed: device=cpu")
         if getattr(self.policy, "learn", False) and self.data.validation_samples == 0:
             raise ValueError("policy.learn=true needs data.validation_samples > 0 (the reward must not read the test split); allowed: e.g. 500")
         for r in getattr(self.policy, "ranks", None) or []:

@@ -207,3 +207,9 @@ class LoraClassifier:
     def save_adapter(self, directory: Path) -> None:
         self.set_ranks([self.max_rank] * len(self.layers))
         self.model.save_pretrained(str(directory), save_embedding_layers=False)
+
+
+def build_lora(scenario, num_labels: int, dtype: torch.dtype | None = None) -> LoraClassifier:
+    """The `lora` adapter kind's model (fedsim.adapters)."""
+    adapter = scenario.adapter
+    return LoraClassifier(scenario.model.backbone, num_labels, adapter.target_modules, adapter.max_rank, adapter.alpha, adapter.layers, dtype=dtype)

@@ -50,7 +50,7 @@ from torch import nn
 from fedsim.adapter_state import load_payload, state_from_model, truncate
 from fedsim.aggregators import wants_fisher
 from fedsim.model import LoraClassifier, SentenceClassifier, build_classifier
-from fedsim.payload import FISHER_PREFIX, HEAD_BIAS, HEAD_KEYS, HEAD_WEIGHT, a_key
+from fedsim.payload import FISHER_PREFIX, HEAD_BIAS, HEAD_WEIGHT, a_key
 from fedsim.types import FedsimError
 
 STREAMS = 2  # segment 0 and segment 1 of a text pair
@@ -284,6 +284,6 @@ def split_train(runtime, payload: dict[str, np.ndarray], client_id: int, server_
     return upload, metrics
 
 
-def server_side_keys(scenario) -> tuple[str, ...]:
-    """Payload keys that never cross the air in this scenario (nano mode: the server-side head)."""
-    return HEAD_KEYS if scenario.adapter.kind == "nano" else ()
+def build_nano(scenario, num_labels: int, dtype=None) -> NanoClassifier:
+    """The `nano` adapter kind's model (fedsim.adapters); its split training runs on the CPU in float32."""
+    return NanoClassifier(scenario.model.backbone, num_labels, scenario.adapter.max_rank, scenario.adapter.alpha)

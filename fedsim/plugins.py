@@ -94,6 +94,15 @@ def register_aggregator(name: str, merge, *, client_statistics: tuple[str, ...] 
     add(name, merge, client_statistics=client_statistics, cohort=cohort, aircomp=aircomp)
 
 
+def register_adapter(name: str, build, train, **supports) -> None:
+    """Register an adapter kind as `adapter: {kind: <name>}`: `build(scenario, num_labels, dtype)` returns its model,
+    `train(runtime, payload, client_id, server_round)` its local training (upload, metrics); `supports` are
+    `fedsim.adapters.AdapterKind`'s flags (cohort, aircomp, client_algorithms, gpu, server_side, rank_cap)."""
+    from fedsim.adapters import register_adapter as add
+
+    add(name, build, train, **supports)
+
+
 def register_backbone(model_type: str, family) -> None:
     """Use `family` (a `fedsim.backbones.base.Backbone`: pooling, default LoRA targets, prefix blocks) for
     every backbone whose HF config has this `model_type`."""

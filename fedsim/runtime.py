@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from fedsim.adapter_state import AdapterState, state_from_model
+from fedsim.adapters import adapter_kind
 from fedsim.backbone_check import check_backbone_fits
 from fedsim.config import Scenario
 from fedsim.data import load_corpus, partition, split_validation, tokenize
 from fedsim.hub import load_tokenizer
-from fedsim.model import LoraClassifier
 from fedsim.prefix_cache import PrefixCache
 from fedsim.types import FedsimError
 
@@ -50,25 +50,12 @@ class Runtime:
         self.validation, kept = split_validation(len(corpus.train.labels), scenario.data.validation_samples, scenario.seed)
         parts = partition(corpus.train.labels[kept], scenario.clients.num_clients, scenario.data.partition, scenario.seed)
         self.partitions = [kept[p] for p in parts]  # indices into the training set
-        adapter = scenario.adapter
         self.device = resolve_device(scenario.device)  # before any weight is built: a missing GPU fails fast
         with torch.random.fork_rng():
             torch.manual_seed(scenario.seed)  # seeds PEFT's initialisation of A, so the initial global adapter is reproducible
-            if adapter.kind == "nano":
-                from fedsim.nano import NanoClassifier
-
-                self.model = NanoClassifier(scenario.model.backbone, len(self.label_names), adapter.max_rank, adapter.alpha)
-            else:
-                self.model = LoraClassifier(
-                    scenario.model.backbone,
-                    len(self.label_names),
-                    adapter.target_modules,
-                    adapter.max_rank,
-                    adapter.alpha,
-                    adapter.layers,
-                    # On a GPU with bf16 the frozen base is stored in bf16 (half the memory); on the CPU it stays float32.
-                    dtype=torch.bfloat16 if self.device.type == "cuda" and scenario.train.precision == "bf16" else None,
-                )
+            # On a GPU with bf16 the frozen base is stored in bf16 (half the memory); on the CPU it stays float32.
+            dtype = torch.bfloat16 if self.device.type == "cuda" and scenario.train.precision == "bf16" else None
+            self.model = adapter_kind(scenario).build_fn()(scenario, len(self.label_names), dtype)
             torch.nn.init.normal_(self.model.head.weight, std=0.02)
             torch.nn.init.zeros_(self.model.head.bias)
         if self.device.type != "cpu":

@@ -20,11 +20,11 @@ from flwr.app import Message
 
 from channels import Channel
 from fedsim.adapter_state import AdapterState, truncate
+from fedsim.adapters import adapter_kind
 from fedsim.aggregators import wants_fisher
 from fedsim.algorithms import build_algorithm
 from fedsim.availability import load_trace
 from fedsim.config import Scenario
-from fedsim.nano import server_side_keys
 from fedsim.payload import MEMORY_PREFIX
 from fedsim.round.downlink import train_messages
 from fedsim.round.layout import UploadLayout
@@ -86,7 +86,7 @@ class RankAdaptiveStrategy:
         self.params_per_rank = np.array(runtime.model.params_per_rank())
         # Nano mode: the head lives on the server, so it is neither broadcast nor uploaded (not metered),
         # and a policy's bit budget carries no fixed head cost.
-        keys = server_side_keys(scenario)
+        keys = adapter_kind(scenario).server_side
         self.head_params = 0 if keys else runtime.model.head_param_count()
         self.layout = UploadLayout(self.global_state, self.algorithm, wants_fisher(scenario), keys)
         c = scenario.clients

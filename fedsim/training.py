@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from fedsim.adapter_state import load_payload, state_from_model, truncate
+from fedsim.adapters import adapter_kind
 from fedsim.aggregators import wants_fisher
 from fedsim.algorithms.local import LocalAlgorithm
 from fedsim.batches import client_batches
@@ -18,15 +19,14 @@ EVAL_BATCH = 128
 
 
 def local_train(runtime: Runtime, payload: dict[str, np.ndarray], client_id: int, server_round: int) -> tuple[dict[str, np.ndarray], dict]:
-    """Train one client from the received payload at the payload's ranks; return its upload and metrics.
+    """Train one client from the received payload as its adapter kind does (`fedsim.adapters`); return its upload
+    and metrics: `train_lora` below, or nano's split computation (`fedsim.nano.split_train`)."""
+    return adapter_kind(runtime.scenario).train_fn()(runtime, payload, client_id, server_round)
 
-    Only components inside each layer's rank (and the head) are trained and sent back.
-    Nano mode (`adapter.kind: nano`) trains by split computation instead (`fedsim.nano.split_train`).
-    """
-    if runtime.scenario.adapter.kind == "nano":
-        from fedsim.nano import split_train
 
-        return split_train(runtime, payload, client_id, server_round)
+def train_lora(runtime: Runtime, payload: dict[str, np.ndarray], client_id: int, server_round: int) -> tuple[dict[str, np.ndarray], dict]:
+    """The `lora` kind's local training at the payload's ranks: only components inside each layer's rank (and the
+    head) are trained and sent back."""
     scenario = runtime.scenario
     cfg = scenario.train
     model = runtime.model

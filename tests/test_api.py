@@ -223,6 +223,28 @@ def test_an_aggregator_registered_from_user_code_runs_by_name(tmp_path):
         fedsim.run("scenarios/quickstart.yaml", {**base, "aggregation.method": "median"}, out=tmp_path / "y")
 
 
+def send_back_what_arrived(runtime, payload, client_id, server_round):
+    """A toy adapter kind's local training: nothing is trained, the client returns what it received."""
+    return {k: v.copy() for k, v in payload.items()}, {"num-examples": len(runtime.partitions[client_id]), "train-loss": 0.0, "tokens": 0}
+
+
+fedsim.register_adapter("lora-untrained", "fedsim.model:build_lora", send_back_what_arrived, cohort=False)
+
+
+def test_an_adapter_kind_registered_from_user_code_runs_by_name(tmp_path):
+    """The adapter-kind seam: a builder, a local-training function and one registration in this file, named in a
+    scenario; its declared limits are checked like the built-in kinds'."""
+    base = {**TINY, "train.engine": "per-client"}
+    untrained = fedsim.run("scenarios/quickstart.yaml", {**base, "adapter.kind": "lora-untrained"}, out=tmp_path / "untrained")
+    lora = fedsim.run("scenarios/quickstart.yaml", base, out=tmp_path / "lora")
+    assert untrained.rounds["loss"].nunique() == 1 and lora.rounds["loss"].nunique() > 1  # its clients send zero changes
+    assert (untrained.clients["bytes_up"] == lora.clients["bytes_up"]).all()  # the same LoRA layout, metered the same
+    with pytest.raises(fedsim.FedsimError, match="train.engine=cohort does not support adapter.kind=lora-untrained"):
+        fedsim.run("scenarios/quickstart.yaml", {**base, "adapter.kind": "lora-untrained", "train.engine": "cohort"}, out=tmp_path / "x")
+    with pytest.raises(fedsim.FedsimError, match="not a registered adapter kind; allowed: lora, nano, lora-untrained"):
+        fedsim.run("scenarios/quickstart.yaml", {**base, "adapter.kind": "prefix"}, out=tmp_path / "y")
+
+
 def test_a_backbone_family_registered_from_user_code_changes_the_pooling():
     """The backbone seam: a family for a model type, registered from this file, decides the sentence vector."""
     import torch
