@@ -16,7 +16,18 @@ The Python API (imported lazily, so that `import fedsim` and `fedsim --help` sta
 from fedsim.types import FedsimError
 
 __version__ = "0.1.0"
-__all__ = ["FedsimError", "load_run", "register_adapter", "register_aggregator", "register_algorithm", "register_backbone", "register_channel", "register_policy", "run", "sweep"]
+__all__ = [
+    "FedsimError",
+    "load_run",
+    "register_adapter",
+    "register_aggregator",
+    "register_algorithm",
+    "register_backbone",
+    "register_channel",
+    "register_policy",
+    "run",
+    "sweep",
+]
 
 
 def __getattr__(name: str):
