@@ -456,8 +456,14 @@ def test_ctrl_c_on_an_inline_run_stops_cleanly(tmp_path):
         assert proc.poll() is None, proc.communicate()
         started = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)  # what the terminal does: the whole process group
-        _, err = proc.communicate(timeout=10)
-        assert time.monotonic() - started < 10
+        try:
+            # Generous: a loaded 2-core CI box has taken over 10 s to wind the interpreter down; a hang still fails.
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out_text, err = proc.communicate()
+            raise AssertionError(f"no exit 60 s after Ctrl-C; stderr: {err[-2000:]!r}; stdout: {out_text[-500:]!r}") from None
+        assert time.monotonic() - started < 60
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
