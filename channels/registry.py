@@ -13,6 +13,7 @@ from pydantic import Discriminator, Tag
 
 from channels.base import Channel
 from channels.wireless import ChannelConfig, WirelessChannel
+from fedsim.types import add_named
 
 DEFAULT_MODEL = "wireless"
 
@@ -34,14 +35,7 @@ def config_union():
 
 def add_channel(config_cls: type, channel_cls: type[Channel]) -> str:
     """Register a channel model under its config's `model` (a one-value Literal with that default); returns it."""
-    field = getattr(config_cls, "model_fields", {}).get("model")
-    name = getattr(field, "default", None)
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"{config_cls.__name__}: a channel config needs a `model: Literal['...'] = '...'` field")
-    if name in CHANNELS and CHANNELS[name] != (config_cls, channel_cls):
-        raise ValueError(f"a channel model named {name!r} is already registered")
-    CHANNELS[name] = (config_cls, channel_cls)
-    return name
+    return add_named(CHANNELS, config_cls, channel_cls, "channel", key="model")
 
 
 def build_channel(config, seed: int = 0) -> Channel:

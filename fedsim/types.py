@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-def add_named(registry: dict, config_cls: type, target, kind: str) -> str:
-    """Register (config_cls, target) under the config's `name` (a one-value Literal with that default); returns
-    the name. The shared part of `fedsim.register_policy` and `fedsim.register_algorithm`."""
-    field = getattr(config_cls, "model_fields", {}).get("name")
+def add_named(registry: dict, config_cls: type, target, kind: str, key: str = "name") -> str:
+    """Register (config_cls, target) under the config's `key` field (a one-value Literal with that default); returns
+    the name. The shared part of `fedsim.register_policy`, `register_algorithm` and `register_channel` (key `model`)."""
+    field = getattr(config_cls, "model_fields", {}).get(key)
     name = getattr(field, "default", None)
     if not isinstance(name, str) or not name:
-        raise TypeError(f"{config_cls.__name__}: a {kind} config needs a `name: Literal['...'] = '...'` field")
+        raise TypeError(f"{config_cls.__name__}: a {kind} config needs a `{key}: Literal['...'] = '...'` field")
     if name in registry and registry[name] != (config_cls, target):
         raise ValueError(f"a {kind} named {name!r} is already registered")
     registry[name] = (config_cls, target)
