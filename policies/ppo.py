@@ -1,11 +1,12 @@
-"""`ppo`: stable-baselines3 PPO choosing each selected client's rank level (capped at the largest rank that meets the deadline) from that client's features.
+"""`ppo`: stable-baselines3 PPO choosing, from each selected client's features, the share of the largest rank that meets the deadline that the client sends.
 
 One network, shared by all clients: it sees client k's feature row (policies.common.client_features)
-and acts with a Box action in [-1, 1], client k's rank level (policies.common.ranks_from_action):
-a total of L · min(r_min + (a_k + 1)/2 · (R - r_min), r_fit) over its L layers, shared equally, where
-r_fit is the largest uniform rank that meets the deadline at the client's rate. One level per client
-instead of one action per (client, layer) is what PPO can learn in the training budget: the reward
-depends on a client's ranks mostly through its upload size, i.e. their sum.
+and acts with a Box action in [-1, 1] (SB3 clips the Gaussian sample to the box), the share
+f_k = (a_k + 1)/2 of what fits (policies.common.ranks_from_action): a total of
+L · (r_min + f_k · (r_fit - r_min)) over its L layers, shared equally, where r_fit is the largest uniform
+rank that meets the deadline at the client's rate. One share per client instead of one action per
+(client, layer) is what PPO can learn in the training budget: the reward depends on a client's ranks
+mostly through its upload size, i.e. their sum.
 
 It learns only under `fedsim train-policy`: SB3's `learn()` drives `fedsim.rl.env.ClientSlotsVecEnv`,
 in which every client slot of a round is one sub-environment rewarded with its client's own term of

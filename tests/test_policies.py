@@ -134,6 +134,25 @@ def test_channel_greedy_picks_the_largest_uniform_rank_that_meets_the_deadline()
     assert (no_deadline == 8).all()
 
 
+def test_the_learning_policies_action_is_a_share_of_what_fits_and_its_top_is_channel_greedy():
+    from policies.common import level_ranks, ranks_from_action
+
+    observation = make_observation([0.0, 20.0, 40.0, -10.0], [1e6, 1e5, 1e9, 3e6], deadline_s=0.1)  # fitting ranks 7, 0, 8, 8
+    greedy = ChannelGreedyPolicy(ChannelGreedyConfig()).ranks(observation)
+    np.testing.assert_array_equal(ranks_from_action(np.ones(4), observation, min_rank=0), greedy)
+    assert (ranks_from_action(-np.ones(4), observation, min_rank=0) == 0).all()
+    assert (ranks_from_action(-np.ones(4), observation, min_rank=2) == 2).all()  # r_min wins where nothing more fits
+    half = ranks_from_action(np.zeros(4), observation, min_rank=0)  # f = 1/2: half of what fits, L · f · r_fit in total
+    assert half.sum(1).tolist() == [14, 0, 16, 16]
+    # spread 1: the weights only place the remainder, so layers differ by at most one rank
+    weights = np.array([[8.0, 1.0, 1.0, 1.0]] * 4)
+    spread = level_ranks(np.full(4, 0.45), 4, 0, 8, weights, fitting_rank(observation), spread=1)
+    assert (spread.max(1) - spread.min(1) <= 1).all() and spread.sum(1).tolist() == [13, 0, 14, 14]
+    assert (spread[:, 0] >= spread[:, 1:].max(1)).all()
+    free = level_ranks(np.full(4, 0.45), 4, 0, 8, weights, fitting_rank(observation))
+    assert free.sum(1).tolist() == [13, 0, 14, 14] and (free.max(1) - free.min(1) > 1).any()
+
+
 def test_adalora_cubic_schedule_and_importance_sharing():
     assert cubic_budget(1, 10, 32, 8, tinit=1, tfinal=2) == 32
     assert cubic_budget(10, 10, 32, 8, tinit=1, tfinal=2) == 8

@@ -2,8 +2,8 @@
 
     reset()      a fresh global adapter (a new `RankAdaptiveStrategy`), the episode's seed, and
                  the first round's observation
-    step(a)      a in [-1, 1]^clients, each client's rank level (policies.common.ranks_from_action:
-                 a total of L · min(r_min + (a + 1)/2 · (R - r_min), r_fit) shared equally over its L layers,
+    step(a)      a in [-1, 1]^clients, the share of what fits that each client sends (policies.common.ranks_from_action:
+                 a total of L · (r_min + (a + 1)/2 · (r_fit - r_min)) shared equally over its L layers,
                  r_fit the largest uniform rank that meets the deadline at its rate);
                  `step_ranks(ranks)` takes integer ranks [clients, layers] from an agent that
                  chooses them itself (airllm). The round runs through the strategy's hooks and an InlineGrid with the real
@@ -109,8 +109,8 @@ class FederatedRoundEnv(gym.Env):
 class ClientSlotsVecEnv(VecEnv):
     """The round's client slots as SB3 sub-environments: per-client decisions with shared weights.
 
-    Sub-env k observes the k-th selected client's feature row and acts with its rank level in
-    [-1, 1]; all slots step together, as one federated round of the wrapped `FederatedRoundEnv`,
+    Sub-env k observes the k-th selected client's feature row and acts with its share of what fits
+    in [-1, 1]; all slots step together, as one federated round of the wrapped `FederatedRoundEnv`,
     and slot k is rewarded with client k's own term of the round reward
     (`policies.common.client_terms`). So stable-baselines3's PPO learns one per-client policy from
     per-client credit, as `airllm` does, instead of one joint action scored by the round mean (which

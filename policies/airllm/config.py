@@ -20,7 +20,7 @@ class AirLlmConfig(BaseModel):
     reward: RewardConfig = Field(default_factory=RewardConfig)
     # PPO (coarse action); stable-baselines3's names
     coarse_dim: int = Field(
-        1, ge=1, description="Dimension of PPO's tanh-squashed coarse action; its first component is the rank level (capped at the fitting rank)."
+        1, ge=1, description="Dimension of PPO's coarse action (clipped to [-1, 1]); its first component is the share of the fitting rank sent."
     )
     hidden: int = Field(64, ge=4, description="Width of the actor and critic MLPs.")
     lr: float = Field(3e-4, gt=0)
@@ -32,7 +32,7 @@ class AirLlmConfig(BaseModel):
     n_epochs: int = Field(4, ge=1, description="PPO epochs per update.")
     batch_size: int = Field(64, ge=1, description="PPO minibatch, in client decisions.")
     n_steps: int = Field(16, ge=1, description="Rounds per PPO rollout (an update also ends every run).")
-    init_log_std: float = Field(0.0, description="Initial log σ of the coarse action's Gaussian (pre-tanh).")
+    init_log_std: float = Field(0.0, description="Initial log σ of the coarse action's Gaussian (before the clip).")
     # DDIM (refinement)
     denoiser_hidden: int = Field(128, ge=4)
     denoiser_blocks: int = Field(2, ge=1)
@@ -40,6 +40,9 @@ class AirLlmConfig(BaseModel):
     sampling_steps: int = Field(50, ge=1, description="DDIM sampling steps per decision.")
     guidance: float = Field(1.5, ge=0, description="Classifier-free guidance weight w.")
     cond_drop: float = Field(0.1, ge=0, le=1, description="Probability of dropping the condition while training the denoiser.")
+    spread: int = Field(
+        1, ge=1, description="A layer's rank stays within spread - 1 of the client's mean rank rounded down / up (1: the pattern places the remainder)."
+    )
     sharpness: float = Field(2.0, gt=0, description="κ: layer l gets rank in proportion to exp(κ x_l), x in [-1, 1].")
     awr_beta: float = Field(1.0, gt=0, description="Temperature of the denoiser's advantage weights, in standard deviations of the advantage.")
     awr_max_weight: float = Field(20.0, ge=1, description="Cap on an advantage weight.")

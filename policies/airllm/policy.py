@@ -5,10 +5,12 @@ How it decides, per selected client k (weights shared by all clients; client k s
 channel in its features, so clients on different channels get different ranks):
 
  1. features s_k = policies.common.client_features(observation)[k]
- 2. PPO actor: u ~ N(μ(s_k), σ), coarse action a_k = tanh(u) in [-1, 1]^coarse_dim (mean action when
-    frozen). Its first component is the client's rank level f_k = (a_k,0 + 1) / 2, which sets the
-    client's total rank b_k = L · min(r_min + f_k · (R - r_min), r_fit,k) over its L adapted layers, r_fit,k
+ 2. PPO actor: u ~ N(μ(s_k), σ), coarse action a_k = clip(u, -1, 1) in [-1, 1]^coarse_dim (the mean
+    action when frozen; clipped as stable-baselines3 clips a Box action, so both ends are reachable with
+    finite weights). Its first component is the share f_k = (a_k,0 + 1) / 2 of what fits that the client
+    sends: its total rank is b_k = L · (r_min + f_k · (r_fit,k - r_min)) over its L adapted layers, r_fit,k
     the largest uniform rank that meets the deadline at its rate (policies.common.ranks_from_action).
+    μ starts near 0 (f = 1/2) for every state.
  3. DDIM refinement of the per-layer pattern: start from x_T ~ N(0, I) in R^L and run the DDIM
     sampler (diffusers' `DDIMScheduler`, `sampling_steps` of `train_timesteps`) with a conditional
     denoiser ε_θ(x_t, t, c_k), c_k = [a_k, layer-importance shares], and classifier-free guidance
@@ -81,7 +83,7 @@ def mlp(sizes: list[int], out_gain: float = 1.0) -> nn.Sequential:
 
 
 class ActorCritic(nn.Module):
-    """PPO's Gaussian actor over the pre-tanh coarse action, and its critic."""
+    """PPO's Gaussian actor over the unclipped coarse action, and its critic."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: int, init_log_std: float):
         super().__init__()
@@ -190,7 +192,7 @@ class Rollout:
     """Per-round PPO data: one row per selected client."""
 
     obs: list[np.ndarray] = field(default_factory=list)
-    pre_tanh: list[np.ndarray] = field(default_factory=list)
+    sample: list[np.ndarray] = field(default_factory=list)
     log_prob: list[np.ndarray] = field(default_factory=list)
     value: list[np.ndarray] = field(default_factory=list)
     reward: list[float] = field(default_factory=list)
@@ -255,8 +257,8 @@ class AirLlmPolicy(RankPolicy):
         share = importance_share(observation.layer_importance, observation.n_layers)
         with torch.no_grad():
             dist = self.agent.distribution(obs)
-            pre_tanh = dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=generator) if c.learn else dist.mean
-            coarse = torch.tanh(pre_tanh)
+            sample = dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=generator) if c.learn else dist.mean
+            coarse = sample.clamp(-1.0, 1.0)
             cond = self.condition(coarse, share)
             if c.learn and self.ddim_trained_on < c.warmup_transitions:
                 x = torch.zeros(len(obs), observation.n_layers)  # uniform allocation until the denoiser has data
@@ -266,8 +268,8 @@ class AirLlmPolicy(RankPolicy):
                 x = (x + c.explore_noise * torch.randn(x.shape, generator=generator)).clamp(-1.0, 1.0)
                 self.pending = {
                     "obs": features,
-                    "pre_tanh": pre_tanh.numpy(),
-                    "log_prob": dist.log_prob(pre_tanh).sum(-1).numpy(),
+                    "sample": sample.numpy(),
+                    "log_prob": dist.log_prob(sample).sum(-1).numpy(),
                     "value": self.agent.value(obs).numpy(),
                     "cond": cond.numpy(),
                     "x": x.numpy(),
@@ -284,12 +286,12 @@ class AirLlmPolicy(RankPolicy):
         return ddim_sample(self.denoiser, self.scheduler, cond, self.n_layers, min(c.sampling_steps, c.train_timesteps), c.guidance, generator)
 
     def to_ranks(self, coarse: torch.Tensor, pattern: torch.Tensor, max_rank: int, top: np.ndarray | None = None) -> np.ndarray:
-        """Step 4: the level (first coarse component), capped at each client's `top` (its fitting rank; no
-        cap when None), sets its total rank; the pattern shares it over layers."""
+        """Step 4: the share (first coarse component) of each client's `top` (its fitting rank; R when None)
+        sets its total rank; the pattern shares it over layers."""
         level = (coarse[:, 0].numpy().astype(float) + 1.0) / 2.0
         weights = np.exp(self.config.sharpness * pattern.numpy().astype(float))
         top = None if top is None else np.clip(top, 0, max_rank)
-        return clip_ranks(level_ranks(level, self.n_layers, self.config.min_rank, max_rank, weights, top), max_rank)
+        return clip_ranks(level_ranks(level, self.n_layers, self.config.min_rank, max_rank, weights, top, self.config.spread), max_rank)
 
     # --- learning -----------------------------------------------------------------------
     def feedback(self, reward: float, info: dict) -> None:
@@ -302,7 +304,7 @@ class AirLlmPolicy(RankPolicy):
         if len(terms) != len(p["obs"]):  # no per-client round info (a synthetic environment): the reward is each client's
             terms = np.broadcast_to(np.asarray(reward, dtype=float), (len(p["obs"]),)).copy()
         self.rollout.obs.append(p["obs"])
-        self.rollout.pre_tanh.append(p["pre_tanh"])
+        self.rollout.sample.append(p["sample"])
         self.rollout.log_prob.append(p["log_prob"])
         self.rollout.value.append(p["value"])
         self.rollout.reward.append(terms)
@@ -341,7 +343,7 @@ class AirLlmPolicy(RankPolicy):
             advantages[t] = last
         returns = advantages + values
         obs = torch.as_tensor(np.concatenate(r.obs))
-        pre_tanh = torch.as_tensor(np.concatenate(r.pre_tanh))
+        sample = torch.as_tensor(np.concatenate(r.sample))
         old_log_prob = torch.as_tensor(np.concatenate(r.log_prob))
         adv = torch.as_tensor(advantages.reshape(-1), dtype=torch.float32)
         ret = torch.as_tensor(returns.reshape(-1), dtype=torch.float32)
@@ -351,7 +353,7 @@ class AirLlmPolicy(RankPolicy):
             for start in range(0, n, c.batch_size):
                 idx = order[start : start + c.batch_size]
                 dist = self.agent.distribution(obs[idx])
-                log_prob = dist.log_prob(pre_tanh[idx]).sum(-1)
+                log_prob = dist.log_prob(sample[idx]).sum(-1)
                 ratio = (log_prob - old_log_prob[idx]).exp()
                 a = adv[idx]
                 if len(idx) > 1:
