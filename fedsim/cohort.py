@@ -39,25 +39,11 @@ COHORT_TYPE = f"{MessageType.TRAIN}.cohort"
 def cohort_train(runtime: Runtime, payloads: list[dict[str, np.ndarray]], client_ids: list[int], server_round: int) -> list[tuple[dict[str, np.ndarray], dict]]:
     cfg = runtime.scenario.train
     model = runtime.model
-    n_clients, n_layers, max_rank = len(payloads), runtime.n_layers, model.max_rank
+    n_clients, n_layers = len(payloads), runtime.n_layers
     ranks = np.array([payload_ranks(p, n_layers) for p in payloads])  # [clients, layers]
-    device = runtime.device
-
-    a_stack, b_stack, masks = [], [], []
-    for i in range(n_layers):
-        a_ref, b_ref = model.factor(i)
-        a = torch.zeros((n_clients, max_rank, a_ref.shape[1]), device=device)
-        b = torch.zeros((n_clients, b_ref.shape[0], max_rank), device=device)
-        for c, payload in enumerate(payloads):
-            r = ranks[c, i]
-            if r:
-                a[c, :r] = torch.from_numpy(payload[a_key(i)])
-                b[c, :, :r] = torch.from_numpy(payload[b_key(i)])
-        a_stack.append(a.requires_grad_())
-        b_stack.append(b.requires_grad_())
-        masks.append(torch.as_tensor(np.arange(max_rank)[None, :] < ranks[:, i, None], dtype=torch.float32, device=device))
-    head_w = torch.stack([torch.from_numpy(p[HEAD_WEIGHT]) for p in payloads]).to(device).requires_grad_()
-    head_b = torch.stack([torch.from_numpy(p[HEAD_BIAS]) for p in payloads]).to(device).requires_grad_()
+    a_stack, b_stack, masks = _stacked_factors(runtime, payloads, ranks)
+    head_w = torch.stack([torch.from_numpy(p[HEAD_WEIGHT]) for p in payloads]).to(runtime.device).requires_grad_()
+    head_b = torch.stack([torch.from_numpy(p[HEAD_BIAS]) for p in payloads]).to(runtime.device).requires_grad_()
     optimizer = torch.optim.Adam([{"params": [head_w, head_b], "lr": cfg.head_lr}, {"params": a_stack + b_stack, "lr": cfg.lr}])
     trained = {a_key(i): (a, cfg.lr) for i, a in enumerate(a_stack)} | {b_key(i): (b, cfg.lr) for i, b in enumerate(b_stack)}
     trained |= {HEAD_WEIGHT: (head_w, cfg.head_lr), HEAD_BIAS: (head_b, cfg.head_lr)}
@@ -68,28 +54,10 @@ def cohort_train(runtime: Runtime, payloads: list[dict[str, np.ndarray]], client
     steps = [list(client_batches(runtime, cid, server_round)) for cid in client_ids]
     losses = np.zeros((n_clients, cfg.local_steps))
     tokens = np.zeros(n_clients, dtype=np.int64)
-    lengths = runtime.train.lengths
     with _cohort_lora(model, a_stack, b_stack, masks) as owner_of_rows:
         for step in range(cfg.local_steps):
-            groups = [steps[c][step] for c in range(n_clients)]
-            rows = np.concatenate(groups)
-            owner = np.repeat(np.arange(n_clients), [len(g) for g in groups])
-            weight = torch.from_numpy(np.concatenate([np.full(len(g), 1.0 / len(g)) for g in groups])).float().to(device)
             optimizer.zero_grad(set_to_none=True)
-            for chunk in length_chunks(lengths[rows], *PASS_SIZING[device.type == "cuda"]):
-                batch = runtime.batch("train", rows[chunk])
-                labels = batch.pop("labels")
-                chunk_owner = torch.from_numpy(owner[chunk]).to(device)
-                owner_of_rows(chunk_owner)
-                with runtime.autocast():
-                    pooled = model.classifier.features(**batch)
-                    # Every client's head on every row is only rows x clients x classes; keep each row's own.
-                    logits_all = torch.einsum("nh,coh->nco", pooled, head_w) + head_b
-                    logits = logits_all[torch.arange(len(chunk)), chunk_owner].float()
-                per_row = F.cross_entropy(logits, labels, reduction="none") * weight[chunk]
-                per_row.sum().backward()
-                np.add.at(losses[:, step], owner[chunk], per_row.detach().cpu().numpy())
-                np.add.at(tokens, owner[chunk], batch["attention_mask"].sum(1).cpu().numpy())
+            _accumulate_step(runtime, [steps[c][step] for c in range(n_clients)], head_w, head_b, owner_of_rows, losses[:, step], tokens)
             if meter is not None:
                 meter.update()
             algorithm.after_backward()  # after the sensitivity meter: it measures the loss alone
@@ -113,6 +81,50 @@ def cohort_train(runtime: Runtime, payloads: list[dict[str, np.ndarray]], client
             metrics["sensitivity"] = sensitivity[c].tolist()
         results.append((upload, metrics))
     return results
+
+
+def _stacked_factors(runtime: Runtime, payloads: list[dict[str, np.ndarray]], ranks: np.ndarray):
+    """Per layer, every client's A [clients, R, in] and B [clients, out, R] zero-padded to max_rank (trainable),
+    and the rank mask [clients, R] that keeps the padding out of the forward pass."""
+    model, device, max_rank = runtime.model, runtime.device, runtime.model.max_rank
+    a_stack, b_stack, masks = [], [], []
+    for i in range(runtime.n_layers):
+        a_ref, b_ref = model.factor(i)
+        a = torch.zeros((len(payloads), max_rank, a_ref.shape[1]), device=device)
+        b = torch.zeros((len(payloads), b_ref.shape[0], max_rank), device=device)
+        for c, payload in enumerate(payloads):
+            r = ranks[c, i]
+            if r:
+                a[c, :r] = torch.from_numpy(payload[a_key(i)])
+                b[c, :, :r] = torch.from_numpy(payload[b_key(i)])
+        a_stack.append(a.requires_grad_())
+        b_stack.append(b.requires_grad_())
+        masks.append(torch.as_tensor(np.arange(max_rank)[None, :] < ranks[:, i, None], dtype=torch.float32, device=device))
+    return a_stack, b_stack, masks
+
+
+def _accumulate_step(runtime: Runtime, groups: list[np.ndarray], head_w, head_b, owner_of_rows, losses: np.ndarray, tokens: np.ndarray) -> None:
+    """One local step of every client at once: each client's batch (`groups[c]`, row indices) in
+    length-sorted passes, gradients accumulated; adds each client's mean loss to `losses[c]` and its real
+    tokens to `tokens[c]`."""
+    model, device = runtime.model, runtime.device
+    rows = np.concatenate(groups)
+    owner = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
+    weight = torch.from_numpy(np.concatenate([np.full(len(g), 1.0 / len(g)) for g in groups])).float().to(device)
+    for chunk in length_chunks(runtime.train.lengths[rows], *PASS_SIZING[device.type == "cuda"]):
+        batch = runtime.batch("train", rows[chunk])
+        labels = batch.pop("labels")
+        chunk_owner = torch.from_numpy(owner[chunk]).to(device)
+        owner_of_rows(chunk_owner)
+        with runtime.autocast():
+            pooled = model.classifier.features(**batch)
+            # Every client's head on every row is only rows x clients x classes; keep each row's own.
+            logits_all = torch.einsum("nh,coh->nco", pooled, head_w) + head_b
+            logits = logits_all[torch.arange(len(chunk)), chunk_owner].float()
+        per_row = F.cross_entropy(logits, labels, reduction="none") * weight[chunk]
+        per_row.sum().backward()
+        np.add.at(losses, owner[chunk], per_row.detach().cpu().numpy())
+        np.add.at(tokens, owner[chunk], batch["attention_mask"].sum(1).cpu().numpy())
 
 
 CHUNK_TOKENS = 4096  # the most padded tokens in one forward pass (bounds activation memory)

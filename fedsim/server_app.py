@@ -165,13 +165,13 @@ def run_train_round(grid: Grid, strategy: RankAdaptiveStrategy, server_round: in
         replies = unpack(send_and_collect(grid, [pack(batch)], timeout), batch)
     wire_up = {client_of_node[r.metadata.src_node_id]: content_wire_bytes(r) for r in replies if not r.has_error() and r.metadata.src_node_id in client_of_node}
     result = strategy.aggregate_train(server_round, replies)
-    for row in result.client_rows:
-        if routing.get(row["client"], ABSENT_NODE) == ABSENT_NODE:
-            row["drop_reason"] = DROP_NO_NODE
-        row["wire_bytes_down"] = wire_down.get(row["client"], 0)
-        row["wire_bytes_up"] = wire_up.get(row["client"], 0)
-    result.row["wire_bytes_down"] = sum(wire_down.values())
-    result.row["wire_bytes_up"] = sum(wire_up.values())
+    for record in result.client_rows:
+        if routing.get(record.client, ABSENT_NODE) == ABSENT_NODE:
+            record.drop_reason = DROP_NO_NODE
+        record.extra["wire_bytes_down"] = wire_down.get(record.client, 0)
+        record.extra["wire_bytes_up"] = wire_up.get(record.client, 0)
+    result.row.extra["wire_bytes_down"] = sum(wire_down.values())
+    result.row.extra["wire_bytes_up"] = sum(wire_up.values())
     return result
 
 
@@ -219,8 +219,8 @@ def run_server(
             print(f"[fedsim] round {server_round}/{scenario.rounds} started: {served}/{num_clients} clients have a SuperNode", flush=True)
         result = run_train_round(grid, strategy, server_round, routing, round_timeout_s)
         loss, accuracy, n_eval = strategy.evaluate(server_round)
-        row = {"round": server_round, "accuracy": accuracy, "loss": loss, "eval_examples": n_eval, **strategy.validation_metrics, **result.row}
-        run_dir.add_round(row, result.client_rows, time.time() - round_start)
+        row = {"round": server_round, "accuracy": accuracy, "loss": loss, "eval_examples": n_eval, **strategy.validation_metrics, **result.row.as_row()}
+        run_dir.add_round(row, [r.as_row() for r in result.client_rows], time.time() - round_start)
         bar.set_postfix(acc=f"{accuracy:.3f}", MB_up=f"{strategy.cum_bytes_up / 1e6:.2f}")
         if log_rounds:
             print(

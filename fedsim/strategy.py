@@ -30,7 +30,7 @@ from fedsim.round.downlink import train_messages
 from fedsim.round.layout import UploadLayout
 from fedsim.round.merge import client_importance, merge_round
 from fedsim.round.observe import channel_deadline, checked_ranks, client_data_stats
-from fedsim.round.record import ByteTotals, client_row, drop_reason, reward_info, round_row
+from fedsim.round.record import ByteTotals, ClientRecord, RoundRecord, client_record, drop_reason, reward_info, round_record
 from fedsim.round.replies import collect_replies
 from fedsim.round.select import ClientSampler
 from fedsim.round.uplink import meter_uplink
@@ -65,8 +65,8 @@ class PreparedRound:
 
 @dataclass
 class RoundResult:
-    row: dict
-    client_rows: list[dict]
+    row: RoundRecord
+    client_rows: list[ClientRecord]
 
 
 class RankAdaptiveStrategy:
@@ -183,7 +183,7 @@ class RankAdaptiveStrategy:
                     sensitivities.append((np.asarray(metrics["sensitivity"], dtype=float), weights[-1]))
             self.last_ranks[client] = pending.ranks[k]
             reason = drop_reason(delivered, client, got, uplink.transmissions[k], uplink.finite[k])
-            client_rows.append(client_row(server_round, k, client, pending, uplink, got, delivered, reason))
+            client_rows.append(client_record(server_round, k, client, pending, uplink, got, delivered, reason))
 
         merged = merge_round(
             self.global_state, delivered_uploads, weights, uplink.superposition, self.scenario.aggregation, self.algorithm, self.rng_aggregation
@@ -194,13 +194,13 @@ class RankAdaptiveStrategy:
             self.layer_importance = reported
         self.totals.add(pending, uplink, client_rows)
         latency = self.channel.round_latency(uplink.transmissions)
-        row = round_row(server_round, pending, uplink, client_rows, len(delivered_uploads), truncated_fraction, latency, self.totals)
+        row = round_record(server_round, pending, uplink, client_rows, len(delivered_uploads), truncated_fraction, latency, self.totals)
         if not self.scenario.clients.always_online:
-            row["clients_online"] = self.sampler.online
+            row.extra["clients_online"] = self.sampler.online
         if uplink.superposition is not None:
-            row["aircomp_mse"] = uplink.superposition.mse
-            row["aircomp_mse_noise"] = uplink.superposition.mse_noise
-            row["aircomp_mse_truncation"] = uplink.superposition.mse_truncation
+            row.extra["aircomp_mse"] = uplink.superposition.mse
+            row.extra["aircomp_mse_noise"] = uplink.superposition.mse_noise
+            row.extra["aircomp_mse_truncation"] = uplink.superposition.mse_truncation
         full_params = (int(self.params_per_rank.sum()) * self.scenario.adapter.max_rank + self.head_params) * self.algorithm.upload_copies
         full_bits = full_params * self.scenario.quantization.bits_per_param
         self.round_info = reward_info(pending, uplink, client_rows, full_bits, self.deadline_s, self.scenario.adapter.max_rank)

@@ -420,44 +420,25 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, workers: int = 1, progress: boo
     with _SweepLock(out_dir):
         write_manifest(sweep, out_dir)
         failed = read_failed(out_dir)
-        todo = []
-        for point in sweep.points:
-            run_dir = out_dir / point.name
-            if is_finished(run_dir):
-                failed.pop(point.name, None)
-                continue
-            if run_dir.exists():
-                shutil.rmtree(run_dir)  # unfinished (killed or failed): redo from scratch
-            todo.append(point)
+        todo = _unfinished_points(sweep, out_dir, failed)
         skipped = len(sweep.points) - len(todo)
         _write_failed(out_dir, failed)
-
-        bar = tqdm(
-            total=len(sweep.points),
-            initial=skipped,
-            desc="sweep",
-            unit="run",
-            disable=not progress,
-            dynamic_ncols=True,
-            smoothing=0.0,
-        )
-        ran = 0
-        n_failed = 0
+        bar = tqdm(total=len(sweep.points), initial=skipped, desc="sweep", unit="run", disable=not progress, dynamic_ncols=True, smoothing=0.0)
+        counts = {"ran": 0, "failed": 0}
 
         def record(point: GridPoint, result) -> None:
-            nonlocal ran, n_failed
             _, wall, summary, error = result
             if error is None:
-                ran += 1
+                counts["ran"] += 1
                 failed.pop(point.name, None)
                 msg = f"done  {point.name}  acc={summary['final_accuracy']:.3f}  {wall:.0f}s"
             else:
-                n_failed += 1
+                counts["failed"] += 1
                 failed[point.name] = {"values": point.values, "error": error.splitlines()[0], "traceback": error}
                 msg = f"FAIL  {point.name}: {error.splitlines()[0]}"
             _write_failed(out_dir, failed)
             bar.update(1)
-            bar.set_postfix(failed=n_failed)
+            bar.set_postfix(failed=counts["failed"])
             if progress:
                 bar.write(msg)
             else:
@@ -468,39 +449,61 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, workers: int = 1, progress: boo
             for point, scenario_json, run_dir in jobs:
                 record(point, _run_point(scenario_json, run_dir))
         else:
-            from fedsim.procs import die_with_parent
-
-            # Workers stopped by Ctrl-C leave their pool's semaphores behind; the resource tracker process
-            # (which inherits -W options) would report that as a two-line warning after "interrupted".
-            if "ignore:resource_tracker:UserWarning" not in sys.warnoptions:
-                sys.warnoptions.append("ignore:resource_tracker:UserWarning")
-            context = multiprocessing.get_context("spawn")
-            # Workers die with this process (parent-death signal), even when it is SIGKILLed.
-            pool = futures.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),))
-            try:
-                pending = {pool.submit(_run_point, s, d): p for p, s, d in jobs}
-                for future in futures.as_completed(pending):
-                    point = pending[future]
-                    try:
-                        result = future.result()
-                    except Exception as exc:  # a worker process died (e.g. out of memory)
-                        result = (None, 0.0, None, f"{type(exc).__name__}: {exc}")
-                    record(point, result)
-            except BaseException:
-                # Ctrl-C: a plain shutdown would wait for (and even start) the queued runs.
-                workers_alive = list(getattr(pool, "_processes", {}).values())
-                pool.shutdown(wait=False, cancel_futures=True)
-                for process in workers_alive:
-                    process.terminate()
-                for process in workers_alive:  # gone before we return: no worker outlives the command
-                    process.join(timeout=5.0)
-                    if process.is_alive():
-                        process.kill()
-                        process.join(timeout=5.0)
-                raise
-            pool.shutdown()
+            _run_in_processes(jobs, workers, record)
         bar.close()
-    return {"done": skipped + ran, "ran": ran, "skipped": skipped, "failed": n_failed, "total": len(sweep.points)}
+    ran = counts["ran"]
+    return {"done": skipped + ran, "ran": ran, "skipped": skipped, "failed": counts["failed"], "total": len(sweep.points)}
+
+
+def _unfinished_points(sweep: Sweep, out_dir: Path, failed: dict) -> list[GridPoint]:
+    """The points still to run; removes what an unfinished run left behind, and forgets the failures of
+    points that have since finished."""
+    todo = []
+    for point in sweep.points:
+        run_dir = out_dir / point.name
+        if is_finished(run_dir):
+            failed.pop(point.name, None)
+            continue
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # unfinished (killed or failed): redo from scratch
+        todo.append(point)
+    return todo
+
+
+def _run_in_processes(jobs: list, workers: int, record) -> None:
+    """Run `jobs` (point, scenario JSON, run directory) in `workers` spawned processes, calling
+    `record(point, result)` as each ends; no worker outlives this call, Ctrl-C included."""
+    from fedsim.procs import die_with_parent
+
+    # Workers stopped by Ctrl-C leave their pool's semaphores behind; the resource tracker process
+    # (which inherits -W options) would report that as a two-line warning after "interrupted".
+    if "ignore:resource_tracker:UserWarning" not in sys.warnoptions:
+        sys.warnoptions.append("ignore:resource_tracker:UserWarning")
+    context = multiprocessing.get_context("spawn")
+    # Workers die with this process (parent-death signal), even when it is SIGKILLed.
+    pool = futures.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),))
+    try:
+        pending = {pool.submit(_run_point, s, d): p for p, s, d in jobs}
+        for future in futures.as_completed(pending):
+            point = pending[future]
+            try:
+                result = future.result()
+            except Exception as exc:  # a worker process died (e.g. out of memory)
+                result = (None, 0.0, None, f"{type(exc).__name__}: {exc}")
+            record(point, result)
+    except BaseException:
+        # Ctrl-C: a plain shutdown would wait for (and even start) the queued runs.
+        workers_alive = list(getattr(pool, "_processes", {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in workers_alive:
+            process.terminate()
+        for process in workers_alive:  # gone before we return: no worker outlives the command
+            process.join(timeout=5.0)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=5.0)
+        raise
+    pool.shutdown()
 
 
 def _write_failed(out_dir: Path, failed: dict) -> None:

@@ -189,7 +189,7 @@ def test_a_round_without_local_training_leaves_the_global_adapter_unchanged(tiny
     grid = InlineGrid(client_app, scenario.clients.num_clients)
     routing = {c: 1000 + c for c in range(scenario.clients.num_clients)}
     result = run_train_round(grid, strategy, 1, routing, None)
-    assert result.row["updates_aggregated"] == 3
+    assert result.row.updates_aggregated == 3
     new = strategy.global_state
     for i in range(len(new.A)):
         if method == "svd":

@@ -92,8 +92,8 @@ class FederatedRoundEnv(gym.Env):
             "reward": reward,
             "loss": loss,
             "accuracy": accuracy,
-            "bytes_up": result.row["bytes_up"],
-            "mean_rank": result.row["mean_rank"],
+            "bytes_up": result.row.bytes_up,
+            "mean_rank": result.row.mean_rank,
             "bytes_up_total": self.strategy.cum_bytes_up,
         }
         terminated = self.round >= self.scenario.rounds
