@@ -29,6 +29,7 @@ from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDic
 from fedsim.adapter_state import payload_ranks
 from fedsim.algorithms.local import LocalAlgorithm
 from fedsim.batches import client_batches
+from fedsim.local_loop import local_loop
 from fedsim.payload import HEAD_BIAS, HEAD_WEIGHT, a_key, b_key
 from fedsim.runtime import Runtime
 from fedsim.sensitivity import SensitivityMeter, sensitivity_betas
@@ -55,14 +56,11 @@ def cohort_train(runtime: Runtime, payloads: list[dict[str, np.ndarray]], client
     losses = np.zeros((n_clients, cfg.local_steps))
     tokens = np.zeros(n_clients, dtype=np.int64)
     with _cohort_lora(model, a_stack, b_stack, masks) as owner_of_rows:
-        for step in range(cfg.local_steps):
-            optimizer.zero_grad(set_to_none=True)
+
+        def backward(step: int) -> None:
             _accumulate_step(runtime, [steps[c][step] for c in range(n_clients)], head_w, head_b, owner_of_rows, losses[:, step], tokens)
-            if meter is not None:
-                meter.update()
-            algorithm.after_backward()  # after the sensitivity meter: it measures the loss alone
-            optimizer.step()
-            algorithm.after_step()
+
+        local_loop(optimizer, range(cfg.local_steps), backward, [meter] if meter is not None else [], algorithm)
 
     sensitivity = meter.scores() if meter is not None else None
     results = []

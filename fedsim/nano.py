@@ -49,8 +49,9 @@ from torch import nn
 
 from fedsim.adapter_state import load_payload, state_from_model, truncate
 from fedsim.aggregators import wants_fisher
+from fedsim.local_loop import FisherMeter, local_loop
 from fedsim.model import LoraClassifier, SentenceClassifier, build_classifier
-from fedsim.payload import FISHER_PREFIX, HEAD_BIAS, HEAD_WEIGHT, a_key
+from fedsim.payload import FISHER_PREFIX, HEAD_BIAS, HEAD_WEIGHT
 from fedsim.types import FedsimError
 
 STREAMS = 2  # segment 0 and segment 1 of a text pair
@@ -194,15 +195,6 @@ def fisher_keys(payload: dict) -> list[str]:
     return [key for key in payload if key.startswith(FISHER_PREFIX)]
 
 
-def add_fisher(upload: dict[str, np.ndarray], fisher: list[tuple[torch.Tensor, torch.Tensor]], steps: int) -> None:
-    """Diagonal Fisher estimate (mean squared gradient per parameter) of every factor in the upload."""
-    for i, (f_a, f_b) in enumerate(fisher):
-        if a_key(i) in upload:
-            rank = upload[a_key(i)].shape[0]
-            upload[f"{FISHER_PREFIX}A.{i}"] = np.ascontiguousarray((f_a[:rank] / steps).numpy(), dtype=np.float32)
-            upload[f"{FISHER_PREFIX}B.{i}"] = np.ascontiguousarray((f_b[:, :rank] / steps).numpy(), dtype=np.float32)
-
-
 def _over_the_air(tensor: torch.Tensor, bits: int, rounding: str, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
     """(what the receiver gets, bytes sent) for one activation or gradient tensor at `bits` per value."""
     from channels.quantization import dequantize_tensor, quantize_tensor
@@ -249,31 +241,27 @@ def split_train(runtime, payload: dict[str, np.ndarray], client_id: int, server_
     optimizer = torch.optim.Adam(groups)
     q = scenario.quantization
     rng = np.random.default_rng([*client_seed(scenario.seed, server_round, client_id), 7032])
-    fisher = [(torch.zeros_like(a), torch.zeros_like(b)) for a, b in map(model.factor, range(len(model.layers)))]
+    fisher = FisherMeter([model.factor(i) for i in range(len(model.layers))]) if wants_fisher(scenario) else None
     seen = np.zeros(len(model.layers), dtype=bool)
-    losses, tokens, steps, bytes_up, bytes_down = [], 0, 0, 0, 0
-    for indices in client_batches(runtime, client_id, server_round):
+    losses, tokens, bytes_up, bytes_down = [], 0, 0, 0
+
+    def backward(indices):
+        nonlocal tokens, bytes_up, bytes_down, seen
         batch = runtime.batch("train", indices)
         labels = batch.pop("labels")
         segments = batch.get("token_type_ids", torch.zeros_like(batch["input_ids"]))[batch["attention_mask"].bool()]
         seen |= np.array([bool((segments == s).any()) for s in range(len(model.layers))])
-        optimizer.zero_grad(set_to_none=True)
         loss, up, down = split_step(model, batch, labels, q.bits_per_param, q.rounding, rng)
-        for i, (f_a, f_b) in enumerate(fisher):
-            a, b = model.factor(i)
-            if a.grad is not None:
-                f_a += a.grad.detach() ** 2
-                f_b += b.grad.detach() ** 2
-        optimizer.step()
         losses.append(loss.item())
         tokens += int(batch["attention_mask"].sum())
-        steps += 1
         bytes_up += up
         bytes_down += down
+
+    steps = local_loop(optimizer, client_batches(runtime, client_id, server_round), backward, [fisher] if fisher is not None else [])
     # A stream adapter no batch touched is unchanged: it is not uploaded (the server keeps its global value).
     upload = truncate(state_from_model(model), [r if seen[i] else 0 for i, r in enumerate(ranks)])
-    if wants_fisher(scenario):
-        add_fisher(upload, fisher, steps)
+    if fisher is not None:
+        fisher.add_to(upload, steps)
     metrics = {
         "num-examples": len(runtime.partitions[client_id]),
         "train-loss": float(np.mean(losses)),

@@ -11,6 +11,7 @@ from fedsim.adapters import adapter_kind
 from fedsim.aggregators import wants_fisher
 from fedsim.algorithms.local import LocalAlgorithm
 from fedsim.batches import client_batches
+from fedsim.local_loop import FisherMeter, local_loop
 from fedsim.payload import HEAD_BIAS, HEAD_WEIGHT
 from fedsim.runtime import Runtime, batches_by_length
 from fedsim.sensitivity import SensitivityMeter, sensitivity_betas
@@ -41,39 +42,30 @@ def train_lora(runtime: Runtime, payload: dict[str, np.ndarray], client_id: int,
     algorithm = LocalAlgorithm(scenario.algorithm, trained, [payload], stacked=False)
 
     betas = sensitivity_betas(scenario)
-    meter = SensitivityMeter([model.factor(i) for i in range(len(model.layers))], *betas) if betas else None
-    want_fisher = wants_fisher(scenario)
-    fisher = [(torch.zeros_like(a), torch.zeros_like(b)) for a, b in map(model.factor, range(len(model.layers)))] if want_fisher else []
-    losses, tokens, steps = [], 0, 0
-    for indices in client_batches(runtime, client_id, server_round):
+    factors = [model.factor(i) for i in range(len(model.layers))]
+    sensitivity = SensitivityMeter(factors, *betas) if betas else None
+    fisher = FisherMeter(factors) if wants_fisher(scenario) else None
+    losses, tokens = [], 0
+
+    def backward(indices):
+        nonlocal tokens
         batch = runtime.batch("train", indices)
         labels = batch.pop("labels")
         with runtime.autocast():
             logits = model.model(**batch)
         loss = F.cross_entropy(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        for i, (f_a, f_b) in enumerate(fisher):  # squared gradients, for Fisher merging (empty unless wanted)
-            a, b = model.factor(i)
-            if a.grad is not None:
-                f_a += a.grad.detach().float() ** 2
-                f_b += b.grad.detach().float() ** 2
-        if meter is not None:
-            meter.update()
-        algorithm.after_backward()  # after the Fisher and sensitivity meters: they measure the loss alone
-        optimizer.step()
-        algorithm.after_step()
         losses.append(loss.item())
         tokens += int(batch["attention_mask"].sum())
-        steps += 1
-    upload = truncate(state_from_model(model), ranks) | algorithm.upload(0, ranks)
-    if want_fisher:
-        from fedsim.nano import add_fisher
 
-        add_fisher(upload, fisher, steps)
+    meters = [m for m in (fisher, sensitivity) if m is not None]
+    steps = local_loop(optimizer, client_batches(runtime, client_id, server_round), backward, meters, algorithm)
+    upload = truncate(state_from_model(model), ranks) | algorithm.upload(0, ranks)
+    if fisher is not None:
+        fisher.add_to(upload, steps)
     metrics = {"num-examples": len(runtime.partitions[client_id]), "train-loss": float(np.mean(losses)), "tokens": tokens}
-    if meter is not None:
-        metrics["sensitivity"] = meter.scores().tolist()
+    if sensitivity is not None:
+        metrics["sensitivity"] = sensitivity.scores().tolist()
     return upload, metrics
 
 

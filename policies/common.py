@@ -49,8 +49,9 @@ U_k, a client's optimum is the rank whose marginal value g' exceeds its marginal
 falls as its rate rises: channel-aware by construction, and it differs from "the largest rank
 that fits" (channel-greedy) wherever bytes cost more than they are worth.
 
-The learning policies learn from each client's own term_k (`client_terms`); `round_reward` is the
-objective they are scored on (the episode reward is its sum over rounds).
+The learning policies learn from each client's own term_k (`client_terms`), except where no action could
+change the client's ranks (`free_decisions`: nothing above r_min fits; the term is then 0 for learning);
+`round_reward` is the objective they are scored on (the episode reward is its sum over rounds).
 
 Action (`ranks_from_action`): a client's action a in [-1, 1] is the share f = (a + 1) / 2 of what fits that it
 sends: r_fit (`fitting_rank`, the largest uniform rank that meets the deadline at its rate; R with no deadline)
@@ -245,6 +246,23 @@ def client_terms(config: RewardConfig, info: dict) -> np.ndarray:
         utility = config.utility * rank_utility(config, info["ranks"], int(info["max_rank"]), info.get("layer_importance"))
     terms = utility * delivered - config.lam * cost
     return np.where(late, -config.deadline_penalty * np.maximum(share_of_deadline, 1.0), terms)
+
+
+def free_decisions(observation: Observation, min_rank: int) -> np.ndarray:
+    """Bool [clients]: whose ranks an action can change, i.e. more than r_min fits (`fitting_rank` > r_min).
+
+    The learning policies learn only from these: a forced decision's term is replaced by 0 in their
+    learning signal (`learning_terms`). Its action changes nothing, so an action-independent reward leaves
+    the policy gradient unbiased, while its real term can be a deadline penalty -10 ρ with ρ in the
+    thousands in a deep fade: one such row swamps the advantage normalisation of every minibatch it lands in
+    (airllm's first training with the share action had episode returns down to -12,444 and learned too
+    little in 10,080 decisions)."""
+    return fitting_rank(observation) > min(min_rank, observation.max_rank)
+
+
+def learning_terms(config: RewardConfig, info: dict, free: np.ndarray) -> np.ndarray:
+    """What the learning policies learn from: each client's `client_terms`, 0 for a forced decision."""
+    return np.where(np.asarray(free, dtype=bool), client_terms(config, info), 0.0)
 
 
 def client_rewards(config: RewardConfig, info: dict) -> np.ndarray:

@@ -29,7 +29,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from fedsim.types import Observation
 from policies.base import RankPolicy
-from policies.common import client_features, client_terms, n_features, ranks_from_action
+from policies.common import client_features, free_decisions, learning_terms, n_features, ranks_from_action
 
 
 class FederatedRoundEnv(gym.Env):
@@ -112,7 +112,7 @@ class ClientSlotsVecEnv(VecEnv):
     Sub-env k observes the k-th selected client's feature row and acts with its share of what fits
     in [-1, 1]; all slots step together, as one federated round of the wrapped `FederatedRoundEnv`,
     and slot k is rewarded with client k's own term of the round reward
-    (`policies.common.client_terms`). So stable-baselines3's PPO learns one per-client policy from
+    (`policies.common.learning_terms`: 0 where no action could change its ranks). So stable-baselines3's PPO learns one per-client policy from
     per-client credit, as `airllm` does, instead of one joint action scored by the round mean (which
     did not learn in the budget: a client's credit drowned in the other clients' terms). Episodes
     end together; SB3 gets each slot's terminal observation in its info, as with any VecEnv.
@@ -138,9 +138,10 @@ class ClientSlotsVecEnv(VecEnv):
     def step_wait(self):
         env = self.env
         ranks = ranks_from_action(self.actions[:, 0], env.observation, env.min_rank)
+        free = free_decisions(env.observation, env.min_rank)
         terminal_rows = self._rows()
         _, _, done, _, info = env.step_ranks(ranks)
-        rewards = client_terms(env.policy.config.reward, env.strategy.last_info).astype(np.float32)
+        rewards = learning_terms(env.policy.config.reward, env.strategy.last_info, free).astype(np.float32)
         infos = [dict(info) for _ in range(self.num_envs)]
         if done:
             self.episode_info = info

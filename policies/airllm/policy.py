@@ -16,7 +16,13 @@ channel in its features, so clients on different channels get different ranks):
     denoiser ε_θ(x_t, t, c_k), c_k = [a_k, layer-importance shares], and classifier-free guidance
         ε = ε_θ(x_t, t, ∅) + w · (ε_θ(x_t, t, c_k) - ε_θ(x_t, t, ∅)),   w = 1.5
  4. ranks: b_k shared over layers in proportion to exp(κ · x_0,l) (`policies.common.allocate_ranks`:
-    water-filling under max_rank, largest remainder), so Σ_l r_kl = b_k whatever the pattern.
+    water-filling, largest remainder), each layer within `spread` - 1 of the mean rank m_k = b_k / L
+    rounded down / up, so Σ_l r_kl = b_k whatever the pattern. With the default spread 1 the pattern
+    decides which layers get the remainder of an uneven total: the utility g of a rank is concave (0.81 of
+    a full-rank update's value at rank 1 of 8), so moving rank between layers loses utility unless their
+    importance differs, and an unbounded proportional sharing put layers at rank 0 at low budgets, which
+    cost airllm reward against channel-greedy's uniform ranks at the same total (a synthetic check:
+    -0.056 per client-round at -5 dB).
 
 Step 4 is a residual of the coarse action by construction: the refinement decides *where* the
 client's rank goes, the coarse action *how much*. (An earlier version mapped x_0 straight to ranks;
@@ -24,7 +30,8 @@ its denoiser, trained on its own outputs, shrank the coarse action's effect by ~
 and the learned channel-following vanished.)
 
 How it learns (`learn: true`), from each client's own reward term r_k (`policies.common.client_terms`:
-its delivered update's calibrated utility minus λ times its cost, or -10 ρ if it missed the deadline):
+its delivered update's calibrated utility minus λ times its cost, or -10 ρ if it missed the deadline;
+0 for a forced decision, where nothing above r_min fits: `policies.common.learning_terms`):
 
   * PPO (clip 0.2, entropy 0.01) on the per-client transitions (s_k, u_k, r_k). γ = 0 by default:
     a rank acts on the round it is chosen in, and clients are re-sampled every round, so a
@@ -54,7 +61,7 @@ import torch.nn as nn
 from fedsim.types import FedsimError, Observation
 from policies.airllm.config import AirLlmConfig
 from policies.base import RankPolicy, assign_tensors, clip_ranks
-from policies.common import client_features, client_terms, fitting_rank, importance_share, level_ranks, n_features
+from policies.common import client_features, fitting_rank, free_decisions, importance_share, learning_terms, level_ranks, n_features
 
 # --- networks ---------------------------------------------------------------------------------
 
@@ -273,6 +280,7 @@ class AirLlmPolicy(RankPolicy):
                     "value": self.agent.value(obs).numpy(),
                     "cond": cond.numpy(),
                     "x": x.numpy(),
+                    "free": free_decisions(observation, c.min_rank),
                 }
         return self.to_ranks(coarse, x, observation.max_rank, top=fitting_rank(observation))
 
@@ -300,7 +308,7 @@ class AirLlmPolicy(RankPolicy):
         p, self.pending = self.pending, None
         if len(self.rollout) and self.rollout.obs[-1].shape != p["obs"].shape:
             self.rollout = Rollout()  # the number of clients changed: start a fresh rollout
-        terms = client_terms(self.config.reward, info) if "bits_up" in info else np.zeros(0)
+        terms = learning_terms(self.config.reward, info, p["free"]) if "bits_up" in info else np.zeros(0)
         if len(terms) != len(p["obs"]):  # no per-client round info (a synthetic environment): the reward is each client's
             terms = np.broadcast_to(np.asarray(reward, dtype=float), (len(p["obs"]),)).copy()
         self.rollout.obs.append(p["obs"])
@@ -310,8 +318,9 @@ class AirLlmPolicy(RankPolicy):
         self.rollout.reward.append(terms)
         done = bool(info.get("done", False))
         self.rollout.done.append(done)
-        for cond, x, advantage in zip(p["cond"], p["x"], terms - p["value"]):
-            self.buffer.append((cond, x, float(advantage)))
+        for cond, x, advantage, free in zip(p["cond"], p["x"], terms - p["value"], p["free"]):
+            if free:  # a forced decision's pattern changed nothing (its ranks are r_min everywhere)
+                self.buffer.append((cond, x, float(advantage)))
         del self.buffer[: max(0, len(self.buffer) - self.config.buffer_size)]
         if done:
             self._update(next_obs=None)
