@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from fedsim.cli import main
 from fedsim.config import scenario_from_dict
+from fedsim.rl.synthetic import ChannelRounds
 from fedsim.runtime import get_runtime
 from fedsim.types import ChannelStates, Observation
 from policies.adalora import AdaLoraConfig, AdaLoraPolicy, cubic_budget, share_budget
@@ -417,66 +418,6 @@ def test_train_policy_refuses_a_policy_that_does_not_learn(tmp_path, capsys):
 
 
 # --- learned behaviour ------------------------------------------------------------------------------
-
-
-class ChannelRounds:
-    """A synthetic federated environment with the real parts that decide a client's reward: the
-    `WirelessChannel` (Rayleigh fading over per-client SNR levels, 1 MHz shared by 3 clients, 3 s
-    deadline, 8-bit uploads) and `policies.common.client_terms`; MiniLM's adapter layout (12 layers of
-    768 parameters per rank, a 29,645-parameter head). No training: the loss is a fixed schedule.
-    Its channel-dependent optimum is `oracle_ranks`: per client, the uniform rank that maximises its own term."""
-
-    LAYERS, PER_RANK, HEAD, BITS = 12, 768, 29_645, 8
-
-    def __init__(self, snr_levels, seed):
-        from channels import ChannelConfig, build_channel
-
-        config = ChannelConfig(kind="rayleigh", large_scale="levels", snr_levels_db=list(snr_levels), deadline_s=3.0)
-        self.channel = build_channel(config, seed)
-        self.channel.set_data_sizes(np.full(8, 100))
-        self.rng = np.random.default_rng(seed)
-        self.importance = np.linspace(2.0, 0.5, self.LAYERS)
-
-    def observation(self, round_: int) -> Observation:
-        states = self.channel.draw(round_, np.sort(self.rng.choice(8, 3, replace=False)), self.rng)
-        return Observation(
-            round=round_, total_rounds=6, channel=states, layer_names=[f"l{i}" for i in range(self.LAYERS)], max_rank=8,
-            params_per_rank=np.full(self.LAYERS, self.PER_RANK), fixed_params=self.HEAD, bits_per_param=self.BITS,
-            last_ranks=np.full((3, self.LAYERS), 8), last_loss=3.0 - 0.3 * round_, last_accuracy=0.1 * round_,
-            layer_importance=self.importance, data_stats=np.tile([7.0, 0.01], (3, 1)), deadline_s=3.0,
-        )  # fmt: skip
-
-    def bits(self, ranks):
-        ranks = np.atleast_2d(ranks)
-        return ((ranks.sum(1) * self.PER_RANK + self.HEAD) * self.BITS + 32 * (2 * (ranks > 0).sum(1) + 2)).astype(float)
-
-    def play(self, observation: Observation, ranks: np.ndarray, config: RewardConfig) -> dict:
-        bits = self.bits(ranks)
-        sent = self.channel.uplink(observation.channel, bits, self.rng)
-        full = self.bits(np.full(self.LAYERS, 8))[0]
-        return {
-            "loss": observation.last_loss, "accuracy": observation.last_accuracy, "bits_up": bits, "bits_full": np.full(3, full),
-            "rate_bps": observation.channel.rate_bps, "energy_j": np.array([t.energy_j for t in sent]), "deadline_s": 3.0,
-            "drop_reasons": [t.drop_reason for t in sent], "delivered": np.array([t.delivered for t in sent]),
-            "ranks": ranks, "max_rank": 8, "layer_importance": self.importance, "done": observation.round == 6,
-        }  # fmt: skip
-
-    def oracle_ranks(self, observation: Observation, config: RewardConfig) -> np.ndarray:
-        from policies.common import client_terms
-
-        best = np.full(3, -np.inf)
-        choice = np.zeros(3)
-        for r in range(9):
-            ranks = np.full((3, self.LAYERS), r)
-            bits = self.bits(ranks)
-            late = bits > observation.channel.rate_bps * 3.0
-            info = {"bits_up": bits, "bits_full": np.full(3, self.bits(np.full(self.LAYERS, 8))[0]), "rate_bps": observation.channel.rate_bps,
-                    "deadline_s": 3.0, "drop_reasons": ["deadline" if x else "" for x in late], "delivered": ~late, "ranks": ranks,
-                    "max_rank": 8, "layer_importance": self.importance}  # fmt: skip
-            terms = client_terms(config, info)
-            choice = np.where(terms > best, r, choice)
-            best = np.maximum(terms, best)
-        return choice
 
 
 def instantaneous_snr_db(observation: Observation) -> np.ndarray:
