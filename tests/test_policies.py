@@ -215,6 +215,26 @@ def test_reward_credits_the_delivered_rank_and_charges_cost_and_the_reference_de
         RewardConfig(utility_curve=[(0.0, 0.0), (0.5, 1.2), (1.0, 1.0)])
 
 
+def test_learning_ignores_forced_decisions_and_airllm_keeps_them_out_of_its_buffer():
+    """A client for whom nothing above r_min fits has no choice: its learning reward is 0 (its scored term is
+    unchanged), and airllm neither trains PPO on its term nor puts its pattern in the DDIM buffer."""
+    from policies.common import client_terms, free_decisions, learning_terms
+
+    observation = make_observation([0.0, 20.0, 40.0], [1e6, 1e5, 1e9], deadline_s=0.1)  # fitting ranks 7, 0, 8
+    assert free_decisions(observation, min_rank=0).tolist() == [True, False, True]
+    assert free_decisions(observation, min_rank=7).tolist() == [False, False, True]
+    config = RewardConfig()
+    info = {"bits_up": [9e4, 5e6, 1e5], "bits_full": [1.2e5] * 3, "rate_bps": [1e6, 1e5, 1e9], "deadline_s": 0.1,
+            "drop_reasons": ["", "deadline", ""], "delivered": [True, False, True], "ranks": [[7] * 4, [0] * 4, [8] * 4], "max_rank": 8}  # fmt: skip
+    scored = client_terms(config, info)
+    assert scored[1] == pytest.approx(-10 * 5e6 / (1e5 * 0.1))  # -5,000: what the ledger's reward still counts
+    np.testing.assert_allclose(learning_terms(config, info, free_decisions(observation, 0)), [scored[0], 0.0, scored[2]])
+    policy = AirLlmPolicy(AirLlmConfig(hidden=16, denoiser_hidden=32, denoiser_blocks=1, sampling_steps=2, train_timesteps=4, learn=True))
+    policy.ranks(observation)
+    policy.feedback(float(np.mean(scored)), info)
+    assert policy.rollout.reward[-1][1] == 0.0 and len(policy.buffer) == 2
+
+
 # --- DDIM + classifier-free guidance -------------------------------------------------------------
 
 
