@@ -23,8 +23,15 @@ def drop_reason(delivered: bool, client: int, replies, tx, finite: bool) -> str:
     return "non-finite" if not finite else tx.drop_reason
 
 
+class LedgerRow:
+    """A record's CSV row: its fields in order (but `extra`), then the `extra` columns."""
+
+    def as_row(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"} | self.extra
+
+
 @dataclass
-class ClientRecord:
+class ClientRecord(LedgerRow):
     """One client's row of clients.csv for one round. `extra` holds the columns that only some runs have
     (a channel block's state, the Flower engine's wire bytes, a client's error text); they follow the fixed
     columns in the ledger, in the order they first appear."""
@@ -57,12 +64,9 @@ class ClientRecord:
     train_loss: float
     extra: dict = field(default_factory=dict)
 
-    def as_row(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"} | self.extra
-
 
 @dataclass
-class RoundRecord:
+class RoundRecord(LedgerRow):
     """The round's training and upload columns of rounds.csv (evaluation adds accuracy and loss); `extra`
     as in `ClientRecord` (availability, AirComp errors, wire bytes)."""
 
@@ -91,9 +95,6 @@ class RoundRecord:
     retransmissions: int
     compute_energy_j: float
     extra: dict = field(default_factory=dict)
-
-    def as_row(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"} | self.extra
 
 
 def client_record(server_round: int, k: int, client: int, pending, uplink, replies, delivered: bool, reason: str) -> ClientRecord:
