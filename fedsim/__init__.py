@@ -8,6 +8,7 @@ The Python API (imported lazily, so that `import fedsim` and `fedsim --help` sta
 - `fedsim.register_policy(ConfigClass)` decorator: a rank policy from your own code
 - `fedsim.register_algorithm(ConfigClass)` decorator: a federated algorithm from your own code
 - `fedsim.register_channel(ConfigClass)` decorator: an uplink model from your own code
+- `fedsim.register_task(ConfigClass)` decorator: a task (data schema, encoding, loss, metric) from your own code
 - `fedsim.register_aggregator(name, merge)`: how the clients' factors of a layer are merged
 - `fedsim.register_adapter(name, build, train)`: an adapter kind (what clients hold and how they train)
 - `fedsim.register_backbone(model_type, family)`: pooling and LoRA targets for a backbone family
@@ -25,6 +26,7 @@ __all__ = [
     "register_backbone",
     "register_channel",
     "register_policy",
+    "register_task",
     "run",
     "sweep",
 ]
@@ -35,6 +37,6 @@ def __getattr__(name: str):
 
     if name in ("run", "sweep", "load_run", "RunResult", "SweepResult"):
         return getattr(import_module("fedsim.api"), name)
-    if name in ("register_policy", "register_algorithm", "register_adapter", "register_aggregator", "register_backbone", "register_channel"):
+    if name in ("register_policy", "register_algorithm", "register_adapter", "register_aggregator", "register_backbone", "register_channel", "register_task"):
         return getattr(import_module("fedsim.plugins"), name)
     raise AttributeError(f"module 'fedsim' has no attribute {name!r}")

@@ -94,7 +94,7 @@ def _cmd_run(args) -> int:
         return stop_after_interrupt()
     print(
         f"run directory: {out}\n"
-        f"final accuracy: {summary['final_accuracy']:.4f} (round 1: {summary['first_round_accuracy']:.4f})\n"
+        f"final {summary.get('metric', 'accuracy')}: {summary['final_accuracy']:.4f} (round 1: {summary['first_round_accuracy']:.4f})\n"
         f"uploaded: {summary['total_bytes_up'] / 1e6:.2f} MB in {summary['rounds']} rounds, "
         f"{summary['clients_dropped']} updates dropped, wall time {summary['wall_s']:.0f} s"
     )

@@ -119,7 +119,7 @@ def _accumulate_step(runtime: Runtime, groups: list[np.ndarray], head_w, head_b,
             # Every client's head on every row is only rows x clients x classes; keep each row's own.
             logits_all = torch.einsum("nh,coh->nco", pooled, head_w) + head_b
             logits = logits_all[torch.arange(len(chunk)), chunk_owner].float()
-        per_row = F.cross_entropy(logits, labels, reduction="none") * weight[chunk]
+        per_row = runtime.task.loss(logits, labels, reduction="none") * weight[chunk]
         per_row.sum().backward()
         np.add.at(losses, owner[chunk], per_row.detach().cpu().numpy())
         np.add.at(tokens, owner[chunk], batch["attention_mask"].sum(1).cpu().numpy())

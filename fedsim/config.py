@@ -19,6 +19,9 @@ from channels.registry import config_union as channel_union
 from fedsim.adapters import ADAPTERS
 from fedsim.aggregators import AGGREGATORS
 from fedsim.algorithms import ALGORITHMS, CLIENT_SIDE, AlgorithmConfig
+from fedsim.tasks.classification import ClassificationConfig
+from fedsim.tasks.registry import TASKS
+from fedsim.tasks.registry import config_union as task_union
 from fedsim.types import FedsimError
 from policies import POLICIES, PolicyConfig
 
@@ -167,6 +170,7 @@ MAX_ROUNDS = 1_000_000  # a bound, so that a typo like 1e22 is an error rather t
 
 QUANTIZATION_FIELDS = ("bits_per_param", "rounding")
 ChannelUnion = channel_union()
+TaskUnion = task_union()
 
 
 class Scenario(_Section):
@@ -190,6 +194,11 @@ class Scenario(_Section):
         False,
         description="false: a client that fails stops the run with one line naming the client, round and cause; "
         "true: the failure is logged in clients.csv (drop_reason=client-error, error=cause) and the round goes on.",
+    )
+    task: TaskUnion = Field(  # type: ignore[valid-type]
+        default_factory=ClassificationConfig,
+        description="What is learned: 'classification' (a text to one of data.label_column's labels, cross-entropy, "
+        "accuracy), or a task registered with fedsim.register_task (fedsim/tasks/).",
     )
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -359,7 +368,7 @@ def _register_union_tags() -> None:
     from channels import CHANNELS
     from policies import POLICIES
 
-    _UNION_TAGS.update(CHANNELS, POLICIES, ALGORITHMS)
+    _UNION_TAGS.update(CHANNELS, POLICIES, ALGORITHMS, TASKS)
 
 
 def refresh_policy_schema() -> None:
@@ -384,6 +393,13 @@ def refresh_algorithm_schema() -> None:
     from fedsim.algorithms.registry import config_union
 
     Scenario.model_fields["algorithm"].annotation = config_union()
+    Scenario.model_rebuild(force=True)
+    _register_union_tags()
+
+
+def refresh_task_schema() -> None:
+    """Rebuild the scenario model after a task was registered (`fedsim.register_task`)."""
+    Scenario.model_fields["task"].annotation = task_union()
     Scenario.model_rebuild(force=True)
     _register_union_tags()
 

@@ -7,11 +7,14 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedsim.config import DataConfig, PartitionConfig
 from fedsim.types import FedsimError
+
+if TYPE_CHECKING:
+    from fedsim.config import DataConfig, PartitionConfig
 
 EMBEDDED = {"banking77": Path(__file__).parent / "data" / "banking77"}
 
@@ -197,10 +200,3 @@ def split_validation(n_train: int, size: int, seed: int) -> tuple[np.ndarray, np
         raise FedsimError(f"data.validation_samples={size} leaves no training data (the training set has {n_train} examples)")
     held = np.sort(np.random.default_rng([seed, 7004]).choice(n_train, size, replace=False))
     return held, np.setdiff1d(np.arange(n_train), held)
-
-
-def check_data(scenario) -> None:
-    """What building a runtime checks of the data, without a tokenizer or a model: the files parse, the split fits."""
-    corpus = load_corpus(scenario.data)
-    _, kept = split_validation(len(corpus.train.labels), scenario.data.validation_samples, scenario.seed)
-    partition(corpus.train.labels[kept], scenario.clients.num_clients, scenario.data.partition, scenario.seed)

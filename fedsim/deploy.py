@@ -370,7 +370,7 @@ def _cmd_deploy_local(args) -> int:
     summary = deploy_local(scenario, out, args.nodes, args.round_timeout or None, args.overwrite, args.workdir)
     print(
         f"run directory: {out}\n"
-        f"final accuracy: {summary['final_accuracy']:.4f} (round 1: {summary['first_round_accuracy']:.4f})\n"
+        f"final {summary.get('metric', 'accuracy')}: {summary['final_accuracy']:.4f} (round 1: {summary['first_round_accuracy']:.4f})\n"
         f"{summary['clients_dropped']} updates dropped, wall time {summary['wall_s']:.0f} s (ServerApp)"
     )
     return 0

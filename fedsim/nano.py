@@ -207,8 +207,9 @@ def _over_the_air(tensor: torch.Tensor, bits: int, rounding: str, rng: np.random
     return torch.from_numpy(received), int(codes.nbytes + scale.nbytes)
 
 
-def split_step(model: NanoClassifier, batch: dict[str, torch.Tensor], labels: torch.Tensor, bits: int = 32, rounding: str = "nearest", rng=None):
+def split_step(model: NanoClassifier, batch: dict[str, torch.Tensor], labels: torch.Tensor, bits: int = 32, rounding: str = "nearest", rng=None, loss_fn=None):
     """One split forward/backward (no optimizer step). Returns (loss, activation bytes up, gradient bytes down).
+    `loss_fn(logits, labels)`: the task's loss (`Task.loss`; cross-entropy when None).
 
     The client's graph ends at `activations`; the server's starts at a fresh leaf
     holding what it received. The only link between them is the gradient sent back.
@@ -218,7 +219,7 @@ def split_step(model: NanoClassifier, batch: dict[str, torch.Tensor], labels: to
     received, bytes_up = _over_the_air(activations, bits, rounding, rng)
     server_input = received.detach().requires_grad_()  # server
     logits = model.model.server(server_input, batch["attention_mask"])
-    loss = F.cross_entropy(logits.float(), labels)
+    loss = (loss_fn or F.cross_entropy)(logits.float(), labels)
     loss.backward()  # head gradients (server) and dL/d(activations)
     gradient, bytes_down = _over_the_air(server_input.grad, bits, rounding, rng)
     if activations.requires_grad:
@@ -251,7 +252,7 @@ def split_train(runtime, payload: dict[str, np.ndarray], client_id: int, server_
         labels = batch.pop("labels")
         segments = batch.get("token_type_ids", torch.zeros_like(batch["input_ids"]))[batch["attention_mask"].bool()]
         seen |= np.array([bool((segments == s).any()) for s in range(len(model.layers))])
-        loss, up, down = split_step(model, batch, labels, q.bits_per_param, q.rounding, rng)
+        loss, up, down = split_step(model, batch, labels, q.bits_per_param, q.rounding, rng, runtime.task.loss)
         losses.append(loss.item())
         tokens += int(batch["attention_mask"].sum())
         bytes_up += up

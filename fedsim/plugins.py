@@ -1,4 +1,4 @@
-"""Plugins from the user's own code: register a rank policy, a federated algorithm, a channel model, an aggregator or a backbone family
+"""Plugins from the user's own code: register a rank policy, a federated algorithm, a channel model, a task, an aggregator or a backbone family
 without editing fedsim.
 
 In a script or notebook (this process, and the inline engine):
@@ -81,6 +81,25 @@ def register_channel(config_cls: type, channel_cls: type | None = None):
         return cls
 
     return register(channel_cls) if channel_cls is not None else register
+
+
+def register_task(config_cls: type, task_cls: type | None = None):
+    """Register a task under its config's `name`; usable as a decorator on the task class.
+
+    `config_cls`: a pydantic model with `name: Literal["<name>"] = "<name>"` (and the task's fields, all
+    defaulted); `task_cls`: a `fedsim.tasks.Task` subclass taking that config (load, encode, loss, score).
+    Scenarios then accept `task: {name: <name>, ...}` in this process (and the inline engine).
+    """
+
+    def register(cls: type) -> type:
+        from fedsim.config import refresh_task_schema
+        from fedsim.tasks.registry import add_task
+
+        add_task(config_cls, cls)
+        refresh_task_schema()
+        return cls
+
+    return register(task_cls) if task_cls is not None else register
 
 
 def register_aggregator(name: str, merge, *, client_statistics: tuple[str, ...] = (), cohort: bool = True, aircomp: bool = True) -> None:

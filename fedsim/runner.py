@@ -34,12 +34,16 @@ def preflight(scenario: Scenario) -> None:
     the backbone exists and fits data.max_length / adapter.max_rank, the data files parse and split, the availability trace
     covers every round, the policy checkpoint loads."""
     from fedsim.backbone_check import check_backbone_fits, validate_backbone
-    from fedsim.data import check_data
+    from fedsim.data import partition, split_validation
+    from fedsim.tasks import build_task
     from policies import build_policy
 
     validate_backbone(scenario.model.backbone)
     check_backbone_fits(scenario)
-    check_data(scenario)
+    # What building a runtime checks of the data, without a tokenizer or a model: the files parse, the split fits.
+    corpus = build_task(scenario.task).load(scenario.data)
+    _, kept = split_validation(len(corpus.train.labels), scenario.data.validation_samples, scenario.seed)
+    partition(corpus.train.labels[kept], scenario.clients.num_clients, scenario.data.partition, scenario.seed)
     if scenario.clients.availability_trace:
         from fedsim.availability import load_trace
 

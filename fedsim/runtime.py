@@ -17,15 +17,17 @@ from fedsim.adapter_state import AdapterState, state_from_model
 from fedsim.adapters import adapter_kind
 from fedsim.backbone_check import check_backbone_fits
 from fedsim.config import Scenario
-from fedsim.data import load_corpus, partition, split_validation, tokenize
+from fedsim.data import partition, split_validation
 from fedsim.hub import load_tokenizer
 from fedsim.prefix_cache import PrefixCache
+from fedsim.tasks import build_task
 from fedsim.types import FedsimError
 
 
 def _runtime_key(scenario: Scenario) -> str:
     """The parts of a scenario that decide the model and data (not rounds, policy or channel)."""
     parts = {
+        "task": scenario.task.model_dump(),
         "model": scenario.model.model_dump(),
         "data": scenario.data.model_dump(),
         "adapter": scenario.adapter.model_dump(),
@@ -42,11 +44,12 @@ class Runtime:
     def __init__(self, scenario: Scenario):
         self.scenario = scenario
         check_backbone_fits(scenario)  # max_length and max_rank against the backbone, before any weight is built
-        corpus = load_corpus(scenario.data)
+        self.task = build_task(scenario.task)
+        corpus = self.task.load(scenario.data)
         self.label_names = corpus.label_names
         tokenizer = load_tokenizer(scenario.model.backbone)
-        self.train = tokenize(tokenizer, corpus.train, scenario.data.max_length)
-        self.test = tokenize(tokenizer, corpus.test, scenario.data.max_length)
+        self.train = self.task.encode(tokenizer, corpus.train, scenario.data.max_length)
+        self.test = self.task.encode(tokenizer, corpus.test, scenario.data.max_length)
         self.validation, kept = split_validation(len(corpus.train.labels), scenario.data.validation_samples, scenario.seed)
         parts = partition(corpus.train.labels[kept], scenario.clients.num_clients, scenario.data.partition, scenario.seed)
         self.partitions = [kept[p] for p in parts]  # indices into the training set

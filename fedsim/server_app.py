@@ -224,7 +224,7 @@ def run_server(
         bar.set_postfix(acc=f"{accuracy:.3f}", MB_up=f"{strategy.cum_bytes_up / 1e6:.2f}")
         if log_rounds:
             print(
-                f"[fedsim] round {server_round}/{scenario.rounds}: accuracy {accuracy:.4f}, loss {loss:.4f}, "
+                f"[fedsim] round {server_round}/{scenario.rounds}: {strategy.runtime.task.metric} {accuracy:.4f}, loss {loss:.4f}, "
                 f"dropped {row['clients_dropped']}/{row['clients_selected']}, {time.time() - round_start:.1f} s",
                 flush=True,
             )
@@ -248,6 +248,7 @@ def finish_run(run_dir: RunDirectory, strategy: RankAdaptiveStrategy, out_dir: P
         "scenario": scenario.name,
         "seed": scenario.seed,
         "rounds": scenario.rounds,
+        "metric": runtime.task.metric,  # what the `accuracy` columns and fields hold (fedsim.tasks)
         "final_accuracy": rounds[-1]["accuracy"],
         "final_loss": rounds[-1]["loss"],
         "first_round_accuracy": rounds[0]["accuracy"],
@@ -304,7 +305,7 @@ def main(grid: Grid, context: Context) -> None:
     print(f"[fedsim] scenario {scenario.name}: {scenario.rounds} rounds, {scenario.clients.num_clients} clients -> {out.resolve()}", flush=True)
     summary = run_server(grid, scenario, out, progress=False, round_timeout_s=timeout, log_rounds=True)
     print(
-        f"[fedsim] finished: final accuracy {summary['final_accuracy']:.4f}, {summary['clients_dropped']} updates dropped, run directory {out.resolve()}",
+        f"[fedsim] finished: final {summary['metric']} {summary['final_accuracy']:.4f}, {summary['clients_dropped']} updates dropped, run directory {out.resolve()}",
         flush=True,
     )
 

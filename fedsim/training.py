@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fedsim.adapter_state import load_payload, state_from_model, truncate
 from fedsim.adapters import adapter_kind
@@ -53,7 +52,7 @@ def train_lora(runtime: Runtime, payload: dict[str, np.ndarray], client_id: int,
         labels = batch.pop("labels")
         with runtime.autocast():
             logits = model.model(**batch)
-        loss = F.cross_entropy(logits.float(), labels)
+        loss = runtime.task.loss(logits.float(), labels)
         loss.backward()
         losses.append(loss.item())
         tokens += int(batch["attention_mask"].sum())
@@ -71,15 +70,16 @@ def train_lora(runtime: Runtime, payload: dict[str, np.ndarray], client_id: int,
 
 @torch.no_grad()
 def evaluate(runtime: Runtime, payload: dict[str, np.ndarray], indices: np.ndarray, split: str = "test") -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of the adapter in `payload` on examples `indices` of `split`
-    ('test', or 'train' for the validation examples held out of it)."""
-    model = runtime.model
+    """Mean loss and the task's metric (`Task.score`: accuracy for classification) of the adapter in `payload` on
+    examples `indices` of `split` ('test', or 'train' for the validation examples held out of it)."""
+    model, task = runtime.model, runtime.task
     load_payload(model, payload)
-    total_loss, correct = 0.0, 0
+    total_loss, all_logits, all_labels = 0.0, [], []
     for batch in batches_by_length(runtime, split, indices, EVAL_BATCH):
         labels = batch.pop("labels")
         with runtime.autocast():
             logits = model.model(**batch).float()
-        total_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
-        correct += int((logits.argmax(-1) == labels).sum())
-    return total_loss / len(indices), correct / len(indices)
+        total_loss += float(task.loss(logits, labels, reduction="sum"))
+        all_logits.append(logits)
+        all_labels.append(labels)
+    return total_loss / len(indices), task.score(torch.cat(all_logits), torch.cat(all_labels))
