@@ -12,15 +12,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedsim.model import LoraClassifier
-from fedsim.payload import HEAD_KEYS, a_key, b_key
+from fedsim.model import RankedLora
+from fedsim.payload import a_key, b_key
 
 
 @dataclass
 class AdapterState:
     A: list[np.ndarray]  # per layer, [max_rank, in]
     B: list[np.ndarray]  # per layer, [out, max_rank]
-    head: dict[str, np.ndarray]
+    head: dict[str, np.ndarray]  # what is trained besides the factors (`head.weight`, `head.bias`; empty for an LM)
 
     @property
     def max_rank(self) -> int:
@@ -34,12 +34,12 @@ class AdapterState:
         return AdapterState([a.copy() for a in self.A], [b.copy() for b in self.B], {k: v.copy() for k, v in self.head.items()})
 
 
-def state_from_model(model: LoraClassifier) -> AdapterState:
+def state_from_model(model: RankedLora) -> AdapterState:
     factors = [model.factor(i) for i in range(len(model.layers))]
     return AdapterState(
         A=[a.detach().cpu().numpy().copy() for a, _ in factors],
         B=[b.detach().cpu().numpy().copy() for _, b in factors],
-        head={"head.weight": model.head.weight.detach().cpu().numpy().copy(), "head.bias": model.head.bias.detach().cpu().numpy().copy()},
+        head={key: p.detach().cpu().numpy().copy() for key, p in model.head_tensors().items()},
     )
 
 
@@ -50,8 +50,8 @@ def truncate(state: AdapterState, ranks) -> dict[str, np.ndarray]:
         if rank > 0:
             payload[a_key(i)] = np.ascontiguousarray(state.A[i][:rank], dtype=np.float32)
             payload[b_key(i)] = np.ascontiguousarray(state.B[i][:, :rank], dtype=np.float32)
-    for key in HEAD_KEYS:
-        payload[key] = np.ascontiguousarray(state.head[key], dtype=np.float32)
+    for key, value in state.head.items():
+        payload[key] = np.ascontiguousarray(value, dtype=np.float32)
     return payload
 
 
@@ -60,7 +60,7 @@ def payload_ranks(payload: dict[str, np.ndarray], n_layers: int) -> list[int]:
 
 
 @torch.no_grad()
-def load_payload(model: LoraClassifier, payload: dict[str, np.ndarray]) -> list[int]:
+def load_payload(model: RankedLora, payload: dict[str, np.ndarray]) -> list[int]:
     """Write a payload into the model; components beyond each rank are zeroed (and masked). Returns the ranks."""
     ranks = payload_ranks(payload, len(model.layers))
     for i, rank in enumerate(ranks):
@@ -70,8 +70,8 @@ def load_payload(model: LoraClassifier, payload: dict[str, np.ndarray]) -> list[
         if rank:
             a[:rank] = torch.from_numpy(payload[a_key(i)])
             b[:, :rank] = torch.from_numpy(payload[b_key(i)])
-    model.head.weight.copy_(torch.from_numpy(payload["head.weight"]))
-    model.head.bias.copy_(torch.from_numpy(payload["head.bias"]))
+    for key, parameter in model.head_tensors().items():
+        parameter.copy_(torch.from_numpy(payload[key]))
     model.set_ranks(ranks)
     return ranks
 

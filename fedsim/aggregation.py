@@ -239,7 +239,7 @@ def aggregate(
         discarded_sq += merged.discarded_sq
         update_sq += merged.update_sq
     w_all = weights_arr / weights_arr.sum()
-    for key in HEAD_KEYS:
+    for key in global_state.head:
         mean = sum(w * u[key].astype(np.float64) for w, u in zip(w_all, uploads))
         state.head[key] = (global_state.head[key].astype(np.float64) + mean if deltas else mean).astype(np.float32)
     truncated = float(np.sqrt(discarded_sq / update_sq)) if update_sq > 0 else 0.0

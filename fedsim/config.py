@@ -198,7 +198,9 @@ class Scenario(_Section):
     task: TaskUnion = Field(  # type: ignore[valid-type]
         default_factory=ClassificationConfig,
         description="What is learned: 'classification' (a text to one of data.label_column's labels, cross-entropy, "
-        "accuracy), or a task registered with fedsim.register_task (fedsim/tasks/).",
+        "accuracy); 'causal-lm' (a decoder LM learns to generate the label's name after a prompt with the text: loss on the "
+        "answer tokens, exact match of the greedy answer; prompt, answer, max_new_tokens); or a task registered with "
+        "fedsim.register_task (fedsim/tasks/).",
     )
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -244,6 +246,11 @@ class Scenario(_Section):
         aggregator = AGGREGATORS[self.aggregation.method]
         method = f"aggregation.method={self.aggregation.method}"
         kind, adapter = f"adapter.kind={self.adapter.kind}", ADAPTERS[self.adapter.kind]
+        task, task_field = TASKS[self.task.name][1], f"task.name={self.task.name}"
+        if self.train.engine not in task.engines:
+            raise ValueError(f"train.engine={self.train.engine} does not support {task_field}; allowed: train.engine={' or '.join(task.engines)}")
+        if task.adapter_kinds is not None and self.adapter.kind not in task.adapter_kinds:
+            raise ValueError(f"{kind} does not support {task_field}; allowed: adapter.kind={' or '.join(task.adapter_kinds)}")
         if self.train.engine == "cohort" and (not adapter.cohort or not aggregator.cohort):
             field = kind if not adapter.cohort else method
             raise ValueError(f"train.engine=cohort does not support {field}; allowed: train.engine=per-client")

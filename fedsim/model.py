@@ -1,4 +1,4 @@
-"""Backbones, the classification model, and LoRA injection with per-layer rank masks.
+"""Backbones, the classification model, the causal LM, and LoRA injection with per-layer rank masks.
 
 The classifier is a small custom module (encoder, mean pooling, linear head) and
 LoRA is injected by HF PEFT with the head in `modules_to_save`. So the adapter a
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from fedsim.hub import TINY_RANDOM, load_tokenizer, minilm_path
+from fedsim.payload import HEAD_BIAS, HEAD_WEIGHT
 from fedsim.types import FedsimError
 
 
@@ -112,67 +113,39 @@ def build_classifier(backbone: str, num_labels: int, dtype: torch.dtype | None =
     return model
 
 
-class LoraClassifier:
-    """A PEFT LoRA model at `max_rank`, with a rank mask per adapted layer.
+class RankedLora:
+    """A PEFT LoRA model at `max_rank`, with a rank mask per adapted layer: what every task's LoRA model shares.
 
     Components beyond a layer's rank are multiplied by zero after lora_A, so they
-    neither affect the output nor receive gradient.
+    neither affect the output nor receive gradient. Subclasses build the PEFT model
+    (`self.model`) and say what, besides the factors, is trained (`head_tensors`).
     """
 
-    def __init__(
-        self,
-        backbone: str,
-        num_labels: int,
-        target_modules: list[str] | None,
-        max_rank: int,
-        alpha: float,
-        layers: list[int] | None = None,
-        dtype: torch.dtype | None = None,
-    ):
-        from peft import LoraConfig, get_peft_model
+    frozen_prefix_layers = 0
+    head = None
+
+    def _wrap(self, base: nn.Module, config, targets: list[str], max_rank: int) -> None:
+        from peft import get_peft_model
         from peft.tuners.lora import LoraLayer
 
         logging.getLogger("peft").setLevel(logging.ERROR)
-        base = build_classifier(backbone, num_labels, dtype)
-        base.head.float()  # the head and the LoRA factors (PEFT keeps them float32) train in float32 under autocast
-        target_modules = target_modules or base.family.default_targets
-        config = LoraConfig(
-            r=max_rank,
-            lora_alpha=alpha,
-            lora_dropout=0.0,
-            target_modules=list(target_modules),
-            modules_to_save=["head"],
-            fan_in_fan_out=base.family.fan_in_fan_out,
-            layers_to_transform=list(layers) if layers is not None else None,
-        )
         try:
             self.model = get_peft_model(base, config)
         except ValueError as exc:
-            raise FedsimError(f"adapter.target_modules={list(target_modules)}: {str(exc).splitlines()[0]}") from None
+            raise FedsimError(f"adapter.target_modules={targets}: {str(exc).splitlines()[0]}") from None
         self.model.eval()  # no dropout: training is deterministic per seed, and cheaper
         self.max_rank = max_rank
         self.layers: list[tuple[str, LoraLayer]] = [
             (name.removeprefix("base_model.model."), module) for name, module in self.model.named_modules() if isinstance(module, LoraLayer)
         ]
         self.layer_names = [name for name, _ in self.layers]
-        self.head = self.model.base_model.model.head.modules_to_save["default"]
-        self.classifier: SentenceClassifier = self.model.base_model.model
-        self.frozen_prefix_layers = self._frozen_prefix_layers()
         self._masks = [torch.ones(max_rank) for _ in self.layers]
         for (_, layer), mask in zip(self.layers, self._masks):
             layer.lora_A["default"].register_forward_hook(lambda _m, _i, out, mask=mask: out * mask)
 
-    def _frozen_prefix_layers(self) -> int:
-        """How many transformer layers sit below every adapter (0 when caching is not valid)."""
-        if not self.classifier.supports_prefix():
-            return 0
-        indices = []
-        for name in self.layer_names:
-            match = re.search(r"(?:^|\.)layer\.(\d+)\.", name)
-            if match is None:  # an adapter outside the transformer layers (e.g. embeddings): nothing is frozen
-                return 0
-            indices.append(int(match.group(1)))
-        return min(indices)
+    def logits(self, **batch) -> torch.Tensor:
+        """The task's logits for a batch of model inputs (labels removed)."""
+        return self.model(**batch)
 
     # --- factors ----------------------------------------------------------------------------
     def factor(self, index: int) -> tuple[nn.Parameter, nn.Parameter]:
@@ -182,10 +155,14 @@ class LoraClassifier:
     def lora_parameters(self) -> list[nn.Parameter]:
         return [p for i in range(len(self.layers)) for p in self.factor(i)]
 
-    def head_parameters(self) -> list[nn.Parameter]:
-        return list(self.head.parameters())
+    def head_tensors(self) -> dict[str, nn.Parameter]:
+        """What is trained and sent besides the factors, by payload key (the classification head; none for an LM)."""
+        return {}
 
-    def to(self, device: torch.device) -> LoraClassifier:
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.head_tensors().values())
+
+    def to(self, device: torch.device) -> RankedLora:
         """The whole model (frozen base, adapters, head) and the rank masks on `device`, in place."""
         self.model.to(device)
         for mask in self._masks:
@@ -209,7 +186,118 @@ class LoraClassifier:
         self.model.save_pretrained(str(directory), save_embedding_layers=False)
 
 
-def build_lora(scenario, num_labels: int, dtype: torch.dtype | None = None) -> LoraClassifier:
-    """The `lora` adapter kind's model (fedsim.adapters)."""
+class LoraClassifier(RankedLora):
+    """LoRA on a `SentenceClassifier`, the head trained beside it (PEFT's `modules_to_save`)."""
+
+    def __init__(
+        self,
+        backbone: str,
+        num_labels: int,
+        target_modules: list[str] | None,
+        max_rank: int,
+        alpha: float,
+        layers: list[int] | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        from peft import LoraConfig
+
+        base = build_classifier(backbone, num_labels, dtype)
+        base.head.float()  # the head and the LoRA factors (PEFT keeps them float32) train in float32 under autocast
+        target_modules = target_modules or base.family.default_targets
+        config = LoraConfig(
+            r=max_rank,
+            lora_alpha=alpha,
+            lora_dropout=0.0,
+            target_modules=list(target_modules),
+            modules_to_save=["head"],
+            fan_in_fan_out=base.family.fan_in_fan_out,
+            layers_to_transform=list(layers) if layers is not None else None,
+        )
+        self._wrap(base, config, list(target_modules), max_rank)
+        self.head = self.model.base_model.model.head.modules_to_save["default"]
+        self.classifier: SentenceClassifier = self.model.base_model.model
+        self.frozen_prefix_layers = self._frozen_prefix_layers()
+
+    def _frozen_prefix_layers(self) -> int:
+        """How many transformer layers sit below every adapter (0 when caching is not valid)."""
+        if not self.classifier.supports_prefix():
+            return 0
+        indices = []
+        for name in self.layer_names:
+            match = re.search(r"(?:^|\.)layer\.(\d+)\.", name)
+            if match is None:  # an adapter outside the transformer layers (e.g. embeddings): nothing is frozen
+                return 0
+            indices.append(int(match.group(1)))
+        return min(indices)
+
+    def head_tensors(self) -> dict[str, nn.Parameter]:
+        return {HEAD_WEIGHT: self.head.weight, HEAD_BIAS: self.head.bias}
+
+
+def load_causal_lm(backbone: str, dtype: torch.dtype | None = None) -> nn.Module:
+    """A decoder LM with its LM head (`AutoModelForCausalLM`) from a local directory or the HF cache; nothing is
+    downloaded. Weights the checkpoint lacks (an untied LM head) are initialised from a fixed seed."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    allowed = "allowed: a local directory or cached HF id of a decoder LM (OPT, GPT-2, Llama, Qwen, Mistral)"
+    if backbone in ("minilm", "tiny-random"):
+        raise FedsimError(f"model.backbone={backbone!r} is a BERT-style encoder, which task.name=causal-lm cannot generate with; {allowed}")
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return AutoModelForCausalLM.from_pretrained(backbone, local_files_only=True, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise FedsimError(f"model.backbone={backbone!r}: not loadable as a causal LM ({str(exc).splitlines()[0][:160]}); {allowed}") from None
+
+
+class LoraCausalLM(RankedLora):
+    """LoRA on a decoder LM (`AutoModelForCausalLM`): no head of fedsim's own, the LM head stays frozen, so only the
+    factors are trained and sent. `logits` are the next-token logits, [batch, length, vocabulary]. The exported
+    adapter is a standard PEFT `CAUSAL_LM` adapter for `AutoModelForCausalLM.from_pretrained(backbone)`."""
+
+    def __init__(self, backbone: str, target_modules: list[str] | None, max_rank: int, alpha: float, layers: list[int] | None = None, dtype=None):
+        from peft import LoraConfig
+
+        from fedsim.backbones import family
+
+        base = load_causal_lm(backbone, dtype)
+        kind = family(base.config)
+        target_modules = target_modules or kind.default_targets
+        config = LoraConfig(
+            r=max_rank,
+            lora_alpha=alpha,
+            lora_dropout=0.0,
+            target_modules=list(target_modules),
+            fan_in_fan_out=kind.fan_in_fan_out,
+            layers_to_transform=list(layers) if layers is not None else None,
+            task_type="CAUSAL_LM",
+        )
+        self._wrap(base, config, list(target_modules), max_rank)
+
+    def logits(self, input_ids=None, attention_mask=None, **_) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, eos_token_id: int, pad_token_id: int) -> torch.Tensor:
+        """Greedy continuations of left-padded prompts: [batch, prompt length + up to max_new_tokens]."""
+        return self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+        )
+
+
+def build_lora(scenario, num_labels: int, dtype: torch.dtype | None = None) -> RankedLora:
+    """The `lora` adapter kind's model (fedsim.adapters): a classifier, or a causal LM for a task that generates."""
+    from fedsim.tasks import TASKS
+
     adapter = scenario.adapter
+    if TASKS[scenario.task.name][1].model == "causal-lm":
+        return LoraCausalLM(scenario.model.backbone, adapter.target_modules, adapter.max_rank, adapter.alpha, adapter.layers, dtype=dtype)
     return LoraClassifier(scenario.model.backbone, num_labels, adapter.target_modules, adapter.max_rank, adapter.alpha, adapter.layers, dtype=dtype)

@@ -50,7 +50,7 @@ from torch import nn
 from fedsim.adapter_state import load_payload, state_from_model, truncate
 from fedsim.aggregators import wants_fisher
 from fedsim.local_loop import FisherMeter, local_loop
-from fedsim.model import LoraClassifier, SentenceClassifier, build_classifier
+from fedsim.model import RankedLora, SentenceClassifier, build_classifier
 from fedsim.payload import FISHER_PREFIX, HEAD_BIAS, HEAD_WEIGHT
 from fedsim.types import FedsimError
 
@@ -141,8 +141,14 @@ class NanoClassifier:
     def lora_parameters(self) -> list[nn.Parameter]:
         return [p for i in range(len(self.layers)) for p in self.factor(i)]
 
+    def logits(self, **batch) -> torch.Tensor:
+        return self.model(**batch)
+
+    def head_tensors(self) -> dict[str, nn.Parameter]:
+        return {HEAD_WEIGHT: self.head.weight, HEAD_BIAS: self.head.bias}
+
     def head_parameters(self) -> list[nn.Parameter]:
-        return list(self.head.parameters())
+        return list(self.head_tensors().values())
 
     def set_ranks(self, ranks) -> None:
         for (_, adapter), rank in zip(self.layers, ranks):
@@ -182,8 +188,8 @@ def client_storage(model) -> tuple[int, int]:
     Nano mode: the client holds the token embeddings plus its NanoAdapters; backbone and head stay on the server.
     """
     adapter = sum(a.numel() + b.numel() for a, b in (model.factor(i) for i in range(len(model.layers))))
-    if isinstance(model, LoraClassifier):  # PEFT wraps the base: skip its LoRA factors and the head's trainable copy
-        named = model.classifier.named_parameters()
+    if isinstance(model, RankedLora):  # PEFT wraps the base: skip its LoRA factors and the head's trainable copy
+        named = model.model.base_model.model.named_parameters()
         whole = sum(p.numel() for n, p in named if "lora_" not in n and "modules_to_save" not in n)
         return whole + adapter, whole
     whole = sum(p.numel() for p in model.classifier.parameters())

@@ -4,7 +4,7 @@ A payload is a flat dict of float32 arrays, exactly what goes into a Flower `Arr
 
     A.{i}        layer i's LoRA factor A, [rank, in]      (only layers with rank > 0)
     B.{i}        layer i's LoRA factor B, [out, rank]
-    head.weight  the classification head                  (not on the air in nano mode)
+    head.weight  the classification head (classification tasks; not on the air in nano mode)
     head.bias
     F.<key>      a client's diagonal Fisher estimate of <key> (aggregation.method: fisher)
     <prefix>...  what a federated algorithm adds (e.g. SCAFFOLD's `control.` variates)

@@ -59,8 +59,9 @@ class Runtime:
             # On a GPU with bf16 the frozen base is stored in bf16 (half the memory); on the CPU it stays float32.
             dtype = torch.bfloat16 if self.device.type == "cuda" and scenario.train.precision == "bf16" else None
             self.model = adapter_kind(scenario).build_fn()(scenario, len(self.label_names), dtype)
-            torch.nn.init.normal_(self.model.head.weight, std=0.02)
-            torch.nn.init.zeros_(self.model.head.bias)
+            if self.model.head is not None:
+                torch.nn.init.normal_(self.model.head.weight, std=0.02)
+                torch.nn.init.zeros_(self.model.head.bias)
         if self.device.type != "cpu":
             self.model.to(self.device)
         self.initial_state: AdapterState = state_from_model(self.model)

@@ -11,7 +11,6 @@ from fedsim.aggregators import wants_fisher
 from fedsim.algorithms.local import LocalAlgorithm
 from fedsim.batches import client_batches
 from fedsim.local_loop import FisherMeter, local_loop
-from fedsim.payload import HEAD_BIAS, HEAD_WEIGHT
 from fedsim.runtime import Runtime, batches_by_length
 from fedsim.sensitivity import SensitivityMeter, sensitivity_betas
 
@@ -32,12 +31,11 @@ def train_lora(runtime: Runtime, payload: dict[str, np.ndarray], client_id: int,
     model = runtime.model
     ranks = load_payload(model, payload)
     lora = [p for i, r in enumerate(ranks) if r > 0 for p in model.factor(i)]
-    groups = [{"params": model.head_parameters(), "lr": cfg.head_lr}]
-    if lora:
-        groups.append({"params": lora, "lr": cfg.lr})
-    optimizer = torch.optim.Adam(groups)
+    groups = [{"params": model.head_parameters(), "lr": cfg.head_lr}, {"params": lora, "lr": cfg.lr}]
+    # An LM client sent rank 0 everywhere has nothing to train; Adam refuses an empty list, so it steps a placeholder.
+    optimizer = torch.optim.Adam([g for g in groups if g["params"]] or [{"params": [torch.zeros(1, requires_grad=True)]}])
     trained = {f"{side}.{i}": (p, cfg.lr) for i, r in enumerate(ranks) if r > 0 for side, p in zip("AB", model.factor(i))}
-    trained |= {HEAD_WEIGHT: (model.head.weight, cfg.head_lr), HEAD_BIAS: (model.head.bias, cfg.head_lr)}
+    trained |= {key: (p, cfg.head_lr) for key, p in model.head_tensors().items()}
     algorithm = LocalAlgorithm(scenario.algorithm, trained, [payload], stacked=False)
 
     betas = sensitivity_betas(scenario)
@@ -51,9 +49,10 @@ def train_lora(runtime: Runtime, payload: dict[str, np.ndarray], client_id: int,
         batch = runtime.batch("train", indices)
         labels = batch.pop("labels")
         with runtime.autocast():
-            logits = model.model(**batch)
+            logits = model.logits(**batch)
         loss = runtime.task.loss(logits.float(), labels)
-        loss.backward()
+        if loss.requires_grad:  # False only when nothing is trained (an LM client at rank 0)
+            loss.backward()
         losses.append(loss.item())
         tokens += int(batch["attention_mask"].sum())
 
@@ -72,14 +71,5 @@ def train_lora(runtime: Runtime, payload: dict[str, np.ndarray], client_id: int,
 def evaluate(runtime: Runtime, payload: dict[str, np.ndarray], indices: np.ndarray, split: str = "test") -> tuple[float, float]:
     """Mean loss and the task's metric (`Task.score`: accuracy for classification) of the adapter in `payload` on
     examples `indices` of `split` ('test', or 'train' for the validation examples held out of it)."""
-    model, task = runtime.model, runtime.task
-    load_payload(model, payload)
-    total_loss, all_logits, all_labels = 0.0, [], []
-    for batch in batches_by_length(runtime, split, indices, EVAL_BATCH):
-        labels = batch.pop("labels")
-        with runtime.autocast():
-            logits = model.model(**batch).float()
-        total_loss += float(task.loss(logits, labels, reduction="sum"))
-        all_logits.append(logits)
-        all_labels.append(labels)
-    return total_loss / len(indices), task.score(torch.cat(all_logits), torch.cat(all_labels))
+    load_payload(runtime.model, payload)
+    return runtime.task.evaluate(runtime.model, batches_by_length(runtime, split, indices, EVAL_BATCH), runtime.autocast)

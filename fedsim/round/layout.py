@@ -7,7 +7,7 @@ import numpy as np
 
 from channels.quantization import dequantize_payload
 from fedsim.adapter_state import AdapterState
-from fedsim.payload import FISHER_PREFIX, HEAD_KEYS, MEMORY_PREFIX, a_key, b_key
+from fedsim.payload import FISHER_PREFIX, MEMORY_PREFIX, a_key, b_key
 
 
 class UploadLayout:
@@ -26,8 +26,8 @@ class UploadLayout:
                 shapes[b_key(i)] = (self.global_state.B[i].shape[0], int(rank))
         if self.fisher:  # the Fisher estimate has the factors' shapes
             shapes |= {f"{FISHER_PREFIX}{key}": shape for key, shape in shapes.items()}
-        for key in HEAD_KEYS:
-            shapes[key] = tuple(self.global_state.head[key].shape)
+        for key, value in self.global_state.head.items():
+            shapes[key] = tuple(value.shape)
         return shapes | self.algorithm.upload_shapes(shapes)
 
     def on_air(self, encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -12,7 +12,7 @@ import numpy as np
 
 from fedsim.adapter_state import AdapterState
 from fedsim.aggregation import Aggregated, aggregate
-from fedsim.payload import HEAD_KEYS, a_key, b_key
+from fedsim.payload import a_key, b_key
 
 
 def merge_round(global_state: AdapterState, delivered: list[dict], weights: list[float], superposition, aggregation, algorithm, rng):
@@ -35,7 +35,7 @@ def apply_superposition(global_state: AdapterState, superposed: dict[str, np.nda
             state.A[i] = (base * state.A[i].astype(np.float64) + superposed[a_key(i)]).astype(np.float32)
             state.B[i] = (base * state.B[i].astype(np.float64) + superposed[b_key(i)]).astype(np.float32)
             importance[i] = float(np.linalg.svd(state.B[i].astype(np.float64) @ state.A[i], compute_uv=False).sum())
-    for key in HEAD_KEYS:
+    for key in state.head:
         if key in superposed:
             state.head[key] = (base * state.head[key].astype(np.float64) + superposed[key]).astype(np.float32)
     return state, importance

@@ -11,6 +11,7 @@ from typing import Annotated, Union
 from pydantic import Discriminator, Tag
 
 from fedsim.tasks.base import Task
+from fedsim.tasks.causal_lm import CausalLM, CausalLMConfig
 from fedsim.tasks.classification import Classification, ClassificationConfig
 from fedsim.types import add_named
 
@@ -18,6 +19,7 @@ DEFAULT_TASK = "classification"
 
 TASKS: dict[str, tuple[type, type[Task]]] = {
     "classification": (ClassificationConfig, Classification),
+    "causal-lm": (CausalLMConfig, CausalLM),
 }
 
 

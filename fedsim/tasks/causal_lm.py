@@ -1,0 +1,160 @@
+"""Causal-LM fine-tuning on instruction/completion pairs: a labelled text set recast as generation.
+
+Each example becomes `prompt` (with the text) followed by `answer` (with the label's name, underscores read as
+spaces) and the end-of-sequence token; BANKING77 so reads "Query: <text>\\nIntent: card arrival</s>". The
+model is a decoder LM with LoRA (`fedsim.model.LoraCausalLM`), no head of fedsim's own.
+
+- **Loss** (training): next-token cross-entropy on the answer and its end token only, the prompt masked out
+  (label -100), as TRL's completion-only collator and FlowerTune do; a batch's loss is the mean over its answer
+  tokens (HF's convention for `labels`).
+- **Evaluation**: the ledger's `loss` is the mean negative log-likelihood per answer token over the evaluated
+  examples (teacher forcing), so the answer perplexity is exp(loss); its `accuracy` is **exact match**: the greedy
+  continuation of the prompt, cut at the end token, decoded and stripped, equals the decoded answer (the
+  metric's name, `exact_match`, is in summary.json).
+
+Assumes a decoder backbone (a local directory or cached HF id) whose tokenizer has an end token (`eos`, or
+`sep` for WordPiece vocabularies); the prompt is truncated inside the text so the answer always fits
+`data.max_length`. Per-client training engine and the lora adapter kind only.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fedsim.data import Tokenized
+from fedsim.tasks.base import Task
+from fedsim.types import FedsimError
+
+IGNORE = -100  # the label of a position that is not trained on (PyTorch's and HF's ignore_index)
+
+
+class CausalLMConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["causal-lm"] = "causal-lm"
+    prompt: str = Field("Query: {text}\nIntent:", description="The instruction; {text} is the example's text.")
+    answer: str = Field(" {label}", description="The completion the model learns; {label} is the label's name, '_' read as ' '.")
+    max_new_tokens: int = Field(16, ge=1, le=512, description="Evaluation: the longest greedy continuation generated.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _has_text(cls, value: str) -> str:
+        if value.count("{text}") != 1:
+            raise ValueError("must contain {text} exactly once (where the example's text goes)")
+        return value
+
+
+class TokenizedPairs(Tokenized):
+    """Prompt + answer token ids; `batch` adds per-token labels (-100 on the prompt and padding) and each row's
+    prompt length."""
+
+    def __init__(self, token_ids: list[list[int]], prompt_lengths: list[int], labels: np.ndarray, pad_id: int):
+        super().__init__(token_ids, labels, pad_id)
+        self.prompt_lengths = np.array(prompt_lengths)
+
+    def batch(self, indices: np.ndarray, pad_to: int | None = None) -> dict:
+        import torch
+
+        batch = super().batch(indices, pad_to)
+        width = batch["input_ids"].shape[1]
+        positions = torch.arange(width)[None, :]
+        prompt = torch.as_tensor(self.prompt_lengths[indices])[:, None]
+        answer = (positions >= prompt) & batch["attention_mask"].bool()
+        batch["labels"] = torch.where(answer, batch["input_ids"], torch.full_like(batch["input_ids"], IGNORE))
+        batch["prompt_lengths"] = prompt[:, 0]
+        return batch
+
+
+class CausalLM(Task):
+    metric = "exact_match"
+    model = "causal-lm"
+    engines = ("per-client",)
+    adapter_kinds = ("lora",)
+
+    def load(self, data):
+        from fedsim.data import load_corpus
+
+        corpus = load_corpus(data)
+        self.label_names = corpus.label_names
+        return corpus
+
+    def encode(self, tokenizer, dataset, max_length):
+        self.tokenizer = tokenizer
+        self.eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+        if self.eos is None:
+            raise FedsimError("task.name=causal-lm: the backbone's tokenizer has no end token (eos_token or sep_token); allowed: a tokenizer that has one")
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+        before, after = self.config.prompt.split("{text}")
+        piece = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"] if text else []  # noqa: E731
+        head, tail = ([start] if start is not None else []) + piece(before), piece(after)
+        answers = [piece(self.config.answer.format(label=name.replace("_", " "))) + [self.eos] for name in self.label_names]
+        rows, prompt_lengths = [], []
+        for text, label in zip(dataset.texts, dataset.labels):
+            answer = answers[label]
+            room = max_length - len(head) - len(tail) - len(answer)
+            if room < 1:
+                raise FedsimError(
+                    f"data.max_length={max_length} leaves no room for the text: the prompt's template and the answer "
+                    f"{self.label_names[label]!r} take {max_length - room} tokens; allowed: a larger data.max_length"
+                )
+            prompt = head + piece(text)[:room] + tail
+            rows.append(prompt + answer)
+            prompt_lengths.append(len(prompt))
+        return TokenizedPairs(rows, prompt_lengths, dataset.labels, self.pad)
+
+    def loss(self, logits, labels, reduction="mean"):
+        """Next-token NLL on the answer tokens: 'mean' over all of the batch's answer tokens, 'none' per row (the
+        row's mean), 'sum' the rows' means summed."""
+        import torch.nn.functional as F
+
+        target = labels[:, 1:]
+        nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), target, ignore_index=IGNORE, reduction="none")
+        counted = (target != IGNORE).sum(1)
+        if reduction == "mean":
+            return nll.sum() / counted.sum()
+        per_row = nll.sum(1) / counted
+        return per_row if reduction == "none" else per_row.sum()
+
+    def evaluate(self, model, batches, autocast):
+        import torch
+        import torch.nn.functional as F
+
+        nll, tokens, hits, n = 0.0, 0, 0, 0
+        with torch.no_grad():
+            for batch in batches:
+                labels, prompt_lengths = batch.pop("labels"), batch.pop("prompt_lengths")
+                with autocast():
+                    logits = model.logits(**batch).float()
+                target = labels[:, 1:]
+                nll += float(F.cross_entropy(logits[:, :-1].transpose(1, 2), target, ignore_index=IGNORE, reduction="sum"))
+                tokens += int((target != IGNORE).sum())
+                hits += self._exact_matches(model, batch, labels, prompt_lengths, autocast)
+                n += len(labels)
+        return nll / tokens, hits / n
+
+    def _exact_matches(self, model, batch, labels, prompt_lengths, autocast) -> int:
+        """How many rows' greedy continuation of their prompt decodes to their answer."""
+        import torch
+
+        ids, device = batch["input_ids"], batch["input_ids"].device
+        width = int(prompt_lengths.max())
+        prompts = torch.full((len(ids), width), self.pad, dtype=ids.dtype, device=device)
+        mask = torch.zeros((len(ids), width), dtype=batch["attention_mask"].dtype, device=device)
+        for row, length in enumerate(prompt_lengths.tolist()):  # left padding: every prompt ends where generation starts
+            prompts[row, width - length :] = ids[row, :length]
+            mask[row, width - length :] = 1
+        with autocast():
+            generated = model.generate(prompts, mask, self.config.max_new_tokens, self.eos, self.pad)[:, width:]
+        hits = 0
+        for row in range(len(ids)):
+            continuation = generated[row].tolist()
+            continuation = continuation[: continuation.index(self.eos)] if self.eos in continuation else continuation
+            answer = [t for t in labels[row].tolist() if t != IGNORE][:-1]  # without its end token
+            hits += self._text(continuation) == self._text(answer)
+        return hits
+
+    def _text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
