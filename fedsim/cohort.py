@@ -43,11 +43,12 @@ def cohort_train(runtime: Runtime, payloads: list[dict[str, np.ndarray]], client
     n_clients, n_layers = len(payloads), runtime.n_layers
     ranks = np.array([payload_ranks(p, n_layers) for p in payloads])  # [clients, layers]
     a_stack, b_stack, masks = _stacked_factors(runtime, payloads, ranks)
-    head_w = torch.stack([torch.from_numpy(p[HEAD_WEIGHT]) for p in payloads]).to(runtime.device).requires_grad_()
-    head_b = torch.stack([torch.from_numpy(p[HEAD_BIAS]) for p in payloads]).to(runtime.device).requires_grad_()
-    optimizer = torch.optim.Adam([{"params": [head_w, head_b], "lr": cfg.head_lr}, {"params": a_stack + b_stack, "lr": cfg.lr}])
+    # Every client's head (classification; none for a causal LM), stacked: [clients, ...] per payload key.
+    heads = {key: torch.stack([torch.from_numpy(p[key]) for p in payloads]).to(runtime.device).requires_grad_() for key in model.head_tensors()}
+    groups = [{"params": list(heads.values()), "lr": cfg.head_lr}, {"params": a_stack + b_stack, "lr": cfg.lr}]
+    optimizer = torch.optim.Adam([g for g in groups if g["params"]])
     trained = {a_key(i): (a, cfg.lr) for i, a in enumerate(a_stack)} | {b_key(i): (b, cfg.lr) for i, b in enumerate(b_stack)}
-    trained |= {HEAD_WEIGHT: (head_w, cfg.head_lr), HEAD_BIAS: (head_b, cfg.head_lr)}
+    trained |= {key: (stack, cfg.head_lr) for key, stack in heads.items()}
     algorithm = LocalAlgorithm(runtime.scenario.algorithm, trained, payloads, stacked=True)
 
     betas = sensitivity_betas(runtime.scenario)
@@ -58,7 +59,7 @@ def cohort_train(runtime: Runtime, payloads: list[dict[str, np.ndarray]], client
     with _cohort_lora(model, a_stack, b_stack, masks) as owner_of_rows:
 
         def backward(step: int) -> None:
-            _accumulate_step(runtime, [steps[c][step] for c in range(n_clients)], head_w, head_b, owner_of_rows, losses[:, step], tokens)
+            _accumulate_step(runtime, [steps[c][step] for c in range(n_clients)], heads, owner_of_rows, losses[:, step], tokens)
 
         local_loop(optimizer, range(cfg.local_steps), backward, [meter] if meter is not None else [], algorithm)
 
@@ -71,8 +72,7 @@ def cohort_train(runtime: Runtime, payloads: list[dict[str, np.ndarray]], client
             if r:
                 upload[a_key(i)] = a_stack[i][c, :r].detach().cpu().numpy().copy()
                 upload[b_key(i)] = b_stack[i][c, :, :r].detach().cpu().numpy().copy()
-        upload[HEAD_WEIGHT] = head_w[c].detach().cpu().numpy().copy()
-        upload[HEAD_BIAS] = head_b[c].detach().cpu().numpy().copy()
+        upload |= {key: stack[c].detach().cpu().numpy().copy() for key, stack in heads.items()}
         upload |= algorithm.upload(c, ranks[c])
         metrics = {"num-examples": len(runtime.partitions[cid]), "train-loss": float(losses[c].mean()), "tokens": int(tokens[c])}
         if meter is not None:
@@ -101,10 +101,11 @@ def _stacked_factors(runtime: Runtime, payloads: list[dict[str, np.ndarray]], ra
     return a_stack, b_stack, masks
 
 
-def _accumulate_step(runtime: Runtime, groups: list[np.ndarray], head_w, head_b, owner_of_rows, losses: np.ndarray, tokens: np.ndarray) -> None:
+def _accumulate_step(runtime: Runtime, groups: list[np.ndarray], heads: dict, owner_of_rows, losses: np.ndarray, tokens: np.ndarray) -> None:
     """One local step of every client at once: each client's batch (`groups[c]`, row indices) in
     length-sorted passes, gradients accumulated; adds each client's mean loss to `losses[c]` and its real
-    tokens to `tokens[c]`."""
+    tokens to `tokens[c]`. With `heads` (classification) each row's logits come from its own client's head;
+    without (a causal LM), from the model's own LM head."""
     model, device = runtime.model, runtime.device
     rows = np.concatenate(groups)
     owner = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
@@ -115,10 +116,13 @@ def _accumulate_step(runtime: Runtime, groups: list[np.ndarray], head_w, head_b,
         chunk_owner = torch.from_numpy(owner[chunk]).to(device)
         owner_of_rows(chunk_owner)
         with runtime.autocast():
-            pooled = model.classifier.features(**batch)
-            # Every client's head on every row is only rows x clients x classes; keep each row's own.
-            logits_all = torch.einsum("nh,coh->nco", pooled, head_w) + head_b
-            logits = logits_all[torch.arange(len(chunk)), chunk_owner].float()
+            if heads:
+                pooled = model.classifier.features(**batch)
+                # Every client's head on every row is only rows x clients x classes; keep each row's own.
+                logits_all = torch.einsum("nh,coh->nco", pooled, heads[HEAD_WEIGHT]) + heads[HEAD_BIAS]
+                logits = logits_all[torch.arange(len(chunk)), chunk_owner].float()
+            else:
+                logits = model.logits(**batch).float()
         per_row = runtime.task.loss(logits, labels, reduction="none") * weight[chunk]
         per_row.sum().backward()
         np.add.at(losses, owner[chunk], per_row.detach().cpu().numpy())

@@ -68,11 +68,17 @@ def test_the_loss_is_on_the_answer_and_its_end_token_only(decoders):
         assert answer[-1] == tokenizer.sep_token_id  # MiniLM's WordPiece vocabulary: [SEP] ends the answer
         assert tokenizer.decode(answer[:-1]) in ("card arrival", "exchange rate")
         assert tokenizer.decode(batch["input_ids"][row, :prompt]).startswith("[CLS] query :")
-    # The loss is the mean NLL of exactly those tokens: shifting or masking wrongly changes it.
+    # The loss is the NLL of exactly those tokens, each predicted from the position before: shifting or masking
+    # wrongly changes it. Each row's mean, then the mean over rows.
     logits = torch.randn(4, batch["input_ids"].shape[1], tokenizer.vocab_size)
-    per_token = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1), reduction="none")
-    counted = (batch["labels"][:, 1:] != -100).reshape(-1)
-    torch.testing.assert_close(runtime.task.loss(logits, batch["labels"]), per_token[counted].mean())
+    log_p = torch.log_softmax(logits, -1)
+    rows = []
+    for row in range(4):
+        prompt, real = int(batch["prompt_lengths"][row]), int(batch["attention_mask"][row].sum())
+        answer = batch["input_ids"][row, prompt:real]
+        rows.append(-log_p[row, torch.arange(prompt - 1, real - 1), answer].mean())
+    torch.testing.assert_close(runtime.task.loss(logits, batch["labels"], reduction="none"), torch.stack(rows))
+    torch.testing.assert_close(runtime.task.loss(logits, batch["labels"]), torch.stack(rows).mean())
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -97,6 +103,20 @@ def test_a_decoder_fine_tunes_as_a_causal_lm_reproducibly_and_its_adapter_loads_
         exported = PeftModel.from_pretrained(base, str(tmp_path / "a" / "adapter")).eval()
         reloaded = exported(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     torch.testing.assert_close(reloaded, simulator, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_the_cohort_engine_trains_a_causal_lm_as_the_per_client_engine_does(decoders, name, tmp_path):
+    import pandas as pd
+
+    ledgers = {}
+    for engine in ("per-client", "cohort"):
+        scenario = lm_scenario(decoders[name], train={**TINY["train"], "engine": engine})
+        run_scenario(scenario, tmp_path / engine, progress=False)
+        ledgers[engine] = pd.read_csv(tmp_path / engine / "clients.csv")
+    a, b = ledgers["per-client"], ledgers["cohort"]
+    assert (a["bytes_up"] == b["bytes_up"]).all() and (a["bytes_up"] > 0).all()
+    np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-4)
 
 
 @pytest.mark.flower

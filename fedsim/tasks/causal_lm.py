@@ -5,8 +5,10 @@ spaces) and the end-of-sequence token; BANKING77 so reads "Query: <text>\\nInten
 model is a decoder LM with LoRA (`fedsim.model.LoraCausalLM`), no head of fedsim's own.
 
 - **Loss** (training): next-token cross-entropy on the answer and its end token only, the prompt masked out
-  (label -100), as TRL's completion-only collator and FlowerTune do; a batch's loss is the mean over its answer
-  tokens (HF's convention for `labels`).
+  (label -100), as TRL's completion-only collator and FlowerTune do. A batch's loss is the mean over its
+  examples of each answer's mean token NLL: every example counts once, whatever its answer's length, as in
+  classification (HF's `labels` loss weights by tokens instead). So the cohort engine, which weighs rows,
+  trains exactly as the per-client one.
 - **Evaluation**: the ledger's `loss` is the mean negative log-likelihood per answer token over the evaluated
   examples (teacher forcing), so the answer perplexity is exp(loss); its `accuracy` is **exact match**: the greedy
   continuation of the prompt, cut at the end token, decoded and stripped, equals the decoded answer (the
@@ -14,7 +16,7 @@ model is a decoder LM with LoRA (`fedsim.model.LoraCausalLM`), no head of fedsim
 
 Assumes a decoder backbone (a local directory or cached HF id) whose tokenizer has an end token (`eos`, or
 `sep` for WordPiece vocabularies); the prompt is truncated inside the text so the answer always fits
-`data.max_length`. Per-client training engine and the lora adapter kind only.
+`data.max_length`. The lora adapter kind only (nano keeps a classification head on the server).
 """
 
 from __future__ import annotations
@@ -70,7 +72,6 @@ class TokenizedPairs(Tokenized):
 class CausalLM(Task):
     metric = "exact_match"
     model = "causal-lm"
-    engines = ("per-client",)
     adapter_kinds = ("lora",)
 
     def load(self, data):
@@ -106,17 +107,14 @@ class CausalLM(Task):
         return TokenizedPairs(rows, prompt_lengths, dataset.labels, self.pad)
 
     def loss(self, logits, labels, reduction="mean"):
-        """Next-token NLL on the answer tokens: 'mean' over all of the batch's answer tokens, 'none' per row (the
-        row's mean), 'sum' the rows' means summed."""
+        """Next-token NLL on the answer tokens: each row's mean over its answer tokens; then 'none' per row,
+        'mean' over the rows, 'sum' summed."""
         import torch.nn.functional as F
 
         target = labels[:, 1:]
         nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), target, ignore_index=IGNORE, reduction="none")
-        counted = (target != IGNORE).sum(1)
-        if reduction == "mean":
-            return nll.sum() / counted.sum()
-        per_row = nll.sum(1) / counted
-        return per_row if reduction == "none" else per_row.sum()
+        per_row = nll.sum(1) / (target != IGNORE).sum(1)
+        return {"none": per_row, "mean": per_row.mean(), "sum": per_row.sum()}[reduction]
 
     def evaluate(self, model, batches, autocast):
         import torch
