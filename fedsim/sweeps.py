@@ -56,6 +56,9 @@ from fedsim.types import FedsimError
 
 # Fields that choose *how* a run executes, not *what* it computes; left out of the directory hash.
 EXECUTION_FIELDS = ("threads", "engine")
+# Sections added to the scenario after sweeps existed, left out of the hash while at their default, so that
+# the run directories of an existing sweep keep their names (and are skipped on resume) under a newer fedsim.
+LATER_SECTIONS = {"task": {"name": "classification"}}
 SWEEP_KEYS = {"base", "grid", "zip", "seeds", "set", "engine"}
 MANIFEST = "sweep.json"
 FAILED = "failed.json"
@@ -161,6 +164,9 @@ def config_digest(scenario: Scenario) -> str:
     data = scenario.model_dump(mode="json")
     for key in EXECUTION_FIELDS:
         data.pop(key, None)
+    for key, default in LATER_SECTIONS.items():
+        if data.get(key) == default:
+            data.pop(key)
     checkpoint = (data.get("policy") or {}).get("checkpoint")
     if checkpoint:
         data["policy"]["checkpoint_sha256"] = checkpoint_digest(checkpoint)

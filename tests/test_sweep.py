@@ -97,6 +97,17 @@ def test_directory_name_is_stable_across_processes(tmp_path):
     assert config_digest(load_sweep(same).points[0].scenario) == load_sweep(path).points[0].digest
 
 
+def test_a_section_added_later_keeps_existing_run_directories_at_its_default():
+    """`task:` came after sweeps existed: at its default it is left out of the hash, so the quickstart hashes as it
+    did before (the value below is from a checkout without tasks), and resuming an old sweep skips its finished runs."""
+    from fedsim.config import load_scenario
+
+    quickstart = load_scenario("scenarios/quickstart.yaml")
+    assert config_digest(quickstart) == "92997532ffa58903158d8f4e1a50750d5c70254b2196db15e9709995d592b21b"
+    generative = load_scenario("scenarios/quickstart.yaml", ["task.name=causal-lm"])
+    assert config_digest(generative) != config_digest(quickstart)
+
+
 @pytest.mark.parametrize(
     "body, expected",
     [
