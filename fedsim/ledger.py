@@ -63,6 +63,10 @@ CLIENT_COLUMNS = [
 ]
 
 SUMMARY = "summary.json"
+# Scenario sections added after run directories existed, at their default: a run directory whose config.yaml
+# lacks one ran at that default (fedsim.collect reads it so), and a sweep leaves a section at its default out of
+# the run-directory hash (fedsim.sweeps.config_digest), so existing sweeps resume rather than rerun.
+LATER_SECTIONS = {"task": {"name": "classification"}}
 ALGORITHM_STATE = "algorithm_state.safetensors"  # the server state of fedadam, scaffold, ... at the end of the run
 LOCK = ".fedsim.lock"  # held (flock) by the run writing the directory; gone when it ends
 

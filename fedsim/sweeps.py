@@ -51,14 +51,11 @@ from typing import Any
 from pydantic import BaseModel
 
 from fedsim.config import Scenario, read_yaml_mapping, scenario_from_dict
-from fedsim.ledger import atomic_write_text, is_finished
+from fedsim.ledger import LATER_SECTIONS, atomic_write_text, is_finished
 from fedsim.types import FedsimError
 
 # Fields that choose *how* a run executes, not *what* it computes; left out of the directory hash.
 EXECUTION_FIELDS = ("threads", "engine")
-# Sections added to the scenario after sweeps existed, left out of the hash while at their default, so that
-# the run directories of an existing sweep keep their names (and are skipped on resume) under a newer fedsim.
-LATER_SECTIONS = {"task": {"name": "classification"}}
 SWEEP_KEYS = {"base", "grid", "zip", "seeds", "set", "engine"}
 MANIFEST = "sweep.json"
 FAILED = "failed.json"
@@ -164,7 +161,7 @@ def config_digest(scenario: Scenario) -> str:
     data = scenario.model_dump(mode="json")
     for key in EXECUTION_FIELDS:
         data.pop(key, None)
-    for key, default in LATER_SECTIONS.items():
+    for key, default in LATER_SECTIONS.items():  # so that an existing sweep's run directories keep their names
         if data.get(key) == default:
             data.pop(key)
     checkpoint = (data.get("policy") or {}).get("checkpoint")
