@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from channels import ChannelConfig
 from channels.quantization import QuantizationConfig
@@ -378,37 +379,38 @@ def _register_union_tags() -> None:
     _UNION_TAGS.update(CHANNELS, POLICIES, ALGORITHMS, TASKS)
 
 
+def _replace_union(field: str, union) -> None:
+    """Give a scenario section the registries' current union and rebuild the model. The field's old
+    discriminator (kept in its metadata) must go too: wrapped around the new union it would reject it."""
+    old = Scenario.model_fields[field]
+    Scenario.model_fields[field] = FieldInfo.from_annotated_attribute(union, Field(default_factory=old.default_factory, description=old.description))
+    Scenario.model_rebuild(force=True)
+    _register_union_tags()
+
+
 def refresh_policy_schema() -> None:
     """Rebuild the scenario model after a policy was registered (`fedsim.register_policy`, entry points),
     so that `policy: {name: ...}` accepts it everywhere a scenario is read."""
     from policies.registry import config_union
 
-    Scenario.model_fields["policy"].annotation = config_union()
-    Scenario.model_rebuild(force=True)
-    _register_union_tags()
+    _replace_union("policy", config_union())
 
 
 def refresh_channel_schema() -> None:
     """Rebuild the scenario model after a channel model was registered (`fedsim.register_channel`)."""
-    Scenario.model_fields["channel"].annotation = channel_union()
-    Scenario.model_rebuild(force=True)
-    _register_union_tags()
+    _replace_union("channel", channel_union())
 
 
 def refresh_algorithm_schema() -> None:
     """Rebuild the scenario model after an algorithm was registered (`fedsim.register_algorithm`)."""
     from fedsim.algorithms.registry import config_union
 
-    Scenario.model_fields["algorithm"].annotation = config_union()
-    Scenario.model_rebuild(force=True)
-    _register_union_tags()
+    _replace_union("algorithm", config_union())
 
 
 def refresh_task_schema() -> None:
     """Rebuild the scenario model after a task was registered (`fedsim.register_task`)."""
-    Scenario.model_fields["task"].annotation = task_union()
-    Scenario.model_rebuild(force=True)
-    _register_union_tags()
+    _replace_union("task", task_union())
 
 
 def _load_plugins() -> None:
