@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", metavar="DIR", help="run directory (default: runs/<name>-<date>-<time>, suffixed -2, -3, ... when taken)")
     run.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files (the old directory is deleted first)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and CI)")
+    run.set_defaults(handler=_cmd_run)
 
     validate = sub.add_parser(
         "validate",
@@ -66,16 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check a scenario file (and any --set overrides) and print every field with its resolved value.",
     )
     _add_scenario_args(validate)
+    validate.set_defaults(handler=_cmd_validate)
 
+    from fedsim.deploy import add_commands as add_deploy_commands
+    from fedsim.rl.train import add_commands as add_policy_commands
     from fedsim.sweep_cli import add_commands
 
-    COMMANDS.update(add_commands(sub))
-    from fedsim.rl.train import add_commands as add_policy_commands
-
-    COMMANDS.update(add_policy_commands(sub))
-    from fedsim.deploy import add_commands as add_deploy_commands
-
-    COMMANDS.update(add_deploy_commands(sub))
+    # Each subcommand's parser carries its handler (argparse's set_defaults), so no process-wide table.
+    for handlers in (add_commands(sub), add_policy_commands(sub), add_deploy_commands(sub)):
+        for name, handler in handlers.items():
+            sub.choices[name].set_defaults(handler=handler)
     return parser
 
 
@@ -112,9 +113,6 @@ def _cmd_validate(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "validate": _cmd_validate}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -122,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return COMMANDS[args.command](args)
+        return args.handler(args)
     except FedsimError as exc:
         print(f"fedsim {args.command}: error: {exc}", file=sys.stderr)
         return 2

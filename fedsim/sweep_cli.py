@@ -50,7 +50,7 @@ examples:
 
 
 def add_commands(sub) -> dict:
-    """Add the subparsers; returns {name: handler} for cli.COMMANDS."""
+    """Add the subparsers; returns {name: handler} (fedsim.cli sets each as its parser's default)."""
     raw = argparse.RawDescriptionHelpFormatter
     sweep = sub.add_parser(
         "sweep",

@@ -245,8 +245,9 @@ def test_an_adapter_kind_registered_from_user_code_runs_by_name(tmp_path):
         fedsim.run("scenarios/quickstart.yaml", {**base, "adapter.kind": "prefix"}, out=tmp_path / "y")
 
 
-def test_a_backbone_family_registered_from_user_code_changes_the_pooling():
-    """The backbone seam: a family for a model type, registered from this file, decides the sentence vector."""
+def test_a_backbone_family_registered_from_user_code_changes_the_pooling(tmp_path):
+    """The backbone seam: a family for a model type, registered from this file, decides the sentence vector,
+    and a run with it pools through it."""
     import torch
 
     from fedsim.backbones import FAMILIES
@@ -254,7 +255,10 @@ def test_a_backbone_family_registered_from_user_code_changes_the_pooling():
     from fedsim.model import build_classifier
 
     class FirstToken(EncoderBackbone):
+        calls = 0
+
         def pool(self, hidden, attention_mask):
+            FirstToken.calls += 1
             return hidden[:, 0].float()
 
     saved = FAMILIES["bert"]
@@ -266,5 +270,9 @@ def test_a_backbone_family_registered_from_user_code_changes_the_pooling():
         with torch.no_grad():
             hidden = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
             torch.testing.assert_close(model.features(ids, mask), hidden[:, 0])
+        before = FirstToken.calls
+        # A seed no other test uses, so the round builds its own model (the runtime cache keys on the seed).
+        result = fedsim.run("scenarios/quickstart.yaml", {**TINY, "seed": 424242}, out=tmp_path / "run")
+        assert FirstToken.calls > before and len(result.rounds) == TINY["rounds"]
     finally:
         FAMILIES["bert"] = saved
