@@ -189,7 +189,16 @@ class Tokenized:
 
 def tokenize(tokenizer, dataset: TextDataset, max_length: int) -> Tokenized:
     encoded = tokenizer(dataset.texts, truncation=True, max_length=max_length, padding=False)["input_ids"]
-    return Tokenized(encoded, dataset.labels, tokenizer.pad_token_id)
+    return Tokenized(encoded, dataset.labels, pad_id(tokenizer))
+
+
+def pad_id(tokenizer) -> int:
+    """The id that fills padded positions: the tokenizer's pad token, else its end token (GPT-2's and Llama's
+    tokenizers have no pad token; HF's examples pad with eos), else 0. The attention mask hides it either way."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return candidate
+    return 0
 
 
 def split_validation(n_train: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -150,3 +150,45 @@ def test_exact_match_counts_real_greedy_answers(decoders, tmp_path):
     loss, exact = evaluate(runtime, untrained, runtime.eval_subset)
     assert exact == 0.0 and loss > 5.0
     assert summary["final_accuracy"] == 1.0 and summary["final_loss"] < loss
+
+
+@pytest.fixture(scope="module")
+def gpt2_bpe(tmp_path_factory):
+    """A tiny GPT-2 with a byte-level BPE tokenizer trained here on BANKING77 texts: like GPT-2's own, it has
+    one special token (<|endoftext|>, both bos and eos) and no pad token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2TokenizerFast
+
+    from fedsim.config import DataConfig
+    from fedsim.data import load_corpus
+
+    texts = load_corpus(DataConfig()).train.texts[:2000]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(texts, trainer)
+    end = "<|endoftext|>"
+    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe, bos_token=end, eos_token=end, unk_token=end)
+    assert tokenizer.pad_token_id is None
+    root = tmp_path_factory.mktemp("gpt2-bpe")
+    config = GPT2Config(
+        n_embd=32, n_layer=2, n_head=2, n_positions=128, vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(root)
+    tokenizer.save_pretrained(root)
+    return str(root), tokenizer
+
+
+@pytest.mark.parametrize("task", ["classification", "causal-lm"])
+def test_a_tokenizer_without_a_pad_token_pads_with_its_end_token(gpt2_bpe, task, tmp_path):
+    path, tokenizer = gpt2_bpe
+    scenario = lm_scenario(path, task={"name": task})
+    summary = run_scenario(scenario, tmp_path / "run", progress=False)
+    assert np.isfinite(summary["final_loss"]) and summary["metric"] == ("exact_match" if task == "causal-lm" else "accuracy")
+    batch = get_runtime(scenario).train.batch(np.arange(8))
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == tokenizer.eos_token_id).all()
+    if task == "causal-lm":  # every answer ends with the end token, which is also the padding
+        real = batch["attention_mask"].sum(1) - 1
+        assert (batch["labels"][torch.arange(8), real] == tokenizer.eos_token_id).all()

@@ -86,7 +86,7 @@ class CausalLM(Task):
         self.eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
         if self.eos is None:
             raise FedsimError("task.name=causal-lm: the backbone's tokenizer has no end token (eos_token or sep_token); allowed: a tokenizer that has one")
-        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos  # GPT-2, Llama: none
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
         before, after = self.config.prompt.split("{text}")
         piece = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"] if text else []  # noqa: E731
