@@ -100,8 +100,17 @@ def load_run(path: str | Path) -> RunResult:
     )
 
 
-def sweep(sweep_file: str | Path, out: str | Path | None = None, *, workers: int = 1, engine: str | None = None, progress: bool = False) -> SweepResult:
-    """Run (or resume) every point of a sweep file, then collect them, as `fedsim sweep` and `fedsim collect` do."""
+def sweep(
+    sweep_file: str | Path,
+    out: str | Path | None = None,
+    *,
+    workers: int = 1,
+    engine: str | None = None,
+    progress: bool = False,
+    ray_address: str | None = None,
+) -> SweepResult:
+    """Run (or resume) every point of a sweep file, then collect them, as `fedsim sweep` and `fedsim collect` do
+    (`ray_address`: on that Ray cluster, as `fedsim sweep --ray-address`)."""
     import pandas as pd
 
     from fedsim.collect import write_results
@@ -111,6 +120,6 @@ def sweep(sweep_file: str | Path, out: str | Path | None = None, *, workers: int
         raise FedsimError(f"workers={workers}: must be at least 1")
     spec = load_sweep(sweep_file, engine=engine, workers=workers)
     path = Path(out) if out else default_out_dir(sweep_file)
-    counts = run_sweep(spec, path, workers=workers, progress=progress)
+    counts = run_sweep(spec, path, workers=workers, progress=progress, ray_address=ray_address)
     csv_path, _, _, _ = write_results(path)
     return SweepResult(path=path, counts=counts, results=pd.read_csv(csv_path))

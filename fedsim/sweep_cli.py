@@ -63,6 +63,13 @@ def add_commands(sub) -> dict:
     sweep.add_argument("--out", metavar="DIR", help="sweep directory (default: runs/<sweep file name>)")
     sweep.add_argument("--workers", type=int, default=1, metavar="N", help="runs in parallel, each in its own process; torch threads = cores // N (default 1)")
     sweep.add_argument("--engine", choices=["inline", "flower"], help="override the sweep file's engine (default inline)")
+    sweep.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="run the runs as tasks on this Ray cluster (e.g. 10.0.0.5:6379 from `ray start --head`, or auto) instead of local "
+        "processes; each asks for as many CPUs as its torch threads (cores // --workers here); the nodes must see this "
+        "directory at the same path",
+    )
     sweep.add_argument("--status", action="store_true", help="list done / unfinished / failed / pending runs and exit")
     sweep.add_argument("--dry-run", action="store_true", help="validate every grid point, list the run directories, run nothing")
     sweep.add_argument("--no-progress", action="store_true", help="one line per finished run instead of a progress bar")
@@ -116,7 +123,7 @@ def _cmd_sweep(args) -> int:
         for point in sweep.points:
             print(f"  {point.name}")
         return 0
-    counts = run_sweep(sweep, out, workers=args.workers, progress=not args.no_progress)
+    counts = run_sweep(sweep, out, workers=args.workers, progress=not args.no_progress, ray_address=args.ray_address)
     print(
         f"sweep directory: {out}\n"
         f"{counts['done']}/{counts['total']} runs done ({counts['ran']} ran now, {counts['skipped']} already done), {counts['failed']} failed"

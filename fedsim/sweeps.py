@@ -414,8 +414,9 @@ class _SweepLock:
         self.handle.close()
 
 
-def run_sweep(sweep: Sweep, out_dir: str | Path, workers: int = 1, progress: bool = True) -> dict[str, int]:
-    """Run every point not yet done; returns counts {'done', 'ran', 'failed', 'skipped'}."""
+def run_sweep(sweep: Sweep, out_dir: str | Path, workers: int = 1, progress: bool = True, ray_address: str | None = None) -> dict[str, int]:
+    """Run every point not yet done; returns counts {'done', 'ran', 'failed', 'skipped'}. With `ray_address`, the runs
+    are Ray tasks on that cluster (`_run_on_ray`) instead of local processes; resuming works the same way."""
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
@@ -447,8 +448,10 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, workers: int = 1, progress: boo
             else:
                 print(msg, flush=True)
 
-        jobs = [(p, p.scenario.model_dump(mode="json"), str(out_dir / p.name)) for p in todo]
-        if workers <= 1:
+        jobs = [(p, p.scenario.model_dump(mode="json"), str(out_dir.resolve() / p.name)) for p in todo]
+        if ray_address is not None:
+            _run_on_ray(jobs, ray_address, record)
+        elif workers <= 1:
             for point, scenario_json, run_dir in jobs:
                 record(point, _run_point(scenario_json, run_dir))
         else:
@@ -507,6 +510,56 @@ def _run_in_processes(jobs: list, workers: int, record) -> None:
                 process.join(timeout=5.0)
         raise
     pool.shutdown()
+
+
+def _run_point_at(cwd: str, scenario_json: dict, run_dir: str):
+    """A Ray task: one run, from the driver's working directory (scenario paths such as a policy checkpoint are
+    relative to it; the cluster's nodes must see the same filesystem there, as on one machine or an NFS mount)."""
+    os.chdir(cwd)
+    return _run_point(scenario_json, run_dir)
+
+
+def _check_reachable(address: str) -> None:
+    """A host:port nobody listens on is one line at once (ray.init would retry for minutes)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", or a form Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise FedsimError(f"--ray-address {address}: no Ray cluster there ({exc.strerror or exc}); start one with `ray start --head`") from None
+
+
+def _run_on_ray(jobs: list, address: str, record) -> None:
+    """Run `jobs` as tasks on the Ray cluster at `address`, each asking for as many CPUs as its torch threads,
+    calling `record(point, result)` as each ends. On Ctrl-C the tasks are cancelled; if this process is killed,
+    Ray fails the tasks it owned, and the next sweep redoes their unfinished directories."""
+    import ray
+
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray 2.55's FutureWarning on every init; runs use no GPU
+    _check_reachable(address)
+    try:
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False, configure_logging=True)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise FedsimError(f"--ray-address {address}: no Ray cluster there ({str(exc).splitlines()[0][:160]}); start one with `ray start --head`") from None
+    pending: dict = {}
+    try:
+        task = ray.remote(max_retries=0)(_run_point_at)
+        pending = {task.options(num_cpus=s.get("threads") or 1).remote(os.getcwd(), s, d): p for p, s, d in jobs}
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            point = pending.pop(ref)
+            try:
+                result = ray.get(ref)
+            except Exception as exc:  # the task's worker died (out of memory, a lost node)
+                result = (None, 0.0, None, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+            record(point, result)
+    finally:
+        for ref in pending:  # Ctrl-C or an error here: no run goes on writing into the sweep directory
+            ray.cancel(ref, force=True)
+        ray.shutdown()
 
 
 def _write_failed(out_dir: Path, failed: dict) -> None:
