@@ -9,7 +9,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-import torch
 import yaml
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -23,6 +22,7 @@ from fedsim.config import Scenario, scenario_from_dict
 from fedsim.payload import MEMORY_PREFIX
 from fedsim.round.messages import from_array_record, to_array_record
 from fedsim.runtime import get_runtime
+from fedsim.threads import use_threads
 from fedsim.training import local_train
 
 app = ClientApp(mods=[guard_client_errors])  # a raising client replies "Type: message" on every engine
@@ -34,9 +34,7 @@ def _scenario(text: str) -> Scenario:
 
 
 def set_threads(scenario: Scenario) -> None:
-    threads = scenario.threads or torch.get_num_threads()
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    use_threads(scenario.threads)
 
 
 @app.query()

@@ -102,7 +102,7 @@ def varying_fields(root: Path, runs: list[FinishedRun]) -> list[str]:
     manifest = root / "sweep.json"
     if manifest.is_file():
         fields = [f for f in json.loads(manifest.read_text()).get("fields", []) if f != "seed"]
-    ignored = {"seed", "threads", "engine"}
+    ignored = {"seed", "threads", "engine", "ray_address"}
     for key in sorted({k for r in runs for k in r.config}):
         if key in fields or key in ignored:
             continue

@@ -185,6 +185,12 @@ class Scenario(_Section):
         description="'flower': Flower's simulation engine (Ray); 'inline': the same ServerApp and ClientApp called in-process (faster start, identical ledger).",
     )
     threads: int | None = Field(None, ge=1, description="torch threads for training (null = all cores).")
+    ray_address: str | None = Field(
+        None,
+        description="engine: flower only: run Flower's simulation engine on this running Ray cluster (host:port from "
+        "`ray start --head`, or auto) instead of starting one; the ClientApp actor asks for `threads` CPUs (default 1 "
+        "there), and the nodes need fedsim installed and the scenario's paths at the same place. Changes no result.",
+    )
     device: Literal["cpu", "cuda", "auto"] = Field(
         "cpu",
         description="Where clients train and the server evaluates: 'cpu' (default), 'cuda' (one GPU: the frozen backbone "
@@ -239,6 +245,8 @@ class Scenario(_Section):
 
     @model_validator(mode="after")
     def _cross_field_checks(self) -> Scenario:
+        if self.ray_address is not None and self.engine != "flower":
+            raise ValueError(f"ray_address={self.ray_address} needs engine=flower (the inline engine runs in this process); allowed: --set engine=flower")
         if self.clients.per_round > self.clients.num_clients:
             raise ValueError(f"clients.per_round={self.clients.per_round} exceeds clients.num_clients={self.clients.num_clients}; allowed: 1..num_clients")
         rank = getattr(self.policy, "rank", None)

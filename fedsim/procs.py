@@ -112,3 +112,19 @@ def _alive_as(pid: int, started: float) -> bool:
 
 if __name__ == "__main__":  # `python -m fedsim.procs PID`: the watchdog
     reap_descendants_after(int(sys.argv[1]))
+
+
+def check_ray_address(address: str, field: str) -> None:
+    """A Ray cluster address (host:port) nobody listens on is one line at once, naming `field`; ray.init would
+    retry for minutes. Forms Ray resolves itself ("auto") pass through."""
+    import socket
+
+    from fedsim.types import FedsimError
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise FedsimError(f"{field} {address}: no Ray cluster there ({exc.strerror or exc}); start one with `ray start --head`") from None

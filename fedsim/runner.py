@@ -32,12 +32,16 @@ def gpu_wanted(device: str) -> bool:
 def preflight(scenario: Scenario) -> None:
     """Everything a run checks before it claims a directory or builds a model (`fedsim validate` runs it too):
     the backbone exists and fits data.max_length / adapter.max_rank, the data files parse and split, the availability trace
-    covers every round, the policy checkpoint loads."""
+    covers every round, the policy checkpoint loads, a Ray cluster named by ray_address answers."""
     from fedsim.backbone_check import check_backbone_fits, validate_backbone
     from fedsim.data import partition, split_validation
     from fedsim.tasks import build_task
     from policies import build_policy
 
+    if scenario.ray_address is not None:
+        from fedsim.procs import check_ray_address
+
+        check_ray_address(scenario.ray_address, "ray_address")
     validate_backbone(scenario.model.backbone)
     check_backbone_fits(scenario)
     # What building a runtime checks of the data, without a tokenizer or a model: the files parse, the split fits.
@@ -154,6 +158,12 @@ def _run_flower_simulation(scenario: Scenario, out_dir: Path, progress: bool) ->
         "client_resources": {"num_cpus": min(threads, cores), "num_gpus": gpus},
         "init_args": {"logging_level": logging.ERROR, "log_to_driver": False, "include_dashboard": False, "num_cpus": cores, "num_gpus": int(gpus)},
     }
+    if scenario.ray_address is not None:
+        # An existing cluster (checked reachable by `preflight`): its nodes' CPUs are theirs to declare; the actor asks for the scenario's threads.
+        backend_config = {
+            "client_resources": {"num_cpus": scenario.threads or 1, "num_gpus": gpus},
+            "init_args": {"address": scenario.ray_address, "logging_level": logging.ERROR, "log_to_driver": False},
+        }
 
     def interrupted(signum, frame):
         # Before Flower's clean-up runs: its threads would log every actor that Ray loses on the way

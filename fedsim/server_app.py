@@ -196,10 +196,9 @@ def run_server(
     then are dropped ("no-reply") and the round closes with those that came (None = wait for all).
     `simulated`: the grid is a simulation engine's, so clients map to nodes without queries (`simulated_nodes`).
     """
-    import torch
+    from fedsim.threads import use_threads
 
-    if scenario.threads:
-        torch.set_num_threads(scenario.threads)
+    use_threads(scenario.threads)
     run_dir = RunDirectory(out_dir)
     started = time.time()
     strategy = build_strategy(scenario)  # a bad policy checkpoint fails here, before the run directory exists

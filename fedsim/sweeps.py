@@ -55,7 +55,7 @@ from fedsim.ledger import LATER_SECTIONS, atomic_write_text, is_finished
 from fedsim.types import FedsimError
 
 # Fields that choose *how* a run executes, not *what* it computes; left out of the directory hash.
-EXECUTION_FIELDS = ("threads", "engine")
+EXECUTION_FIELDS = ("threads", "engine", "ray_address")
 SWEEP_KEYS = {"base", "grid", "zip", "seeds", "set", "engine"}
 MANIFEST = "sweep.json"
 FAILED = "failed.json"
@@ -519,27 +519,16 @@ def _run_point_at(cwd: str, scenario_json: dict, run_dir: str):
     return _run_point(scenario_json, run_dir)
 
 
-def _check_reachable(address: str) -> None:
-    """A host:port nobody listens on is one line at once (ray.init would retry for minutes)."""
-    import socket
-
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        return  # "auto", or a form Ray resolves itself
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as exc:
-        raise FedsimError(f"--ray-address {address}: no Ray cluster there ({exc.strerror or exc}); start one with `ray start --head`") from None
-
-
 def _run_on_ray(jobs: list, address: str, record) -> None:
     """Run `jobs` as tasks on the Ray cluster at `address`, each asking for as many CPUs as its torch threads,
     calling `record(point, result)` as each ends. On Ctrl-C the tasks are cancelled; if this process is killed,
     Ray fails the tasks it owned, and the next sweep redoes their unfinished directories."""
     import ray
 
+    from fedsim.procs import check_ray_address
+
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray 2.55's FutureWarning on every init; runs use no GPU
-    _check_reachable(address)
+    check_ray_address(address, "--ray-address")
     try:
         ray.init(address=address, logging_level="ERROR", log_to_driver=False, configure_logging=True)
     except (ConnectionError, ValueError, RuntimeError) as exc:

@@ -214,3 +214,17 @@ def test_validate_answers_without_importing_torch():
     code = "import sys; from fedsim.cli import main; rc = main(['validate', 'scenarios/quickstart.yaml']); print(rc, 'torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip().splitlines()[-1] == "0 False", done.stderr
+
+
+def test_a_run_without_threads_uses_the_process_default_whatever_an_earlier_run_set(tmp_path, tiny):
+    """torch's thread count changes float sums: a `threads: 1` run in the same process (a notebook, an in-process
+    sweep) must not leak into the next run's `threads: null`."""
+    from fedsim.config import load_scenario
+    from tests.test_golden import TINY
+
+    scenario = load_scenario("scenarios/quickstart.yaml", [*TINY, "engine=inline"])  # the cohort engine: threads matter
+    run_scenario(scenario, tmp_path / "a", progress=False)
+    run_scenario(scenario.model_copy(update={"threads": 1}), tmp_path / "one", progress=False)
+    run_scenario(scenario, tmp_path / "b", progress=False)
+    for name in ("rounds.csv", "clients.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name

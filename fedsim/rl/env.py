@@ -56,14 +56,12 @@ class FederatedRoundEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        import torch
-
         from fedsim.client_app import app as client_app
         from fedsim.inline_grid import InlineGrid
         from fedsim.server_app import build_strategy, simulated_nodes
+        from fedsim.threads import use_threads
 
-        if self.scenario.threads:
-            torch.set_num_threads(self.scenario.threads)
+        use_threads(self.scenario.threads)
         episode_seed = self.scenario.seed + (int(seed) if seed is not None else self.episodes)
         self.episodes += 1
         scenario = self.scenario.model_copy(update={"seed": episode_seed})

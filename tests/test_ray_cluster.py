@@ -1,6 +1,7 @@
-"""`fedsim sweep --ray-address`: the runs as tasks on a Ray cluster of two nodes on loopback (Ray's own
-`cluster_utils.Cluster`: a head and a second raylet, as `ray start --head` and `ray start --address` make), giving
-the local sweep's ledgers byte for byte, and resuming after the driver is SIGKILLed mid-sweep."""
+"""An existing Ray cluster of two nodes on loopback (Ray's own `cluster_utils.Cluster`: a head and a second raylet,
+as `ray start --head` and `ray start --address` make): `fedsim sweep --ray-address` runs its points there as tasks,
+giving the local sweep's ledgers byte for byte and resuming after the driver is SIGKILLed mid-sweep, and a scenario's
+`ray_address` puts Flower's simulation engine on it, giving the inline engine's ledgers."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from fedsim.runner import run_scenario
 from fedsim.sweeps import load_sweep, run_sweep
+from tests.conftest import tiny_scenario
+from tests.test_golden import ledger_text
 
 SWEEP = """base: {base}
 set:
@@ -81,3 +85,25 @@ def test_a_sweep_names_a_missing_ray_cluster_in_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().startswith("fedsim sweep: error: --ray-address 127.0.0.1:1: no Ray cluster there"), done.stderr[-800:]
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.ray
+@pytest.mark.flower
+def test_flowers_simulation_engine_on_an_existing_ray_cluster_gives_the_inline_ledger(cluster, tmp_path):
+    scenario = tiny_scenario(engine="flower", ray_address=cluster, threads=1)
+    summary = run_scenario(scenario, tmp_path / "cluster", progress=False)
+    run_scenario(scenario.model_copy(update={"engine": "inline", "ray_address": None}), tmp_path / "inline", progress=False)
+    # Every modelled number is equal; only wire_bytes_* differ, as the scenario each message carries names the cluster.
+    for name in ("rounds.csv", "clients.csv"):
+        assert ledger_text(tmp_path / "cluster" / name) == ledger_text(tmp_path / "inline" / name), name
+    assert summary["rounds"] == scenario.rounds
+
+
+def test_a_ray_address_needs_the_flower_engine_and_a_cluster_that_answers(tmp_path):
+    from fedsim.types import FedsimError
+
+    with pytest.raises(FedsimError, match="ray_address=127.0.0.1:1 needs engine=flower"):
+        tiny_scenario(ray_address="127.0.0.1:1")
+    with pytest.raises(FedsimError, match="ray_address 127.0.0.1:1: no Ray cluster there"):
+        run_scenario(tiny_scenario(engine="flower", ray_address="127.0.0.1:1"), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
