@@ -92,3 +92,66 @@ def test_scaffold_and_fedadam_run_on_cuda(opt_dir, tmp_path):
     for name, extra in {"scaffold": {"aggregation": {"method": "fedavg-factors"}}, "fedadam": {}}.items():
         summary = run_scenario(scenario(opt_dir, "cuda", engine="cohort", algorithm={"name": name}, **extra), tmp_path / name, progress=False)
         assert np.isfinite(summary["final_loss"])
+
+
+@pytest.fixture(scope="module")
+def opt_lm_dir(tmp_path_factory):
+    """The same tiny OPT with its LM head, and the word-level tokenizer with an end token: the causal-LM task's needs."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import AutoModelForCausalLM, OPTConfig, PreTrainedTokenizerFast
+
+    with open(DATA / "train.csv", newline="") as fh:
+        texts = [row["text"] for row in csv.DictReader(fh)] + ["query intent"]
+    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "[EOS]"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]")
+    config = OPTConfig(
+        vocab_size=fast.vocab_size,
+        pad_token_id=0,
+        eos_token_id=2,
+        bos_token_id=2,
+        hidden_size=64,
+        ffn_dim=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        word_embed_proj_dim=64,
+    )
+    path = tmp_path_factory.mktemp("opt-lm")
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    fast.save_pretrained(path)
+    return str(path)
+
+
+def lm_scenario(path, device, engine="per-client", precision="fp32"):
+    return tiny_scenario(
+        model={"backbone": path},
+        device=device,
+        task={"name": "causal-lm", "max_new_tokens": 6},
+        data={**TINY["data"], "labels": ["card_arrival", "exchange_rate"], "eval_samples": 24},
+        train={**TINY["train"], "engine": engine, "precision": precision},
+    )
+
+
+def test_a_causal_lm_on_cuda_matches_the_cpu_in_fp32_and_its_two_engines_agree_in_bf16(opt_lm_dir, tmp_path):
+    import pandas as pd
+
+    from fedsim.runner import run_scenario
+
+    ledgers = {}
+    for name, scenario_ in {
+        "cpu": lm_scenario(opt_lm_dir, "cpu"),
+        "cuda": lm_scenario(opt_lm_dir, "cuda"),
+        "cuda-bf16": lm_scenario(opt_lm_dir, "cuda", precision="bf16"),
+        "cuda-bf16-cohort": lm_scenario(opt_lm_dir, "cuda", engine="cohort", precision="bf16"),
+    }.items():
+        summary = run_scenario(scenario_, tmp_path / name, progress=False)
+        assert summary["metric"] == "exact_match" and np.isfinite(summary["final_loss"])
+        ledgers[name] = pd.read_csv(tmp_path / name / "clients.csv")
+    assert (ledgers["cpu"]["bytes_up"] == ledgers["cuda"]["bytes_up"]).all()
+    np.testing.assert_allclose(ledgers["cuda"]["train_loss"], ledgers["cpu"]["train_loss"], rtol=1e-3)
+    # bf16: the engines' batches are padded and summed differently, so losses agree to bf16's ~3 digits, not bitwise.
+    assert (ledgers["cuda-bf16"]["bytes_up"] == ledgers["cuda-bf16-cohort"]["bytes_up"]).all()
+    np.testing.assert_allclose(ledgers["cuda-bf16-cohort"]["train_loss"], ledgers["cuda-bf16"]["train_loss"], rtol=2e-2)
