@@ -124,6 +124,13 @@ def _sort_key(value):
     return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
 
 
+def metric_name(runs) -> str:
+    """What the runs' `accuracy` columns hold, from summary.json's `metric` (fedsim.tasks): 'accuracy' for
+    classification and for runs from before the field, 'exact match' for causal-LM, ..."""
+    names = {str(getattr(r, "summary", {}).get("metric", "accuracy")) for r in runs}
+    return names.pop().replace("_", " ") if len(names) == 1 else "task metric"
+
+
 def _load(root: Path):
     columns, rows, runs, fields = results_table(root)
     if not runs:
@@ -171,7 +178,7 @@ def _choose_roles(axes: list[list[str]], hue: str | None, facet: str | None) -> 
         hue_axis = next((axis for axis in axes if axis != facet_axis), None)
     if facet_axis is None:
         facet_axis = next((axis for axis in axes if axis != hue_axis), None)
-    if facet_axis == hue_axis:
+    if facet_axis is not None and facet_axis == hue_axis:  # no varying field at all (seeds only): one curve, no facets
         raise FedsimError(f"--hue {hue!r} and --facet {facet!r} vary together (one zip axis); choose fields of different axes")
     hue_fields = list(hue_axis or []) + [f for axis in axes if axis not in (hue_axis, facet_axis) for f in axis]
     return hue_fields, list(facet_axis or [])
@@ -201,12 +208,14 @@ def _curves(rows: list[dict], x_col: str, y_col: str, hue_fields: list[str], fac
     return curves
 
 
-def plot_curves(root: Path, out_dir: Path, x: str, y: str, hue: str | None, facet: str | None, rows=None, fields=None) -> list[Path]:
+def plot_curves(root: Path, out_dir: Path, x: str, y: str, hue: str | None, facet: str | None, rows=None, fields=None, metric: str = "accuracy") -> list[Path]:
     plt = _style()
     if rows is None:
-        _, rows, _, fields = _load(root)
+        _, rows, runs, fields = _load(root)
+        metric = metric_name(runs)
     x_col, scale, x_label, x_title = X_AXES[x]
     y_col, y_label = Y_AXES[y]
+    y_label = f"test {metric}" if y == "accuracy" else y_label
     hue_fields, facet_fields = _choose_roles(sweep_axes(root, fields), hue, facet)
     curves = _curves(rows, x_col, y_col, hue_fields, facet_fields)
     facets = sorted(curves, key=lambda k: tuple(_sort_key(v) for v in k))
@@ -257,7 +266,7 @@ def plot_curves(root: Path, out_dir: Path, x: str, y: str, hue: str | None, face
                 handles.append(handle)
                 labels.append(label)
     seed_text = band_name(min(seeds)) if seeds else "no data"
-    fig.suptitle(f"{Y_AXES[y][1].capitalize()} vs {x_title}  ·  {root.name}  ({seed_text})", fontweight="bold", y=1.0)
+    fig.suptitle(f"{y_label.capitalize()} vs {x_title}  ·  {root.name}  ({seed_text})", fontweight="bold", y=1.0)
     if len(labels) > 1 or hue_fields:
         fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), title=_legend_title(hue_fields, hue_keys))
     fig.tight_layout()
@@ -322,7 +331,9 @@ def accuracy_at_budget(rows: list[dict], budget_bytes: float, group_fields: list
     return groups
 
 
-def plot_budget_bars(root: Path, out_dir: Path, rows: list[dict], fields: list[str], budget_mb: float | None) -> tuple[list[Path], float]:
+def plot_budget_bars(
+    root: Path, out_dir: Path, rows: list[dict], fields: list[str], budget_mb: float | None, metric: str = "accuracy"
+) -> tuple[list[Path], float]:
     plt = _style()
     finals: dict[str, float] = {}
     for row in rows:
@@ -353,10 +364,12 @@ def plot_budget_bars(root: Path, out_dir: Path, rows: list[dict], fields: list[s
 
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     n_min = min(len(v) for v in groups.values())
-    ax.set_ylabel("test accuracy (seed mean ± 95% t-CI)" if n_min >= 2 else "test accuracy (single seed)")
+    ax.set_ylabel(f"test {metric} (seed mean ± 95% t-CI)" if n_min >= 2 else f"test {metric} (single seed)")
     ax.set_ylim(0, max(float(np.max(edges[:, 1])), max(means)) * 1.15 or 1)  # room for the labels above the bars
     ax.grid(axis="x", visible=False)
-    ax.set_title(f"Accuracy within an upload budget of {budget / 1e6:.2f} MB\n{root.name} ({band_name(min(len(v) for v in groups.values()))})", fontsize=10)
+    ax.set_title(
+        f"{metric.capitalize()} within an upload budget of {budget / 1e6:.2f} MB\n{root.name} ({band_name(min(len(v) for v in groups.values()))})", fontsize=10
+    )
     fig.tight_layout()
     paths = _save(fig, out_dir, "accuracy_at_budget")
     plt.close(fig)
@@ -379,7 +392,8 @@ def make_plots(
         raise FedsimError(f"{root}: no such directory")
     out_dir = Path(out_dir) if out_dir else root / "plots"
     _, rows, runs, fields = _load(root)
-    paths = plot_curves(root, out_dir, x, y, hue, facet, rows=rows, fields=fields)
+    metric = metric_name(runs)
+    paths = plot_curves(root, out_dir, x, y, hue, facet, rows=rows, fields=fields, metric=metric)
     if run is not None:
         chosen = [r for r in runs if r.name == run or str(r.path) == run]
         if not chosen:
@@ -387,5 +401,5 @@ def make_plots(
     else:
         chosen = runs
     paths += plot_rank_heatmap(chosen[0], out_dir)
-    bar_paths, _ = plot_budget_bars(root, out_dir, rows, fields, budget_mb)
+    bar_paths, _ = plot_budget_bars(root, out_dir, rows, fields, budget_mb, metric)
     return paths + bar_paths

@@ -150,6 +150,12 @@ def test_exact_match_counts_real_greedy_answers(decoders, tmp_path):
     loss, exact = evaluate(runtime, untrained, runtime.eval_subset)
     assert exact == 0.0 and loss > 5.0
     assert summary["final_accuracy"] == 1.0 and summary["final_loss"] < loss
+    # Plots name the task's metric on their axes.
+    from fedsim.collect import find_finished_runs
+    from fedsim.plots import make_plots, metric_name
+
+    assert metric_name(find_finished_runs(tmp_path)) == "exact match"
+    assert any(p.name.startswith("accuracy_at_budget") for p in make_plots(tmp_path))
 
 
 @pytest.fixture(scope="module")
