@@ -156,7 +156,16 @@ def _run_flower_simulation(scenario: Scenario, out_dir: Path, progress: bool) ->
         # anyway (or one cohort call per round), the base model then sits in GPU memory once, and the same
         # thread count as the inline engine keeps the ledgers identical.
         "client_resources": {"num_cpus": min(threads, cores), "num_gpus": gpus},
-        "init_args": {"logging_level": logging.ERROR, "log_to_driver": False, "include_dashboard": False, "num_cpus": cores, "num_gpus": int(gpus)},
+        # address "local": a Ray of our own even when a cluster runs on this machine (`ray start`), which a bare
+        # ray.init() would join, and then refuse our num_cpus.
+        "init_args": {
+            "address": "local",
+            "logging_level": logging.ERROR,
+            "log_to_driver": False,
+            "include_dashboard": False,
+            "num_cpus": cores,
+            "num_gpus": int(gpus),
+        },
     }
     if scenario.ray_address is not None:
         # An existing cluster (checked reachable by `preflight`): its nodes' CPUs are theirs to declare; the actor asks for the scenario's threads.

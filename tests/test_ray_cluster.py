@@ -89,13 +89,16 @@ def test_a_sweep_names_a_missing_ray_cluster_in_one_line(tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.flower
-def test_flowers_simulation_engine_on_an_existing_ray_cluster_gives_the_inline_ledger(cluster, tmp_path):
+def test_flowers_simulation_engine_on_an_existing_ray_cluster_or_beside_it_gives_the_inline_ledger(cluster, tmp_path):
     scenario = tiny_scenario(engine="flower", ray_address=cluster, threads=1)
+    # Without ray_address, a cluster running on the machine is not joined: the run starts a Ray of its own.
+    run_scenario(scenario.model_copy(update={"ray_address": None}), tmp_path / "own", progress=False)
     summary = run_scenario(scenario, tmp_path / "cluster", progress=False)
     run_scenario(scenario.model_copy(update={"engine": "inline", "ray_address": None}), tmp_path / "inline", progress=False)
     # Every modelled number is equal; only wire_bytes_* differ, as the scenario each message carries names the cluster.
-    for name in ("rounds.csv", "clients.csv"):
-        assert ledger_text(tmp_path / "cluster" / name) == ledger_text(tmp_path / "inline" / name), name
+    for run in ("own", "cluster"):
+        for name in ("rounds.csv", "clients.csv"):
+            assert ledger_text(tmp_path / run / name) == ledger_text(tmp_path / "inline" / name), (run, name)
     assert summary["rounds"] == scenario.rounds
 
 
