@@ -1,0 +1,79 @@
+"""The episode reward split into its two parts, paired over seeds against a reference policy.
+
+A learning policy's round reward (`policies.common.round_reward`, objective `loss`) is the round's objective,
+-validation loss, plus the mean of the clients' own terms (calibrated utility of the delivered rank minus
+airtime cost, or the deadline penalty). rounds.csv records the reward and the validation loss, so over an
+episode
+
+    objective part = -sum(val_loss),    clients' part = sum(reward) - objective part.
+
+For every SNR level (`--split`) and policy this prints the paired difference *policy - reference* of each
+part over seeds, with its 95% Student t interval (`fedsim.stats.paired_difference`): which part a policy wins
+or loses on. Runs whose reward used another objective (`policy.reward.objective: accuracy`) are refused.
+
+    .venv/bin/python benchmarks/reward_parts.py runs/policy_compare --reference ppo
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from fedsim.collect import FinishedRun, by_seed, find_finished_runs, policy_label
+from fedsim.stats import format_interval, paired_difference
+from fedsim.types import FedsimError
+
+
+def parts(run: FinishedRun) -> tuple[float, float]:
+    """(objective part, clients' part) of the run's episode reward."""
+    objective = run.config.get("policy.reward.objective", "loss")
+    if objective != "loss":
+        raise FedsimError(f"{run.path}: policy.reward.objective={objective}; this split needs the loss objective")
+    rows = [r for r in run.rounds if isinstance(r.get("reward"), (int, float)) and math.isfinite(r["reward"])]
+    if not rows:
+        raise FedsimError(f"{run.path}: rounds.csv has no reward (run with data.validation_samples > 0)")
+    objective_part = -sum(float(r["val_loss"]) for r in rows)
+    return objective_part, sum(float(r["reward"]) for r in rows) - objective_part
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dir", type=Path, help="a finished sweep directory")
+    parser.add_argument("--reference", required=True, help="the policy label every other is compared with (e.g. ppo, channel-greedy, fixed-8)")
+    parser.add_argument("--split", default="channel.snr_db", help="one table per value of this field (default channel.snr_db)")
+    args = parser.parse_args(argv)
+    groups: dict = defaultdict(lambda: defaultdict(list))
+    for run in find_finished_runs(args.dir):
+        groups[run.config.get(args.split)][policy_label(run.config)].append(run)
+    if not groups:
+        raise FedsimError(f"{args.dir}: no finished runs")
+    for level in sorted(groups, key=lambda v: (str(type(v)), v)):
+        policies = groups[level]
+        if args.reference not in policies:
+            raise FedsimError(f"--reference {args.reference!r}: not among {', '.join(policies)} ({args.split}={level})")
+        reference = {seed: parts(run) for seed, run in by_seed(policies[args.reference], args.reference).items()}
+        print(f"\n### {args.split} = {level}: policy - {args.reference}, paired over seeds [95% t-CI]\n")
+        print("| policy | seeds | Δ objective part (-Σ val_loss) | Δ clients' part | Δ reward |")
+        print("| --- | --- | --- | --- | --- |")
+        for label in sorted(policies):
+            if label == args.reference:
+                continue
+            mine = {seed: parts(run) for seed, run in by_seed(policies[label], label).items()}
+            cells = []
+            for pick in (lambda p: p[0], lambda p: p[1], lambda p: p[0] + p[1]):
+                d = paired_difference({s: pick(v) for s, v in mine.items()}, {s: pick(v) for s, v in reference.items()})
+                cells.append(f"{d.mean:+.3f} {format_interval(d.low, d.high, signed=True)}{'' if d.verdict != 'significant' else ' *'}")
+            print(f"| {label} | {','.join(str(s) for s in sorted(set(mine) & set(reference)))} | " + " | ".join(cells) + " |")
+    print("\n* significant: the interval excludes 0.")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except FedsimError as exc:
+        print(f"reward_parts: error: {exc}", file=sys.stderr)
+        sys.exit(2)
