@@ -124,11 +124,23 @@ class RankedLora:
     frozen_prefix_layers = 0
     head = None
 
-    def _wrap(self, base: nn.Module, config, targets: list[str], max_rank: int) -> None:
-        from peft import get_peft_model
+    def _wrap(self, base: nn.Module, family, target_modules, max_rank: int, alpha: float, layers, **extra) -> None:
+        """PEFT LoRA on `base` at `max_rank` in `target_modules` (the family's defaults when None); `extra`: the
+        subclass's own LoraConfig fields (modules_to_save, task_type)."""
+        from peft import LoraConfig, get_peft_model
         from peft.tuners.lora import LoraLayer
 
         logging.getLogger("peft").setLevel(logging.ERROR)
+        targets = list(target_modules or family.default_targets)
+        config = LoraConfig(
+            r=max_rank,
+            lora_alpha=alpha,
+            lora_dropout=0.0,
+            target_modules=targets,
+            fan_in_fan_out=family.fan_in_fan_out,
+            layers_to_transform=list(layers) if layers is not None else None,
+            **extra,
+        )
         try:
             self.model = get_peft_model(base, config)
         except ValueError as exc:
@@ -199,21 +211,9 @@ class LoraClassifier(RankedLora):
         layers: list[int] | None = None,
         dtype: torch.dtype | None = None,
     ):
-        from peft import LoraConfig
-
         base = build_classifier(backbone, num_labels, dtype)
         base.head.float()  # the head and the LoRA factors (PEFT keeps them float32) train in float32 under autocast
-        target_modules = target_modules or base.family.default_targets
-        config = LoraConfig(
-            r=max_rank,
-            lora_alpha=alpha,
-            lora_dropout=0.0,
-            target_modules=list(target_modules),
-            modules_to_save=["head"],
-            fan_in_fan_out=base.family.fan_in_fan_out,
-            layers_to_transform=list(layers) if layers is not None else None,
-        )
-        self._wrap(base, config, list(target_modules), max_rank)
+        self._wrap(base, base.family, target_modules, max_rank, alpha, layers, modules_to_save=["head"])
         self.head = self.model.base_model.model.head.modules_to_save["default"]
         self.classifier: SentenceClassifier = self.model.base_model.model
         self.frozen_prefix_layers = self._frozen_prefix_layers()
@@ -260,23 +260,10 @@ class LoraCausalLM(RankedLora):
     adapter is a standard PEFT `CAUSAL_LM` adapter for `AutoModelForCausalLM.from_pretrained(backbone)`."""
 
     def __init__(self, backbone: str, target_modules: list[str] | None, max_rank: int, alpha: float, layers: list[int] | None = None, dtype=None):
-        from peft import LoraConfig
-
         from fedsim.backbones import family
 
         base = load_causal_lm(backbone, dtype)
-        kind = family(base.config)
-        target_modules = target_modules or kind.default_targets
-        config = LoraConfig(
-            r=max_rank,
-            lora_alpha=alpha,
-            lora_dropout=0.0,
-            target_modules=list(target_modules),
-            fan_in_fan_out=kind.fan_in_fan_out,
-            layers_to_transform=list(layers) if layers is not None else None,
-            task_type="CAUSAL_LM",
-        )
-        self._wrap(base, config, list(target_modules), max_rank)
+        self._wrap(base, family(base.config), target_modules, max_rank, alpha, layers, task_type="CAUSAL_LM")
 
     def logits(self, input_ids=None, attention_mask=None, **_) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits

@@ -127,7 +127,7 @@ def _sort_key(value):
 def metric_name(runs) -> str:
     """What the runs' `accuracy` columns hold, from summary.json's `metric` (fedsim.tasks): 'accuracy' for
     classification and for runs from before the field, 'exact match' for causal-LM, ..."""
-    names = {str(getattr(r, "summary", {}).get("metric", "accuracy")) for r in runs}
+    names = {str(r.summary.get("metric", "accuracy")) for r in runs}
     return names.pop().replace("_", " ") if len(names) == 1 else "task metric"
 
 

@@ -33,3 +33,30 @@ def tiny_scenario(**overrides):
 @pytest.fixture
 def tiny():
     return tiny_scenario
+
+
+def save_tiny_decoders(root, auto_class) -> dict[str, str]:
+    """Tiny random OPT, GPT-2 and Llama (2 layers, width 32) with MiniLM's tokenizer, saved by `auto_class`
+    (transformers' AutoModel, or AutoModelForCausalLM to keep the LM head) under `root`: {family: directory}."""
+    import torch
+    from transformers import GPT2Config, LlamaConfig, OPTConfig
+
+    from fedsim.hub import load_tokenizer
+
+    tokenizer = load_tokenizer("minilm")
+    ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
+    common = dict(vocab_size=tokenizer.vocab_size, **ids)
+    configs = {
+        "opt": OPTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, ffn_dim=64, max_position_embeddings=128, word_embed_proj_dim=32, **common),
+        "gpt2": GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=128, **common),
+        "llama": LlamaConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128, **common
+        ),
+    }
+    paths = {}
+    for name, config in configs.items():
+        torch.manual_seed(0)
+        auto_class.from_config(config).save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+        paths[name] = str(root / name)
+    return paths

@@ -13,7 +13,7 @@ import torch
 
 from fedsim.runner import run_scenario
 from fedsim.runtime import get_runtime
-from tests.conftest import TINY, tiny_scenario
+from tests.conftest import TINY, save_tiny_decoders, tiny_scenario
 
 FAMILIES = ("opt", "gpt2", "llama")
 TWO_INTENTS = ["card_arrival", "exchange_rate"]
@@ -21,28 +21,9 @@ TWO_INTENTS = ["card_arrival", "exchange_rate"]
 
 @pytest.fixture(scope="module")
 def decoders(tmp_path_factory):
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, OPTConfig
+    from transformers import AutoModelForCausalLM
 
-    from fedsim.hub import load_tokenizer
-
-    tokenizer = load_tokenizer("minilm")
-    ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
-    common = dict(vocab_size=tokenizer.vocab_size, **ids)
-    configs = {
-        "opt": OPTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, ffn_dim=64, max_position_embeddings=128, word_embed_proj_dim=32, **common),
-        "gpt2": GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=128, **common),
-        "llama": LlamaConfig(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128, **common
-        ),
-    }
-    root = tmp_path_factory.mktemp("causal")
-    paths = {}
-    for name, config in configs.items():
-        torch.manual_seed(0)
-        AutoModelForCausalLM.from_config(config).save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
-        paths[name] = str(root / name)
-    return paths
+    return save_tiny_decoders(tmp_path_factory.mktemp("causal"), AutoModelForCausalLM)
 
 
 def lm_scenario(path, **overrides):

@@ -92,8 +92,9 @@ class CausalLM(Task):
         piece = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"] if text else []  # noqa: E731
         head, tail = ([start] if start is not None else []) + piece(before), piece(after)
         answers = [piece(self.config.answer.format(label=name.replace("_", " "))) + [self.eos] for name in self.label_names]
+        texts = tokenizer(list(dataset.texts), add_special_tokens=False)["input_ids"] if dataset.texts else []
         rows, prompt_lengths = [], []
-        for text, label in zip(dataset.texts, dataset.labels):
+        for text, label in zip(texts, dataset.labels):
             answer = answers[label]
             room = max_length - len(head) - len(tail) - len(answer)
             if room < 1:
@@ -101,7 +102,7 @@ class CausalLM(Task):
                     f"data.max_length={max_length} leaves no room for the text: the prompt's template and the answer "
                     f"{self.label_names[label]!r} take {max_length - room} tokens; allowed: a larger data.max_length"
                 )
-            prompt = head + piece(text)[:room] + tail
+            prompt = head + text[:room] + tail
             rows.append(prompt + answer)
             prompt_lengths.append(len(prompt))
         return TokenizedPairs(rows, prompt_lengths, dataset.labels, self.pad)
