@@ -1,12 +1,14 @@
 """Flower's deployment engine on loopback: a real SuperLink and SuperNodes, `flwr run`, the same ledger as in-process.
 
-Select these alone with `pytest -m deploy`. They start real processes (each message runs
-in a fresh `flwr-clientapp` process), so they use a small CSV corpus and 3 clients.
+Select these alone with `pytest -m deploy`. They start real processes (by default a warm
+`fedsim-superexec` beside each SuperNode; `warm=False` is Flower's fresh `flwr-clientapp`
+per message), so they use a small CSV corpus and 3 clients.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from fedsim.deploy import LocalFederation, deploy_local
 from fedsim.runner import run_scenario
 
 BANKING77 = Path(__file__).resolve().parents[1] / "fedsim" / "data" / "banking77"
-FLOWER_PROCESSES = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-serverapp", "flwr-clientapp", "flwr run")
+FLOWER_PROCESSES = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-serverapp", "flwr-clientapp", "flwr run", "fedsim.warm_node")
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +67,11 @@ def read_csv(path: Path) -> list[dict]:
 
 
 @pytest.mark.deploy
-def test_loopback_deployment_writes_the_same_ledger_as_the_inline_engine(tmp_path, tiny, small_corpus):
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
+def test_loopback_deployment_writes_the_same_ledger_as_the_inline_engine(tmp_path, tiny, small_corpus, warm):
     scenario = deploy_scenario(tiny, small_corpus)
     workdir = tmp_path / "flower"
-    summary = deploy_local(scenario, tmp_path / "deployed", num_nodes=3, round_timeout_s=None, workdir=workdir, log=lambda line: None)
+    summary = deploy_local(scenario, tmp_path / "deployed", num_nodes=3, round_timeout_s=None, workdir=workdir, log=lambda line: None, warm=warm)
     run_scenario(scenario, tmp_path / "inline", progress=False)
 
     for name in ("rounds.csv", "clients.csv"):
@@ -79,6 +82,11 @@ def test_loopback_deployment_writes_the_same_ledger_as_the_inline_engine(tmp_pat
     assert all(int(r["wire_bytes_up"]) > int(r["bytes_up"]) for r in clients), "Flower's serialized upload is larger than the modelled bits"
     assert summary["rounds"] == 2 and (tmp_path / "deployed" / "adapter" / "adapter_model.safetensors").is_file()
     assert flower_pids_under(workdir) == []
+    if warm:  # every message a node received (its partition query, then one train message a round) ran in one process
+        for i in range(3):
+            tasks = re.findall(r"\[fedsim-superexec\] pid (\d+) ran task (\d+) \((\w+)\)", (workdir / f"superexec-{i}.log").read_text())
+            assert [(int(n), status) for _, n, status in tasks] == [(1, "completed"), (2, "completed"), (3, "completed")], f"node {i}: {tasks}"
+            assert len({pid for pid, _, _ in tasks}) == 1
 
 
 @pytest.mark.deploy
@@ -123,3 +131,22 @@ def test_deploy_local_rejects_a_node_count_that_differs_from_the_clients(tmp_pat
 
     with pytest.raises(FedsimError, match="--nodes 2"):
         deploy_local(tiny(), tmp_path / "run", num_nodes=2)
+
+
+def test_idle_polling_scales_with_the_federation_and_never_exceeds_flowers():
+    from fedsim.deploy import FLOWER_SUPERNODE_POLL_S, POLLS_PER_S, default_poll_interval
+
+    assert default_poll_interval(1) == default_poll_interval(3) == 0.1
+    assert default_poll_interval(33) == pytest.approx(33 / POLLS_PER_S, abs=1e-3)
+    assert default_poll_interval(10_000) == FLOWER_SUPERNODE_POLL_S
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "61"])
+def test_deploy_local_rejects_a_poll_interval_out_of_range_in_one_line(tmp_path, capsys, value):
+    from fedsim.cli import main
+
+    out = tmp_path / "run"
+    code = main(["deploy-local", "scenarios/quickstart.yaml", "--nodes", "20", "--poll-interval", value, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and f"--poll-interval {float(value)}" in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
