@@ -39,6 +39,7 @@ import os
 import sys
 import time
 from logging import ERROR, INFO
+from pathlib import Path
 
 from flwr.app import Message
 from flwr.app.error import Error
@@ -179,7 +180,10 @@ def superexec_main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.insecure and not args.root_certificates:
         parser.error("pass --insecure (loopback) or --root-certificates PEM")
-    certificates = open(args.root_certificates, "rb").read() if args.root_certificates else None  # noqa: SIM115
+    try:
+        certificates = Path(args.root_certificates).read_bytes() if args.root_certificates else None
+    except OSError as exc:
+        parser.error(f"--root-certificates {args.root_certificates}: {exc.strerror}")
     executor = WarmClientAppExecutor(certificates)
     superexec_loop = importlib.import_module("flwr.supercore.superexec.run_superexec")  # the module, not its function
     superexec_loop.get_executor = lambda *_args, **_kwargs: executor
@@ -219,6 +223,8 @@ def supernode_main(argv: list[str] | None = None) -> None:
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if not 0.01 <= args.poll_interval <= 60:
         parser.error(f"--poll-interval {args.poll_interval}: must be between 0.01 and 60 seconds")
+    if {"-h", "--help"} & set(rest):
+        print("fedsim-supernode: flower-supernode with --poll-interval S (default 0.5 s; Flower's is 3 s) capping its idle sleeps.\n")
     node_loop = importlib.import_module("flwr.supernode.start_client_internal")
     node_loop.time = _CappedSleep(args.poll_interval)
     shorten_object_pulls("flwr.supernode.start_client_internal")
