@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from fedsim.ledger import LATER_SECTIONS, SUMMARY, atomic_write_text
+from fedsim.ledger import SUMMARY, atomic_write_text, later_defaults
 from fedsim.stats import to_target
 from fedsim.types import FedsimError
 
@@ -90,7 +90,7 @@ def find_finished_runs(root: str | Path) -> list[FinishedRun]:
         if not (run_dir / "rounds.csv").is_file() or not (run_dir / "config.yaml").is_file():
             continue
         config = flatten(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
-        config = {**flatten(LATER_SECTIONS), **config}  # a run from before a section existed ran at its default
+        config = {**later_defaults(config), **config}  # a run from before a field existed ran at its default
         summary = json.loads(summary_path.read_text())
         runs.append(FinishedRun(run_dir, config, summary, read_csv_rows(run_dir / "rounds.csv")))
     return runs

@@ -63,10 +63,37 @@ CLIENT_COLUMNS = [
 ]
 
 SUMMARY = "summary.json"
-# Scenario sections added after run directories existed, at their default: a run directory whose config.yaml
-# lacks one ran at that default (fedsim.collect reads it so), and a sweep leaves a section at its default out of
-# the run-directory hash (fedsim.sweeps.config_digest), so existing sweeps resume rather than rerun.
-LATER_SECTIONS = {"task": {"name": "classification"}}
+# Scenario fields (dotted paths) added after run directories existed, at their default: a run directory whose
+# config.yaml lacks one ran at that default (fedsim.collect reads it so, where its parent section exists), and a
+# sweep leaves a field at its default out of the run-directory hash (fedsim.sweeps.config_digest), so existing
+# sweeps resume rather than rerun.
+LATER_FIELDS = {"task": {"name": "classification"}, "policy.reward.utility_weight": "update"}
+
+
+def drop_later_defaults(data: dict) -> None:
+    """Remove from a scenario dump every LATER_FIELDS field that is at its default."""
+    for path, default in LATER_FIELDS.items():
+        *parents, key = path.split(".")
+        section = data
+        for part in parents:
+            section = section.get(part) if isinstance(section, dict) else None
+        if isinstance(section, dict) and section.get(key) == default:
+            section.pop(key)
+
+
+def later_defaults(flat_config: dict) -> dict:
+    """The LATER_FIELDS defaults, flattened, that apply to a run with this flattened config (a field whose parent
+    section the run lacks, such as a fixed policy's reward, is not added)."""
+    filled = {}
+    for path, default in LATER_FIELDS.items():
+        parent = path.rpartition(".")[0]
+        if parent and not any(k.startswith(parent + ".") for k in flat_config):
+            continue
+        flat = {f"{path}.{k}": v for k, v in default.items()} if isinstance(default, dict) else {path: default}
+        filled.update(flat)
+    return filled
+
+
 ALGORITHM_STATE = "algorithm_state.safetensors"  # the server state of fedadam, scaffold, ... at the end of the run
 LOCK = ".fedsim.lock"  # held (flock) by the run writing the directory; gone when it ends
 

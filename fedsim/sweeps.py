@@ -51,7 +51,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from fedsim.config import Scenario, read_yaml_mapping, scenario_from_dict
-from fedsim.ledger import LATER_SECTIONS, atomic_write_text, is_finished
+from fedsim.ledger import atomic_write_text, drop_later_defaults, is_finished
 from fedsim.types import FedsimError
 
 # Fields that choose *how* a run executes, not *what* it computes; left out of the directory hash.
@@ -161,9 +161,7 @@ def config_digest(scenario: Scenario) -> str:
     data = scenario.model_dump(mode="json")
     for key in EXECUTION_FIELDS:
         data.pop(key, None)
-    for key, default in LATER_SECTIONS.items():  # so that an existing sweep's run directories keep their names
-        if data.get(key) == default:
-            data.pop(key)
+    drop_later_defaults(data)  # so that an existing sweep's run directories keep their names
     checkpoint = (data.get("policy") or {}).get("checkpoint")
     if checkpoint:
         data["policy"]["checkpoint_sha256"] = checkpoint_digest(checkpoint)

@@ -42,6 +42,13 @@ and g the normalised accuracy gain of a rank, interpolated linearly in `utility_
 (g(0) = 0, g(1) = 1). The default curve is the measured accuracy of fixed ranks 0, 1, 2, 4, 8 on
 the quickstart, 10 rounds, 3 seeds (scenarios/rank_sweep.yaml; benchmarks/README.md, "Does rank matter?"):
 g(r) = (acc(r) - acc(0)) / (acc(8) - acc(0)), paired over seeds: 0.81, 0.86, 0.93 at ranks 1, 2, 4 of 8.
+With `utility_weight: aggregate-share` the utility of a delivered update is scaled by n / n_delivered (n the
+round's clients): FedAvg averages the n_delivered updates that got through, so each weighs n / n_delivered
+times what it would in a round where all were delivered, and the round's mean utility term is then
+β · mean over the delivered of U_k, however many were lost. A client's expected credit then no longer falls with
+its loss probability (about P_k / mean_j P_j instead of P_k), which the default undervalues at low SNR, where
+half the updates are lost (benchmarks/README.md, "Policy comparison": ppo sends less there than its rank is
+worth to the validation loss). No shipped checkpoint was trained with it yet.
 Why a per-client utility: the shared objective is the same for every client of a round, and no
 single client's rank moves it measurably in one round, so a reward made of the shared objective
 and each client's own cost has rank 0 as every client's optimum (issue 15's diagnosis). With
@@ -194,6 +201,12 @@ class RewardConfig(BaseModel):
         description="g as [rank / max_rank, value] points, interpolated linearly; from 0 to 1 on both axes.",
     )
     deadline_penalty: float = Field(10.0, ge=0, description="P: a client that misses the deadline scores -P · max(bits / (rate · deadline), 1).")
+    utility_weight: Literal["update", "aggregate-share"] = Field(
+        "update",
+        description="How a delivered update's utility counts: 'update': β·U_k whatever else is delivered; 'aggregate-share': "
+        "β·U_k·n/n_delivered, its weight in the average of the n_delivered updates that got through relative to a round "
+        "where all n did, so a round's credited utility does not fall when others' updates are lost.",
+    )
 
     @field_validator("utility_curve")
     @classmethod
@@ -244,6 +257,8 @@ def client_terms(config: RewardConfig, info: dict) -> np.ndarray:
     utility = np.zeros(len(bits))
     if config.utility > 0 and "ranks" in info and len(bits):
         utility = config.utility * rank_utility(config, info["ranks"], int(info["max_rank"]), info.get("layer_importance"))
+        if config.utility_weight == "aggregate-share":
+            utility = utility * len(bits) / max(int(delivered.sum()), 1)
     terms = utility * delivered - config.lam * cost
     return np.where(late, -config.deadline_penalty * np.maximum(share_of_deadline, 1.0), terms)
 

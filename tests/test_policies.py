@@ -215,6 +215,27 @@ def test_reward_credits_the_delivered_rank_and_charges_cost_and_the_reference_de
         RewardConfig(utility_curve=[(0.0, 0.0), (0.5, 1.2), (1.0, 1.0)])
 
 
+def test_aggregate_share_weighting_credits_the_mean_utility_of_the_delivered_updates():
+    """utility_weight: aggregate-share scales a delivered update's utility by n / n_delivered, so the round's mean
+    utility term is β times the mean U_k over the delivered, however many were lost; 'update' is the plain β U_k."""
+    from policies.common import client_terms
+
+    info = {"bits_up": [10.0] * 4, "bits_full": [100.0] * 4, "rate_bps": [10.0] * 4, "deadline_s": 10.0,
+            "drop_reasons": ["", "outage", "outage", ""], "delivered": [True, False, False, True],
+            "ranks": [[8, 8], [8, 8], [4, 4], [2, 2]], "max_rank": 8}  # fmt: skip
+    curve = [(0.0, 0.0), (1.0, 1.0)]
+    plain = client_terms(RewardConfig(lam=0.0, utility=2.0, utility_curve=curve), info)
+    shared = client_terms(RewardConfig(lam=0.0, utility=2.0, utility_curve=curve, utility_weight="aggregate-share"), info)
+    np.testing.assert_allclose(plain, [2.0, 0.0, 0.0, 0.5])
+    np.testing.assert_allclose(shared, [4.0, 0.0, 0.0, 1.0])  # 2 of 4 delivered: each weighs twice
+    assert shared.mean() == pytest.approx(2.0 * np.mean([1.0, 0.25]))  # β · mean U over the delivered
+    everyone = {**info, "drop_reasons": [""] * 4, "delivered": [True] * 4}
+    np.testing.assert_allclose(client_terms(RewardConfig(lam=0.0, utility=2.0, utility_curve=curve, utility_weight="aggregate-share"), everyone),
+                               client_terms(RewardConfig(lam=0.0, utility=2.0, utility_curve=curve), everyone))  # fmt: skip
+    nobody = {**info, "drop_reasons": ["outage"] * 4, "delivered": [False] * 4}
+    np.testing.assert_allclose(client_terms(RewardConfig(lam=0.0, utility_weight="aggregate-share"), nobody), [0.0] * 4)
+
+
 def test_learning_ignores_forced_decisions_and_airllm_keeps_them_out_of_its_buffer():
     """A client for whom nothing above r_min fits has no choice: its learning reward is 0 (its scored term is
     unchanged), and airllm neither trains PPO on its term nor puts its pattern in the DDIM buffer."""

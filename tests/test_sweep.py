@@ -108,6 +108,22 @@ def test_a_section_added_later_keeps_existing_run_directories_at_its_default():
     assert config_digest(generative) != config_digest(quickstart)
 
 
+def test_a_reward_field_added_later_keeps_learned_policy_runs_and_is_filled_in_only_where_a_reward_exists():
+    """`policy.reward.utility_weight` came after the policy comparison ran: at its default it is left out of the hash
+    (the value below is from a checkout without it), and `later_defaults` gives it to old ppo/airllm runs only."""
+    from fedsim.config import load_scenario
+    from fedsim.ledger import later_defaults
+
+    ppo = load_scenario("scenarios/quickstart.yaml", ["policy={name: ppo}"])
+    assert ppo.policy.reward.utility_weight == "update"
+    assert config_digest(ppo) == "dc75ea0f35c118b2a2c03a3123f07b0647890f6e8ec97cc6d8e53ac05d3e8726"
+    shared = load_scenario("scenarios/quickstart.yaml", ["policy={name: ppo, reward: {utility_weight: aggregate-share}}"])
+    assert config_digest(shared) != config_digest(ppo)
+    assert later_defaults({"policy.name": "ppo", "policy.reward.lam": 1.0})["policy.reward.utility_weight"] == "update"
+    assert "policy.reward.utility_weight" not in later_defaults({"policy.name": "fixed", "policy.rank": 4})
+    assert later_defaults({"policy.name": "fixed"})["task.name"] == "classification"
+
+
 @pytest.mark.parametrize(
     "body, expected",
     [
