@@ -150,3 +150,23 @@ def test_deploy_local_rejects_a_poll_interval_out_of_range_in_one_line(tmp_path,
     err = capsys.readouterr().err.strip()
     assert code == 2 and f"--poll-interval {float(value)}" in err and len(err.splitlines()) == 1, err
     assert not out.exists()
+
+
+@pytest.mark.deploy
+def test_a_client_that_raises_in_a_warm_node_is_recorded_and_the_node_keeps_serving(tmp_path, tiny, small_corpus):
+    """The warm SuperExec runs the raising ClientApp in its own long-lived process: the error comes back as the
+    client's reply (clients.csv: client-error with the exception), the process lives on for the next round, and a
+    run that aggregated nothing is not finished."""
+    scenario = deploy_scenario(tiny, small_corpus).model_copy(update={"tolerate_client_errors": True})
+    scenario = scenario.model_copy(update={"train": scenario.train.model_copy(update={"head_lr": 1e38})})  # Adam overflows
+    workdir = tmp_path / "flower"
+    with pytest.raises(RuntimeError, match="without finishing"):
+        deploy_local(scenario, tmp_path / "run", num_nodes=3, round_timeout_s=None, workdir=workdir, log=lambda line: None)
+
+    clients = read_csv(tmp_path / "run" / "clients.csv")
+    assert len(clients) == 6 and all(c["drop_reason"] == "client-error" and "RuntimeError" in c["error"] for c in clients)
+    assert not (tmp_path / "run" / "summary.json").exists()
+    for i in range(3):
+        tasks = re.findall(r"\[fedsim-superexec\] pid (\d+) ran task (\d+)", (workdir / f"superexec-{i}.log").read_text())
+        assert len(tasks) == 3 and len({pid for pid, _ in tasks}) == 1, f"node {i}: {tasks}"
+    assert flower_pids_under(workdir) == []
