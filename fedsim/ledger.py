@@ -67,7 +67,7 @@ SUMMARY = "summary.json"
 # config.yaml lacks one ran at that default (fedsim.collect reads it so, where its parent section exists), and a
 # sweep leaves a field at its default out of the run-directory hash (fedsim.sweeps.config_digest), so existing
 # sweeps resume rather than rerun.
-LATER_FIELDS = {"task": {"name": "classification"}, "policy.reward.utility_weight": "update"}
+LATER_FIELDS = {"task": {"name": "classification"}, "policy.reward.utility_weight": "update", "policy.reward.objective_credit": []}
 
 
 def drop_later_defaults(data: dict) -> None:

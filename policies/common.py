@@ -60,15 +60,19 @@ The learning policies learn from each client's own term_k (`client_terms`), exce
 change the client's ranks (`free_decisions`: nothing above r_min fits; the term is then 0 for learning);
 `round_reward` is the objective they are scored on (the episode reward is its sum over rounds).
 
-Action (`ranks_from_action`): a client's action a in [-1, 1] is the share f = (a + 1) / 2 of what fits that it
-sends: r_fit (`fitting_rank`, the largest uniform rank that meets the deadline at its rate; R with no deadline)
-sets the client's reach, and it sends L · (r_min + f · (max(r_fit, r_min) - r_min)) rank components over its
-L layers. f = 1 is channel-greedy; the policy learns where sending less than what fits pays (where airtime
-costs more than the rank is worth). The channel arithmetic (what fits) is exact, not learned, so no learned
-action misses a deadline it could have met. Both learning policies start near f = 1/2, the centre of the box.
-(The previous action, a level in [0, R] capped at r_fit, was flat above the cap at low rates and put "what
-fits" at a different level for every rate; its checkpoints sent rank 6.2 at 15 dB, where channel-greedy's
-7.8 scored better on their own reward.)
+Objective credit (`objective_credit`, learning signal only; R is unchanged): a delivered update is also
+credited C_k = Σ_l s_l c(r_kl / max_rank), its estimated worth to the shared objective, so a client learns from
+
+    term_k + C_k · delivered_k.
+
+If an episode's objective part O = Σ_t objective_t is, up to what no action changes, Σ_t mean_k C_k delivered_k,
+then the episode reward Σ_t R_t = const + Σ_t mean_k (term_k + C_k delivered_k): the learning signal is the
+episode reward shared out over the decisions. The curve c is fitted across fixed-rank runs of the comparison's
+setup at the training SNR levels and seeds (scenarios/objective_calibration.yaml, benchmarks/objective_credit.py):
+O = a_(level, seed) + c(r) · N, with N = Σ_t mean_k delivered_k the updates that got through. Without it, a
+client's own term is nearly flat between ranks 1 and 4 at low rates (the concave g against linear airtime), the
+objective's pull toward rank is invisible to the learner, and the shipped ppo sent rank 0.9 at -5 dB where
+channel-greedy's 2.0 scored 0.34 higher (benchmarks/README.md, "Policy comparison").
 """
 
 from __future__ import annotations
@@ -201,12 +205,26 @@ class RewardConfig(BaseModel):
         description="g as [rank / max_rank, value] points, interpolated linearly; from 0 to 1 on both axes.",
     )
     deadline_penalty: float = Field(10.0, ge=0, description="P: a client that misses the deadline scores -P · max(bits / (rate · deadline), 1).")
+    objective_credit: list[tuple[float, float]] = Field(
+        default_factory=list,
+        description="Learning signal only: what a delivered update is worth to the shared objective, as [rank / max_rank, "
+        "credit] points interpolated like utility_curve (benchmarks/objective_credit.py fits them on "
+        "scenarios/objective_calibration.yaml); [] for none. The round reward R is unchanged.",
+    )
     utility_weight: Literal["update", "aggregate-share"] = Field(
         "update",
         description="How a delivered update's utility counts: 'update': β·U_k whatever else is delivered; 'aggregate-share': "
         "β·U_k·n/n_delivered, its weight in the average of the n_delivered updates that got through relative to a round "
         "where all n did, so a round's credited utility does not fall when others' updates are lost.",
     )
+
+    @field_validator("objective_credit")
+    @classmethod
+    def _credit(cls, curve):
+        xs = [x for x, _ in curve]
+        if curve and (len(curve) < 2 or xs != sorted(xs) or xs[0] != 0.0 or xs[-1] != 1.0 or not all(np.isfinite(y) for _, y in curve)):
+            raise ValueError("objective_credit needs increasing rank fractions from 0 to 1 with finite credits, e.g. [[0, 1.5], [1, 3.0]], or []")
+        return curve
 
     @field_validator("utility_curve")
     @classmethod
@@ -217,10 +235,10 @@ class RewardConfig(BaseModel):
         return curve
 
 
-def rank_utility(config: RewardConfig, ranks: np.ndarray, max_rank: int, layer_share: np.ndarray | None) -> np.ndarray:
-    """U_k = Σ_l s_l g(r_kl / max_rank) for ranks [clients, layers]."""
+def rank_utility(config: RewardConfig, ranks: np.ndarray, max_rank: int, layer_share: np.ndarray | None, curve=None) -> np.ndarray:
+    """U_k = Σ_l s_l g(r_kl / max_rank) for ranks [clients, layers] (g: `curve`, default the utility curve)."""
     ranks = np.atleast_2d(np.asarray(ranks, dtype=float))
-    xs, ys = zip(*config.utility_curve)
+    xs, ys = zip(*(curve or config.utility_curve))
     gain = np.interp(ranks / max(max_rank, 1), xs, ys)
     share = importance_share(layer_share, ranks.shape[1])
     return gain @ share
@@ -276,8 +294,14 @@ def free_decisions(observation: Observation, min_rank: int) -> np.ndarray:
 
 
 def learning_terms(config: RewardConfig, info: dict, free: np.ndarray) -> np.ndarray:
-    """What the learning policies learn from: each client's `client_terms`, 0 for a forced decision."""
-    return np.where(np.asarray(free, dtype=bool), client_terms(config, info), 0.0)
+    """What the learning policies learn from: each client's `client_terms` plus C_k · delivered_k (its credit for the
+    shared objective, `objective_credit`), 0 for a forced decision."""
+    terms = client_terms(config, info)
+    if config.objective_credit and "ranks" in info and len(terms):
+        delivered = np.asarray(info["delivered"], dtype=bool)
+        credit = rank_utility(config, info["ranks"], int(info["max_rank"]), info.get("layer_importance"), config.objective_credit)
+        terms = terms + credit * delivered
+    return np.where(np.asarray(free, dtype=bool), terms, 0.0)
 
 
 def client_rewards(config: RewardConfig, info: dict) -> np.ndarray:

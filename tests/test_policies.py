@@ -236,6 +236,29 @@ def test_aggregate_share_weighting_credits_the_mean_utility_of_the_delivered_upd
     np.testing.assert_allclose(client_terms(RewardConfig(lam=0.0, utility_weight="aggregate-share"), nobody), [0.0] * 4)
 
 
+def test_objective_credit_adds_the_delivered_updates_worth_to_the_learning_signal_only():
+    """objective_credit c: a free decision learns from term_k + Σ_l s_l c(r_kl / R) · delivered_k; the scored terms
+    and R are unchanged, and a malformed curve is refused."""
+    from policies.common import client_terms, learning_terms
+
+    info = {"bits_up": [10.0] * 4, "bits_full": [100.0] * 4, "rate_bps": [10.0] * 4, "deadline_s": 10.0, "loss": 2.0,
+            "drop_reasons": ["", "outage", "deadline", ""], "delivered": [True, False, False, True],
+            "ranks": [[8, 8], [8, 8], [4, 4], [2, 0]], "max_rank": 8, "layer_importance": [3.0, 1.0]}  # fmt: skip
+    plain = RewardConfig(utility=2.0, utility_curve=[(0.0, 0.0), (1.0, 1.0)])
+    credited = plain.model_copy(update={"objective_credit": [(0.0, 1.0), (0.5, 2.0), (1.0, 3.0)]})
+    free = np.array([True, True, True, True])
+    np.testing.assert_allclose(client_terms(credited, info), client_terms(plain, info))
+    assert round_reward(credited, info) == round_reward(plain, info)
+    # client 0: c(1) = 3 on both layers; client 3: shares 0.75 / 0.25 of c(2/8) = 1.5 and c(0) = 1; lost updates earn nothing
+    expected = client_terms(plain, info) + np.array([3.0, 0.0, 0.0, 0.75 * 1.5 + 0.25 * 1.0])
+    np.testing.assert_allclose(learning_terms(credited, info, free), expected)
+    np.testing.assert_allclose(learning_terms(credited, info, ~free), [0.0] * 4)
+    np.testing.assert_allclose(learning_terms(plain, info, free), client_terms(plain, info))
+    for bad in ([(0.0, 1.0)], [(0.0, 1.0), (0.5, 2.0)], [(0.0, 1.0), (1.0, float("nan"))]):
+        with pytest.raises(ValueError, match="objective_credit"):
+            RewardConfig(objective_credit=bad)
+
+
 def test_learning_ignores_forced_decisions_and_airllm_keeps_them_out_of_its_buffer():
     """A client for whom nothing above r_min fits has no choice: its learning reward is 0 (its scored term is
     unchanged), and airllm neither trains PPO on its term nor puts its pattern in the DDIM buffer."""

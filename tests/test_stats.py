@@ -205,3 +205,29 @@ def test_snr_table_groups_by_snr_and_pairs_over_seeds(tmp_path):
     assert _table(out, "policy fixed-2")["-5"]["Δ acc vs snr_db=15 [95% CI]"].startswith("-0.020")
     with pytest.raises(subprocess.CalledProcessError):
         _script("snr_table.py", tmp_path, "--reference", "7")
+
+
+def test_objective_credit_recovers_the_per_rank_credit_of_a_delivered_update(tmp_path):
+    """benchmarks/objective_credit.py fits O = a_(level, seed) + c(r) · N: on runs built from known a and c it
+    prints c exactly as the scenario curve, and a non-fixed policy is refused in one line with exit 2."""
+    credit = {0: 1.0, 4: 2.0, 8: 3.5}
+    delivered = {-8: {0: (1, 1, 1, 1), 4: (1, 0, 1, 1), 8: (1, 0, 0, 1)}, 2: {0: (1, 1, 1, 0), 4: (1, 0, 0, 1), 8: (0, 0, 1, 0)},
+                 20: {0: (1, 1, 1, 1), 4: (1, 1, 1, 1), 8: (1, 1, 0, 1)}}  # fmt: skip
+    for snr, by_rank in delivered.items():
+        for rank, flags in by_rank.items():
+            run = tmp_path / f"snr_db={snr}_rank={rank}"
+            run.mkdir()
+            config = {"seed": 1000, "channel": {"snr_db": snr}, "policy": {"name": "fixed", "rank": rank}, "adapter": {"max_rank": 8}}
+            (run / "config.yaml").write_text(yaml.safe_dump(config))
+            (run / "summary.json").write_text(json.dumps({"final_accuracy": 0.5}))
+            n = (flags[0] + flags[1]) / 2 + (flags[2] + flags[3]) / 2  # two rounds of two clients
+            objective = -8.0 - 0.01 * snr + credit[rank] * n
+            (run / "rounds.csv").write_text(f"round,val_loss\n1,{-objective / 2}\n2,{-objective / 2}\n")
+            rows = [f"{1 + i // 2},{i % 2},{int(flag)}" for i, flag in enumerate(flags)]
+            (run / "clients.csv").write_text("round,client,delivered\n" + "\n".join(rows) + "\n")
+    out = _script("objective_credit.py", tmp_path)
+    assert "policy.reward.objective_credit: [[0, 1.00], [0.5, 2.00], [1, 3.50]]" in out
+    other = tmp_path / "snr_db=20_rank=8" / "config.yaml"
+    other.write_text(yaml.safe_dump({"seed": 1000, "channel": {"snr_db": 20}, "policy": {"name": "channel-greedy"}, "adapter": {"max_rank": 8}}))
+    refused = subprocess.run([sys.executable, str(REPO / "benchmarks" / "objective_credit.py"), str(tmp_path)], capture_output=True, text=True, cwd=REPO)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "fixed uniform ranks" in refused.stderr

@@ -1,0 +1,111 @@
+"""Fit the objective credit c(r): what a delivered update of rank r is worth to the shared objective.
+
+The learning policies can add c to their learning signal (`policies.common.RewardConfig.objective_credit`); the
+round reward they are scored on is unchanged. The runs are fixed ranks in the policy comparison's setup at the
+training SNR levels and seeds (`scenarios/objective_calibration.yaml`). For each run, over the episode:
+
+    O = -Σ_t val_loss_t                  the objective part of the episode reward
+    N = Σ_t mean_k delivered_k           the updates that got through (mean over a round's clients, as in R)
+
+and the model, by least squares over every run, is
+
+    O = a_(level, seed) + c(r) · N
+
+a_ is what the episode scores with nothing delivered (one per SNR level and seed: runs of one group share the
+partition, the fades and the validation split), c(r) one per fixed rank. Since R = objective + mean_k term_k,
+crediting each delivered decision c(r) makes Σ_t mean_k (term_k + c(r_k) delivered_k) the episode reward up to
+a_. Standard errors are the ordinary least-squares ones. The script prints the curve as the scenario line to use.
+
+    .venv/bin/python benchmarks/objective_credit.py runs/objective_calibration
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from fedsim.collect import FinishedRun, find_finished_runs, read_csv_rows
+from fedsim.types import FedsimError
+
+
+def episode_parts(run: FinishedRun) -> tuple[float, float]:
+    """(O, N) of one run, as in the module docstring."""
+    losses = [r.get("val_loss") for r in run.rounds]
+    if not losses or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in losses):
+        raise FedsimError(f"{run.path}: rounds.csv lacks val_loss in some rounds (run with data.validation_samples > 0)")
+    per_round: dict[int, list[float]] = defaultdict(list)
+    for row in read_csv_rows(run.path / "clients.csv"):
+        per_round[int(row["round"])].append(float(row["delivered"]))
+    return -float(sum(losses)), sum(float(np.mean(v)) for v in per_round.values())
+
+
+def fit(points: list[tuple[object, int, float, float]]) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+    """Least squares of O = a_group + c_rank · N over points (group, rank, O, N): (ranks, c, standard errors, residuals)."""
+    groups = sorted({p[0] for p in points}, key=str)
+    ranks = sorted({p[1] for p in points})
+    x = np.zeros((len(points), len(groups) + len(ranks)))
+    y = np.array([p[2] for p in points])
+    for i, (group, rank, _, delivered) in enumerate(points):
+        x[i, groups.index(group)] = 1.0
+        x[i, len(groups) + ranks.index(rank)] = delivered
+    dof = len(points) - x.shape[1]
+    if dof < 1 or np.linalg.matrix_rank(x) < x.shape[1]:
+        raise FedsimError(f"{len(points)} runs cannot identify {len(groups)} group levels and {len(ranks)} rank credits; run the whole calibration sweep")
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    sigma2 = float(((y - x @ coef) ** 2).sum()) / dof
+    se = np.sqrt(np.diag(sigma2 * np.linalg.inv(x.T @ x)))
+    return ranks, coef[len(groups) :], se[len(groups) :], y - x @ coef
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dir", type=Path, help="a finished sweep directory (scenarios/objective_calibration.yaml)")
+    parser.add_argument("--split", default="channel.snr_db", help="the field that sets the SNR level (default channel.snr_db)")
+    args = parser.parse_args(argv)
+    points = []
+    max_ranks = set()
+    for run in find_finished_runs(args.dir):
+        if run.config.get("policy.name") != "fixed" or run.config.get("policy.rank") is None:
+            raise FedsimError(
+                f"{run.path}: policy {run.config.get('policy.name')!r}; the calibration needs fixed uniform ranks (policy: {{name: fixed, rank: r}})"
+            )
+        objective, delivered = episode_parts(run)
+        points.append(((run.config.get(args.split), run.config.get("seed")), int(run.config["policy.rank"]), objective, delivered))
+        max_ranks.add(int(run.config["adapter.max_rank"]))
+    if not points:
+        raise FedsimError(f"{args.dir}: no finished runs")
+    if len(max_ranks) != 1:
+        raise FedsimError(f"{args.dir}: runs with different adapter.max_rank {sorted(max_ranks)}; calibrate one adapter at a time")
+    max_rank = max_ranks.pop()
+    ranks, credit, se, residuals = fit(points)
+    print(f"{len(points)} runs, {len({p[0] for p in points})} groups ({args.split} x seed)\n")
+    print("| rank | credit c(r) per delivered update | s.e. | mean N |")
+    print("| --- | --- | --- | --- |")
+    for rank, c, s in zip(ranks, credit, se):
+        mean_n = np.mean([p[3] for p in points if p[1] == rank])
+        print(f"| {rank} | {c:.3f} | {s:.3f} | {mean_n:.2f} |")
+    print(f"\n| {args.split} | runs | residual O - fit: by rank {', '.join(map(str, ranks))} |")
+    print("| --- | --- | --- |")
+    levels = sorted({p[0][0] for p in points}, key=lambda v: (str(type(v)), v))
+    for level in levels:
+        cells = [[res for p, res in zip(points, residuals) if p[0][0] == level and p[1] == rank] for rank in ranks]
+        shown = " / ".join(f"{np.mean(c):+.2f}" if c else "n/a" for c in cells)
+        print(f"| {level} | {sum(p[0][0] == level for p in points)} | {shown} |")
+    if ranks[0] != 0 or ranks[-1] != max_rank:
+        raise FedsimError(f"ranks {ranks}: the curve needs rank 0 and rank {max_rank} (adapter.max_rank) among the fixed ranks")
+    curve = ", ".join(f"[{rank / max_rank:g}, {c:.2f}]" for rank, c in zip(ranks, credit))
+    print(f"\npolicy.reward.objective_credit: [{curve}]")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except FedsimError as exc:
+        print(f"objective_credit: error: {exc}", file=sys.stderr)
+        sys.exit(2)
