@@ -10,7 +10,9 @@ mostly through its upload size, i.e. their sum.
 
 It learns only under `fedsim train-policy`: SB3's `learn()` drives `fedsim.rl.env.ClientSlotsVecEnv`,
 in which every client slot of a round is one sub-environment rewarded with its client's own term of
-the round reward (`policies.common.client_terms`). (An earlier version acted jointly on all clients
+the round reward (`policies.common.client_terms`), plus, with `reward.objective_credit`, the fitted
+worth of its delivered update to the shared objective (`policies.common.learning_terms`; the shipped
+checkpoint was trained so). (An earlier version acted jointly on all clients
 of a round with one action scored by the round reward; in the same budget it barely learned, since
 a client's credit drowned in the others' terms.) In a `fedsim run` it acts with the deterministic
 (mean) action of a checkpoint, for any number of clients per round.

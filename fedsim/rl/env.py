@@ -110,7 +110,8 @@ class ClientSlotsVecEnv(VecEnv):
     Sub-env k observes the k-th selected client's feature row and acts with its share of what fits
     in [-1, 1]; all slots step together, as one federated round of the wrapped `FederatedRoundEnv`,
     and slot k is rewarded with client k's own term of the round reward
-    (`policies.common.learning_terms`: 0 where no action could change its ranks). So stable-baselines3's PPO learns one per-client policy from
+    (`policies.common.learning_terms`: plus its objective credit when the reward has one; 0 where no action
+    could change its ranks). So stable-baselines3's PPO learns one per-client policy from
     per-client credit, as `airllm` does, instead of one joint action scored by the round mean (which
     did not learn in the budget: a client's credit drowned in the other clients' terms). Episodes
     end together; SB3 gets each slot's terminal observation in its info, as with any VecEnv.
