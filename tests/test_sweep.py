@@ -301,3 +301,14 @@ def test_retraining_a_checkpoint_in_place_gives_new_run_directories(tmp_path, mo
     assert load_sweep(path).points[0].name == before
     AirLlmPolicy(AirLlmConfig(seed=1, **small)).save(tmp_path / "ckpt")  # retrained into the same directory
     assert load_sweep(path).points[0].name != before
+
+
+SHIPPED_SWEEPS = sorted(
+    p for p in (Path(__file__).resolve().parent.parent / "scenarios").glob("*.yaml") if "\ngrid:" in p.read_text() or "\nzip:" in p.read_text()
+)
+
+
+@pytest.mark.parametrize("path", SHIPPED_SWEEPS, ids=lambda p: p.name)
+def test_every_shipped_sweep_file_validates_every_grid_point(path):
+    """A sweep file in scenarios/ names a scenario, not another sweep, as its base, and every point is a valid scenario."""
+    assert len(load_sweep(path).points) >= 2
