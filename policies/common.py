@@ -73,6 +73,16 @@ O = a_(level, seed) + c(r) · N, with N = Σ_t mean_k delivered_k the updates th
 client's own term is nearly flat between ranks 1 and 4 at low rates (the concave g against linear airtime), the
 objective's pull toward rank is invisible to the learner: ppo trained without it sent rank 0.9 at -5 dB, where
 channel-greedy's 2.0 scored 0.34 higher; trained with it, 1.3 and 0.25 (benchmarks/README.md, "Policy comparison").
+
+Action (`ranks_from_action`): a client's action a in [-1, 1] is the share f = (a + 1) / 2 of what fits that it
+sends: r_fit (`fitting_rank`, the largest uniform rank that meets the deadline at its rate; R with no deadline)
+sets the client's reach, and it sends L · (r_min + f · (max(r_fit, r_min) - r_min)) rank components over its
+L layers. f = 1 is channel-greedy; the policy learns where sending less than what fits pays (where airtime
+costs more than the rank is worth). The channel arithmetic (what fits) is exact, not learned, so no learned
+action misses a deadline it could have met. Both learning policies start near f = 1/2, the centre of the box.
+(The previous action, a level in [0, R] capped at r_fit, was flat above the cap at low rates and put "what
+fits" at a different level for every rate; its checkpoints sent rank 6.2 at 15 dB, where channel-greedy's
+7.8 scored better on their own reward.)
 """
 
 from __future__ import annotations
