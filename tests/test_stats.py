@@ -231,3 +231,14 @@ def test_objective_credit_recovers_the_per_rank_credit_of_a_delivered_update(tmp
     other.write_text(yaml.safe_dump({"seed": 1000, "channel": {"snr_db": 20}, "policy": {"name": "channel-greedy"}, "adapter": {"max_rank": 8}}))
     refused = subprocess.run([sys.executable, str(REPO / "benchmarks" / "objective_credit.py"), str(tmp_path)], capture_output=True, text=True, cwd=REPO)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "fixed uniform ranks" in refused.stderr
+
+
+def test_policy_share_optimum_prints_the_policys_share_and_its_signals_optimum_by_fitting_rank():
+    out = _script("policy_share_optimum.py", "--policy", "ppo", "--checkpoint", "policies/checkpoints/ppo", "--levels", "-2", "--seeds", "2", "--rounds", "2")
+    rows = [line.strip("|").split("|") for line in out.splitlines() if line.startswith("| -2 |")]
+    assert rows and "objective credit" in out
+    for _, r_fit, decisions, share, best in rows:
+        assert 1 <= int(r_fit) <= 8 and int(decisions) > 0 and 0 <= float(share) <= 1 and 0 <= float(best) <= 1
+    refused = subprocess.run([sys.executable, str(REPO / "benchmarks" / "policy_share_optimum.py"), "--policy", "ppo", "--checkpoint", "nowhere"],
+                             capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "policy.json" in refused.stderr
