@@ -17,6 +17,7 @@ crediting each delivered decision c(r) makes Σ_t mean_k (term_k + c(r_k) delive
 a_. Standard errors are the ordinary least-squares ones. The script prints the curve as the scenario line to use.
 
     .venv/bin/python benchmarks/objective_credit.py runs/objective_calibration
+    .venv/bin/python benchmarks/objective_credit.py runs/objective_calibration --levels -8 -2 2   (a regime alone)
 """
 
 from __future__ import annotations
@@ -66,10 +67,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", type=Path, help="a finished sweep directory (scenarios/objective_calibration.yaml)")
     parser.add_argument("--split", default="channel.snr_db", help="the field that sets the SNR level (default channel.snr_db)")
+    parser.add_argument("--levels", type=float, nargs="+", help="fit on these values of --split only (default: all)")
     args = parser.parse_args(argv)
     points = []
     max_ranks = set()
     for run in find_finished_runs(args.dir):
+        if args.levels is not None and run.config.get(args.split) not in args.levels:
+            continue
         if run.config.get("policy.name") != "fixed" or run.config.get("policy.rank") is None:
             raise FedsimError(
                 f"{run.path}: policy {run.config.get('policy.name')!r}; the calibration needs fixed uniform ranks (policy: {{name: fixed, rank: r}})"
@@ -78,7 +82,7 @@ def main(argv=None) -> int:
         points.append(((run.config.get(args.split), run.config.get("seed")), int(run.config["policy.rank"]), objective, delivered))
         max_ranks.add(int(run.config["adapter.max_rank"]))
     if not points:
-        raise FedsimError(f"{args.dir}: no finished runs")
+        raise FedsimError(f"{args.dir}: no finished runs" + (f" at {args.split} in {args.levels}" if args.levels else ""))
     if len(max_ranks) != 1:
         raise FedsimError(f"{args.dir}: runs with different adapter.max_rank {sorted(max_ranks)}; calibrate one adapter at a time")
     max_rank = max_ranks.pop()

@@ -227,6 +227,7 @@ def test_objective_credit_recovers_the_per_rank_credit_of_a_delivered_update(tmp
             (run / "clients.csv").write_text("round,client,delivered\n" + "\n".join(rows) + "\n")
     out = _script("objective_credit.py", tmp_path)
     assert "policy.reward.objective_credit: [[0, 1.00], [0.5, 2.00], [1, 3.50]]" in out
+    assert "6 runs, 2 groups" in _script("objective_credit.py", tmp_path, "--levels", "-8", "20")
     other = tmp_path / "snr_db=20_rank=8" / "config.yaml"
     other.write_text(yaml.safe_dump({"seed": 1000, "channel": {"snr_db": 20}, "policy": {"name": "channel-greedy"}, "adapter": {"max_rank": 8}}))
     refused = subprocess.run([sys.executable, str(REPO / "benchmarks" / "objective_credit.py"), str(tmp_path)], capture_output=True, text=True, cwd=REPO)
