@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from fedsim.collect import FinishedRun, find_finished_runs, read_csv_rows
-from fedsim.types import FedsimError
+from fedsim.types import FedsimError, run_script
 
 
 def episode_parts(run: FinishedRun) -> tuple[float, float]:
@@ -108,8 +107,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except FedsimError as exc:
-        print(f"objective_credit: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main, "objective_credit")

@@ -26,7 +26,7 @@ from scipy.stats import spearmanr
 
 from fedsim.collect import find_finished_runs, policy_label, run_metrics
 from fedsim.plots import _layer_label, _save, _style
-from fedsim.types import FedsimError
+from fedsim.types import FedsimError, run_script
 
 
 def client_rows(run) -> list[dict]:
@@ -116,8 +116,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except FedsimError as exc:
-        print(f"policy_behaviour: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main, "policy_behaviour")

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from fedsim.rl.synthetic import ChannelRounds
-from fedsim.types import FedsimError
+from fedsim.types import FedsimError, run_script
 from policies.common import RewardConfig, fitting_rank, free_decisions, learning_terms, ranks_from_action
 from policies.registry import POLICIES, build_policy
 
@@ -36,12 +35,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.policy not in POLICIES:
         raise FedsimError(f"--policy {args.policy!r}: not one of {', '.join(sorted(POLICIES))}")
-    try:
-        trained = json.loads((args.checkpoint / "policy.json").read_text())["config"].get("reward", {})
-    except (OSError, ValueError, KeyError) as exc:
-        raise FedsimError(f"--checkpoint {args.checkpoint}: cannot read its policy.json ({type(exc).__name__})") from None
-    reward = RewardConfig(**trained)
-    policy = build_policy(POLICIES[args.policy][0](checkpoint=str(args.checkpoint)))
+    policy = build_policy(POLICIES[args.policy][0](checkpoint=str(args.checkpoint)))  # checks the checkpoint
+    # The policy acts from the checkpoint's weights; the reward it was trained with is in its saved config.
+    reward = RewardConfig(**json.loads((args.checkpoint / "policy.json").read_text())["config"].get("reward", {}))
     actions = np.linspace(-1.0, 1.0, 11)
     print(f"learning signal: {'objective credit ' + str(reward.objective_credit) if reward.objective_credit else 'client terms (no objective credit)'}\n")
     print("| level dB | r_fit | decisions | policy f | optimum f* of its learning signal |")
@@ -70,8 +66,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except FedsimError as exc:
-        print(f"policy_share_optimum: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main, "policy_share_optimum")

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 from fedsim.collect import FinishedRun, by_seed, find_finished_runs, policy_label
 from fedsim.stats import format_interval, paired_difference
-from fedsim.types import FedsimError
+from fedsim.types import FedsimError, run_script
 
 
 def parts(run: FinishedRun) -> tuple[float, float]:
@@ -72,8 +71,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except FedsimError as exc:
-        print(f"reward_parts: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main, "reward_parts")

@@ -6,6 +6,8 @@ see torch, Flower or each other.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +28,15 @@ def add_named(registry: dict, config_cls: type, target, kind: str, key: str = "n
 
 class FedsimError(Exception):
     """Bad user input (config, data, checkpoint, CLI). The CLI prints it as one line and exits 2."""
+
+
+def run_script(main: Callable[[], int], name: str) -> None:
+    """Exit with a script's `main()` status; a FedsimError becomes one line on stderr and exit 2, as in `fedsim`."""
+    try:
+        sys.exit(main())
+    except FedsimError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 @dataclass
