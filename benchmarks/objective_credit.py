@@ -16,8 +16,15 @@ partition, the fades and the validation split), c(r) one per fixed rank. Since R
 crediting each delivered decision c(r) makes Σ_t mean_k (term_k + c(r_k) delivered_k) the episode reward up to
 a_. Standard errors are the ordinary least-squares ones. The script prints the curve as the scenario line to use.
 
+With `--anchors s_1 ... s_m` (dB) the credit also depends on the SNR level s: c(r, s) is linear in s between
+the anchors and constant beyond them, c(r, s) = Σ_j w_j(s) c_j(r) with w_j the piecewise-linear "hat" weights
+of the anchors, one curve c_j per anchor (m · ranks credits instead of ranks). The script then prints
+{s_j: c_j}, the form `objective_credit` interpolates at each client's large-scale SNR, and the F test of the
+anchored fit against the pooled one (a fit with more anchors should beat it by more than its added freedom).
+
     .venv/bin/python benchmarks/objective_credit.py runs/objective_calibration
     .venv/bin/python benchmarks/objective_credit.py runs/objective_calibration --levels -8 -2 2   (a regime alone)
+    .venv/bin/python benchmarks/objective_credit.py runs/objective_calibration --anchors -8 2 20
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from fedsim.collect import FinishedRun, find_finished_runs, read_csv_rows
 from fedsim.types import FedsimError, run_script
@@ -44,22 +52,32 @@ def episode_parts(run: FinishedRun) -> tuple[float, float]:
     return -float(sum(losses)), sum(float(np.mean(v)) for v in per_round.values())
 
 
-def fit(points: list[tuple[object, int, float, float]]) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
-    """Least squares of O = a_group + c_rank · N over points (group, rank, O, N): (ranks, c, standard errors, residuals)."""
+def fit(points: list[tuple[object, int, float, float]], anchors: list[float] | None = None) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray, int]:
+    """Least squares of O = a_group + c(rank, level) · N over points ((level, seed), rank, O, N), c one curve or one per
+    anchor (module docstring): (ranks, c [ranks, anchors], standard errors like c, residuals, degrees of freedom)."""
     groups = sorted({p[0] for p in points}, key=str)
     ranks = sorted({p[1] for p in points})
-    x = np.zeros((len(points), len(groups) + len(ranks)))
+    anchors = sorted(anchors) if anchors else [0.0]
+    m = len(anchors)
+    x = np.zeros((len(points), len(groups) + len(ranks) * m))
     y = np.array([p[2] for p in points])
     for i, (group, rank, _, delivered) in enumerate(points):
         x[i, groups.index(group)] = 1.0
-        x[i, len(groups) + ranks.index(rank)] = delivered
+        weights = [float(np.interp(float(group[0]), anchors, np.eye(m)[j])) for j in range(m)] if m > 1 else [1.0]
+        for j, weight in enumerate(weights):
+            x[i, len(groups) + ranks.index(rank) * m + j] = delivered * weight
     dof = len(points) - x.shape[1]
     if dof < 1 or np.linalg.matrix_rank(x) < x.shape[1]:
-        raise FedsimError(f"{len(points)} runs cannot identify {len(groups)} group levels and {len(ranks)} rank credits; run the whole calibration sweep")
+        raise FedsimError(
+            f"{len(points)} runs cannot identify {len(groups)} group levels and {len(ranks) * m} rank credits"
+            + (f" ({m} anchors: every anchor needs levels near it where the updates delivered vary with rank)" if m > 1 else "")
+            + "; run the whole calibration sweep"
+        )
     coef, *_ = np.linalg.lstsq(x, y, rcond=None)
     sigma2 = float(((y - x @ coef) ** 2).sum()) / dof
     se = np.sqrt(np.diag(sigma2 * np.linalg.inv(x.T @ x)))
-    return ranks, coef[len(groups) :], se[len(groups) :], y - x @ coef
+    shape = (len(ranks), m)
+    return ranks, coef[len(groups) :].reshape(shape), se[len(groups) :].reshape(shape), y - x @ coef, dof
 
 
 def main(argv=None) -> int:
@@ -67,6 +85,7 @@ def main(argv=None) -> int:
     parser.add_argument("dir", type=Path, help="a finished sweep directory (scenarios/objective_calibration.yaml)")
     parser.add_argument("--split", default="channel.snr_db", help="the field that sets the SNR level (default channel.snr_db)")
     parser.add_argument("--levels", type=float, nargs="+", help="fit on these values of --split only (default: all)")
+    parser.add_argument("--anchors", type=float, nargs="+", help="SNR anchors (dB, two or more): one curve per anchor, linear in between")
     args = parser.parse_args(argv)
     points = []
     max_ranks = set()
@@ -85,13 +104,18 @@ def main(argv=None) -> int:
     if len(max_ranks) != 1:
         raise FedsimError(f"{args.dir}: runs with different adapter.max_rank {sorted(max_ranks)}; calibrate one adapter at a time")
     max_rank = max_ranks.pop()
-    ranks, credit, se, residuals = fit(points)
+    if args.anchors is not None and (len(args.anchors) < 2 or len(set(args.anchors)) < len(args.anchors)):
+        raise FedsimError(f"--anchors {args.anchors}: give two or more distinct SNRs in dB, e.g. --anchors -8 2 20")
+    ranks, credit, se, residuals, dof = fit(points, args.anchors)
+    anchors = sorted(args.anchors) if args.anchors else None
     print(f"{len(points)} runs, {len({p[0] for p in points})} groups ({args.split} x seed)\n")
-    print("| rank | credit c(r) per delivered update | s.e. | mean N |")
-    print("| --- | --- | --- | --- |")
-    for rank, c, s in zip(ranks, credit, se):
+    columns = [f"c(r) at {a:g} dB | s.e." for a in anchors] if anchors else ["credit c(r) per delivered update | s.e."]
+    print(f"| rank | {' | '.join(columns)} | mean N |")
+    print("| --- |" + " --- | --- |" * len(columns) + " --- |")
+    for i, rank in enumerate(ranks):
         mean_n = np.mean([p[3] for p in points if p[1] == rank])
-        print(f"| {rank} | {c:.3f} | {s:.3f} | {mean_n:.2f} |")
+        cells = " | ".join(f"{c:.3f} | {s:.3f}" for c, s in zip(credit[i], se[i]))
+        print(f"| {rank} | {cells} | {mean_n:.2f} |")
     print(f"\n| {args.split} | runs | residual O - fit: by rank {', '.join(map(str, ranks))} |")
     print("| --- | --- | --- |")
     levels = sorted({p[0][0] for p in points}, key=lambda v: (str(type(v)), v))
@@ -99,10 +123,26 @@ def main(argv=None) -> int:
         cells = [[res for p, res in zip(points, residuals) if p[0][0] == level and p[1] == rank] for rank in ranks]
         shown = " / ".join(f"{np.mean(c):+.2f}" if c else "n/a" for c in cells)
         print(f"| {level} | {sum(p[0][0] == level for p in points)} | {shown} |")
+    rss = float((residuals**2).sum())
+    if anchors:
+        *_, pooled, pooled_dof = fit(points)
+        pooled_rss = float((pooled**2).sum())
+        added = pooled_dof - dof
+        f_stat = ((pooled_rss - rss) / added) / (rss / dof) if rss > 0 else float("inf")
+        p_value = float(stats.f.sf(f_stat, added, dof))
+        print(
+            f"\nresidual sum of squares {rss:.3f} ({dof} dof); pooled curve {pooled_rss:.3f} ({pooled_dof} dof): F({added}, {dof}) = {f_stat:.2f}, p = {p_value:.2g}"
+        )
     if ranks[0] != 0 or ranks[-1] != max_rank:
         raise FedsimError(f"ranks {ranks}: the curve needs rank 0 and rank {max_rank} (adapter.max_rank) among the fixed ranks")
-    curve = ", ".join(f"[{rank / max_rank:g}, {c:.2f}]" for rank, c in zip(ranks, credit))
-    print(f"\npolicy.reward.objective_credit: [{curve}]")
+
+    def curve(column: int) -> str:
+        return "[" + ", ".join(f"[{rank / max_rank:g}, {c:.2f}]" for rank, c in zip(ranks, credit[:, column])) + "]"
+
+    if anchors:
+        print("\npolicy.reward.objective_credit: {" + ", ".join(f"{a:g}: {curve(j)}" for j, a in enumerate(anchors)) + "}")
+    else:
+        print(f"\npolicy.reward.objective_credit: {curve(0)}")
     return 0
 
 

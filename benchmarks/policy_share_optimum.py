@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from fedsim.rl.synthetic import ChannelRounds
 from fedsim.types import FedsimError, run_script
@@ -32,12 +33,26 @@ def main(argv=None) -> int:
     parser.add_argument("--levels", type=float, nargs="+", default=[-8.0, -2.0, 2.0], help="large-scale SNR levels, dB")
     parser.add_argument("--seeds", type=int, default=30, help="channel seeds per level (1000, 1001, ...)")
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument(
+        "--reward",
+        help="the optimum of this learning signal instead of the checkpoint's: a YAML mapping of reward fields over the "
+        "checkpoint's, e.g. '{objective_credit: {-8: [[0, 1.7], [1, 4.7]], 20: [[0, 0.1], [1, 0.6]]}}' (to judge a signal before training on it)",
+    )
     args = parser.parse_args(argv)
     if args.policy not in POLICIES:
         raise FedsimError(f"--policy {args.policy!r}: not one of {', '.join(sorted(POLICIES))}")
     policy = build_policy(POLICIES[args.policy][0](checkpoint=str(args.checkpoint)))  # checks the checkpoint
     # The policy acts from the checkpoint's weights; the reward it was trained with is in its saved config.
-    reward = RewardConfig(**json.loads((args.checkpoint / "policy.json").read_text())["config"].get("reward", {}))
+    reward = json.loads((args.checkpoint / "policy.json").read_text())["config"].get("reward", {})
+    if args.reward:
+        override = yaml.safe_load(args.reward)
+        if not isinstance(override, dict):
+            raise FedsimError(f"--reward {args.reward!r}: not a mapping of reward fields, e.g. '{{objective_credit: [[0, 0.4], [1, 1.0]]}}'")
+        reward = {**reward, **override}
+    try:
+        reward = RewardConfig(**reward)
+    except ValueError as error:
+        raise FedsimError(f"--reward: {' '.join(str(error).split())}") from None
     actions = np.linspace(-1.0, 1.0, 11)
     print(f"learning signal: {'objective credit ' + str(reward.objective_credit) if reward.objective_credit else 'client terms (no objective credit)'}\n")
     print("| level dB | r_fit | decisions | policy f | optimum f* of its learning signal |")

@@ -215,11 +215,13 @@ class RewardConfig(BaseModel):
         description="g as [rank / max_rank, value] points, interpolated linearly; from 0 to 1 on both axes.",
     )
     deadline_penalty: float = Field(10.0, ge=0, description="P: a client that misses the deadline scores -P · max(bits / (rate · deadline), 1).")
-    objective_credit: list[tuple[float, float]] = Field(
+    objective_credit: list[tuple[float, float]] | dict[float, list[tuple[float, float]]] = Field(
         default_factory=list,
         description="Learning signal only: what a delivered update is worth to the shared objective, as [rank / max_rank, "
-        "credit] points interpolated like utility_curve (benchmarks/objective_credit.py fits them on "
-        "scenarios/objective_calibration.yaml); [] for none. The round reward R is unchanged.",
+        "credit] points interpolated like utility_curve, or {snr_db: points, ...}: one curve per large-scale SNR anchor, "
+        "interpolated linearly in the client's SNR (dB) and held constant beyond the outer anchors "
+        "(benchmarks/objective_credit.py fits either on scenarios/objective_calibration.yaml); [] for none. "
+        "The round reward R is unchanged.",
     )
     utility_weight: Literal["update", "aggregate-share"] = Field(
         "update",
@@ -230,11 +232,21 @@ class RewardConfig(BaseModel):
 
     @field_validator("objective_credit")
     @classmethod
-    def _credit(cls, curve):
-        xs = [x for x, _ in curve]
-        if curve and (len(curve) < 2 or xs != sorted(xs) or xs[0] != 0.0 or xs[-1] != 1.0 or not all(np.isfinite(y) for _, y in curve)):
+    def _credit(cls, credit):
+        def bad(curve):
+            xs = [x for x, _ in curve]
+            return len(curve) < 2 or xs != sorted(xs) or xs[0] != 0.0 or xs[-1] != 1.0 or not all(np.isfinite(y) for _, y in curve)
+
+        if isinstance(credit, dict):
+            if not credit or not all(np.isfinite(snr) for snr in credit) or any(bad(curve) for curve in credit.values()):
+                raise ValueError(
+                    "objective_credit by SNR needs finite snr_db keys, each with increasing rank fractions from 0 to 1 and finite "
+                    "credits, e.g. {-8: [[0, 1.7], [1, 4.7]], 20: [[0, 0.1], [1, 0.6]]}"
+                )
+            return dict(sorted(credit.items()))
+        if credit and bad(credit):
             raise ValueError("objective_credit needs increasing rank fractions from 0 to 1 with finite credits, e.g. [[0, 1.5], [1, 3.0]], or []")
-        return curve
+        return credit
 
     @field_validator("utility_curve")
     @classmethod
@@ -308,10 +320,23 @@ def learning_terms(config: RewardConfig, info: dict, free: np.ndarray) -> np.nda
     shared objective, `objective_credit`), 0 for a forced decision."""
     terms = client_terms(config, info)
     if config.objective_credit and "ranks" in info and len(terms):
-        delivered = np.asarray(info["delivered"], dtype=bool)
-        credit = rank_utility(config, info["ranks"], int(info["max_rank"]), info.get("layer_importance"), config.objective_credit)
-        terms = terms + credit * delivered
+        terms = terms + objective_credit(config, info) * np.asarray(info["delivered"], dtype=bool)
     return np.where(np.asarray(free, dtype=bool), terms, 0.0)
+
+
+def objective_credit(config: RewardConfig, info: dict) -> np.ndarray:
+    """C_k = Σ_l s_l c(r_kl / max_rank) per client; with a curve per SNR anchor, C_k is interpolated linearly
+    between the anchors' C at the client's large-scale SNR (info["snr_db"]), the outer anchors' beyond them."""
+    ranks, max_rank, share = info["ranks"], int(info["max_rank"]), info.get("layer_importance")
+    if not isinstance(config.objective_credit, dict):
+        return rank_utility(config, ranks, max_rank, share, config.objective_credit)
+    if "snr_db" not in info:
+        raise ValueError("objective_credit by SNR needs the clients' large-scale SNR (round info 'snr_db')")
+    by_snr = sorted(config.objective_credit.items())
+    anchors = np.array([snr for snr, _ in by_snr], dtype=float)
+    at_anchor = np.stack([rank_utility(config, ranks, max_rank, share, curve) for _, curve in by_snr], axis=1)
+    snr = np.asarray(info["snr_db"], dtype=float)
+    return np.array([np.interp(s, anchors, row) for s, row in zip(snr, at_anchor)])
 
 
 def client_rewards(config: RewardConfig, info: dict) -> np.ndarray:

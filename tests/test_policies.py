@@ -254,9 +254,18 @@ def test_objective_credit_adds_the_delivered_updates_worth_to_the_learning_signa
     np.testing.assert_allclose(learning_terms(credited, info, free), expected)
     np.testing.assert_allclose(learning_terms(credited, info, ~free), [0.0] * 4)
     np.testing.assert_allclose(learning_terms(plain, info, free), client_terms(plain, info))
-    for bad in ([(0.0, 1.0)], [(0.0, 1.0), (0.5, 2.0)], [(0.0, 1.0), (1.0, float("nan"))]):
+    for bad in ([(0.0, 1.0)], [(0.0, 1.0), (0.5, 2.0)], [(0.0, 1.0), (1.0, float("nan"))], {}, {-8: [(0.0, 1.0)]}, {float("nan"): [(0.0, 1.0), (1.0, 2.0)]}):
         with pytest.raises(ValueError, match="objective_credit"):
             RewardConfig(objective_credit=bad)
+    # By SNR anchor: linear in the client's large-scale SNR between the anchors' credits, the outer ones beyond.
+    by_snr = RewardConfig(utility=2.0, utility_curve=[(0.0, 0.0), (1.0, 1.0)], objective_credit={"20": [(0.0, 0.0), (1.0, 1.0)], -8: [(0.0, 1.0), (1.0, 5.0)]})
+    assert list(by_snr.objective_credit) == [-8.0, 20.0]
+    at_snr = {**info, "snr_db": [6.0, -8.0, 0.0, 30.0]}
+    # client 0 (halfway): rank 8 earns (5 + 1) / 2 = 3; client 3 at 30 dB: 20 dB's 0.75 · 0.25 + 0.25 · 0 = 0.1875
+    expected = client_terms(plain, info) + np.array([3.0, 0.0, 0.0, 0.75 * 0.25])
+    np.testing.assert_allclose(learning_terms(by_snr, at_snr, free), expected)
+    with pytest.raises(ValueError, match="snr_db"):
+        learning_terms(by_snr, info, free)
 
 
 def test_learning_ignores_forced_decisions_and_airllm_keeps_them_out_of_its_buffer():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -229,15 +230,60 @@ def test_objective_credit_recovers_the_per_rank_credit_of_a_delivered_update(tmp
     assert "policy.reward.objective_credit: [[0, 1.00], [0.5, 2.00], [1, 3.50]]" in out
     assert "6 runs, 2 groups" in _script("objective_credit.py", tmp_path, "--levels", "-8", "20")
     other = tmp_path / "snr_db=20_rank=8" / "config.yaml"
+    refused = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "objective_credit.py"), str(tmp_path), "--anchors", "2"], capture_output=True, text=True, cwd=REPO
+    )
+    assert refused.returncode == 2 and "two or more distinct SNRs" in refused.stderr
     other.write_text(yaml.safe_dump({"seed": 1000, "channel": {"snr_db": 20}, "policy": {"name": "channel-greedy"}, "adapter": {"max_rank": 8}}))
     refused = subprocess.run([sys.executable, str(REPO / "benchmarks" / "objective_credit.py"), str(tmp_path)], capture_output=True, text=True, cwd=REPO)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "fixed uniform ranks" in refused.stderr
+
+
+def test_objective_credit_by_snr_anchor_recovers_a_credit_that_changes_with_the_level(tmp_path):
+    """--anchors -8 20: c(r, s) linear in s between one curve per anchor; runs built from a known c(r, s) at -8, 6
+    and 20 dB (6 = halfway) give the anchors' curves back exactly, printed as the by-SNR scenario mapping."""
+    low, high = {0: 2.0, 8: 5.0}, {0: 0.5, 8: 1.0}
+    flags = {(1000, 0): (1, 1, 1, 1), (1000, 8): (1, 0, 0, 1), (1001, 0): (1, 1, 1, 0), (1001, 8): (0, 0, 1, 0)}
+    for snr in (-8, 6, 20):
+        weight = (20 - snr) / 28
+        for (seed, rank), delivered in flags.items():
+            run = tmp_path / f"snr_db={snr}_rank={rank}_seed={seed}"
+            run.mkdir()
+            config = {"seed": seed, "channel": {"snr_db": snr}, "policy": {"name": "fixed", "rank": rank}, "adapter": {"max_rank": 8}}
+            (run / "config.yaml").write_text(yaml.safe_dump(config))
+            (run / "summary.json").write_text(json.dumps({"final_accuracy": 0.5}))
+            n = (delivered[0] + delivered[1]) / 2 + (delivered[2] + delivered[3]) / 2
+            objective = -8.0 - 0.01 * snr - seed / 1000 + (weight * low[rank] + (1 - weight) * high[rank]) * n
+            (run / "rounds.csv").write_text(f"round,val_loss\n1,{-objective / 2}\n2,{-objective / 2}\n")
+            rows = [f"{1 + i // 2},{i % 2},{int(flag)}" for i, flag in enumerate(delivered)]
+            (run / "clients.csv").write_text("round,client,delivered\n" + "\n".join(rows) + "\n")
+    out = _script("objective_credit.py", tmp_path, "--anchors", "20", "-8")
+    assert "policy.reward.objective_credit: {-8: [[0, 2.00], [1, 5.00]], 20: [[0, 0.50], [1, 1.00]]}" in out
+    assert float(re.search(r"p = (\S+)", out).group(1)) < 1e-6  # the pooled curve misfits runs an exact by-SNR credit fits
 
 
 def test_policy_share_optimum_prints_the_policys_share_and_its_signals_optimum_by_fitting_rank():
     out = _script("policy_share_optimum.py", "--policy", "ppo", "--checkpoint", "policies/checkpoints/ppo", "--levels", "-2", "--seeds", "2", "--rounds", "2")
     rows = [line.strip("|").split("|") for line in out.splitlines() if line.startswith("| -2 |")]
     assert rows and "objective credit" in out
+    steep = "{objective_credit: {-8: [[0, 0], [1, 50]], 20: [[0, 0], [1, 50]]}}"  # rank worth far more than its airtime
+    out = _script(
+        "policy_share_optimum.py",
+        "--policy",
+        "ppo",
+        "--checkpoint",
+        "policies/checkpoints/ppo",
+        "--levels",
+        "-2",
+        "--seeds",
+        "2",
+        "--rounds",
+        "2",
+        "--reward",
+        steep,
+    )
+    rows = [line.strip("|").split("|") for line in out.splitlines() if line.startswith("| -2 |")]
+    assert rows and all(float(row[4]) == 1.0 for row in rows)  # f* = 1: send all that fits
     for _, r_fit, decisions, share, best in rows:
         assert 1 <= int(r_fit) <= 8 and int(decisions) > 0 and 0 <= float(share) <= 1 and 0 <= float(best) <= 1
     refused = subprocess.run([sys.executable, str(REPO / "benchmarks" / "policy_share_optimum.py"), "--policy", "ppo", "--checkpoint", "nowhere"],

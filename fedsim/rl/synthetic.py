@@ -54,7 +54,7 @@ class ChannelRounds:
         full = self.bits(np.full(self.LAYERS, 8))[0]
         return {
             "loss": observation.last_loss, "accuracy": observation.last_accuracy, "bits_up": bits, "bits_full": np.full(3, full),
-            "rate_bps": observation.channel.rate_bps, "energy_j": np.array([t.energy_j for t in sent]), "deadline_s": 3.0,
+            "rate_bps": observation.channel.rate_bps, "snr_db": observation.channel.snr_db, "energy_j": np.array([t.energy_j for t in sent]), "deadline_s": 3.0,
             "drop_reasons": [t.drop_reason for t in sent], "delivered": np.array([t.delivered for t in sent]),
             "ranks": ranks, "max_rank": 8, "layer_importance": self.importance, "done": observation.round == 6,
         }  # fmt: skip
