@@ -69,7 +69,13 @@ If an episode's objective part O = Σ_t objective_t is, up to what no action cha
 then the episode reward Σ_t R_t = const + Σ_t mean_k (term_k + C_k delivered_k): the learning signal is the
 episode reward shared out over the decisions. The curve c is fitted across fixed-rank runs of the comparison's
 setup at the training SNR levels and seeds (scenarios/objective_calibration.yaml, benchmarks/objective_credit.py):
-O = a_(level, seed) + c(r) · N, with N = Σ_t mean_k delivered_k the updates that got through. Without it, a
+O = a_(level, seed) + c(r) · N, with N = Σ_t mean_k delivered_k the updates that got through. The credit may
+depend on the channel: given as {snr_db: curve, ...}, C_k is interpolated linearly in client k's large-scale SNR
+between the anchors' C (the outer anchors' beyond them), c(r, s) = Σ_j w_j(s) c_j(r) with w_j the anchors'
+piecewise-linear hat weights, fitted the same way (`objective_credit.py --anchors`). It assumes the comparison's
+setting, where a round's clients share one level, so a client's SNR stands for how scarce delivered updates
+are in its round: fitted on the training levels, a delivered update is worth several times more at -8 dB than
+at 2 dB or above (few get through, and the validation loss falls steeply in the first few). Without it, a
 client's own term is nearly flat between ranks 1 and 4 at low rates (the concave g against linear airtime), the
 objective's pull toward rank is invisible to the learner: ppo trained without it sent rank 0.9 at -5 dB, where
 channel-greedy's 2.0 scored 0.34 higher; trained with it, 1.3 and 0.25 (benchmarks/README.md, "Policy comparison").
