@@ -63,8 +63,7 @@ def fit(points: list[tuple[object, int, float, float]], anchors: list[float] | N
     y = np.array([p[2] for p in points])
     for i, (group, rank, _, delivered) in enumerate(points):
         x[i, groups.index(group)] = 1.0
-        weights = [float(np.interp(float(group[0]), anchors, np.eye(m)[j])) for j in range(m)] if m > 1 else [1.0]
-        for j, weight in enumerate(weights):
+        for j, weight in enumerate(np.interp(float(group[0]), anchors, row) for row in np.eye(m)):  # hat weights; 1 with no anchors
             x[i, len(groups) + ranks.index(rank) * m + j] = delivered * weight
     dof = len(points) - x.shape[1]
     if dof < 1 or np.linalg.matrix_rank(x) < x.shape[1]:
