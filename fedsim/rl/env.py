@@ -104,67 +104,92 @@ class FederatedRoundEnv(gym.Env):
         return features, reward, terminated, False, info
 
 
-class ClientSlotsVecEnv(VecEnv):
-    """The round's client slots as SB3 sub-environments: per-client decisions with shared weights.
+class SlotsVecEnv(VecEnv):
+    """One round's client slots as stable-baselines3 sub-environments with shared weights.
 
-    Sub-env k observes the k-th selected client's feature row and acts with its share of what fits
-    in [-1, 1]; all slots step together, as one federated round of the wrapped `FederatedRoundEnv`,
-    and slot k is rewarded with client k's own term of the round reward
-    (`policies.common.learning_terms`: plus its objective credit when the reward has one; 0 where no action
-    could change its ranks). So stable-baselines3's PPO learns one per-client policy from
-    per-client credit, as `airllm` does, instead of one joint action scored by the round mean (which
-    did not learn in the budget: a client's credit drowned in the other clients' terms). Episodes
-    end together; SB3 gets each slot's terminal observation in its info, as with any VecEnv.
+    Slot k observes the k-th client's feature row (`policies.common.client_features`), acts with its
+    share of what fits in [-1, 1] (`ranks_from_action`) and is rewarded with its own learning signal
+    (`policies.common.learning_terms`: its term of the round reward, plus its objective credit when the
+    reward has one; 0 where no action could change its ranks). All slots step together, one round per
+    step, and end their episodes together; SB3 gets each slot's terminal observation in its info, as
+    with any VecEnv. A subclass says what a round is: `_new_episode()` sets `self.observation`, the
+    pending round's `Observation`; `_play(ranks)` runs that round and returns its per-client round
+    info, whether the episode ended, and the info SB3 logs, and moves `self.observation` on unless it ended.
     """
 
-    def __init__(self, env: FederatedRoundEnv):
-        self.env = env
-        obs_space = gym.spaces.Box(-5.0, 5.0, (n_features(env.n_layers),), np.float32)
-        super().__init__(env.n_clients, obs_space, gym.spaces.Box(-1.0, 1.0, (1,), np.float32))
-        self.actions = np.zeros((env.n_clients, 1), dtype=np.float32)
-        self.episode_info: dict = {}
+    render_mode = None
 
-    def _rows(self) -> np.ndarray:
-        return client_features(self.env.observation)
+    def __init__(self, n_slots: int, n_layers: int, reward, min_rank: int):
+        obs_space = gym.spaces.Box(-5.0, 5.0, (n_features(n_layers),), np.float32)
+        super().__init__(n_slots, obs_space, gym.spaces.Box(-1.0, 1.0, (1,), np.float32))
+        self.reward, self.min_rank = reward, min_rank
+        self.actions = np.zeros((n_slots, 1), dtype=np.float32)
+        self.observation: Observation | None = None
+
+    def _new_episode(self) -> None:
+        raise NotImplementedError
+
+    def _play(self, ranks: np.ndarray) -> tuple[dict, bool, dict]:
+        raise NotImplementedError
 
     def reset(self):
-        self.env.reset()
-        return self._rows()
+        self._new_episode()
+        return client_features(self.observation)
 
     def step_async(self, actions) -> None:
         self.actions = np.asarray(actions, dtype=float).reshape(self.num_envs, -1)
 
     def step_wait(self):
-        env = self.env
-        ranks = ranks_from_action(self.actions[:, 0], env.observation, env.min_rank)
-        free = free_decisions(env.observation, env.min_rank)
-        terminal_rows = self._rows()
-        _, _, done, _, info = env.step_ranks(ranks)
-        rewards = learning_terms(env.policy.config.reward, env.strategy.last_info, free).astype(np.float32)
+        observation = self.observation
+        ranks = ranks_from_action(self.actions[:, 0], observation, self.min_rank)
+        free = free_decisions(observation, self.min_rank)
+        round_info, done, info = self._play(ranks)
+        rewards = learning_terms(self.reward, round_info, free).astype(np.float32)
         infos = [dict(info) for _ in range(self.num_envs)]
         if done:
-            self.episode_info = info
+            terminal_rows = client_features(observation)
             for k, row in enumerate(infos):
                 row["terminal_observation"] = terminal_rows[k]
             rows = self.reset()
         else:
-            rows = self._rows()
+            rows = client_features(self.observation)
         return rows, rewards, np.full(self.num_envs, done), infos
 
     def close(self) -> None:
         pass
 
     def get_attr(self, attr_name, indices=None):
-        return [getattr(self.env, attr_name)] * len(self._indices(indices))
+        return [getattr(self, attr_name)] * len(self._indices(indices))
 
     def set_attr(self, attr_name, value, indices=None) -> None:
-        setattr(self.env, attr_name, value)
+        setattr(self, attr_name, value)
 
     def env_method(self, method_name, *method_args, indices=None, **method_kwargs):
-        return [getattr(self.env, method_name)(*method_args, **method_kwargs) for _ in self._indices(indices)]
+        return [getattr(self, method_name)(*method_args, **method_kwargs) for _ in self._indices(indices)]
 
     def env_is_wrapped(self, wrapper_class, indices=None):
         return [False] * len(self._indices(indices))
 
     def _indices(self, indices):
         return range(self.num_envs) if indices is None else ([indices] if isinstance(indices, int) else list(indices))
+
+
+class ClientSlotsVecEnv(SlotsVecEnv):
+    """A federated round's selected clients as SB3 sub-environments (`SlotsVecEnv`): each round is one
+    step of the wrapped `FederatedRoundEnv`. So stable-baselines3's PPO learns one per-client policy from
+    per-client credit, as `airllm` does, instead of one joint action scored by the round mean (which
+    did not learn in the budget: a client's credit drowned in the other clients' terms).
+    """
+
+    def __init__(self, env: FederatedRoundEnv):
+        self.env = env
+        super().__init__(env.n_clients, env.n_layers, env.policy.config.reward, env.min_rank)
+
+    def _new_episode(self) -> None:
+        self.env.reset()
+        self.observation = self.env.observation
+
+    def _play(self, ranks: np.ndarray) -> tuple[dict, bool, dict]:
+        _, _, done, _, info = self.env.step_ranks(ranks)
+        self.observation = self.env.observation
+        return self.env.strategy.last_info, done, info

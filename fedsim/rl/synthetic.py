@@ -77,60 +77,28 @@ class ChannelRounds:
 
 def channel_slots(reward: RewardConfig, snr_levels, seed: int = 1000, min_rank: int = 0):
     """`ChannelRounds` episodes (6 rounds each, episode e on channel seed `seed` + e) as a stable-baselines3 VecEnv
-    of its 3 client slots, each rewarded with its learning signal (`policies.common.learning_terms`), the
-    action the share of what fits (`ranks_from_action`), as `fedsim.rl.env.ClientSlotsVecEnv` does for federated
-    runs: `ppo` trains here in minutes, so what its hyperparameters learn can be checked against the signal's
-    optimum before a federated training (benchmarks/policy_share_optimum.py --train)."""
-    import gymnasium as gym
-    from stable_baselines3.common.vec_env import VecEnv
+    of its 3 client slots (`fedsim.rl.env.SlotsVecEnv`: each rewarded with its learning signal, the action the
+    share of what fits), as `fedsim.rl.env.ClientSlotsVecEnv` is for federated runs: `ppo` trains here in
+    minutes, so what its hyperparameters learn can be checked against the signal's optimum before a federated
+    training (benchmarks/policy_share_optimum.py --train)."""
+    from fedsim.rl.env import SlotsVecEnv
 
-    from policies.common import client_features, free_decisions, learning_terms, n_features, ranks_from_action
-
-    class ChannelSlotsVecEnv(VecEnv):
+    class ChannelSlotsVecEnv(SlotsVecEnv):
         def __init__(self):
-            obs = gym.spaces.Box(-5.0, 5.0, (n_features(ChannelRounds.LAYERS),), np.float32)
-            super().__init__(3, obs, gym.spaces.Box(-1.0, 1.0, (1,), np.float32))
-            self.episodes, self.actions = 0, np.zeros(3)
+            super().__init__(3, ChannelRounds.LAYERS, reward, min_rank)
+            self.episodes = 0
 
-        def reset(self):
+        def _new_episode(self) -> None:
             self.env = ChannelRounds(snr_levels, seed=seed + self.episodes)
             self.episodes += 1
             self.round = 1
             self.observation = self.env.observation(1)
-            return client_features(self.observation)
 
-        def step_async(self, actions) -> None:
-            self.actions = np.asarray(actions, dtype=float).reshape(3)
-
-        def step_wait(self):
-            ranks = ranks_from_action(self.actions, self.observation, min_rank)
-            free = free_decisions(self.observation, min_rank)
-            rewards = learning_terms(reward, self.env.play(self.observation, ranks, reward), free).astype(np.float32)
-            rows, done = client_features(self.observation), self.round >= 6
-            infos = [{} for _ in range(3)]
-            if done:
-                for k, row in enumerate(infos):
-                    row["terminal_observation"] = rows[k]
-                rows = self.reset()
-            else:
+        def _play(self, ranks: np.ndarray) -> tuple[dict, bool, dict]:
+            round_info, done = self.env.play(self.observation, ranks, reward), self.round >= 6
+            if not done:
                 self.round += 1
                 self.observation = self.env.observation(self.round)
-                rows = client_features(self.observation)
-            return rows, rewards, np.full(3, done), infos
-
-        def close(self) -> None:
-            pass
-
-        def get_attr(self, attr_name, indices=None):
-            return [getattr(self, attr_name)] * 3
-
-        def set_attr(self, attr_name, value, indices=None) -> None:
-            setattr(self, attr_name, value)
-
-        def env_method(self, method_name, *method_args, indices=None, **method_kwargs):
-            return [getattr(self, method_name)(*method_args, **method_kwargs)] * 3
-
-        def env_is_wrapped(self, wrapper_class, indices=None):
-            return [False] * 3
+            return round_info, done, {}
 
     return ChannelSlotsVecEnv()
