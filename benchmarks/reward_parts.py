@@ -10,8 +10,11 @@ episode
 For every SNR level (`--split`) and policy this prints the paired difference *policy - reference* of each
 part over seeds, with its 95% Student t interval (`fedsim.stats.paired_difference`): which part a policy wins
 or loses on. Runs whose reward used another objective (`policy.reward.objective: accuracy`) are refused.
+`--versus DIR` adds the runs of another directory, labelled `<policy> (<DIR's name>)`: an earlier checkpoint's
+runs, moved aside before a retrained one's, against the retrained one on the same seeds.
 
     .venv/bin/python benchmarks/reward_parts.py runs/policy_compare --reference ppo
+    .venv/bin/python benchmarks/reward_parts.py runs/policy_compare --reference ppo --versus runs/policy_compare_ppo_bysnr8
 """
 
 from __future__ import annotations
@@ -43,12 +46,18 @@ def main(argv=None) -> int:
     parser.add_argument("dir", type=Path, help="a finished sweep directory")
     parser.add_argument("--reference", required=True, help="the policy label every other is compared with (e.g. ppo, channel-greedy, fixed-8)")
     parser.add_argument("--split", default="channel.snr_db", help="one table per value of this field (default channel.snr_db)")
+    parser.add_argument(
+        "--versus", type=Path, action="append", default=[], metavar="DIR",
+        help="another directory whose runs join the tables as '<policy> (<DIR name>)', e.g. an earlier checkpoint's runs (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     groups: dict = defaultdict(lambda: defaultdict(list))
-    for run in find_finished_runs(args.dir):
-        groups[run.config.get(args.split)][policy_label(run.config)].append(run)
-    if not groups:
-        raise FedsimError(f"{args.dir}: no finished runs")
+    for directory, suffix in [(args.dir, "")] + [(d, f" ({d.name})") for d in args.versus]:
+        runs = find_finished_runs(directory)
+        if not runs:
+            raise FedsimError(f"{directory}: no finished runs")
+        for run in runs:
+            groups[run.config.get(args.split)][policy_label(run.config) + suffix].append(run)
     for level in sorted(groups, key=lambda v: (str(type(v)), v)):
         policies = groups[level]
         if args.reference not in policies:

@@ -262,6 +262,29 @@ def test_objective_credit_by_snr_anchor_recovers_a_credit_that_changes_with_the_
     assert float(re.search(r"p = (\S+)", out).group(1)) < 1e-6  # the pooled curve misfits runs an exact by-SNR credit fits
 
 
+def test_reward_parts_pairs_an_earlier_versions_runs_from_another_directory(tmp_path):
+    # Two rounds per run; the earlier ppo (directory "before") has a validation loss 0.1 higher and a reward
+    # 0.3 lower per round than the current one, seed by seed: parts -0.2 and -0.4, reward -0.6, each exact.
+    for directory, loss_shift, reward_shift in (("now", 0.0, 0.0), ("before", 0.1, -0.3)):
+        for seed in (0, 1, 2):
+            run = tmp_path / directory / f"snr_db=5_policy=ppo_seed={seed}-0000000000"
+            run.mkdir(parents=True)
+            config = {"seed": seed, "channel": {"snr_db": 5}, "policy": {"name": "ppo"}}
+            (run / "config.yaml").write_text(yaml.safe_dump(config))
+            (run / "summary.json").write_text(json.dumps({"final_accuracy": 0.4}))
+            rows = [f"{t},{-1.0 - 0.1 * seed + reward_shift},{2.0 - 0.1 * t + loss_shift}" for t in (1, 2)]
+            (run / "rounds.csv").write_text("round,reward,val_loss\n" + "\n".join(rows) + "\n")
+    out = _script("reward_parts.py", tmp_path / "now", "--reference", "ppo", "--versus", tmp_path / "before")
+    row = next(line for line in out.splitlines() if line.startswith("| ppo (before) |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "0,1,2" and [c.split()[0] for c in cells[2:]] == ["-0.200", "-0.400", "-0.600"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused = subprocess.run([sys.executable, str(REPO / "benchmarks" / "reward_parts.py"), tmp_path / "now", "--reference", "ppo", "--versus", empty],
+                             capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "no finished runs" in refused.stderr
+
+
 def test_policy_share_optimum_prints_the_policys_share_and_its_signals_optimum_by_fitting_rank():
     out = _script("policy_share_optimum.py", "--policy", "ppo", "--checkpoint", "policies/checkpoints/ppo", "--levels", "-2", "--seeds", "2", "--rounds", "2")
     rows = [line.strip("|").split("|") for line in out.splitlines() if line.startswith("| -2 |") and "| all |" not in line]
