@@ -78,9 +78,10 @@ are in its round: fitted on the training levels, a delivered update is worth sev
 at 2 dB or above (few get through, and the validation loss falls steeply in the first few). Without it, a
 client's own term is nearly flat between ranks 1 and 4 at low rates (the concave g against linear airtime), the
 objective's pull toward rank is invisible to the learner: ppo trained without it sent rank 0.9 at -5 dB, where
-channel-greedy's 2.0 scored 0.34 higher; with the pooled curve, 1.3 and 0.25; with the by-SNR credit, 2.0 and
-0.02 (not significant): it then sends what fits, as channel-greedy does, an optimum of that credit that R, by
-airllm's lead, does not share where much fits at low SNR (benchmarks/README.md, "Policy comparison").
+channel-greedy's 2.0 scored 0.34 higher; with the by-SNR credit, 2.0 and 0.02 (not significant): it then sends
+what fits, as channel-greedy does, an optimum of that credit that R, by airllm's lead, does not share where much
+fits at low SNR; with the pooled curve and small PPO updates (the shipped ppo), 1.5 and -0.04, and 0.18 more
+than channel-greedy at 5 dB (benchmarks/README.md, "Which signal", "Policy comparison").
 
 Action (`ranks_from_action`): a client's action a in [-1, 1] is the share f = (a + 1) / 2 of what fits that it
 sends: r_fit (`fitting_rank`, the largest uniform rank that meets the deadline at its rate; R with no deadline)
