@@ -262,6 +262,37 @@ def test_objective_credit_by_snr_anchor_recovers_a_credit_that_changes_with_the_
     assert float(re.search(r"p = (\S+)", out).group(1)) < 1e-6  # the pooled curve misfits runs an exact by-SNR credit fits
 
 
+def test_objective_credit_with_diminishing_returns_recovers_gamma_and_weights(tmp_path):
+    """--returns diminishing fits O = a_(level, seed) + γ log(1 + w(r) N): runs built from a known γ and w give them
+    back, the credit per level is γ w(r) / (1 + N_0) with N_0 the rank-0 runs' delivered count there, and the linear
+    model misfits such runs (higher BIC)."""
+    gamma, weight = 3.0, {0: 0.5, 8: 1.5}
+    flags = [(1, 1, 1, 1), (1, 1, 0, 1), (1, 0, 0, 1), (0, 0, 1, 0), (1, 1, 1, 0), (0, 1, 0, 0)]
+    for snr in (-8, 20):
+        for seed in (1000, 1001, 1002):
+            for rank in (0, 8):
+                delivered = flags[(seed - 1000) * 2 + (rank == 8)] if snr == -8 else (1, 1, 1, 1)
+                if snr == 20 and rank == 8 and seed == 1002:
+                    delivered = (1, 1, 0, 1)
+                run = tmp_path / f"snr_db={snr}_rank={rank}_seed={seed}"
+                run.mkdir()
+                config = {"seed": seed, "channel": {"snr_db": snr}, "policy": {"name": "fixed", "rank": rank}, "adapter": {"max_rank": 8}}
+                (run / "config.yaml").write_text(yaml.safe_dump(config))
+                (run / "summary.json").write_text(json.dumps({"final_accuracy": 0.5}))
+                n = (delivered[0] + delivered[1]) / 2 + (delivered[2] + delivered[3]) / 2
+                objective = -8.0 - 0.01 * snr - seed / 1000 + gamma * math.log1p(weight[rank] * n)
+                (run / "rounds.csv").write_text(f"round,val_loss\n1,{-objective / 2}\n2,{-objective / 2}\n")
+                rows = [f"{1 + i // 2},{i % 2},{int(flag)}" for i, flag in enumerate(delivered)]
+                (run / "clients.csv").write_text("round,client,delivered\n" + "\n".join(rows) + "\n")
+    out = _script("objective_credit.py", tmp_path, "--returns", "diminishing")
+    assert "γ = 3.000" in out and "| 0 | 0.500 |" in out and "| 8 | 1.500 |" in out
+    n0 = {-8: (2.0 + 1.0 + 1.5) / 3, 20: 2.0}  # rank-0 runs' mean N per level
+    expected = ", ".join(f"{snr}: [[0, {gamma * 0.5 / (1 + n):.2f}], [1, {gamma * 1.5 / (1 + n):.2f}]]" for snr, n in n0.items())
+    assert f"policy.reward.objective_credit: {{{expected}}}" in out
+    fitted_bic, linear_bic = (float(v) for v in re.findall(r"BIC (-?[\d.]+|-inf)", out))
+    assert fitted_bic < linear_bic
+
+
 def test_reward_parts_pairs_an_earlier_versions_runs_from_another_directory(tmp_path):
     # Two rounds per run; the earlier ppo (directory "before") has a validation loss 0.1 higher and a reward
     # 0.3 lower per round than the current one, seed by seed: parts -0.2 and -0.4, reward -0.6, each exact.
