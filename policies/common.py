@@ -72,7 +72,10 @@ setup at the training SNR levels and seeds (scenarios/objective_calibration.yaml
 O = a_(level, seed) + c(r) · N, with N = Σ_t mean_k delivered_k the updates that got through. The credit may
 depend on the channel: given as {snr_db: curve, ...}, C_k is interpolated linearly in client k's large-scale SNR
 between the anchors' C (the outer anchors' beyond them), c(r, s) = Σ_j w_j(s) c_j(r) with w_j the anchors'
-piecewise-linear hat weights, fitted the same way (`objective_credit.py --anchors`). It assumes the comparison's
+piecewise-linear hat weights, fitted the same way (`objective_credit.py --anchors`), or with diminishing returns,
+O = a_(level, seed) + γ log(1 + Σ_t mean_k w(r_k) delivered_k), whose marginal worth γ w(r) / (1 + N_0(s)) at
+each training level s (N_0 the updates that get through there) is given as one curve per level
+(`objective_credit.py --returns diminishing`). It assumes the comparison's
 setting, where a round's clients share one level, so a client's SNR stands for how scarce delivered updates
 are in its round: fitted on the training levels, a delivered update is worth several times more at -8 dB than
 at 2 dB or above (few get through, and the validation loss falls steeply in the first few). Without it, a
@@ -80,8 +83,9 @@ client's own term is nearly flat between ranks 1 and 4 at low rates (the concave
 objective's pull toward rank is invisible to the learner: ppo trained without it sent rank 0.9 at -5 dB, where
 channel-greedy's 2.0 scored 0.34 higher; with the by-SNR credit, 2.0 and 0.02 (not significant): it then sends
 what fits, as channel-greedy does, an optimum of that credit that R, by airllm's lead, does not share where much
-fits at low SNR; with the pooled curve and small PPO updates (the shipped ppo), 1.5 and -0.04, and 0.18 more
-than channel-greedy at 5 dB (benchmarks/README.md, "Which signal", "Policy comparison").
+fits at low SNR; with the pooled curve and small PPO updates, 1.5 and -0.04, and 0.18 more than channel-greedy
+at 5 dB; with the diminishing-returns curves and small updates (the shipped ppo), 1.3 and 0.12 (not
+significant), and 0.20 more at 5 dB (benchmarks/README.md, "Which signal", "Policy comparison").
 
 Action (`ranks_from_action`): a client's action a in [-1, 1] is the share f = (a + 1) / 2 of what fits that it
 sends: r_fit (`fitting_rank`, the largest uniform rank that meets the deadline at its rate; R with no deadline)
