@@ -208,6 +208,24 @@ def test_snr_table_groups_by_snr_and_pairs_over_seeds(tmp_path):
         _script("snr_table.py", tmp_path, "--reference", "7")
 
 
+def _updates_through(delivered: tuple) -> float:
+    """N = Σ_t mean_k delivered_k of a calibration run of two rounds of two clients (flags in round order)."""
+    return (delivered[0] + delivered[1]) / 2 + (delivered[2] + delivered[3]) / 2
+
+
+def _calibration_run(root: Path, name: str, snr: float, seed: int, rank: int, delivered: tuple, objective: float) -> None:
+    """One fixed-rank run for benchmarks/objective_credit.py: its `delivered` flags and an episode objective O,
+    split over the two rounds' validation losses."""
+    run = root / name
+    run.mkdir()
+    config = {"seed": seed, "channel": {"snr_db": snr}, "policy": {"name": "fixed", "rank": rank}, "adapter": {"max_rank": 8}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / "summary.json").write_text(json.dumps({"final_accuracy": 0.5}))
+    (run / "rounds.csv").write_text(f"round,val_loss\n1,{-objective / 2}\n2,{-objective / 2}\n")
+    rows = [f"{1 + i // 2},{i % 2},{int(flag)}" for i, flag in enumerate(delivered)]
+    (run / "clients.csv").write_text("round,client,delivered\n" + "\n".join(rows) + "\n")
+
+
 def test_objective_credit_recovers_the_per_rank_credit_of_a_delivered_update(tmp_path):
     """benchmarks/objective_credit.py fits O = a_(level, seed) + c(r) · N: on runs built from known a and c it
     prints c exactly as the scenario curve, and a non-fixed policy is refused in one line with exit 2."""
@@ -216,16 +234,7 @@ def test_objective_credit_recovers_the_per_rank_credit_of_a_delivered_update(tmp
                  20: {0: (1, 1, 1, 1), 4: (1, 1, 1, 1), 8: (1, 1, 0, 1)}}  # fmt: skip
     for snr, by_rank in delivered.items():
         for rank, flags in by_rank.items():
-            run = tmp_path / f"snr_db={snr}_rank={rank}"
-            run.mkdir()
-            config = {"seed": 1000, "channel": {"snr_db": snr}, "policy": {"name": "fixed", "rank": rank}, "adapter": {"max_rank": 8}}
-            (run / "config.yaml").write_text(yaml.safe_dump(config))
-            (run / "summary.json").write_text(json.dumps({"final_accuracy": 0.5}))
-            n = (flags[0] + flags[1]) / 2 + (flags[2] + flags[3]) / 2  # two rounds of two clients
-            objective = -8.0 - 0.01 * snr + credit[rank] * n
-            (run / "rounds.csv").write_text(f"round,val_loss\n1,{-objective / 2}\n2,{-objective / 2}\n")
-            rows = [f"{1 + i // 2},{i % 2},{int(flag)}" for i, flag in enumerate(flags)]
-            (run / "clients.csv").write_text("round,client,delivered\n" + "\n".join(rows) + "\n")
+            _calibration_run(tmp_path, f"snr_db={snr}_rank={rank}", snr, 1000, rank, flags, -8.0 - 0.01 * snr + credit[rank] * _updates_through(flags))
     out = _script("objective_credit.py", tmp_path)
     assert "policy.reward.objective_credit: [[0, 1.00], [0.5, 2.00], [1, 3.50]]" in out
     assert "6 runs, 2 groups" in _script("objective_credit.py", tmp_path, "--levels", "-8", "20")
@@ -247,16 +256,16 @@ def test_objective_credit_by_snr_anchor_recovers_a_credit_that_changes_with_the_
     for snr in (-8, 6, 20):
         weight = (20 - snr) / 28
         for (seed, rank), delivered in flags.items():
-            run = tmp_path / f"snr_db={snr}_rank={rank}_seed={seed}"
-            run.mkdir()
-            config = {"seed": seed, "channel": {"snr_db": snr}, "policy": {"name": "fixed", "rank": rank}, "adapter": {"max_rank": 8}}
-            (run / "config.yaml").write_text(yaml.safe_dump(config))
-            (run / "summary.json").write_text(json.dumps({"final_accuracy": 0.5}))
-            n = (delivered[0] + delivered[1]) / 2 + (delivered[2] + delivered[3]) / 2
-            objective = -8.0 - 0.01 * snr - seed / 1000 + (weight * low[rank] + (1 - weight) * high[rank]) * n
-            (run / "rounds.csv").write_text(f"round,val_loss\n1,{-objective / 2}\n2,{-objective / 2}\n")
-            rows = [f"{1 + i // 2},{i % 2},{int(flag)}" for i, flag in enumerate(delivered)]
-            (run / "clients.csv").write_text("round,client,delivered\n" + "\n".join(rows) + "\n")
+            credit = weight * low[rank] + (1 - weight) * high[rank]
+            _calibration_run(
+                tmp_path,
+                f"snr_db={snr}_rank={rank}_seed={seed}",
+                snr,
+                seed,
+                rank,
+                delivered,
+                -8.0 - 0.01 * snr - seed / 1000 + credit * _updates_through(delivered),
+            )
     out = _script("objective_credit.py", tmp_path, "--anchors", "20", "-8")
     assert "policy.reward.objective_credit: {-8: [[0, 2.00], [1, 5.00]], 20: [[0, 0.50], [1, 1.00]]}" in out
     assert float(re.search(r"p = (\S+)", out).group(1)) < 1e-6  # the pooled curve misfits runs an exact by-SNR credit fits
@@ -274,16 +283,10 @@ def test_objective_credit_with_diminishing_returns_recovers_gamma_and_weights(tm
                 delivered = flags[(seed - 1000) * 2 + (rank == 8)] if snr == -8 else (1, 1, 1, 1)
                 if snr == 20 and rank == 8 and seed == 1002:
                     delivered = (1, 1, 0, 1)
-                run = tmp_path / f"snr_db={snr}_rank={rank}_seed={seed}"
-                run.mkdir()
-                config = {"seed": seed, "channel": {"snr_db": snr}, "policy": {"name": "fixed", "rank": rank}, "adapter": {"max_rank": 8}}
-                (run / "config.yaml").write_text(yaml.safe_dump(config))
-                (run / "summary.json").write_text(json.dumps({"final_accuracy": 0.5}))
-                n = (delivered[0] + delivered[1]) / 2 + (delivered[2] + delivered[3]) / 2
-                objective = -8.0 - 0.01 * snr - seed / 1000 + gamma * math.log1p(weight[rank] * n)
-                (run / "rounds.csv").write_text(f"round,val_loss\n1,{-objective / 2}\n2,{-objective / 2}\n")
-                rows = [f"{1 + i // 2},{i % 2},{int(flag)}" for i, flag in enumerate(delivered)]
-                (run / "clients.csv").write_text("round,client,delivered\n" + "\n".join(rows) + "\n")
+                name = f"snr_db={snr}_rank={rank}_seed={seed}"
+                _calibration_run(
+                    tmp_path, name, snr, seed, rank, delivered, -8.0 - 0.01 * snr - seed / 1000 + gamma * math.log1p(weight[rank] * _updates_through(delivered))
+                )
     out = _script("objective_credit.py", tmp_path, "--returns", "diminishing")
     assert "γ = 3.000" in out and "| 0 | 0.500 |" in out and "| 8 | 1.500 |" in out
     n0 = {-8: (2.0 + 1.0 + 1.5) / 3, 20: 2.0}  # rank-0 runs' mean N per level
