@@ -84,7 +84,7 @@ def main(argv=None) -> int:
             raise FedsimError(f"--config: {' '.join(str(error).split())}") from None
         started = time.perf_counter()
         levels = load_scenario(TRAINING_SCENARIO).channel.snr_levels_db
-        policy.build(channel_slots(reward, levels, seed=1000, min_rank=policy.config.min_rank))
+        policy.build(channel_slots(reward, levels, seed=1000, min_rank=policy.config.min_rank, full_share_at=policy.config.full_share_at))
         policy.n_layers = ChannelRounds.LAYERS
         policy.model.learn(total_timesteps=args.train)
         print(f"trained ppo {args.config} for {args.train} decisions on the synthetic channel in {time.perf_counter() - started:.0f} s")

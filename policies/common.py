@@ -93,6 +93,10 @@ sets the client's reach, and it sends L · (r_min + f · (max(r_fit, r_min) - r_
 L layers. f = 1 is channel-greedy; the policy learns where sending less than what fits pays (where airtime
 costs more than the rank is worth). The channel arithmetic (what fits) is exact, not learned, so no learned
 action misses a deadline it could have met. Both learning policies start near f = 1/2, the centre of the box.
+`ppo`'s `full_share_at` a_full < 1 makes the top of the box a band: f = min((a + 1) / (a_full + 1), 1), so every
+action from a_full up sends all that fits. With f linear up to a = 1, sending everything takes the mean action at
+the box's edge, which a Gaussian policy reaches only in the limit; the shipped ppo then sent f = 0.92-0.97
+where r_fit is 1-2, and rounding left one of the L layers at rank 0 (benchmarks/README.md, "Policy comparison").
 (The previous action, a level in [0, R] capped at r_fit, was flat above the cap at low rates and put "what
 fits" at a different level for every rate; its checkpoints sent rank 6.2 at 15 dB, where channel-greedy's
 7.8 scored better on their own reward.)
@@ -196,16 +200,16 @@ def level_ranks(
     return np.stack(ranks).reshape(len(level), n_layers)
 
 
-def action_to_level(action: np.ndarray) -> np.ndarray:
-    """[-1, 1] -> rank level in [0, 1]."""
-    return (np.clip(np.asarray(action, dtype=float), -1.0, 1.0) + 1.0) / 2.0
+def action_to_level(action: np.ndarray, full_share_at: float = 1.0) -> np.ndarray:
+    """[-1, 1] -> level in [0, 1]: (a + 1) / (a_full + 1), and 1 from a_full = `full_share_at` up."""
+    return np.clip((np.clip(np.asarray(action, dtype=float), -1.0, 1.0) + 1.0) / (full_share_at + 1.0), 0.0, 1.0)
 
 
-def ranks_from_action(action: np.ndarray, observation: Observation, min_rank: int, weights: np.ndarray | None = None) -> np.ndarray:
+def ranks_from_action(action: np.ndarray, observation: Observation, min_rank: int, weights: np.ndarray | None = None, full_share_at: float = 1.0) -> np.ndarray:
     """The learning policies' action map (module docstring): action [clients] in [-1, 1] -> ranks
-    [clients, layers], the share (a + 1) / 2 of each client's `fitting_rank`."""
+    [clients, layers], the share (a + 1) / (a_full + 1), at most 1, of each client's `fitting_rank`."""
     top = np.clip(fitting_rank(observation), 0, observation.max_rank)
-    level = action_to_level(np.asarray(action, dtype=float).reshape(observation.n_clients))
+    level = action_to_level(np.asarray(action, dtype=float).reshape(observation.n_clients), full_share_at)
     return level_ranks(level, observation.n_layers, min_rank, observation.max_rank, weights, top)
 
 

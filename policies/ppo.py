@@ -2,7 +2,8 @@
 
 One network, shared by all clients: it sees client k's feature row (policies.common.client_features)
 and acts with a Box action in [-1, 1] (SB3 clips the Gaussian sample to the box), the share
-f_k = (a_k + 1)/2 of what fits (policies.common.ranks_from_action): a total of
+f_k = min((a_k + 1)/(a_full + 1), 1) of what fits (policies.common.ranks_from_action; a_full = `full_share_at`,
+1 by default, so f_k = (a_k + 1)/2): a total of
 L · (r_min + f_k · (r_fit - r_min)) over its L layers, shared equally, where r_fit is the largest uniform
 rank that meets the deadline at the client's rate. One share per client instead of one action per
 (client, layer) is what PPO can learn in the training budget: the reward depends on a client's ranks
@@ -51,6 +52,14 @@ class PpoConfig(BaseModel):
     clip: float = Field(0.2, gt=0)
     ent_coef: float = Field(0.0, ge=0)
     init_log_std: float = Field(-1.0, description="Initial log σ of the Gaussian action (SB3's log_std_init); actions are clipped to [-1, 1].")
+    full_share_at: float = Field(
+        1.0,
+        gt=-1,
+        le=1,
+        description="The action a_full from which a client sends all that fits: share f = min((a + 1) / (a_full + 1), 1). "
+        "1: f = (a + 1) / 2 over the whole box; below 1, the top of the box is a band of f = 1 the mean action can sit inside. "
+        "A loaded checkpoint acts with the value it was trained with.",
+    )
 
 
 def spaces_only_env(observation_space, action_space):
@@ -115,18 +124,23 @@ class PpoPolicy(RankPolicy):
         if n_layers != self.n_layers:
             raise FedsimError(f"policy ppo: trained for {self.n_layers} adapted layers, the scenario has {n_layers}; retrain it for this adapter")
         action, _ = self.model.predict(client_features(observation), deterministic=True)
-        return clip_ranks(ranks_from_action(np.asarray(action).reshape(n), observation, self.config.min_rank), observation.max_rank)
+        ranks = ranks_from_action(np.asarray(action).reshape(n), observation, self.config.min_rank, full_share_at=self.config.full_share_at)
+        return clip_ranks(ranks, observation.max_rank)
 
     def state_dict(self) -> dict:
-        return {"n_layers": self.n_layers, "hidden": self.config.hidden, "training": self.training}
+        return {"n_layers": self.n_layers, "hidden": self.config.hidden, "full_share_at": self.config.full_share_at, "training": self.training}
 
     def load_state_dict(self, state: dict) -> None:
         n_layers, hidden = state.get("n_layers"), state.get("hidden", self.config.hidden)
+        # The weights were trained for their checkpoint's action map, so it wins over the scenario's (1: saved before it existed).
+        full_share_at = state.get("full_share_at", 1.0)
         if n_layers is None:
             return
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (n_layers, hidden)):
             raise FedsimError(f"policy checkpoint: ppo sizes n_layers={n_layers!r}, hidden={hidden!r}; expected positive integers")
-        self.config = self.config.model_copy(update={"hidden": hidden})
+        if isinstance(full_share_at, bool) or not isinstance(full_share_at, (int, float)) or not -1 < full_share_at <= 1:
+            raise FedsimError(f"policy checkpoint: ppo full_share_at={full_share_at!r}; expected a number in (-1, 1]")
+        self.config = self.config.model_copy(update={"hidden": hidden, "full_share_at": float(full_share_at)})
         self.n_layers = n_layers
         self.training = state.get("training") if isinstance(state.get("training"), dict) else {}
         self.build(spaces_only_env(*self._spaces(n_layers)))

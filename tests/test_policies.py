@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from fedsim.cli import main
 from fedsim.config import scenario_from_dict
-from fedsim.rl.synthetic import ChannelRounds
+from fedsim.rl.synthetic import ChannelRounds, channel_slots
 from fedsim.runtime import get_runtime
 from fedsim.types import ChannelStates, Observation
 from policies.adalora import AdaLoraConfig, AdaLoraPolicy, cubic_budget, share_budget
@@ -145,6 +145,11 @@ def test_the_learning_policies_action_is_a_share_of_what_fits_and_its_top_is_cha
     assert (ranks_from_action(-np.ones(4), observation, min_rank=2) == 2).all()  # r_min wins where nothing more fits
     half = ranks_from_action(np.zeros(4), observation, min_rank=0)  # f = 1/2: half of what fits, L · f · r_fit in total
     assert half.sum(1).tolist() == [14, 0, 16, 16]
+    # full_share_at 0.5: the band [0.5, 1] sends all that fits, and below it f = (a + 1) / 1.5
+    for a in (0.5, 0.8):
+        np.testing.assert_array_equal(ranks_from_action(np.full(4, a), observation, min_rank=0, full_share_at=0.5), greedy)
+    assert ranks_from_action(np.full(4, -0.25), observation, min_rank=0, full_share_at=0.5).sum(1).tolist() == [14, 0, 16, 16]
+    assert (ranks_from_action(np.full(4, 0.45), observation, min_rank=0, full_share_at=0.5).sum(1) < greedy.sum(1) + (greedy.sum(1) == 0)).all()
     # spread 1: the weights only place the remainder, so layers differ by at most one rank
     weights = np.array([[8.0, 1.0, 1.0, 1.0]] * 4)
     spread = level_ranks(np.full(4, 0.45), 4, 0, 8, weights, fitting_rank(observation), spread=1)
@@ -357,6 +362,26 @@ def test_ppo_checkpoint_round_trip_gives_the_same_ranks(tmp_path):
     assert np.array_equal(loaded.ranks(observation), moved)
     for key, value in policy.tensors().items():
         assert torch.equal(value, loaded.tensors()[key])
+
+
+def test_ppo_full_share_at_sends_all_that_fits_from_that_action_up_in_training_acting_and_its_checkpoint(tmp_path):
+    observation = make_observation([-5.0, 15.0, 5.0], [4e5, 5e6, 1e6], deadline_s=0.1)
+    greedy = ChannelGreedyPolicy(ChannelGreedyConfig()).ranks(observation)
+    banded = PpoPolicy(PpoConfig(hidden=8, seed=2, full_share_at=-0.9))  # an untrained mean action near 0 is inside the band
+    assert np.array_equal(banded.ranks(observation), greedy)
+    assert not np.array_equal(PpoPolicy(PpoConfig(hidden=8, seed=2)).ranks(observation), greedy)
+    banded.save(tmp_path / "ppo")
+    loaded = PpoPolicy(PpoConfig(seed=2)).load(tmp_path / "ppo")  # the checkpoint's action map, not the default
+    assert loaded.config.full_share_at == -0.9 and np.array_equal(loaded.ranks(observation), greedy)
+
+    def rewards(action: float, full_share_at: float) -> np.ndarray:
+        env = channel_slots(RewardConfig(), [2.0], seed=1000, full_share_at=full_share_at)
+        env.reset()
+        env.step_async(np.full((3, 1), action))
+        return env.step_wait()[1]
+
+    assert np.array_equal(rewards(0.0, -0.9), rewards(1.0, -0.9))  # both inside the band: the same ranks, the same draws
+    assert not np.array_equal(rewards(0.0, 1.0), rewards(1.0, 1.0))
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,7 @@ class FederatedRoundEnv(gym.Env):
         self.n_layers = get_runtime(scenario).n_layers
         self.max_rank = scenario.adapter.max_rank
         self.min_rank = min(getattr(self.policy.config, "min_rank", 0), self.max_rank)
+        self.full_share_at = getattr(self.policy.config, "full_share_at", 1.0)
         self.observation_space = gym.spaces.Box(-5.0, 5.0, (self.n_clients * n_features(self.n_layers),), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (self.n_clients,), np.float32)
         self.episodes = 0
@@ -75,7 +76,7 @@ class FederatedRoundEnv(gym.Env):
         return client_features(self.observation).reshape(-1), {"seed": episode_seed}
 
     def step(self, action):
-        return self.step_ranks(ranks_from_action(np.asarray(action), self.observation, self.min_rank))
+        return self.step_ranks(ranks_from_action(np.asarray(action), self.observation, self.min_rank, full_share_at=self.full_share_at))
 
     def step_ranks(self, ranks: np.ndarray):
         from fedsim.server_app import run_train_round
@@ -119,10 +120,10 @@ class SlotsVecEnv(VecEnv):
 
     render_mode = None
 
-    def __init__(self, n_slots: int, n_layers: int, reward, min_rank: int):
+    def __init__(self, n_slots: int, n_layers: int, reward, min_rank: int, full_share_at: float = 1.0):
         obs_space = gym.spaces.Box(-5.0, 5.0, (n_features(n_layers),), np.float32)
         super().__init__(n_slots, obs_space, gym.spaces.Box(-1.0, 1.0, (1,), np.float32))
-        self.reward, self.min_rank = reward, min_rank
+        self.reward, self.min_rank, self.full_share_at = reward, min_rank, full_share_at
         self.actions = np.zeros((n_slots, 1), dtype=np.float32)
         self.observation: Observation | None = None
 
@@ -141,7 +142,7 @@ class SlotsVecEnv(VecEnv):
 
     def step_wait(self):
         observation = self.observation
-        ranks = ranks_from_action(self.actions[:, 0], observation, self.min_rank)
+        ranks = ranks_from_action(self.actions[:, 0], observation, self.min_rank, full_share_at=self.full_share_at)
         free = free_decisions(observation, self.min_rank)
         round_info, done, info = self._play(ranks)
         rewards = learning_terms(self.reward, round_info, free).astype(np.float32)
@@ -183,7 +184,7 @@ class ClientSlotsVecEnv(SlotsVecEnv):
 
     def __init__(self, env: FederatedRoundEnv):
         self.env = env
-        super().__init__(env.n_clients, env.n_layers, env.policy.config.reward, env.min_rank)
+        super().__init__(env.n_clients, env.n_layers, env.policy.config.reward, env.min_rank, env.full_share_at)
 
     def _new_episode(self) -> None:
         self.env.reset()

@@ -75,7 +75,7 @@ class ChannelRounds:
         return choice
 
 
-def channel_slots(reward: RewardConfig, snr_levels, seed: int = 1000, min_rank: int = 0):
+def channel_slots(reward: RewardConfig, snr_levels, seed: int = 1000, min_rank: int = 0, full_share_at: float = 1.0):
     """`ChannelRounds` episodes (6 rounds each, episode e on channel seed `seed` + e) as a stable-baselines3 VecEnv
     of its 3 client slots (`fedsim.rl.env.SlotsVecEnv`: each rewarded with its learning signal, the action the
     share of what fits), as `fedsim.rl.env.ClientSlotsVecEnv` is for federated runs: `ppo` trains here in
@@ -85,7 +85,7 @@ def channel_slots(reward: RewardConfig, snr_levels, seed: int = 1000, min_rank: 
 
     class ChannelSlotsVecEnv(SlotsVecEnv):
         def __init__(self):
-            super().__init__(3, ChannelRounds.LAYERS, reward, min_rank)
+            super().__init__(3, ChannelRounds.LAYERS, reward, min_rank, full_share_at)
             self.episodes = 0
 
         def _new_episode(self) -> None:
