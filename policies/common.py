@@ -84,8 +84,9 @@ objective's pull toward rank is invisible to the learner: ppo trained without it
 channel-greedy's 2.0 scored 0.34 higher; with the by-SNR credit, 2.0 and 0.02 (not significant): it then sends
 what fits, as channel-greedy does, an optimum of that credit that R, by airllm's lead, does not share where much
 fits at low SNR; with the pooled curve and small PPO updates, 1.5 and -0.04, and 0.18 more than channel-greedy
-at 5 dB; with the diminishing-returns curves and small updates (the shipped ppo), 1.3 and 0.12 (not
-significant), and 0.20 more at 5 dB (benchmarks/README.md, "Which signal", "Policy comparison").
+at 5 dB; with the diminishing-returns curves and small updates, 1.3 and 0.12 (not significant), and 0.20 more
+at 5 dB; with those and the top of its action a band (`full_share_at` 0.2, the shipped ppo), 1.85 and -0.02
+(not significant), and 0.07 more at 5 dB (benchmarks/README.md, "Which signal", "Policy comparison").
 
 Action (`ranks_from_action`): a client's action a in [-1, 1] is the share f = (a + 1) / 2 of what fits that it
 sends: r_fit (`fitting_rank`, the largest uniform rank that meets the deadline at its rate; R with no deadline)
@@ -95,7 +96,7 @@ costs more than the rank is worth). The channel arithmetic (what fits) is exact,
 action misses a deadline it could have met. Both learning policies start near f = 1/2, the centre of the box.
 `ppo`'s `full_share_at` a_full < 1 makes the top of the box a band: f = min((a + 1) / (a_full + 1), 1), so every
 action from a_full up sends all that fits. With f linear up to a = 1, sending everything takes the mean action at
-the box's edge, which a Gaussian policy reaches only in the limit; the shipped ppo then sent f = 0.92-0.97
+the box's edge, which a Gaussian policy reaches only in the limit; a ppo trained so sent f = 0.92-0.97
 where r_fit is 1-2, and rounding left one of the L layers at rank 0 (benchmarks/README.md, "Policy comparison").
 (The previous action, a level in [0, R] capped at r_fit, was flat above the cap at low rates and put "what
 fits" at a different level for every rate; its checkpoints sent rank 6.2 at 15 dB, where channel-greedy's
