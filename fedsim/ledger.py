@@ -67,7 +67,8 @@ SUMMARY = "summary.json"
 # config.yaml lacks one ran at that default (fedsim.collect reads it so, where its parent section exists), and a
 # sweep leaves a field at its default out of the run-directory hash (fedsim.sweeps.config_digest), so existing
 # sweeps resume rather than rerun.
-LATER_FIELDS = {"task": {"name": "classification"}, "policy.reward.utility_weight": "update", "policy.reward.objective_credit": []}
+LATER_FIELDS = {"task": {"name": "classification"}, "policy.reward.utility_weight": "update", "policy.reward.objective_credit": [], "policy.full_share_at": 1.0}
+LATER_POLICY_FIELDS = {"policy.full_share_at": "ppo"}  # a LATER_FIELDS field that only this policy has
 
 
 def drop_later_defaults(data: dict) -> None:
@@ -88,6 +89,8 @@ def later_defaults(flat_config: dict) -> dict:
     for path, default in LATER_FIELDS.items():
         parent = path.rpartition(".")[0]
         if parent and not any(k.startswith(parent + ".") for k in flat_config):
+            continue
+        if path in LATER_POLICY_FIELDS and flat_config.get("policy.name") != LATER_POLICY_FIELDS[path]:
             continue
         flat = {f"{path}.{k}": v for k, v in default.items()} if isinstance(default, dict) else {path: default}
         filled.update(flat)

@@ -120,6 +120,8 @@ def test_a_reward_field_added_later_keeps_learned_policy_runs_and_is_filled_in_o
     shared = load_scenario("scenarios/quickstart.yaml", ["policy={name: ppo, reward: {utility_weight: aggregate-share}}"])
     assert config_digest(shared) != config_digest(ppo)
     assert later_defaults({"policy.name": "ppo", "policy.reward.lam": 1.0})["policy.reward.utility_weight"] == "update"
+    assert later_defaults({"policy.name": "ppo", "policy.reward.lam": 1.0})["policy.full_share_at"] == 1.0  # ppo's, and only ppo's
+    assert "policy.full_share_at" not in later_defaults({"policy.name": "fixed", "policy.rank": 4})
     assert "policy.reward.utility_weight" not in later_defaults({"policy.name": "fixed", "policy.rank": 4})
     assert later_defaults({"policy.name": "fixed"})["task.name"] == "classification"
 
