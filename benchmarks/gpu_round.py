@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import cProfile
 import csv
 import json
+import pstats
 import time
 from pathlib import Path
 
@@ -165,6 +167,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="fedsim rounds at --clients per round (the first is not timed)")
     parser.add_argument("--big-cohort", type=int, default=64, help="clients in the one-round memory run (0 = skip)")
     parser.add_argument("--part", choices=["llm", "minilm"], default="llm", help="llm: parts 1-4; minilm: part 5")
+    parser.add_argument("--profile", action="store_true", help="write a cProfile of fedsim's 8-client run to OUT/profile.txt")
     args = parser.parse_args()
     if args.part == "minilm":
         result = minilm_round(Path(args.out), args.device, args.rounds)
@@ -180,6 +183,10 @@ def main() -> None:
     if not (model_dir / "config.json").is_file():
         save_backbone(model_dir, args.shape, args.device)
     results: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "shape": args.shape}
+
+    def save(results: dict) -> None:  # after every part, so a run cut short still leaves its figures
+        (out / "gpu_round.json").write_text(json.dumps(results, indent=2))
+
     rows = args.clients * args.batch
 
     # 1. raw batched limit
@@ -215,6 +222,7 @@ def main() -> None:
     results["plain_round_s"] = time.perf_counter() - start
     results["plain_tokens_per_s"] = plain_tokens / results["plain_round_s"]
     del pristine
+    save(results)
 
     # 3. fedsim's round, and 4. a 64-client round's memory
     common = {
@@ -231,10 +239,18 @@ def main() -> None:
         "data.eval_full_final": False,
         "clients.num_clients": max(args.clients, args.big_cohort, 20),
     }
+    profiler = cProfile.Profile() if args.profile else None
+    if profiler is not None:
+        profiler.enable()
     run = fedsim.run("scenarios/quickstart.yaml", {**common, "rounds": args.rounds, "clients.per_round": args.clients}, out=out / "fedsim", overwrite=True)
+    if profiler is not None:
+        profiler.disable()
+        with open(out / "profile.txt", "w") as fh:
+            pstats.Stats(profiler, stream=fh).sort_stats("cumulative").print_stats(60)
     walls = np.loadtxt(run.path / "timings.csv", delimiter=",", skiprows=1, usecols=1, ndmin=1)
     results["fedsim_round_s"] = float(np.mean(walls[1:])) if len(walls) > 1 else float(walls[0])
     results["fedsim_round_s_all"] = walls.tolist()
+    save(results)
     if args.big_cohort:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -244,11 +260,12 @@ def main() -> None:
         if device.type == "cuda":
             results["big_cohort_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     results["base_gib"] = base_bytes / 2**30
-    results["speedup_vs_plain"] = results["plain_round_s"] / results["fedsim_round_s"]
     # fedsim's clients draw their own rows; their real tokens per round are rows x the data's mean length
-    results["fedsim_tokens_per_s"] = args.clients * args.steps * args.batch * mean_length(model_dir) / results["fedsim_round_s"]
+    round_tokens = args.clients * args.steps * args.batch * mean_length(model_dir)
+    results["speedup_vs_plain"] = results["plain_round_s"] / results["fedsim_round_s"]
+    results["fedsim_tokens_per_s"] = round_tokens / results["fedsim_round_s"]
     results["fraction_of_raw"] = results["fedsim_tokens_per_s"] / results["raw_tokens_per_s"]
-    (out / "gpu_round.json").write_text(json.dumps(results, indent=2))
+    save(results)
     for key, value in results.items():
         print(f"{key:>24}: {value:.3f}" if isinstance(value, float) else f"{key:>24}: {value}")
 

@@ -185,6 +185,47 @@ def merge_fisher(glob_a, glob_b, trained, weights, deltas, max_rank, rng, statis
     return fisher_merge(trained, weights, max_rank, statistics["fisher"], (glob_a, glob_b))
 
 
+class _NeedsRandomness(Exception):
+    pass
+
+
+class _NoRandomness:
+    """Stands in for the round's generator while layers merge in parallel: a merge that draws is rerun in order."""
+
+    def __getattr__(self, name):
+        raise _NeedsRandomness
+
+
+MERGE_THREADS = 8
+
+
+def merge_layers(merge, jobs: dict, rng: np.random.Generator) -> dict:
+    """`merge(*job[:5], rng, job[6])` for every layer's job, in threads, as if one after another in layer order.
+
+    The merges are numpy (QR and SVD of [in + out, s] stacks: ~1 s a round at OPT-1.3B's 48 layers on one
+    core), which releases the GIL; BLAS runs single-threaded meanwhile, so the threads do not oversubscribe
+    the cores. A layer that needs random numbers (fresh directions when fewer components than the rank
+    survive) is merged again afterwards with the real generator, in layer order, so the generator is drawn
+    from exactly as by a sequential loop, and the result is the same to the bit.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    def attempt(job):
+        try:
+            return merge(*job[:6], _NoRandomness(), job[6])
+        except _NeedsRandomness:
+            return None
+
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(min(MERGE_THREADS, max(len(jobs), 1))) as pool:
+        merged = dict(zip(jobs, pool.map(attempt, jobs.values())))
+    for i in sorted(jobs):
+        if merged[i] is None:
+            merged[i] = merge(*jobs[i][:6], rng, jobs[i][6])
+    return merged
+
+
 class Aggregated(NamedTuple):
     state: AdapterState
     importance: np.ndarray  # per layer: sum of the new global product's singular values
@@ -213,7 +254,7 @@ def aggregate(
     deltas = average == "updates"
     weights_arr = np.asarray(weights, dtype=np.float64)
     ranks = [payload_ranks(u, n_layers) for u in uploads]
-    discarded_sq, update_sq = 0.0, 0.0
+    jobs = {}
     for i in range(n_layers):
         senders = [k for k in range(len(uploads)) if ranks[k][i] > 0]
         if not senders:
@@ -234,7 +275,9 @@ def aggregate(
             if missing:
                 raise ValueError(f"aggregation {method!r}: upload {missing[0]} has no {name} statistic for layer {i}")
             statistics[name] = [(uploads[k][f"{prefix}{a_key(i)}"], uploads[k][f"{prefix}{b_key(i)}"]) for k in senders]
-        merged = merge(glob_a, glob_b, trained, w, deltas, global_state.max_rank, rng, statistics)
+        jobs[i] = (glob_a, glob_b, trained, w, deltas, global_state.max_rank, statistics)
+    discarded_sq, update_sq = 0.0, 0.0
+    for i, merged in merge_layers(merge, jobs, rng).items():
         state.A[i], state.B[i], importance[i] = merged.A, merged.B, merged.importance
         discarded_sq += merged.discarded_sq
         update_sq += merged.update_sq

@@ -9,6 +9,8 @@ over the clients that sent the layer, `deltas` True for `average: updates`, and 
 = (S_A, S_B), shaped like client k's factors, for every statistic the aggregator declares. A
 declared statistic makes each client compute and send it (`F.<key>` for "fisher", metered as sent).
 The head is always a weighted mean, and the algorithm's server step follows (`fedsim.algorithms`).
+Layers merge in parallel threads (`fedsim.aggregation.merge_layers`), so a merge must not change shared
+state; one that draws from `rng` is rerun in layer order, so the draws stay those of a sequential loop.
 
 Built in (formulas in `fedsim.aggregation`): `svd` (product space + truncated SVD, FlexLoRA with
 `average: models`), `fedavg-factors` (zero-padded factor means, HetLoRA-style with `models`) and

@@ -23,7 +23,6 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
 from fedsim.adapter_state import payload_ranks
@@ -46,7 +45,8 @@ def cohort_train(runtime: Runtime, payloads: list[dict[str, np.ndarray]], client
     # Every client's head (classification; none for a causal LM), stacked: [clients, ...] per payload key.
     heads = {key: torch.stack([torch.from_numpy(p[key]) for p in payloads]).to(runtime.device).requires_grad_() for key in model.head_tensors()}
     groups = [{"params": list(heads.values()), "lr": cfg.head_lr}, {"params": a_stack + b_stack, "lr": cfg.lr}]
-    optimizer = torch.optim.Adam([g for g in groups if g["params"]])
+    # Fused Adam on a GPU: one kernel for all stacks instead of a few per tensor (launches bound small models there).
+    optimizer = torch.optim.Adam([g for g in groups if g["params"]], fused=runtime.device.type == "cuda" or None)
     trained = {a_key(i): (a, cfg.lr) for i, a in enumerate(a_stack)} | {b_key(i): (b, cfg.lr) for i, b in enumerate(b_stack)}
     trained |= {key: (stack, cfg.head_lr) for key, stack in heads.items()}
     algorithm = LocalAlgorithm(runtime.scenario.algorithm, trained, payloads, stacked=True)
@@ -64,15 +64,18 @@ def cohort_train(runtime: Runtime, payloads: list[dict[str, np.ndarray]], client
         local_loop(optimizer, range(cfg.local_steps), backward, [meter] if meter is not None else [], algorithm)
 
     sensitivity = meter.scores() if meter is not None else None
+    # One device-to-host copy per stack, not per client and layer (each copy is a device sync).
+    a_host, b_host = [a.detach().cpu().numpy() for a in a_stack], [b.detach().cpu().numpy() for b in b_stack]
+    heads_host = {key: stack.detach().cpu().numpy() for key, stack in heads.items()}
     results = []
     for c, cid in enumerate(client_ids):
         upload = {}
         for i in range(n_layers):
             r = ranks[c, i]
             if r:
-                upload[a_key(i)] = a_stack[i][c, :r].detach().cpu().numpy().copy()
-                upload[b_key(i)] = b_stack[i][c, :, :r].detach().cpu().numpy().copy()
-        upload |= {key: stack[c].detach().cpu().numpy().copy() for key, stack in heads.items()}
+                upload[a_key(i)] = a_host[i][c, :r].copy()
+                upload[b_key(i)] = b_host[i][c, :, :r].copy()
+        upload |= {key: stack[c].copy() for key, stack in heads_host.items()}
         upload |= algorithm.upload(c, ranks[c])
         metrics = {"num-examples": len(runtime.partitions[cid]), "train-loss": float(losses[c].mean()), "tokens": int(tokens[c])}
         if meter is not None:
@@ -114,7 +117,7 @@ def _accumulate_step(runtime: Runtime, groups: list[np.ndarray], heads: dict, ow
         batch = runtime.batch("train", rows[chunk])
         labels = batch.pop("labels")
         chunk_owner = torch.from_numpy(owner[chunk]).to(device)
-        owner_of_rows(chunk_owner)
+        owner_of_rows(owner[chunk])
         with runtime.autocast():
             if heads:
                 pooled = model.classifier.features(**batch)
@@ -170,7 +173,7 @@ def length_chunks(row_lengths: np.ndarray, max_padded_tokens: int = CHUNK_TOKENS
 def _cohort_lora(model, a_stack, b_stack, masks):
     """Swap PEFT's single-client LoRA path for per-row factors on every adapted layer.
 
-    Yields a setter for the client that owns each row of the next forward pass. Row n gets
+    Yields a setter for the client that owns each row of the next forward pass (a numpy array). Row n gets
     scaling * B_c (m_c * (A_c x_n)) with c its owner. As two dense matmuls over all clients' factors
     side by side, [A_1; ...; A_C] and [B_1 ... B_C], with every other client's block of the low-rank
     activation zeroed: the zeros add nothing to the result or the gradients, and two large matmuls
@@ -178,9 +181,12 @@ def _cohort_lora(model, a_stack, b_stack, masks):
     """
     owner_onehot = torch.zeros(0)
 
-    def set_owner(rows_owner: torch.Tensor) -> None:
+    def set_owner(rows_owner: np.ndarray) -> None:
         nonlocal owner_onehot
-        owner_onehot = F.one_hot(rows_owner, len(a_stack[0]) if a_stack else 0).float()
+        # Built on the host and copied: F.one_hot on a GPU checks its input's range, a device sync.
+        onehot = np.zeros((len(rows_owner), len(a_stack[0]) if a_stack else 0), dtype=np.float32)
+        onehot[np.arange(len(rows_owner)), rows_owner] = 1.0
+        owner_onehot = torch.from_numpy(onehot).to(a_stack[0].device if a_stack else "cpu", non_blocking=True)
 
     handles = []
     for i, (_, layer) in enumerate(model.layers):

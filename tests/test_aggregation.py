@@ -199,3 +199,39 @@ def test_a_round_without_local_training_leaves_the_global_adapter_unchanged(tiny
             np.testing.assert_array_equal(new.B[i], trained.B[i])
     for key in trained.head:
         np.testing.assert_array_equal(new.head[key], trained.head[key])
+
+
+def test_layers_merged_in_threads_equal_a_sequential_merge_and_draw_the_same_random_numbers(monkeypatch):
+    """`models` with rank-1 senders leaves fewer components than the rank on some layers, so those layers draw fresh
+    directions from the round's generator: the threaded merge must give the sequential loop's result to the bit,
+    and leave the generator where the sequential loop leaves it."""
+    import fedsim.aggregation as aggregation
+
+    rng = np.random.default_rng(5)
+    glob = _state(rng, layers=6, rank=4, trained=True)
+    uploads = []
+    for ranks in ([1, 4, 0, 1, 2, 4], [1, 3, 1, 0, 1, 4]):
+        upload = {"head.weight": rng.standard_normal(glob.head["head.weight"].shape).astype(np.float32)}
+        upload["head.bias"] = rng.standard_normal(glob.head["head.bias"].shape).astype(np.float32)
+        for i, r in enumerate(ranks):
+            if r:
+                upload[f"A.{i}"], upload[f"B.{i}"] = client_factors(rng, r, out_dim=glob.B[i].shape[0], in_dim=glob.A[i].shape[1])
+        uploads.append(upload)
+
+    def sequential(merge, jobs, rng):
+        return {i: merge(*job[:6], rng, job[6]) for i, job in jobs.items()}
+
+    results = {}
+    for name, threaded in {"threads": True, "sequential": False}.items():
+        if not threaded:
+            monkeypatch.setattr(aggregation, "merge_layers", sequential)
+        generator = np.random.default_rng(11)
+        results[name] = (aggregate(glob, uploads, [0.3, 0.7], "svd", generator, average="models"), generator.random())
+    (threads, after_threads), (plain, after_plain) = results["threads"], results["sequential"]
+    assert after_threads == after_plain  # the same draws, in the same order
+    for a, b in zip(threads.state.A + threads.state.B, plain.state.A + plain.state.B):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(threads.importance, plain.importance)
+    assert threads.truncated_fraction == plain.truncated_fraction
+    # Some layer really drew fresh directions: rank-1 senders only, so 2 components for a rank of 4.
+    assert np.allclose(threads.state.B[0][:, 2:], 0.0)
