@@ -59,7 +59,10 @@ def main() -> int:
             times.append(time.perf_counter() - start)
         seconds[name] = float(np.median(times))
     aggregation.merge_layers = threaded
-    same = all(np.array_equal(x, y) for x, y in zip(results["threads"].state.A + results["threads"].state.B, results["sequential"].state.A + results["sequential"].state.B))
+    same = all(
+        np.array_equal(x, y)
+        for x, y in zip(results["threads"].state.A + results["threads"].state.B, results["sequential"].state.A + results["sequential"].state.B)
+    )
     print(f"{args.layers} layers of {args.width} x {args.width}, rank {args.rank}, {args.clients} clients; median of {args.repeats}:")
     for name, value in seconds.items():
         print(f"  {name:>17}: {value * 1000:7.1f} ms")
