@@ -197,6 +197,7 @@ class _NoRandomness:
 
 
 MERGE_THREADS = 8
+PARALLEL_MERGE_ELEMENTS = 1_000_000  # below this many factor entries a round merges faster in one thread
 
 
 def merge_layers(merge, jobs: dict, rng: np.random.Generator) -> dict:
@@ -204,13 +205,16 @@ def merge_layers(merge, jobs: dict, rng: np.random.Generator) -> dict:
 
     The merges are numpy (QR and SVD of [in + out, s] stacks: ~1 s a round at OPT-1.3B's 48 layers on one
     core), which releases the GIL; BLAS runs single-threaded meanwhile, so the threads do not oversubscribe
-    the cores. A layer that needs random numbers (fresh directions when fewer components than the rank
+    the cores. Small rounds (MiniLM's) merge in this thread: there the threads' overhead is larger than the work. A layer that needs random numbers (fresh directions when fewer components than the rank
     survive) is merged again afterwards with the real generator, in layer order, so the generator is drawn
     from exactly as by a sequential loop, and the result is the same to the bit.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     from threadpoolctl import threadpool_limits
+
+    if sum(a.size + b.size for job in jobs.values() for a, b in job[2]) < PARALLEL_MERGE_ELEMENTS:
+        return {i: merge(*job[:6], rng, job[6]) for i, job in jobs.items()}
 
     def attempt(job):
         try:

@@ -207,6 +207,7 @@ def test_layers_merged_in_threads_equal_a_sequential_merge_and_draw_the_same_ran
     and leave the generator where the sequential loop leaves it."""
     import fedsim.aggregation as aggregation
 
+    monkeypatch.setattr(aggregation, "PARALLEL_MERGE_ELEMENTS", 0)  # threads even for this small a round
     rng = np.random.default_rng(5)
     glob = _state(rng, layers=6, rank=4, trained=True)
     uploads = []
