@@ -201,13 +201,14 @@ PARALLEL_MERGE_ELEMENTS = 1_000_000  # below this many factor entries a round me
 
 
 def merge_layers(merge, jobs: dict, rng: np.random.Generator) -> dict:
-    """`merge(*job[:5], rng, job[6])` for every layer's job, in threads, as if one after another in layer order.
+    """`merge(*job[:6], rng, job[6])` for every layer's job, in threads, as if one after another in layer order.
 
     The merges are numpy (QR and SVD of [in + out, s] stacks: ~1 s a round at OPT-1.3B's 48 layers on one
     core), which releases the GIL; BLAS runs single-threaded meanwhile, so the threads do not oversubscribe
-    the cores. Small rounds (MiniLM's) merge in this thread: there the threads' overhead is larger than the work. A layer that needs random numbers (fresh directions when fewer components than the rank
-    survive) is merged again afterwards with the real generator, in layer order, so the generator is drawn
-    from exactly as by a sequential loop, and the result is the same to the bit.
+    the cores. Small rounds (MiniLM's) merge in this thread: there the threads cost more than the work.
+    A layer that needs random numbers (fresh directions when fewer components than the rank survive) is
+    merged again afterwards with the real generator, in layer order, so the generator is drawn from
+    exactly as by a sequential loop, and the result is the same to the bit.
     """
     from concurrent.futures import ThreadPoolExecutor
 
