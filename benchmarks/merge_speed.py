@@ -23,8 +23,8 @@ from fedsim.adapter_state import AdapterState  # noqa: E402
 from fedsim.types import run_script  # noqa: E402
 
 
-def sequential(merge, jobs, rng):
-    return {i: merge(*job[:6], rng, job[6]) for i, job in jobs.items()}
+def sequential(jobs, rng, parallel=True):
+    return {i: job(rng) for i, job in jobs.items()}
 
 
 def main() -> int:

@@ -50,6 +50,7 @@ The head is a weighted mean (updates: the global head plus the weighted mean cha
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -200,12 +201,13 @@ MERGE_THREADS = 8
 PARALLEL_MERGE_ELEMENTS = 1_000_000  # below this many factor entries a round merges faster in one thread
 
 
-def merge_layers(merge, jobs: dict, rng: np.random.Generator) -> dict:
-    """`merge(*job[:6], rng, job[6])` for every layer's job, in threads, as if one after another in layer order.
+def merge_layers(jobs: dict, rng: np.random.Generator, parallel: bool = True) -> dict:
+    """`job(rng)` for every layer's job (its merge, waiting for the generator), in threads when `parallel`,
+    as if one after another in layer order.
 
     The merges are numpy (QR and SVD of [in + out, s] stacks: ~1 s a round at OPT-1.3B's 48 layers on one
     core), which releases the GIL; BLAS runs single-threaded meanwhile, so the threads do not oversubscribe
-    the cores. Small rounds (MiniLM's) merge in this thread: there the threads cost more than the work.
+    the cores. `aggregate` merges small rounds (MiniLM's) in this thread: there threads cost more than the work.
     A layer that needs random numbers (fresh directions when fewer components than the rank survive) is
     merged again afterwards with the real generator, in layer order, so the generator is drawn from
     exactly as by a sequential loop, and the result is the same to the bit.
@@ -214,12 +216,12 @@ def merge_layers(merge, jobs: dict, rng: np.random.Generator) -> dict:
 
     from threadpoolctl import threadpool_limits
 
-    if sum(a.size + b.size for job in jobs.values() for a, b in job[2]) < PARALLEL_MERGE_ELEMENTS:
-        return {i: merge(*job[:6], rng, job[6]) for i, job in jobs.items()}
+    if not parallel:
+        return {i: job(rng) for i, job in jobs.items()}
 
     def attempt(job):
         try:
-            return merge(*job[:6], _NoRandomness(), job[6])
+            return job(_NoRandomness())
         except _NeedsRandomness:
             return None
 
@@ -227,8 +229,12 @@ def merge_layers(merge, jobs: dict, rng: np.random.Generator) -> dict:
         merged = dict(zip(jobs, pool.map(attempt, jobs.values())))
     for i in sorted(jobs):
         if merged[i] is None:
-            merged[i] = merge(*jobs[i][:6], rng, jobs[i][6])
+            merged[i] = jobs[i](rng)
     return merged
+
+
+def _merge_with(merge, args: tuple, statistics: dict, rng) -> LayerMerge:
+    return merge(*args, rng, statistics)
 
 
 class Aggregated(NamedTuple):
@@ -259,7 +265,7 @@ def aggregate(
     deltas = average == "updates"
     weights_arr = np.asarray(weights, dtype=np.float64)
     ranks = [payload_ranks(u, n_layers) for u in uploads]
-    jobs = {}
+    jobs, elements = {}, 0
     for i in range(n_layers):
         senders = [k for k in range(len(uploads)) if ranks[k][i] > 0]
         if not senders:
@@ -280,9 +286,10 @@ def aggregate(
             if missing:
                 raise ValueError(f"aggregation {method!r}: upload {missing[0]} has no {name} statistic for layer {i}")
             statistics[name] = [(uploads[k][f"{prefix}{a_key(i)}"], uploads[k][f"{prefix}{b_key(i)}"]) for k in senders]
-        jobs[i] = (glob_a, glob_b, trained, w, deltas, global_state.max_rank, statistics)
+        jobs[i] = partial(_merge_with, merge, (glob_a, glob_b, trained, w, deltas, global_state.max_rank), statistics)
+        elements += sum(a.size + b.size for a, b in trained)
     discarded_sq, update_sq = 0.0, 0.0
-    for i, merged in merge_layers(merge, jobs, rng).items():
+    for i, merged in merge_layers(jobs, rng, parallel=elements >= PARALLEL_MERGE_ELEMENTS).items():
         state.A[i], state.B[i], importance[i] = merged.A, merged.B, merged.importance
         discarded_sq += merged.discarded_sq
         update_sq += merged.update_sq

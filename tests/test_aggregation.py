@@ -219,8 +219,8 @@ def test_layers_merged_in_threads_equal_a_sequential_merge_and_draw_the_same_ran
                 upload[f"A.{i}"], upload[f"B.{i}"] = client_factors(rng, r, out_dim=glob.B[i].shape[0], in_dim=glob.A[i].shape[1])
         uploads.append(upload)
 
-    def sequential(merge, jobs, rng):
-        return {i: merge(*job[:6], rng, job[6]) for i, job in jobs.items()}
+    def sequential(jobs, rng, parallel=True):
+        return {i: job(rng) for i, job in jobs.items()}
 
     results = {}
     for name, threaded in {"threads": True, "sequential": False}.items():
