@@ -202,7 +202,8 @@ def run_server(
     run_dir = RunDirectory(out_dir)
     started = time.time()
     strategy = build_strategy(scenario)  # a bad policy checkpoint fails here, before the run directory exists
-    run_dir.start(scenario.to_yaml())
+    # A checkpoint's sizes and action map win over the scenario's (policy.load), so config.yaml records the policy that acted.
+    run_dir.start(scenario.model_copy(update={"policy": strategy.policy.config}).to_yaml())
     num_clients = scenario.clients.num_clients
     initial = simulated_nodes(grid, num_clients) if simulated else discover_nodes(grid, num_clients)
     nodes = NodeDirectory(grid, initial, num_clients, min(round_timeout_s or NODE_WAIT_S, NODE_WAIT_S))

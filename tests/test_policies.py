@@ -476,7 +476,7 @@ def test_env_passes_gymnasium_check_env(small_dataset):
 def test_train_policy_cli_writes_a_checkpoint_that_run_uses(tmp_path, capsys, small_dataset, name):
     import yaml
 
-    policy = {"name": name, **({**SMALL_AIRLLM, "n_steps": 2} if name == "airllm" else {"hidden": 8, "n_steps": 3, "batch_size": 3})}
+    policy = {"name": name, **({**SMALL_AIRLLM, "n_steps": 2} if name == "airllm" else {"hidden": 8, "n_steps": 3, "batch_size": 3, "full_share_at": 0.5})}
     raw = env_scenario(small_dataset, policy).model_dump(mode="json")
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -489,6 +489,10 @@ def test_train_policy_cli_writes_a_checkpoint_that_run_uses(tmp_path, capsys, sm
     assert (tmp_path / "run" / "summary.json").is_file()
     rounds = list(csv.DictReader((tmp_path / "run" / "rounds.csv").open()))
     assert all(np.isfinite(float(r["reward"])) and 0 <= float(r["val_accuracy"]) <= 1 for r in rounds)
+    # The run's config.yaml records the sizes and action map the checkpoint acted with, not the scenario's defaults.
+    recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["policy"]
+    trained = {k: v for k, v in policy.items() if k not in ("n_steps", "batch_size", "sampling_steps")}
+    assert {k: recorded[k] for k in trained} == trained and recorded["checkpoint"] == str(tmp_path / "ckpt")
     capsys.readouterr()
 
 
