@@ -10,10 +10,11 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # torch==2.13.0 first: it resolves to the CPU build on disk, so the package's torch>=2.6 is already met.
-$(STAMP): pyproject.toml | $(PY)
+# constraints.txt: the exact versions the golden ledgers reproduce with (a newer library can move a number).
+$(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 setup: $(STAMP)
