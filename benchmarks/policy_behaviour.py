@@ -3,7 +3,8 @@
 - **channel-following**: within each run, the Spearman correlation between a client's instantaneous
   SNR (large-scale snr_db + 10 log10 |h|², the channel the policy acted on) and its chosen mean rank,
   over every client-round of the run; printed as the mean and the minimum over runs, with the mean
-  rank at each large-scale SNR;
+  rank at each large-scale SNR, then per SNR with the runs at or above `--threshold` (issue 15's 0.6); a run
+  whose ranks or SNRs are all equal has no correlation and is counted apart;
 - **dominance**: at each SNR, whether another policy has both a higher mean final accuracy and fewer
   MB uploaded (mean over seeds), which would make this policy a bad buy;
 - **per-layer rank profile**: a heatmap per policy, adapted layer x SNR, of the mean rank over every
@@ -43,11 +44,21 @@ def run_behaviour(run) -> dict:
     return {"rho": rho, "ranks": ranks}
 
 
+def spearman_cell(rhos: list[float], threshold: float) -> str:
+    """'mean (min), k/n >= threshold', with the runs that have no correlation (constant ranks or SNR) named apart."""
+    finite = [r for r in rhos if np.isfinite(r)]
+    if not finite:
+        return f"n/a ({len(rhos)} without a correlation)" if rhos else "-"
+    cell = f"{np.mean(finite):.2f} ({np.min(finite):.2f}), {sum(r >= threshold for r in finite)}/{len(finite)}"
+    return cell + (f", {len(rhos) - len(finite)} without" if len(finite) < len(rhos) else "")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir")
     parser.add_argument("--by", default="channel.snr_db", help="the grid field the channel varies by (default channel.snr_db)")
     parser.add_argument("--plot", metavar="DIR", help="write rank_profile_<policy>.png/.pdf heatmaps there")
+    parser.add_argument("--threshold", type=float, default=0.6, help="count the runs whose Spearman reaches this (default 0.6)")
     args = parser.parse_args(argv)
     runs = find_finished_runs(args.sweep_dir)
     if not runs:
@@ -62,12 +73,13 @@ def main(argv=None) -> int:
     print(f"Channel-following: Spearman(instantaneous SNR, client mean rank) within each run; mean rank per {args.by}.\n")
     print(f"| policy | {' | '.join(f'{args.by}={v}: mean rank' for v in levels)} | Spearman mean (min) over runs | layer profile CV |")
     print("|---|" + "---|" * (len(levels) + 2))
-    profiles = {}
+    profiles, by_level = {}, {}
     for policy in policies:
         rhos, cells, matrix = [], [], []
         for level in levels:
             behaviours = [run_behaviour(run) for run in groups.get((policy, level), [])]
             rhos += [b["rho"] for b in behaviours]
+            by_level[policy, level] = [b["rho"] for b in behaviours]
             ranks = np.concatenate([b["ranks"] for b in behaviours]) if behaviours else np.zeros((0, len(layers)))
             cells.append(f"{ranks.mean():.2f}" if len(ranks) else "-")
             matrix.append(ranks.mean(axis=0) if len(ranks) else np.full(len(layers), np.nan))
@@ -77,6 +89,12 @@ def main(argv=None) -> int:
         profile = np.nanmean(profiles[policy], axis=1)
         cv = float(np.std(profile) / np.mean(profile)) if np.mean(profile) > 0 else float("nan")
         print(f"| {policy} | {' | '.join(cells)} | {rho_cell} | {cv:.2f} |")
+
+    print(f"\nSpearman within a run, per {args.by}: mean (min) over runs; runs with Spearman >= {args.threshold:g} of those where it is defined.\n")
+    print(f"| policy | {' | '.join(f'{args.by}={v}' for v in levels)} |")
+    print("|---|" + "---|" * len(levels))
+    for policy in policies:
+        print(f"| {policy} | {' | '.join(spearman_cell(by_level.get((policy, v), []), args.threshold) for v in levels)} |")
 
     print(f"\nDominance: a policy is dominated at a {args.by} when another has a higher mean final accuracy and fewer MB up (means over seeds).\n")
     for level in levels:

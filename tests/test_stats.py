@@ -342,3 +342,30 @@ def test_policy_share_optimum_prints_the_policys_share_and_its_signals_optimum_b
     refused = subprocess.run([sys.executable, str(REPO / "benchmarks" / "policy_share_optimum.py"), "--policy", "ppo", "--checkpoint", "nowhere"],
                              capture_output=True, text=True, cwd=REPO)  # fmt: skip
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "policy.json" in refused.stderr
+
+
+def test_policy_behaviour_counts_the_runs_that_follow_the_channel_per_snr(tmp_path):
+    """benchmarks/policy_behaviour.py: within-run Spearman per SNR, with the runs at or above the threshold, and the
+    runs whose ranks never vary (no correlation) counted apart rather than as 0."""
+    fading = [0.25, 0.5, 1.0, 2.0]  # one client-round each, instantaneous SNR rising
+    for snr in (-5, 15):
+        for policy in ({"name": "channel-greedy"}, {"name": "fixed", "rank": 2}):
+            for seed in (0, 1, 2):
+                label = policy["name"] + (f"_{policy['rank']}" if "rank" in policy else "")
+                name = f"snr_db={snr}_policy={label}_seed={seed}-0000000000"
+                config = {"seed": seed, "channel": {"snr_db": snr}, "policy": policy, "data": {"eval_full_final": True}}
+                _write_run(tmp_path, name, config, [0.2, 0.3, 0.4], 1e6, False, 3080)
+                if "rank" in policy:
+                    ranks = [2, 2, 2, 2]
+                elif snr == 15 and seed == 2:
+                    ranks = [8, 6, 4, 2]  # against the channel: Spearman -1
+                else:
+                    ranks = [1, 2, 4, 8]
+                rows = [f"{i // 2 + 1},{i % 2},{snr},{g},{r} {r}" for i, (g, r) in enumerate(zip(fading, ranks))]
+                (tmp_path / name / "clients.csv").write_text("round,client,snr_db,fading_gain,ranks\n" + "\n".join(rows) + "\n")
+    out = _script("policy_behaviour.py", tmp_path)
+    section = out.split("Spearman within a run", 1)[1].split("Dominance", 1)[0]
+    table = {row[0]: row[1:] for row in ([c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("| "))}
+    assert table["channel-greedy"] == ["1.00 (1.00), 3/3", "0.33 (-1.00), 2/3"]
+    assert table["fixed-2"] == ["n/a (3 without a correlation)", "n/a (3 without a correlation)"]
+    assert "0/3" in _script("policy_behaviour.py", tmp_path, "--threshold", "1.01")
