@@ -313,8 +313,14 @@ def deploy_local(
     on_line: Callable[[LocalFederation, str], None] | None = None,
     warm: bool = True,
     poll_interval_s: float | None = None,
+    federation: LocalFederation | None = None,
 ) -> dict:
-    """Run `scenario` on a loopback SuperLink + `num_nodes` SuperNodes into `out_dir`; returns the summary."""
+    """Run `scenario` on a loopback SuperLink + `num_nodes` SuperNodes into `out_dir`; returns the summary.
+
+    By default the federation is started for this run and stopped after it. `federation`, a started
+    LocalFederation of `num_nodes` nodes, runs it there instead, as `flwr run` does on a standing
+    federation: its own workdir, log, warm and poll settings apply, and the caller stops it.
+    """
     import json
 
     out_dir = Path(out_dir).resolve()
@@ -323,22 +329,29 @@ def deploy_local(
             f"--nodes {num_nodes}: the scenario has clients.num_clients={scenario.clients.num_clients}; "
             "deploy-local starts one SuperNode per client, so pass --nodes equal to it (or --set clients.num_clients=N)"
         )
+    if federation is not None and federation.num_nodes != num_nodes:
+        raise FedsimError(f"deploy_local: num_nodes={num_nodes}, but the federation given has {federation.num_nodes} SuperNodes")
     from fedsim.runner import start_run
 
     # Same checks and the same atomic claim as `fedsim run` (the SuperLink's ServerApp writes into it).
     claim = start_run(scenario, out_dir, overwrite=overwrite)
+    leftovers: list[int] = []
     try:
-        workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="fedsim-deploy-"))
-        federation = LocalFederation(num_nodes, workdir, log, warm=warm, poll_interval_s=poll_interval_s)
-        with federation:
+        if federation is not None:
             code = federation.submit(scenario, out_dir, round_timeout_s, (lambda line: on_line(federation, line)) if on_line else None)
-            leftovers = federation.stop()
+        else:
+            federation = LocalFederation(
+                num_nodes, Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="fedsim-deploy-")), log, warm=warm, poll_interval_s=poll_interval_s
+            )
+            with federation:
+                code = federation.submit(scenario, out_dir, round_timeout_s, (lambda line: on_line(federation, line)) if on_line else None)
+                leftovers = federation.stop()
     finally:
         claim.release()
     if leftovers:
         raise RuntimeError(f"deploy-local: processes {leftovers} survived SIGKILL")
     if not is_finished(out_dir):
-        raise RuntimeError(f"the deployment ended (flwr exit {code}) without finishing {out_dir}; logs in {workdir}")
+        raise RuntimeError(f"the deployment ended (flwr exit {code}) without finishing {out_dir}; logs in {federation.workdir}")
     return json.loads((out_dir / "summary.json").read_text())
 
 

@@ -2,7 +2,9 @@
 
 Select these alone with `pytest -m deploy`. They start real processes (by default a warm
 `fedsim-superexec` beside each SuperNode; `warm=False` is Flower's fresh `flwr-clientapp`
-per message), so they use a small CSV corpus and 3 clients.
+per message), so they use a small CSV corpus and 3 clients, and the warm tests submit their
+runs to one standing federation (`warm_federation`), as `flwr run` does on real machines:
+starting and stopping one costs ~20 s of processes importing torch.
 """
 
 from __future__ import annotations
@@ -61,21 +63,46 @@ def flower_pids_under(workdir: Path) -> list[int]:
     return found
 
 
+@pytest.fixture(scope="module")
+def warm_federation(tmp_path_factory):
+    """A SuperLink and 3 SuperNodes with warm SuperExecs, shared by this module's warm runs; none of their processes may outlive it."""
+    workdir = tmp_path_factory.mktemp("warm-federation")
+    with LocalFederation(3, workdir, log=lambda line: None) as federation:
+        yield federation
+    assert flower_pids_under(workdir) == []
+
+
+def log_sizes(workdir: Path) -> list[int]:
+    return [(workdir / f"superexec-{i}.log").stat().st_size if (workdir / f"superexec-{i}.log").exists() else 0 for i in range(3)]
+
+
+def superexec_tasks(workdir: Path, i: int, since: int) -> list[tuple[int, int, str]]:
+    """(pid, task number, status) of every task SuperExec i logged after byte `since` of its log."""
+    text = (workdir / f"superexec-{i}.log").read_bytes()[since:].decode("utf-8", "replace")
+    return [(int(pid), int(n), status) for pid, n, status in re.findall(r"\[fedsim-superexec\] pid (\d+) ran task (\d+) \((\w+)\)", text)]
+
+
 def read_csv(path: Path) -> list[dict]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
 
 
 @pytest.mark.deploy
-@pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
-def test_loopback_deployment_writes_the_same_ledger_as_the_inline_engine(tmp_path, tiny, small_corpus, warm):
+# cold first: the shared warm federation, once started, polls in the background until the module ends
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+def test_loopback_deployment_writes_the_same_ledger_as_the_inline_engine(tmp_path, tiny, small_corpus, warm, request):
     scenario = deploy_scenario(tiny, small_corpus)
-    if not warm:
+    if warm:
+        federation = request.getfixturevalue("warm_federation")
+        workdir, before = federation.workdir, log_sizes(federation.workdir)
+        summary = deploy_local(scenario, tmp_path / "deployed", num_nodes=3, round_timeout_s=None, federation=federation)
+    else:
         # A fresh flwr-clientapp per message keeps nothing between messages, so one round (a partition query and a
         # train message per node) exercises all of it; each message's process costs ~10 s of imports here.
         scenario = scenario.model_copy(update={"rounds": 1})
-    workdir = tmp_path / "flower"
-    summary = deploy_local(scenario, tmp_path / "deployed", num_nodes=3, round_timeout_s=None, workdir=workdir, log=lambda line: None, warm=warm)
+        workdir = tmp_path / "flower"
+        summary = deploy_local(scenario, tmp_path / "deployed", num_nodes=3, round_timeout_s=None, workdir=workdir, log=lambda line: None, warm=False)
+        assert flower_pids_under(workdir) == []
     run_scenario(scenario, tmp_path / "inline", progress=False)
 
     for name in ("rounds.csv", "clients.csv"):
@@ -85,39 +112,11 @@ def test_loopback_deployment_writes_the_same_ledger_as_the_inline_engine(tmp_pat
     clients = read_csv(tmp_path / "deployed" / "clients.csv")
     assert all(int(r["wire_bytes_up"]) > int(r["bytes_up"]) for r in clients), "Flower's serialized upload is larger than the modelled bits"
     assert summary["rounds"] == scenario.rounds and (tmp_path / "deployed" / "adapter" / "adapter_model.safetensors").is_file()
-    assert flower_pids_under(workdir) == []
     if warm:  # every message a node received (its partition query, then one train message a round) ran in one process
         for i in range(3):
-            tasks = re.findall(r"\[fedsim-superexec\] pid (\d+) ran task (\d+) \((\w+)\)", (workdir / f"superexec-{i}.log").read_text())
-            assert [(int(n), status) for _, n, status in tasks] == [(1, "completed"), (2, "completed"), (3, "completed")], f"node {i}: {tasks}"
-            assert len({pid for pid, _, _ in tasks}) == 1
-
-
-@pytest.mark.deploy
-def test_a_supernode_killed_in_round_one_is_dropped_and_rejoins_after_restart(tmp_path, tiny, small_corpus):
-    scenario = deploy_scenario(tiny, small_corpus)
-    workdir = tmp_path / "flower"
-    victim = 1
-    events: list[str] = []
-
-    def chaos(federation: LocalFederation, line: str) -> None:
-        if "[fedsim] round 1/2 started" in line and not events:
-            federation.kill_node(victim)  # SIGKILL: the SuperNode and its superexec/clientapp children
-            events.append("killed")
-            federation.start_node(victim)  # comes back under a new node id
-            events.append("restarted")
-
-    deploy_local(scenario, tmp_path / "run", num_nodes=3, round_timeout_s=150.0, workdir=workdir, log=lambda line: None, on_line=chaos)
-
-    assert events == ["killed", "restarted"]
-    rows = {(int(r["round"]), int(r["client"])): r for r in read_csv(tmp_path / "run" / "clients.csv")}
-    assert rows[(1, victim)]["delivered"] == "0" and rows[(1, victim)]["drop_reason"] == "no-reply"
-    assert rows[(1, victim)]["wire_bytes_up"] == "0"
-    assert rows[(2, victim)]["delivered"] == "1", "the restarted SuperNode did not rejoin in round 2"
-    rounds = read_csv(tmp_path / "run" / "rounds.csv")
-    assert [int(r["round"]) for r in rounds] == [1, 2]
-    assert int(rounds[0]["clients_dropped"]) >= 1
-    assert flower_pids_under(workdir) == []
+            tasks = superexec_tasks(workdir, i, before[i])
+            assert [status for _, _, status in tasks] == ["completed"] * 3, f"node {i}: {tasks}"
+            assert [n for _, n, _ in tasks] == list(range(tasks[0][1], tasks[0][1] + 3)) and len({pid for pid, _, _ in tasks}) == 1, f"node {i}: {tasks}"
 
 
 def test_the_project_declares_a_valid_flower_app():
@@ -157,20 +156,49 @@ def test_deploy_local_rejects_a_poll_interval_out_of_range_in_one_line(tmp_path,
 
 
 @pytest.mark.deploy
-def test_a_client_that_raises_in_a_warm_node_is_recorded_and_the_node_keeps_serving(tmp_path, tiny, small_corpus):
+def test_a_client_that_raises_in_a_warm_node_is_recorded_and_the_node_keeps_serving(tmp_path, tiny, small_corpus, warm_federation):
     """The warm SuperExec runs the raising ClientApp in its own long-lived process: the error comes back as the
     client's reply (clients.csv: client-error with the exception), the process lives on for the next round, and a
     run that aggregated nothing is not finished."""
     scenario = deploy_scenario(tiny, small_corpus).model_copy(update={"tolerate_client_errors": True})
     scenario = scenario.model_copy(update={"train": scenario.train.model_copy(update={"head_lr": 1e38})})  # Adam overflows
-    workdir = tmp_path / "flower"
+    workdir, before = warm_federation.workdir, log_sizes(warm_federation.workdir)
     with pytest.raises(RuntimeError, match="without finishing"):
-        deploy_local(scenario, tmp_path / "run", num_nodes=3, round_timeout_s=None, workdir=workdir, log=lambda line: None)
+        deploy_local(scenario, tmp_path / "run", num_nodes=3, round_timeout_s=None, federation=warm_federation)
 
     clients = read_csv(tmp_path / "run" / "clients.csv")
     assert len(clients) == 6 and all(c["drop_reason"] == "client-error" and "RuntimeError" in c["error"] for c in clients)
     assert not (tmp_path / "run" / "summary.json").exists()
     for i in range(3):
-        tasks = re.findall(r"\[fedsim-superexec\] pid (\d+) ran task (\d+)", (workdir / f"superexec-{i}.log").read_text())
-        assert len(tasks) == 3 and len({pid for pid, _ in tasks}) == 1, f"node {i}: {tasks}"
-    assert flower_pids_under(workdir) == []
+        tasks = superexec_tasks(workdir, i, before[i])
+        assert len(tasks) == 3 and len({pid for pid, _, _ in tasks}) == 1, f"node {i}: {tasks}"
+
+
+@pytest.mark.deploy
+def test_a_supernode_killed_in_round_one_is_dropped_and_rejoins_after_restart(tmp_path, tiny, small_corpus, warm_federation):
+    """Last in this module: it leaves the shared federation with a restarted node 1.
+
+    The 30 s round deadline closes round 1 without the dead node's reply (no-reply). Without a deadline the
+    round closes too, ~40 s later here, once the SuperLink has missed two of the node's 30 s heartbeats and
+    answers for it. Round 2 waits for the restarted node's SuperExec to load its runtime, ~15 s here."""
+    scenario = deploy_scenario(tiny, small_corpus)
+    victim = 1
+    events: list[str] = []
+
+    def chaos(federation: LocalFederation, line: str) -> None:
+        if "[fedsim] round 1/2 started" in line and not events:
+            federation.kill_node(victim)  # SIGKILL: the SuperNode and its superexec/clientapp children
+            events.append("killed")
+            federation.start_node(victim)  # comes back under a new node id
+            events.append("restarted")
+
+    deploy_local(scenario, tmp_path / "run", num_nodes=3, round_timeout_s=30.0, on_line=chaos, federation=warm_federation)
+
+    assert events == ["killed", "restarted"]
+    rows = {(int(r["round"]), int(r["client"])): r for r in read_csv(tmp_path / "run" / "clients.csv")}
+    assert rows[(1, victim)]["delivered"] == "0" and rows[(1, victim)]["drop_reason"] == "no-reply"
+    assert rows[(1, victim)]["wire_bytes_up"] == "0"
+    assert rows[(2, victim)]["delivered"] == "1", "the restarted SuperNode did not rejoin in round 2"
+    rounds = read_csv(tmp_path / "run" / "rounds.csv")
+    assert [int(r["round"]) for r in rounds] == [1, 2]
+    assert int(rounds[0]["clients_dropped"]) >= 1

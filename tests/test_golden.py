@@ -24,7 +24,7 @@ from fedsim.config import load_scenario
 from fedsim.runner import run_scenario
 
 GOLDEN = Path(__file__).parent / "golden"
-SHORT = ["rounds=2", "data.eval_samples=64"]
+SHORT = ["rounds=2", "data.eval_samples=64", "threads=2"]
 TINY = [*SHORT, "model.backbone=tiny-random", "clients.num_clients=6", "clients.per_round=3", "train.local_steps=2"]
 IGNORED = ("wire_bytes_up", "wire_bytes_down")
 
