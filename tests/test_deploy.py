@@ -37,11 +37,11 @@ def small_corpus(tmp_path_factory) -> Path:
     return root
 
 
-def deploy_scenario(tiny, corpus: Path):
+def deploy_scenario(tiny, corpus: Path, rounds: int = 2, clients: int = 3):
     return tiny(
         name="deploy",
-        rounds=2,
-        clients={"num_clients": 3, "per_round": 3},
+        rounds=rounds,
+        clients={"num_clients": clients, "per_round": clients},
         data={"dataset": str(corpus), "eval_samples": 48, "eval_full_final": False, "partition": {"kind": "iid"}},
         adapter={"max_rank": 4},
         policy={"name": "fixed", "rank": 4},
@@ -91,17 +91,17 @@ def read_csv(path: Path) -> list[dict]:
 # cold first: the shared warm federation, once started, polls in the background until the module ends
 @pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
 def test_loopback_deployment_writes_the_same_ledger_as_the_inline_engine(tmp_path, tiny, small_corpus, warm, request):
-    scenario = deploy_scenario(tiny, small_corpus)
     if warm:
+        scenario = deploy_scenario(tiny, small_corpus)
         federation = request.getfixturevalue("warm_federation")
         workdir, before = federation.workdir, log_sizes(federation.workdir)
         summary = deploy_local(scenario, tmp_path / "deployed", num_nodes=3, round_timeout_s=None, federation=federation)
     else:
-        # A fresh flwr-clientapp per message keeps nothing between messages, so one round (a partition query and a
-        # train message per node) exercises all of it; each message's process costs ~10 s of imports here.
-        scenario = scenario.model_copy(update={"rounds": 1})
+        # A fresh flwr-clientapp per message keeps nothing between messages, so one round on two nodes (a partition
+        # query and a train message each) exercises all of it; each message's process costs ~10 s of imports here.
+        scenario = deploy_scenario(tiny, small_corpus, rounds=1, clients=2)
         workdir = tmp_path / "flower"
-        summary = deploy_local(scenario, tmp_path / "deployed", num_nodes=3, round_timeout_s=None, workdir=workdir, log=lambda line: None, warm=False)
+        summary = deploy_local(scenario, tmp_path / "deployed", num_nodes=2, round_timeout_s=None, workdir=workdir, log=lambda line: None, warm=False)
         assert flower_pids_under(workdir) == []
     run_scenario(scenario, tmp_path / "inline", progress=False)
 
@@ -178,9 +178,9 @@ def test_a_client_that_raises_in_a_warm_node_is_recorded_and_the_node_keeps_serv
 def test_a_supernode_killed_in_round_one_is_dropped_and_rejoins_after_restart(tmp_path, tiny, small_corpus, warm_federation):
     """Last in this module: it leaves the shared federation with a restarted node 1.
 
-    The 30 s round deadline closes round 1 without the dead node's reply (no-reply). Without a deadline the
-    round closes too, ~40 s later here, once the SuperLink has missed two of the node's 30 s heartbeats and
-    answers for it. Round 2 waits for the restarted node's SuperExec to load its runtime, ~15 s here."""
+    Round 1 closes without the dead node's reply (no-reply) at the 30 s round deadline, or before it once the
+    SuperLink has missed two of the node's 30 s heartbeats and answers for it (30-60 s after the last one).
+    Round 2 waits for the restarted node's SuperExec to load its runtime: ~15 s here, half the deadline."""
     scenario = deploy_scenario(tiny, small_corpus)
     victim = 1
     events: list[str] = []
