@@ -134,6 +134,10 @@ def test_deploy_local_rejects_a_node_count_that_differs_from_the_clients(tmp_pat
 
     with pytest.raises(FedsimError, match="--nodes 2"):
         deploy_local(tiny(), tmp_path / "run", num_nodes=2)
+    standing = LocalFederation(2, tmp_path / "flower")  # never started: the check comes first
+    with pytest.raises(FedsimError, match="num_nodes=6, but the federation given has 2 SuperNodes"):
+        deploy_local(tiny(), tmp_path / "run", num_nodes=6, federation=standing)
+    assert not (tmp_path / "run").exists()
 
 
 def test_idle_polling_scales_with_the_federation_and_never_exceeds_flowers():

@@ -24,6 +24,8 @@ from fedsim.config import load_scenario
 from fedsim.runner import run_scenario
 
 GOLDEN = Path(__file__).parent / "golden"
+# threads=2: a ledger's last digits depend on torch's thread count (the order of its reductions), so the goldens,
+# recorded on 2 cores, pin it; they then hold on any machine and under OMP_NUM_THREADS.
 SHORT = ["rounds=2", "data.eval_samples=64", "threads=2"]
 TINY = [*SHORT, "model.backbone=tiny-random", "clients.num_clients=6", "clients.per_round=3", "train.local_steps=2"]
 IGNORED = ("wire_bytes_up", "wire_bytes_down")
