@@ -78,8 +78,8 @@ def main(argv=None) -> int:
         rhos, cells, matrix = [], [], []
         for level in levels:
             behaviours = [run_behaviour(run) for run in groups.get((policy, level), [])]
-            rhos += [b["rho"] for b in behaviours]
             by_level[policy, level] = [b["rho"] for b in behaviours]
+            rhos += by_level[policy, level]
             ranks = np.concatenate([b["ranks"] for b in behaviours]) if behaviours else np.zeros((0, len(layers)))
             cells.append(f"{ranks.mean():.2f}" if len(ranks) else "-")
             matrix.append(ranks.mean(axis=0) if len(ranks) else np.full(len(layers), np.nan))

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import psutil
@@ -335,17 +336,15 @@ def deploy_local(
 
     # Same checks and the same atomic claim as `fedsim run` (the SuperLink's ServerApp writes into it).
     claim = start_run(scenario, out_dir, overwrite=overwrite)
-    leftovers: list[int] = []
     try:
-        if federation is not None:
-            code = federation.submit(scenario, out_dir, round_timeout_s, (lambda line: on_line(federation, line)) if on_line else None)
-        else:
+        owned = federation is None
+        if owned:
             federation = LocalFederation(
                 num_nodes, Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="fedsim-deploy-")), log, warm=warm, poll_interval_s=poll_interval_s
             )
-            with federation:
-                code = federation.submit(scenario, out_dir, round_timeout_s, (lambda line: on_line(federation, line)) if on_line else None)
-                leftovers = federation.stop()
+        with federation if owned else nullcontext(federation):
+            code = federation.submit(scenario, out_dir, round_timeout_s, (lambda line: on_line(federation, line)) if on_line else None)
+            leftovers = federation.stop() if owned else []
     finally:
         claim.release()
     if leftovers:

@@ -73,7 +73,7 @@ def warm_federation(tmp_path_factory):
 
 
 def log_sizes(workdir: Path) -> list[int]:
-    return [(workdir / f"superexec-{i}.log").stat().st_size if (workdir / f"superexec-{i}.log").exists() else 0 for i in range(3)]
+    return [log.stat().st_size if (log := workdir / f"superexec-{i}.log").exists() else 0 for i in range(3)]
 
 
 def superexec_tasks(workdir: Path, i: int, since: int) -> list[tuple[int, int, str]]:
