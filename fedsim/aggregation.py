@@ -249,10 +249,11 @@ def aggregate(
     weights: list[float],
     method: str,
     rng: np.random.Generator,
-    average: str = "models",
+    average: str,
 ) -> Aggregated:
     """New global adapter from the delivered uploads (changes with `average="updates"`, adapters with "models"),
-    each adapted layer merged by the aggregator registered as `method` (`fedsim.aggregators`)."""
+    each adapted layer merged by the aggregator registered as `method` (`fedsim.aggregators`). `average` has no
+    default: the scenario's default is "updates", and a caller must say which kind of upload it passes."""
     spec = AGGREGATORS.get(method)
     if spec is None:
         raise ValueError(f"unknown aggregation method {method!r}; allowed: {', '.join(AGGREGATORS)}")

@@ -53,12 +53,14 @@ def _on_air(scenario: Scenario, upload: dict, received: dict, client_id: int, se
     """
     q = scenario.quantization
     rounding_rng = np.random.default_rng([scenario.seed, server_round, client_id, 7031])
+    if scenario.aggregation.average == "updates":
+        # nano's head too, though it stays on the server: the merge adds the mean change of every such key.
+        changes = set(update_keys(received))
+        upload = {k: (v - received[k] if k in changes else v) for k, v in upload.items()}
     # Not on the air: nano's head (it never leaves the server) and the client's own state (`memory.` keys), which the
     # simulator carries for it between rounds.
     server_side = {k: v for k, v in upload.items() if k in adapter_kind(scenario).server_side or k.startswith(MEMORY_PREFIX)}
     sent = {k: v for k, v in upload.items() if k not in server_side}
-    if scenario.aggregation.average == "updates":
-        sent = {k: (v - received[k] if k in update_keys(received) else v) for k, v in sent.items()}
     return quantize_payload(sent, q.bits_per_param, q.rounding, rounding_rng) | server_side
 
 

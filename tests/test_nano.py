@@ -51,8 +51,8 @@ def test_fisher_merging_equals_fedavg_when_all_fisher_values_are_equal():
     state = _global(rng, 4)
     uploads = _uploads(rng, 3, 4, [0.37, 0.37, 0.37])
     weights = [10.0, 30.0, 60.0]
-    fisher, _, _ = aggregate(state, uploads, weights, "fisher", np.random.default_rng(1))
-    fedavg, _, _ = aggregate(state, uploads, weights, "fedavg-factors", np.random.default_rng(1))
+    fisher, _, _ = aggregate(state, uploads, weights, "fisher", np.random.default_rng(1), average="models")
+    fedavg, _, _ = aggregate(state, uploads, weights, "fedavg-factors", np.random.default_rng(1), average="models")
     for i in range(2):
         np.testing.assert_allclose(fisher.A[i], fedavg.A[i], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(fisher.B[i], fedavg.B[i], rtol=1e-5, atol=1e-6)
@@ -64,8 +64,8 @@ def test_fisher_merging_follows_the_client_whose_fisher_dominates():
     rng = np.random.default_rng(2)
     state = _global(rng, 4)
     uploads = _uploads(rng, 3, 4, [1e-4, 1e3, 1e-4])
-    merged, _, _ = aggregate(state, uploads, [1.0, 1.0, 1.0], "fisher", np.random.default_rng(1))
-    fedavg, _, _ = aggregate(state, uploads, [1.0, 1.0, 1.0], "fedavg-factors", np.random.default_rng(1))
+    merged, _, _ = aggregate(state, uploads, [1.0, 1.0, 1.0], "fisher", np.random.default_rng(1), average="models")
+    fedavg, _, _ = aggregate(state, uploads, [1.0, 1.0, 1.0], "fedavg-factors", np.random.default_rng(1), average="models")
     for i in range(2):
         np.testing.assert_allclose(merged.A[i], uploads[1][f"A.{i}"], atol=1e-5)
         np.testing.assert_allclose(merged.B[i], uploads[1][f"B.{i}"], atol=1e-5)
@@ -75,7 +75,7 @@ def test_fisher_merging_follows_the_client_whose_fisher_dominates():
     uploads = _uploads(rng, 3, 4, [1.0, 1.0, 1.0])
     uploads[0]["F.A.0"][1, 2] = 1e6
     uploads[2]["F.B.1"][3, 0] = 1e6
-    merged, _, _ = aggregate(state, uploads, [1.0, 1.0, 1.0], "fisher", np.random.default_rng(1))
+    merged, _, _ = aggregate(state, uploads, [1.0, 1.0, 1.0], "fisher", np.random.default_rng(1), average="models")
     assert merged.A[0][1, 2] == pytest.approx(uploads[0]["A.0"][1, 2], abs=1e-4)
     assert merged.B[1][3, 0] == pytest.approx(uploads[2]["B.1"][3, 0], abs=1e-4)
 
@@ -87,7 +87,7 @@ def test_fisher_merging_over_mixed_ranks_keeps_unsent_components():
         k: v[:2] if k in ("A.0", "A.1", "F.A.0", "F.A.1") else (v[:, :2] if k.startswith(("B.", "F.B.")) else v)
         for k, v in _uploads(rng, 1, 4, [1.0])[0].items()
     }
-    merged, _, _ = aggregate(state, [low], [1.0], "fisher", np.random.default_rng(1))
+    merged, _, _ = aggregate(state, [low], [1.0], "fisher", np.random.default_rng(1), average="models")
     np.testing.assert_allclose(merged.A[0][:2], low["A.0"], atol=1e-6)
     np.testing.assert_array_equal(merged.A[0][2:], state.A[0][2:])  # nobody sent components 2, 3
     np.testing.assert_array_equal(merged.B[1][:, 2:], state.B[1][:, 2:])
