@@ -27,7 +27,7 @@ consecutive rounds is then correlated as
     \mathrm{corr}(|h_t|^2, |h_{t+1}|^2) = \frac{2\sigma^2|\mu|^2\rho + \sigma^4\rho^2}{2\sigma^2|\mu|^2 + \sigma^4}
 
 (0.8918 at :math:`\rho = 0.9`, K = 5; redrawing :math:`\phi` every round would leave only the
-:math:`\sigma^4\rho^2` term, 0.09). With :math:`\rho = 0` the phase is drawn afresh every round,
+:math:`\sigma^4\rho^2` term in the numerator, 0.074). With :math:`\rho = 0` the phase is drawn afresh every round,
 which has the same distribution.
 """
 

@@ -13,7 +13,8 @@ One round, for the K scheduled clients (each block's formula is in its module):
 4. the update is lost, in this order of blame, by ``outage`` (:math:`R_k < R_0`; nothing is resent),
    ``packet-error`` (the update, or one of its packets, still undecodable after the resends:
    ``packet_error`` model and ``harq`` in `channels.packet_error`) or ``deadline`` (computation plus
-   upload ends after the round deadline; the transmission is cut off there).
+   upload ends after the round deadline; the transmission is cut off there, and ``retransmissions``
+   counts only the resends aired before it). A client with nothing to send sends no packet.
 
 In ``mode: aircomp`` steps 3-4 are replaced by analog superposition (`channels.aircomp`).
 """
@@ -156,12 +157,20 @@ class WirelessChannel(Channel):
             retransmissions = np.where(outage, 0, retransmissions)  # nothing is sent in outage
         else:
             retransmissions, lost = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+        sends = bits > 0  # a client with nothing to send (no reply) puts no packet on the air
         with np.errstate(divide="ignore", invalid="ignore"):
-            airtime = np.where(bits > 0, (bits + retransmissions * bits / packets) / send_rate, 0.0)
+            packet_s = np.where(sends, bits / packets / send_rate, 0.0)
+            airtime = np.where(sends, (bits + retransmissions * bits / packets) / send_rate, 0.0)
         compute_s, compute_j = self.compute.cost(states.client_ids, samples)
         starts = access_block.slot_starts(compute_s, airtime, access_block.is_sequential(cfg.access))
         late = starts + airtime > self.deadline_s
         airtime = np.where(late, np.clip(self.deadline_s - starts, 0.0, None), airtime)  # cut off at the deadline
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # Only the resends that went out before the cut-off: those after the first pass, whole packets (1e-9: rounding).
+            aired_resends = np.floor((airtime - bits / send_rate) / packet_s + 1e-9)
+        retransmissions = np.where(late, np.clip(np.nan_to_num(aired_resends, nan=0.0), 0, retransmissions), retransmissions).astype(np.int64)
+        packets = np.where(sends, packets, 0)
+        retransmissions = np.where(sends, retransmissions, 0)
         reasons = np.where(outage, "outage", np.where(lost, "packet-error", np.where(late, "deadline", "")))
         return [
             Transmission(
@@ -179,11 +188,20 @@ class WirelessChannel(Channel):
         ]
 
     def round_latency(self, transmissions: list[Transmission]) -> float:
+        """When the round's uplink ends. Digital: the last upload's end (its slot start plus airtime). AirComp: the shared
+        slot starts after the slowest computation of every scheduled client, since the server cannot know beforehand who
+        will stay silent (as `superpose` decides lateness), and ends one slot later; with nobody sending, the round ends
+        at the deadline when the slot would have overrun it, else when the last computation ends."""
         if not transmissions:
             return 0.0
         compute = np.array([t.compute_s for t in transmissions])
         airtime = np.array([t.latency_s for t in transmissions])
-        sequential = self.mode != "aircomp" and access_block.is_sequential(self.config.access)
+        if self.mode == "aircomp":
+            if airtime.max() > 0:  # every sender's airtime is the one shared slot
+                return float(compute.max() + airtime.max())
+            late = any(t.drop_reason == "deadline" for t in transmissions)
+            return float(self.deadline_s if late else compute.max())
+        sequential = access_block.is_sequential(self.config.access)
         return float(np.max(access_block.slot_starts(compute, airtime, sequential) + airtime))
 
     def downlink(self, states: ChannelStates, n_bits: np.ndarray) -> list[Transmission]:
@@ -202,7 +220,8 @@ class WirelessChannel(Channel):
         bits_per_param: int = 32,
     ) -> tuple[list[Transmission], Superposition]:
         """AirComp round: who transmits (truncation, deadline), what each spends (its inversion power x slot), and the noisy
-        aggregate. `n_bits` records what the same update would have cost digitally at `bits_per_param`."""
+        aggregate. A sender's `n_bits` is the analog payload's size, the entries of `shapes` (padded to max_rank) at
+        `bits_per_param`; nothing reads it: the ledger charges each sender its own digitally encoded upload."""
         cfg = self.config
         n = len(states)
         slot = slot_seconds(shapes, cfg.bandwidth_hz)

@@ -353,7 +353,7 @@ def test_aircomp_without_noise_equals_digital_fedavg():
     states = ch.draw(1, np.arange(3), rng)
     sent, result = ch.superpose(updates, weights, states, rng, shapes)
     assert all(t.delivered for t in sent) and result.mse == 0.0
-    digital, _, _ = aggregate(glob, updates, list(weights), "fedavg-factors", rng)
+    digital, _, _ = aggregate(glob, updates, list(weights), "fedavg-factors", rng, average="models")
     for i in range(2):
         assert np.allclose(result.aggregate[f"A.{i}"], digital.A[i], atol=1e-6)
         assert np.allclose(result.aggregate[f"B.{i}"], digital.B[i], atol=1e-6)
@@ -572,3 +572,51 @@ def test_snr_levels_give_each_client_one_of_the_levels_equally_often():
     np.testing.assert_array_equal(again, snr[::7])  # fixed per client, whatever the round
     with pytest.raises(ValueError, match="snr_levels_db"):
         ChannelConfig(large_scale="levels")
+
+
+def test_a_client_with_nothing_to_send_puts_no_packet_on_the_air():
+    """A no-reply client (0 bits) at an SNR where HARQ resends most updates: no packet, no resend, no airtime."""
+    ch = channel(kind="rayleigh", snr_db=-15.0, packet_error="threshold", harq_retransmissions=3)
+    rng = np.random.default_rng(0)
+    bits = np.zeros(len(IDS))
+    bits[::2] = 1e5
+    sent = ch.uplink(ch.draw(1, IDS, rng), bits, rng)
+    silent = [t for t, b in zip(sent, bits) if b == 0]
+    assert sum(t.packets + t.retransmissions for t in silent) == 0 and sum(t.latency_s for t in silent) == 0.0
+    assert sum(t.retransmissions for t in sent) > 0  # the senders beside them did resend
+
+
+def test_an_upload_cut_off_at_the_deadline_counts_only_the_resends_aired_before_it():
+    """0.8 Mbit at 1 Mb/s with a 1 s deadline: the first pass takes 0.8 s, so of the update's 67 packets
+    (0.8 Mbit / 11,940 bits each) only floor(0.2 s / 11.94 ms) = 16 resent packets fit before the cut-off."""
+    from fedsim.types import ChannelStates
+
+    ch = channel(kind="rayleigh", snr_db=0.0, packet_error="threshold", harq_retransmissions=3, deadline_s=1.0)
+    deep_fade = ChannelStates(np.array([0]), np.array([0.0]), np.array([0.001]), np.array([1e6]), np.array([1e6]))  # g < m / snr: lost
+    t = ch.uplink(deep_fade, np.array([8e5]), np.random.default_rng(1))[0]
+    assert (t.drop_reason, t.packets, t.retransmissions, t.latency_s) == ("deadline", 67, 16, 1.0)
+    assert (8e5 + t.retransmissions * 8e5 / t.packets) / 1e6 <= t.latency_s
+
+
+@pytest.mark.parametrize("deadline_s", [None, 3.6, 3.2])
+def test_aircomp_round_latency_starts_the_slot_after_every_scheduled_clients_computation(deadline_s):
+    """The slot waits for the slowest computation, a silent (truncated) client's included, as lateness is judged:
+    client 1 is truncated but computes for 3 s; the 0.5 s slot then ends at 3.5 s, within 3.6 s, past 3.2 s."""
+    from fedsim.types import ChannelStates
+
+    ch = channel(
+        mode="aircomp",
+        kind="rayleigh",
+        snr_db=10.0,
+        bandwidth_hz=1e6,
+        deadline_s=deadline_s,
+        compute={"enabled": True, "cycles_per_sample": 1e8, "cpu_hz": 1e9},
+    )
+    states = ChannelStates(np.array([0, 1]), np.array([10.0, 10.0]), np.array([1.0, 0.01]), np.array([1e6, 1e6]), np.array([1e6, 1e6]))
+    updates = [{"a": np.ones((1000, 1000))}] * 2  # 10^6 real entries: a slot of 0.5 s on 1 MHz
+    sent, _ = ch.superpose(updates, np.ones(2), states, np.random.default_rng(0), {"a": (1000, 1000)}, samples=np.array([10, 30]))
+    assert [t.compute_s for t in sent] == [1.0, 3.0] and sent[1].drop_reason == "aircomp-truncated"
+    if deadline_s == 3.2:
+        assert sent[0].drop_reason == "deadline" and ch.round_latency(sent) == 3.2
+    else:
+        assert sent[0].delivered and sent[0].latency_s == 0.5 and ch.round_latency(sent) == 3.5
