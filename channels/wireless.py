@@ -128,7 +128,8 @@ class WirelessChannel(Channel):
         gain = self.fading.draw(round, ids, rng)
         rate = achievable_rate(bandwidth, snr_db, gain, self.config.snr_gap_db)
         extra = {"distance_m": self.large_scale.distances(ids)} if self.config.large_scale == "distance" else {}
-        return ChannelStates(ids, snr_db, gain, bandwidth, rate, extra)
+        target = self.config.target_rate_bps
+        return ChannelStates(ids, snr_db, gain, bandwidth, rate, extra, None if target is None else np.full(len(ids), float(target)))
 
     # --- digital uplink ------------------------------------------------------------------------
     def uplink(self, states: ChannelStates, n_bits: np.ndarray, rng: np.random.Generator, samples: np.ndarray | None = None) -> list[Transmission]:

@@ -7,7 +7,7 @@ A payload is a flat dict of float32 arrays, exactly what goes into a Flower `Arr
     head.weight  the classification head (classification tasks; not on the air in nano mode)
     head.bias
     F.<key>      a client's diagonal Fisher estimate of <key> (aggregation.method: fisher)
-    <prefix>...  what a federated algorithm adds (e.g. SCAFFOLD's `control.` variates)
+    <prefix>...  what a federated algorithm adds (e.g. SCAFFOLD's control variates: `C.` down, `dC.` up)
     memory.<...> state the simulator carries for a client between rounds; never on the air
 
 Quantised uploads add `<key>/scale` (channels.quantization.SCALE_SUFFIX).

@@ -21,13 +21,13 @@ from channels import build_channel
 from fedsim.cohort import pack, unpack
 from fedsim.config import Scenario, load_scenario
 from fedsim.ledger import ALGORITHM_STATE, RunDirectory
+from fedsim.round.downlink import ABSENT_NODE
 from fedsim.runtime import get_runtime
 from fedsim.strategy import RankAdaptiveStrategy, check_node_map
 from fedsim.types import FedsimError
 from policies import build_policy
 
 NODE_WAIT_S = 120.0
-ABSENT_NODE = 0  # destination of a client whose SuperNode is gone: its message is not sent, the client is dropped
 DROP_NO_NODE = "no-node"
 
 

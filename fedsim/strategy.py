@@ -89,6 +89,8 @@ class RankAdaptiveStrategy:
         keys = adapter_kind(scenario).server_side
         self.head_params = 0 if keys else runtime.model.head_param_count()
         self.layout = UploadLayout(self.global_state, self.algorithm, wants_fisher(scenario), keys)
+        head_tensors = 0 if keys else len(self.global_state.head)
+        self.upload_tensors = (2 * n_layers + head_tensors) * self.algorithm.upload_copies + 2 * n_layers * self.layout.fisher
         c = scenario.clients
         trace = load_trace(c.availability_trace, c.num_clients, scenario.rounds) if c.availability_trace else None
         self.sampler = ClientSampler(c.num_clients, c.per_round, c.availability, scenario.seed, trace)
@@ -132,9 +134,11 @@ class RankAdaptiveStrategy:
             channel=states,
             layer_names=self.runtime.model.layer_names,
             max_rank=self.scenario.adapter.max_rank,
-            # What one rank component and the fixed part cost on the uplink, as sent: SCAFFOLD sends each twice.
-            params_per_rank=self.params_per_rank * self.algorithm.upload_copies,
+            # What one rank component and the fixed part cost on the uplink, as sent: SCAFFOLD sends each twice,
+            # Fisher merging adds an estimate of every factor.
+            params_per_rank=self.params_per_rank * (self.algorithm.upload_copies + self.layout.fisher),
             fixed_params=self.head_params * self.algorithm.upload_copies,
+            upload_tensors=self.upload_tensors,
             bits_per_param=self.scenario.quantization.bits_per_param,
             last_ranks=self.last_ranks[states.client_ids],
             last_loss=self.last_loss,
@@ -201,7 +205,8 @@ class RankAdaptiveStrategy:
             row.extra["aircomp_mse"] = uplink.superposition.mse
             row.extra["aircomp_mse_noise"] = uplink.superposition.mse_noise
             row.extra["aircomp_mse_truncation"] = uplink.superposition.mse_truncation
-        full_params = (int(self.params_per_rank.sum()) * self.scenario.adapter.max_rank + self.head_params) * self.algorithm.upload_copies
+        copies = self.algorithm.upload_copies
+        full_params = int(self.params_per_rank.sum()) * self.scenario.adapter.max_rank * (copies + self.layout.fisher) + self.head_params * copies
         full_bits = full_params * self.scenario.quantization.bits_per_param
         self.round_info = reward_info(pending, uplink, client_rows, full_bits, self.deadline_s, self.scenario.adapter.max_rank)
         self.pending = None

@@ -47,11 +47,17 @@ class ChannelStates:
     snr_db: np.ndarray  # large-scale SNR in dB (path loss, shadowing, configured value)
     fading_gain: np.ndarray  # |h|^2, 1.0 for AWGN
     bandwidth_hz: np.ndarray  # this client's share of the uplink band
-    rate_bps: np.ndarray  # achievable rate at this round's fading
+    rate_bps: np.ndarray  # achievable rate at this round's fading (the capacity)
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # model-specific columns for the ledger
+    send_rate_bps: np.ndarray | None = None  # the rate uploads go at, when not the capacity (a fixed target rate)
 
     def __len__(self) -> int:
         return len(self.client_ids)
+
+    @property
+    def upload_rate_bps(self) -> np.ndarray:
+        """The rate an upload is sent at, so its airtime is bits / this: the capacity under rate adaptation."""
+        return self.rate_bps if self.send_rate_bps is None else self.send_rate_bps
 
     def subset(self, index: np.ndarray) -> ChannelStates:
         return ChannelStates(
@@ -61,6 +67,7 @@ class ChannelStates:
             bandwidth_hz=self.bandwidth_hz[index],
             rate_bps=self.rate_bps[index],
             extra={k: v[index] for k, v in self.extra.items()},
+            send_rate_bps=None if self.send_rate_bps is None else self.send_rate_bps[index],
         )
 
 
@@ -97,6 +104,7 @@ class Observation:
     layer_importance: np.ndarray  # float [layers], >= 0; e.g. singular-value mass of the aggregated update
     data_stats: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # [clients, 2]: token entropy, OOV rate
     deadline_s: float = float("inf")  # the round's upload deadline, if any
+    upload_tensors: int = 0  # tensors of a full-rank upload, each with a scale when quantised (0: A and B per layer + the head's two)
 
     @property
     def n_clients(self) -> int:

@@ -125,20 +125,23 @@ def full_rank_bits(observation: Observation) -> float:
 
 
 def fitting_rank(observation: Observation, deadline_s: float | None = None, margin: float = 1.0, scale_bits: int = 32) -> np.ndarray:
-    """Per client, the largest uniform rank r in [0, R] whose upload meets the deadline T at its rate C_k:
+    """Per client, the largest uniform rank r in [0, R] whose upload meets the deadline T at the rate it is sent at,
+    C_k (the capacity, or the channel's fixed target rate: `ChannelStates.upload_rate_bps`):
 
-        bits(r) = (r · Σ_l p_l + p_fixed) · b + s · (2 L + 2)  <=  C_k · T · margin
+        bits(r) = (r · Σ_l p_l + p_fixed) · b + s · n_t  <=  C_k · T · margin
 
     (p_l parameters per rank component of layer l, p_fixed the head's, b bits per parameter, and, when
-    b < 32, one s-bit scale per quantised tensor: A and B of L layers plus the head's two; an upper
-    bound, since a rank-0 layer sends no tensor). -1 where not even rank 0 fits; R with no deadline.
-    T is the observation's deadline, else `deadline_s`. Float array [clients]."""
+    b < 32, one s-bit scale per quantised tensor, n_t of them: `Observation.upload_tensors`, by default
+    A and B of L layers plus the head's two; an upper bound, since a rank-0 layer sends no tensor).
+    -1 where not even rank 0 fits; R with no deadline. T is the observation's deadline, else `deadline_s`.
+    Float array [clients]."""
     deadline = observation.deadline_s if np.isfinite(observation.deadline_s) else (deadline_s if deadline_s is not None else np.inf)
     n, n_layers = observation.n_clients, observation.n_layers
     if not np.isfinite(deadline):
         return np.full(n, float(observation.max_rank))
-    overhead = scale_bits * (2 * n_layers + 2) if observation.bits_per_param < 32 else 0
-    budget_params = (np.asarray(observation.channel.rate_bps, dtype=float) * deadline * margin - overhead) / observation.bits_per_param
+    tensors = observation.upload_tensors or 2 * n_layers + 2
+    overhead = scale_bits * tensors if observation.bits_per_param < 32 else 0
+    budget_params = (np.asarray(observation.channel.upload_rate_bps, dtype=float) * deadline * margin - overhead) / observation.bits_per_param
     per_rank = max(float(np.sum(observation.params_per_rank)), 1.0)
     fitting = np.floor((budget_params - observation.fixed_params) / per_rank)
     return np.clip(np.nan_to_num(fitting, nan=-1.0, posinf=observation.max_rank, neginf=-1.0), -1, observation.max_rank)
@@ -149,7 +152,7 @@ def client_features(observation: Observation) -> np.ndarray:
     ch = observation.channel
     n = observation.n_clients
     deadline = observation.deadline_s if np.isfinite(observation.deadline_s) else None
-    capacity = ch.rate_bps * deadline if deadline is not None else np.full(n, 4.0 * full_rank_bits(observation))
+    capacity = ch.upload_rate_bps * deadline if deadline is not None else np.full(n, 4.0 * full_rank_bits(observation))
     ratio = capacity / full_rank_bits(observation)
     budget = np.clip(ratio, 0, 4) / 4
     log_budget = np.clip(np.log2(np.maximum(ratio, 1e-12)), -4, 2) / 4

@@ -47,6 +47,8 @@ def test_non_finite_updates_are_dropped_and_the_global_adapter_kept(tmp_path, ca
     clients, rounds = rows(out / "clients.csv"), rows(out / "rounds.csv")
     poisoned = [c for c in clients if c["drop_reason"] == "non-finite"]
     assert poisoned and all(c["delivered"] == "0" for c in poisoned)
+    # Sent, so charged like any upload at the same ranks (fixed rank 8 here): bytes and parameters alike.
+    assert {(c["params_up"], c["bytes_up"]) for c in clients} == {(clients[0]["params_up"], clients[0]["bytes_up"])} and int(clients[0]["params_up"]) > 0
     empty = [r for r in rounds if r["updates_aggregated"] == "0"]
     assert empty, "this lr makes every upload non-finite after round 1"
     for r in empty:  # nothing aggregated: the global adapter, and so its evaluation, is unchanged

@@ -189,6 +189,7 @@ def test_nano_run_end_to_end_meters_adapter_and_split_traffic(tmp_path, tiny):
         # no token, so it is not sent), and no head (it lives on the server)
         rank = int(row["ranks"].split()[0])
         assert int(row["bytes_up_adapter"]) == 4 * (rank * hidden + 4)
+        assert int(row["params_up"]) == 4 * rank * hidden  # A, B and their Fisher estimates; the head stays on the server
         assert int(row["bytes_up_fisher"]) == int(row["bytes_up_adapter"]) // 2
     assert sum(int(r["bytes_up_activations"]) for r in rounds) == summary["total_bytes_up_activations"]
     assert summary["total_bytes_up"] == summary["total_bytes_up_adapter"] + summary["total_bytes_up_activations"]

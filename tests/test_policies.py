@@ -135,6 +135,21 @@ def test_channel_greedy_picks_the_largest_uniform_rank_that_meets_the_deadline()
     assert (no_deadline == 8).all()
 
 
+def test_channel_greedy_budgets_with_the_rate_an_upload_is_sent_at_under_a_target_rate(tmp_path):
+    """A preset's fixed 100 kb/s target rate, far below the 30 dB capacity: airtime is bits / 100 kb/s, so greedy must
+    fit its ranks to that, or it picks rank 8 by the capacity and every upload misses the deadline.
+    8-bit: rank 8 costs (8 * 256 + 2541) * 8 bits + scales ~ 37 kbit = 0.37 s > the 0.3 s deadline."""
+    from fedsim.runner import run_scenario
+
+    scenario = tiny_scenario(channel={"preset": "good", "deadline_s": 0.3}, quantization={"bits_per_param": 8}, policy={"name": "channel-greedy"})
+    run_scenario(scenario, tmp_path / "run", progress=False)
+    with open(tmp_path / "run" / "clients.csv", newline="") as fh:
+        clients = list(csv.DictReader(fh))
+    assert not [c for c in clients if c["drop_reason"] == "deadline"]
+    assert {c["ranks"] for c in clients} == {"4 4 4 4"}  # floor((30 kbit - 10 scales * 32 bits) / 8 - 2541) / 256) = 4
+    assert all(float(c["latency_s"]) <= 0.3 and float(c["rate_bps"]) > 1e6 for c in clients)
+
+
 def test_the_learning_policies_action_is_a_share_of_what_fits_and_its_top_is_channel_greedy():
     from policies.common import level_ranks, ranks_from_action
 

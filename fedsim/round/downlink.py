@@ -13,6 +13,8 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from fedsim.adapter_state import AdapterState, payload_bits, truncate
 from fedsim.round.messages import to_array_record
 
+ABSENT_NODE = 0  # destination of a client whose SuperNode is gone: its message is not sent, the client is dropped
+
 
 def train_messages(
     global_state: AdapterState,
@@ -24,11 +26,11 @@ def train_messages(
     server_round: int,
     scenario_yaml: str,
 ) -> tuple[list[Message], np.ndarray]:
-    """(messages, bytes_down per client)."""
+    """(messages, bytes_down per client: 0 for a client without a node, whose message is never sent)."""
     messages, bytes_down = [], []
     for client, client_ranks in zip(clients, ranks):
         payload = truncate(global_state, client_ranks) | algorithm.downlink(int(client), client_ranks)
-        bytes_down.append(payload_bits(layout.on_air(payload), 32) // 8)
+        bytes_down.append(payload_bits(layout.on_air(payload), 32) // 8 if node_of_client[int(client)] != ABSENT_NODE else 0)
         payload |= algorithm.memory(int(client), client_ranks)
         config = ConfigRecord({"server-round": server_round, "client-id": int(client), "scenario": scenario_yaml})
         content = RecordDict({"arrays": to_array_record(payload), "config": config})

@@ -7,8 +7,6 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from fedsim.adapter_state import payload_params
-
 
 def drop_reason(delivered: bool, client: int, replies, tx, finite: bool) -> str:
     """Why a client's update did not reach the aggregate ("" when it did)."""
@@ -98,13 +96,13 @@ class RoundRecord(LedgerRow):
 
 
 def client_record(server_round: int, k: int, client: int, pending, uplink, replies, delivered: bool, reason: str) -> ClientRecord:
-    upload, metrics, tx, states, ranks = uplink.uploads[k], replies.metrics(client), uplink.transmissions[k], pending.states, pending.ranks[k]
+    metrics, tx, states, ranks = replies.metrics(client), uplink.transmissions[k], pending.states, pending.ranks[k]
     return ClientRecord(
         round=server_round,
         client=client,
         ranks=" ".join(str(int(r)) for r in ranks),
         mean_rank=float(ranks.mean()),
-        params_up=payload_params(upload) if upload is not None else 0,
+        params_up=int(uplink.params_up[k]),
         bytes_up=int(uplink.up_bits[k] // 8),
         bytes_down=int(pending.bytes_down[k] + uplink.gradient_bytes[k]),
         bytes_up_adapter=int(uplink.adapter_bits[k] // 8),
@@ -184,11 +182,11 @@ def delivered_bytes(records: list[ClientRecord]) -> int:
 
 def reward_info(pending, uplink, records: list[ClientRecord], full_bits: float, deadline_s: float, max_rank: int) -> dict:
     """What a learning policy's reward needs (policies.common.round_reward); evaluation adds the losses."""
-    up_bits = uplink.up_bits
+    up_bits = uplink.intended_bits
     return {
         "bits_up": up_bits.astype(float),
         "bits_full": np.full(len(up_bits), float(full_bits)),
-        "rate_bps": np.asarray(pending.states.rate_bps, dtype=float),
+        "rate_bps": np.asarray(pending.states.upload_rate_bps, dtype=float),  # what the airtime follows
         "snr_db": np.asarray(pending.states.snr_db, dtype=float),
         "latency_s": np.array([t.latency_s for t in uplink.transmissions]),
         "energy_j": np.array([t.energy_j for t in uplink.transmissions]),

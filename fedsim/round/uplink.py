@@ -2,7 +2,10 @@
 
 Bits are those of the arrays the client sent (quantised codes and scales), split by kind (adapter,
 Fisher estimate, control variate, split-computation activations); the server aggregates their
-dequantised values, so quantisation error is real. A NaN/inf update would poison the global adapter
+dequantised values, so quantisation error is real. A digital upload is charged in full once the client
+transmits it, whether it arrives or is lost to outage, packet errors or the deadline cut-off (its
+latency and energy are the airtime actually used); over the air only the senders are charged, since
+a truncated or late client stays silent. A NaN/inf update would poison the global adapter
 (and the SVD): it is never aggregated and is logged as non-finite; over the air a client would not
 superpose it, so it is left out of the AirComp sum too.
 """
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from channels.quantization import encoded_bits
+from channels.quantization import SCALE_SUFFIX, encoded_bits
 from fedsim.payload import FISHER_PREFIX
 from fedsim.round.replies import Replies
 
@@ -31,6 +34,8 @@ class Uplink:
     transmissions: list  # channels.base.Transmission per client
     downlinks: list
     superposition: object | None  # AirComp's received sum (channels.aircomp), else None
+    params_up: np.ndarray  # parameters on the air (codes, not their scales), as charged
+    intended_bits: np.ndarray  # what each reply costs at its ranks, charged or not: the policies' reward prices this
 
     @property
     def up_bits(self) -> np.ndarray:
@@ -45,6 +50,16 @@ def _bits(encoded: list[dict | None], layout, prefix: str | None = None) -> np.n
     return np.array([count(e) if e is not None and prefix != "" else 0 for e in encoded])
 
 
+def _params(encoded: list[dict | None], layout, ranks) -> np.ndarray:
+    """Parameters each client put on the air: the entries of its arrays (the server-side head and carried state
+    excluded), counted from the shapes the server expects, as 4-bit codes pack two to a byte."""
+    counts = []
+    for e, r in zip(encoded, ranks):
+        shapes = layout.shapes(r) if e is not None else {}
+        counts.append(sum(int(np.prod(shapes[k])) for k in layout.on_air(e) if not k.endswith(SCALE_SUFFIX)) if e is not None else 0)
+    return np.array(counts, dtype=np.int64)
+
+
 def meter_uplink(pending, replies: Replies, layout, channel, bits_per_param: int, algorithm, samples: np.ndarray, max_rank: int, rng) -> Uplink:
     """Meter the round's replies on `channel` (uplink or AirComp superposition, then the downlink); the uploads were
     encoded at `bits_per_param` (the scenario's quantization)."""
@@ -57,12 +72,17 @@ def meter_uplink(pending, replies: Replies, layout, channel, bits_per_param: int
     finite = [u is None or all(np.isfinite(v).all() for v in u.values()) for u in uploads]
     uploads = [u if ok else None for u, ok in zip(uploads, finite)]
     adapter_bits = _bits(encoded, layout)
+    fisher_bits = _bits(encoded, layout, FISHER_PREFIX)
+    control_bits = _bits(encoded, layout, algorithm.upload_prefix or "")
+    params_up = _params(encoded, layout, pending.ranks)
     up_bits = adapter_bits + 8 * activation_bytes
     superposition = None
     if channel.mode == "aircomp":
         sizes = np.array([float(m["num-examples"]) if c in replies.received else 0.0 for c, m in zip(clients, metrics)])
         shapes = layout.shapes([max_rank] * len(layout.global_state.A))
         transmissions, superposition = channel.superpose(uploads, sizes, pending.states, rng, shapes, samples, bits_per_param)
+        silent = ~np.array([t.delivered for t in transmissions], dtype=bool)
+        adapter_bits, fisher_bits, control_bits, params_up = (np.where(silent, 0, x) for x in (adapter_bits, fisher_bits, control_bits, params_up))
     else:
         transmissions = channel.uplink(pending.states, up_bits, rng, samples)
     downlinks = channel.downlink(pending.states, (pending.bytes_down + gradient_bytes) * 8)
@@ -71,11 +91,13 @@ def meter_uplink(pending, replies: Replies, layout, channel, bits_per_param: int
         uploads=uploads,
         finite=finite,
         adapter_bits=adapter_bits,
-        fisher_bits=_bits(encoded, layout, FISHER_PREFIX),
-        control_bits=_bits(encoded, layout, algorithm.upload_prefix or ""),
+        fisher_bits=fisher_bits,
+        control_bits=control_bits,
         activation_bytes=activation_bytes,
         gradient_bytes=gradient_bytes,
         transmissions=transmissions,
         downlinks=downlinks,
         superposition=superposition,
+        params_up=params_up,
+        intended_bits=up_bits,
     )
