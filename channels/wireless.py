@@ -50,7 +50,10 @@ class ChannelConfig(BaseModel):
     kind: Literal[tuple(FADING)] = Field("awgn", description="Small-scale fading: awgn (none), rayleigh, rician.")  # type: ignore[valid-type]
     k_factor: float = Field(5.0, ge=0, description="Rician K-factor (linear, >= 0; 0 = Rayleigh). Used by kind: rician.")
     correlation: float = Field(0.0, ge=0, le=1, description="Gauss-Markov correlation rho of fading between consecutive rounds (0 = independent).")
-    snr_db: float = Field(10.0, description="Large-scale SNR in dB (fixed), or the centre of the uniform/normal spread.")
+    snr_db: float = Field(
+        10.0,
+        description="Large-scale SNR in dB (fixed), or the centre of the uniform/normal spread; on whatever band share a client gets (only large_scale: distance rescales noise with the share).",
+    )
     large_scale: Literal[LARGE_SCALE] = Field(
         "fixed", description="Per-client SNR: fixed, uniform (+-snr_spread_db), normal (std snr_spread_db), levels (one of snr_levels_db), distance (geometry)."
     )  # type: ignore[valid-type]
