@@ -13,8 +13,9 @@ leaves the global adapter unchanged, whatever the ranks (`tests/test_aggregation
 With `svd` this is FlexLoRA (Bai et al. 2024, "Federated Fine-tuning of Large Language Models
 under Heterogeneous Tasks and Client Resources"); with `fedavg-factors` it is HetLoRA's zero
 padding (Cho et al. 2024, "Heterogeneous LoRA for Federated Fine-tuning of On-Device Foundation
-Models"), weighted by examples (FedAvg), not by HetLoRA's ||B_k A_k||_F, and without its rank self-pruning. Both treat the components beyond a client's rank as
-zeros: a round of rank-2 clients that do not train at all shrinks a rank-8 global update.
+Models"), weighted by examples (FedAvg), not by HetLoRA's ||B_k A_k||_F, and without its rank
+self-pruning. Both treat the components beyond a client's rank as zeros: a round of rank-2 clients
+that do not train at all shrinks a rank-8 global update.
 Kept for comparison.
 
 Methods, per adapted layer i, with weights w_k renormalised over the clients that sent layer i
