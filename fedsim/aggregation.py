@@ -34,8 +34,9 @@ B = U_R Σ_R, ordered by singular value, so truncating to rank r later keeps the
 directions. The SVD is taken through QR of the stacked factors: O((in + out)·s²) for s stacked
 components instead of a dense out×in decomposition. When W has rank above R = max_rank this is
 the best rank-R approximation (Eckart-Young), not W itself: `truncated_fraction` reports
-‖W − W_R‖_F / ‖W − B_g A_g‖_F summed over layers, the share of the round's update the
-truncation discarded.
+sqrt(Σ_i ‖W_i − W_{i,R}‖_F² / Σ_i ‖W_i − B_g A_g‖_F²) over the layers i, the share of the round's
+update (in Frobenius norm, pooled over layers) the truncation discarded. A server optimiser's step is
+projected to rank R afterwards (`fedsim.algorithms`); what that projection drops is not in it.
 
 `fedavg-factors`: A and B zero-padded to max_rank and averaged separately (updates: A_g + Σ w_k ΔA_k).
 
