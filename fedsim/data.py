@@ -128,7 +128,8 @@ def partition(labels: np.ndarray, num_clients: int, config: PartitionConfig, see
 
     - iid: a random permutation cut into equal parts.
     - dirichlet: per class, proportions ~ Dir(alpha) over clients (label skew).
-    - quantity_skew: client sizes ~ Dir(alpha), labels IID (size skew).
+    - quantity_skew: client sizes ~ Dir(alpha), labels IID (size skew); sizes are rounded down, so up to one
+      example per client is left unused.
     """
     n = len(labels)
     if num_clients * config.min_examples > n:

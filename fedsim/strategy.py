@@ -169,7 +169,9 @@ class RankAdaptiveStrategy:
         client_of_node = {node: int(c) for c, node in zip(pending.clients, pending.nodes)}
         got = collect_replies(replies, client_of_node, server_round, self.scenario.tolerate_client_errors)
         train = self.scenario.train
-        samples = np.full(len(pending.clients), train.local_steps * train.batch_size)
+        # Examples each client processed: a shard smaller than a batch is the whole batch at every step.
+        shard = np.array([len(self.runtime.partitions[int(c)]) for c in pending.clients], dtype=np.int64)
+        samples = train.local_steps * np.minimum(train.batch_size, shard)
         bits = self.scenario.quantization.bits_per_param
         uplink = meter_uplink(pending, got, self.layout, self.channel, bits, self.algorithm, samples, self.scenario.adapter.max_rank, self.rng_channel)
         for client, encoded, ok in zip(pending.clients, uplink.encoded, uplink.finite):  # the client keeps its new state, whatever the channel does

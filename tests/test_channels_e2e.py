@@ -118,3 +118,23 @@ def test_quantization_is_configured_apart_from_the_channel_and_the_older_spellin
     assert old == new and old.quantization.bits_per_param == 8 and "bits_per_param" not in old.channel.model_dump()
     with pytest.raises(FedsimError, match="channel.bits_per_param and quantization.bits_per_param disagree"):
         tiny(channel={"bits_per_param": 8}, quantization={"bits_per_param": 4})
+
+
+def test_compute_time_counts_the_examples_a_client_processed(tmp_path, tiny):
+    """A shard smaller than a batch is the whole batch at each step: 2 steps of batch 64 on a client holding fewer
+    than 64 examples cost 2 x its size in cycles, not 128."""
+    from fedsim.runtime import get_runtime
+
+    scenario = tiny(
+        clients={"num_clients": 6, "per_round": 6},
+        data={"partition": {"kind": "quantity_skew", "alpha": 0.3, "min_examples": 10}},
+        train={"local_steps": 2, "batch_size": 64},
+        channel={"compute": {"enabled": True, "cycles_per_sample": 1e8, "cpu_hz": 1e9}},
+        rounds=1,
+    )
+    run_scenario(scenario, tmp_path / "run", progress=False)
+    sizes = [len(p) for p in get_runtime(scenario).partitions]
+    clients = read_rows(tmp_path / "run" / "clients.csv")
+    assert min(sizes) < 64 < max(sizes)
+    for c in clients:  # 1e8 cycles per example at 1 GHz: 0.1 s each
+        assert float(c["compute_s"]) == pytest.approx(0.1 * 2 * min(64, sizes[int(c["client"])]))
