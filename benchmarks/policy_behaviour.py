@@ -66,6 +66,14 @@ def main(argv=None) -> int:
     groups: dict[tuple[str, float], list] = defaultdict(list)
     for run in runs:
         groups[(policy_label(run.config), run.config.get(args.by))].append(run)
+    for (policy, level), members in groups.items():  # averaging two configurations under one label would hide both
+        seeds = [run.config.get("seed") for run in members]
+        if len(set(seeds)) < len(seeds):
+            twice = next(s for s in seeds if seeds.count(s) > 1)
+            raise FedsimError(
+                f"{args.sweep_dir}: {policy} at {args.by}={level} has seed {twice} twice, so its runs differ in another "
+                "field; give each configuration its own directory"
+            )
     policies = sorted({p for p, _ in groups})
     levels = sorted({v for _, v in groups})
     layers = [_layer_label(n) for n in runs[0].summary.get("layers", [])]

@@ -158,16 +158,18 @@ def _num(value: float, digits: int, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def _mean_cell(values: list[float], digits: int) -> str:
-    ci = mean_ci(values)
+def _mean_cell(values: list[float], digits: int, confidence: float) -> str:
+    ci = mean_ci(values, confidence)
     return f"{_num(ci.mean, digits)} {format_interval(ci.low, ci.high, digits)}".strip()
 
 
-def _diff_cell(diff, digits: int) -> str:
+def _diff_cell(diff, digits: int, seeds: int | None = None) -> str:
+    """A paired difference; `(n=k)` when it pairs fewer seeds than the row shows (`seeds`)."""
     if diff.n == 0:
         return diff.verdict
     interval = format_interval(diff.low, diff.high, digits, signed=True)
-    return f"{_num(diff.mean, digits, signed=True)} {interval}"
+    fewer = f" (n={diff.n})" if seeds is not None and diff.n < seeds else ""
+    return f"{_num(diff.mean, digits, signed=True)} {interval}{fewer}"
 
 
 def group_table(
@@ -204,7 +206,7 @@ def group_table(
         costs = {s: m.mb_to_target for s, m in seeds.items()}
         summary = target_summary(costs.values())
         reached = f"{summary.reached}/{summary.n}" + (f" (never ×{summary.never})" if summary.never else "")
-        row = [label, ",".join(fmt_value(s) for s in sorted(seeds)), _mean_cell([m.final_accuracy for m in ms], 3)]
+        row = [label, ",".join(fmt_value(s) for s in sorted(seeds)), _mean_cell([m.final_accuracy for m in ms], 3, confidence)]
         if label == reference:
             row += ["(reference)", "", _num(summary.median, 3), reached, "(reference)"]
         else:
@@ -213,7 +215,7 @@ def group_table(
             mb_cell = _diff_cell(mb.difference, 3)
             if mb.difference.n:
                 mb_cell += f" {mb.difference.verdict} (n={mb.difference.n})"
-            row += [_diff_cell(acc, 3), acc.verdict, _num(summary.median, 3), reached, mb_cell]
+            row += [_diff_cell(acc, 3, len(seeds)), acc.verdict, _num(summary.median, 3), reached, mb_cell]
         row += [
             _num(sum(m.energy_j for m in ms) / len(ms), 3),
             _num(sum(m.mean_rank for m in ms) / len(ms), 2),
@@ -221,12 +223,12 @@ def group_table(
         ]
         if with_reward:
             rewards = {s: m.reward for s, m in seeds.items() if m.reward is not None}
-            row.append(_mean_cell(list(rewards.values()), 3) if rewards else "-")
+            row.append(_mean_cell(list(rewards.values()), 3, confidence) if rewards else "-")
             if label == reference:
                 row += ["(reference)", ""]
             else:
                 diff = paired_difference(rewards, {s: m.reward for s, m in ref.items() if m.reward is not None}, confidence)
-                row += [_diff_cell(diff, 3), diff.verdict]
+                row += [_diff_cell(diff, 3, len(rewards)), diff.verdict]
         lines.append("| " + " | ".join(row) + " |")
     return lines
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -197,6 +198,22 @@ def test_policy_table_prints_paired_differences_against_the_reference(tmp_path, 
         assert fixed2["Δ reward vs fixed-8 [95% CI]"].startswith("+0.160") and fixed2["Δ reward verdict"] == "significant"
 
 
+def test_policy_table_intervals_follow_confidence_and_a_difference_over_fewer_seeds_says_so(tmp_path):
+    from fedsim.stats import mean_ci
+
+    _fake_sweep(tmp_path, True)
+    table = _table(_script("policy_table.py", tmp_path, "--target", "0.3", "--confidence", "0.5"), "SNR -5 dB (reference fixed-8)")
+    finals = [0.31 + 0.05 * seed + 0.08 + d for seed, d in enumerate([0.001, -0.001, 0.0005])]  # fixed-2 at -5 dB
+    half = mean_ci(finals, 0.5)
+    assert table["fixed-2"]["final acc [50% CI]"] == f"{half.mean:.3f} [{half.low:.3f}, {half.high:.3f}]"
+    assert half.high - half.low < mean_ci(finals).high - mean_ci(finals).low
+    # The reference loses seed 2: the row still shows 3 seeds, its differences pair 2 and say so.
+    shutil.rmtree(tmp_path / "snr_db=-5_policy=fixed_8_seed=2-0000000000")
+    table = _table(_script("policy_table.py", tmp_path, "--target", "0.3"), "SNR -5 dB (reference fixed-8)")
+    assert table["fixed-2"]["seeds"] == "0,1,2"
+    assert table["fixed-2"]["Δ acc vs fixed-8 [95% CI]"].endswith("(n=2)") and table["fixed-2"]["Δ reward vs fixed-8 [95% CI]"].endswith("(n=2)")
+
+
 def test_snr_table_groups_by_snr_and_pairs_over_seeds(tmp_path):
     _fake_sweep(tmp_path, False)
     out = _script("snr_table.py", tmp_path, "--target", "0.3")
@@ -369,3 +386,8 @@ def test_policy_behaviour_counts_the_runs_that_follow_the_channel_per_snr(tmp_pa
     assert table["channel-greedy"] == ["1.00 (1.00), 3/3", "0.33 (-1.00), 2/3"]
     assert table["fixed-2"] == ["n/a (3 without a correlation)", "n/a (3 without a correlation)"]
     assert "0/3" in _script("policy_behaviour.py", tmp_path, "--threshold", "1.01")
+    # A second configuration under the same label (here adalora's schedule would differ) is refused, not averaged in.
+    twin = tmp_path / "snr_db=15_policy=channel-greedy-2_seed=0-1111111111"
+    shutil.copytree(tmp_path / "snr_db=15_policy=channel-greedy_seed=0-0000000000", twin)
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "policy_behaviour.py"), str(tmp_path)], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 2 and "channel-greedy at channel.snr_db=15 has seed 0 twice" in done.stderr and len(done.stderr.strip().splitlines()) == 1
