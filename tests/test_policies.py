@@ -665,3 +665,23 @@ def test_shipped_checkpoint_loads_and_its_mean_rank_rises_with_snr(name):
         mean_rank.append(float(np.mean([policy.ranks(observation).mean() for _ in range(3)])))
     assert all(b >= a - 0.25 for a, b in zip(mean_rank, mean_rank[1:])), dict(zip(levels, mean_rank))
     assert mean_rank[levels.index(15.0)] - mean_rank[levels.index(-5.0)] >= 2.0, dict(zip(levels, mean_rank))
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"aggregation": {"method": "fisher"}}, {"algorithm": {"name": "scaffold"}, "aggregation": {"method": "fedavg-factors"}}],
+    ids=["fisher", "scaffold"],
+)
+def test_the_upload_a_policy_budgets_for_is_the_upload_sent(tmp_path, settings):
+    """At full rank and 8 bits, the cost the policies see (parameters x 8 + a 32-bit scale per tensor) equals the
+    bytes the ledger meters, with Fisher estimates or SCAFFOLD's control-variate copy in the upload."""
+    from fedsim.runner import run_scenario
+    from fedsim.server_app import build_strategy
+    from policies.common import full_rank_bits
+
+    scenario = tiny_scenario(quantization={"bits_per_param": 8}, policy={"name": "fixed", "rank": 8}, rounds=1, **settings)
+    observation = build_strategy(scenario).prepare_round(1)
+    run_scenario(scenario, tmp_path / "run", progress=False)
+    with open(tmp_path / "run" / "clients.csv", newline="") as fh:
+        sent = {int(c["bytes_up"]) * 8 for c in csv.DictReader(fh)}
+    assert sent == {full_rank_bits(observation) + 32 * observation.upload_tensors}
