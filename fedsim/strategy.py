@@ -76,7 +76,8 @@ class RankAdaptiveStrategy:
         self.scenario = scenario
         self.runtime = runtime
         self.channel = channel
-        channel.set_data_sizes([len(p) for p in runtime.partitions])  # for access: fdma-proportional
+        self.shard_sizes = np.array([len(p) for p in runtime.partitions], dtype=np.int64)
+        channel.set_data_sizes(self.shard_sizes)  # for access: fdma-proportional
         self.policy = policy
         self.scenario_yaml = scenario.to_yaml()
         self.global_state: AdapterState = runtime.initial_state.copy()
@@ -170,8 +171,7 @@ class RankAdaptiveStrategy:
         got = collect_replies(replies, client_of_node, server_round, self.scenario.tolerate_client_errors)
         train = self.scenario.train
         # Examples each client processed: a shard smaller than a batch is the whole batch at every step.
-        shard = np.array([len(self.runtime.partitions[int(c)]) for c in pending.clients], dtype=np.int64)
-        samples = train.local_steps * np.minimum(train.batch_size, shard)
+        samples = train.local_steps * np.minimum(train.batch_size, self.shard_sizes[pending.clients])
         bits = self.scenario.quantization.bits_per_param
         uplink = meter_uplink(pending, got, self.layout, self.channel, bits, self.algorithm, samples, self.scenario.adapter.max_rank, self.rng_channel)
         for client, encoded, ok in zip(pending.clients, uplink.encoded, uplink.finite):  # the client keeps its new state, whatever the channel does
