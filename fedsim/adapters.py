@@ -42,6 +42,7 @@ class AdapterKind:
     client_algorithms: bool = True  # supports algorithms that change local training (FedProx, SCAFFOLD)
     gpu: bool = True
     rank_cap: Literal["layers", "hidden"] = "layers"  # what bounds adapter.max_rank: the adapted layers' dims, or the hidden size
+    layerwise: bool = False  # runs the backbone's blocks one by one: only families that allow it (fedsim.backbones)
 
     def build_fn(self) -> Callable:
         return _resolve(self.build)
@@ -61,6 +62,7 @@ ADAPTERS: dict[str, AdapterKind] = {
         client_algorithms=False,
         gpu=False,
         rank_cap="hidden",
+        layerwise=True,
     ),  # fmt: skip
 }
 

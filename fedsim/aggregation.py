@@ -151,8 +151,10 @@ def merge_svd(glob_a, glob_b, trained, weights, deltas, max_rank, rng, statistic
     return LayerMerge(a_new, b_new, float(sigma[:max_rank].sum()), discarded_sq, update_sq)
 
 
-def _singular_mass(a: np.ndarray, b: np.ndarray, max_rank: int) -> float:
-    return float(np.linalg.svd(b.astype(np.float64) @ a.astype(np.float64), compute_uv=False)[:max_rank].sum())
+def singular_mass(a: np.ndarray, b: np.ndarray, max_rank: int) -> float:
+    """Σ of the largest `max_rank` singular values of B A, from the small QR core (B A is never formed)."""
+    _, core, _ = _core(a.astype(np.float64), b.astype(np.float64))
+    return float(np.linalg.svd(core, compute_uv=False)[:max_rank].sum())
 
 
 def merge_factors(glob_a, glob_b, trained, weights, deltas, max_rank, rng, statistics=None) -> LayerMerge:
@@ -163,7 +165,7 @@ def merge_factors(glob_a, glob_b, trained, weights, deltas, max_rank, rng, stati
         r = a.shape[0]
         a_new[:r] += w * (a.astype(np.float64) - glob_a[:r] if deltas else a)
         b_new[:, :r] += w * (b.astype(np.float64) - glob_b[:, :r] if deltas else b)
-    return LayerMerge(a_new.astype(np.float32), b_new.astype(np.float32), _singular_mass(a_new, b_new, max_rank))
+    return LayerMerge(a_new.astype(np.float32), b_new.astype(np.float32), singular_mass(a_new, b_new, max_rank))
 
 
 def fisher_merge(factors, weights, max_rank, fishers, global_factors) -> LayerMerge:
@@ -180,7 +182,7 @@ def fisher_merge(factors, weights, max_rank, fishers, global_factors) -> LayerMe
         sent = denominator > 0
         merged.append(np.where(sent, numerator / np.where(sent, denominator, 1.0), current).astype(np.float32))
     a_new, b_new = merged
-    return LayerMerge(a_new, b_new, _singular_mass(a_new, b_new, max_rank))
+    return LayerMerge(a_new, b_new, singular_mass(a_new, b_new, max_rank))
 
 
 def merge_fisher(glob_a, glob_b, trained, weights, deltas, max_rank, rng, statistics) -> LayerMerge:
@@ -241,7 +243,7 @@ def _merge_with(merge, args: tuple, statistics: dict, rng) -> LayerMerge:
 
 class Aggregated(NamedTuple):
     state: AdapterState
-    importance: np.ndarray  # per layer: sum of the new global product's singular values
+    importance: np.ndarray  # per layer, every layer: sum of the new global product's singular values
     truncated_fraction: float  # svd: share of the round's update norm the truncation to max_rank discarded
 
 
@@ -262,7 +264,8 @@ def aggregate(
     merge = spec.merge_fn()
     n_layers = len(global_state.A)
     state = global_state.copy()
-    importance = np.zeros(n_layers)
+    # A layer no delivered update touches keeps its product, and its importance is that product's, not 0.
+    importance = np.array([singular_mass(state.A[i], state.B[i], state.max_rank) for i in range(n_layers)])
     if not uploads:
         return Aggregated(state, importance, 0.0)
     deltas = average == "updates"

@@ -121,6 +121,15 @@ def check_backbone_fits(scenario) -> None:
             f"data.max_length={scenario.data.max_length} exceeds the {positions} token positions of model.backbone={backbone!r}; allowed: 8..{positions}"
         )
     adapter = scenario.adapter
+    if ADAPTERS[adapter.kind].layerwise:
+        from fedsim.backbones import family  # imports torch
+
+        if not getattr(family(config), "layerwise", False):
+            raise FedsimError(
+                f"model.backbone={backbone!r} ({getattr(config, 'model_type', '?')}): adapter.kind={adapter.kind} runs the "
+                "transformer blocks one by one, which fedsim supports for BERT, RoBERTa and XLM-R encoders only; "
+                "allowed: 'minilm', 'tiny-random', such a model, or adapter.kind=lora"
+            )
     if ADAPTERS[adapter.kind].rank_cap == "hidden":
         hidden = int(getattr(config, "hidden_size", 0) or 0)
         if hidden and adapter.max_rank > hidden:

@@ -60,5 +60,5 @@ class FisherMeter:
         for i, (f_a, f_b) in enumerate(self.sums):
             if a_key(i) in upload:
                 rank = upload[a_key(i)].shape[0]
-                upload[f"{FISHER_PREFIX}A.{i}"] = np.ascontiguousarray((f_a[:rank] / steps).numpy(), dtype=np.float32)
-                upload[f"{FISHER_PREFIX}B.{i}"] = np.ascontiguousarray((f_b[:, :rank] / steps).numpy(), dtype=np.float32)
+                upload[f"{FISHER_PREFIX}A.{i}"] = np.ascontiguousarray((f_a[:rank] / steps).cpu().numpy(), dtype=np.float32)
+                upload[f"{FISHER_PREFIX}B.{i}"] = np.ascontiguousarray((f_b[:, :rank] / steps).cpu().numpy(), dtype=np.float32)

@@ -52,6 +52,7 @@ from fedsim.aggregators import wants_fisher
 from fedsim.local_loop import FisherMeter, local_loop
 from fedsim.model import RankedLora, SentenceClassifier, build_classifier
 from fedsim.payload import FISHER_PREFIX, HEAD_BIAS, HEAD_WEIGHT
+from fedsim.sensitivity import SensitivityMeter, sensitivity_betas
 from fedsim.types import FedsimError
 
 STREAMS = 2  # segment 0 and segment 1 of a text pair
@@ -248,7 +249,10 @@ def split_train(runtime, payload: dict[str, np.ndarray], client_id: int, server_
     optimizer = torch.optim.Adam(groups)
     q = scenario.quantization
     rng = np.random.default_rng([*client_seed(scenario.seed, server_round, client_id), 7032])
-    fisher = FisherMeter([model.factor(i) for i in range(len(model.layers))]) if wants_fisher(scenario) else None
+    factors_by_layer = [model.factor(i) for i in range(len(model.layers))]
+    fisher = FisherMeter(factors_by_layer) if wants_fisher(scenario) else None
+    betas = sensitivity_betas(scenario)
+    sensitivity = SensitivityMeter(factors_by_layer, *betas) if betas else None
     seen = np.zeros(len(model.layers), dtype=bool)
     losses, tokens, bytes_up, bytes_down = [], 0, 0, 0
 
@@ -264,7 +268,8 @@ def split_train(runtime, payload: dict[str, np.ndarray], client_id: int, server_
         bytes_up += up
         bytes_down += down
 
-    steps = local_loop(optimizer, client_batches(runtime, client_id, server_round), backward, [fisher] if fisher is not None else [])
+    meters = [m for m in (fisher, sensitivity) if m is not None]
+    steps = local_loop(optimizer, client_batches(runtime, client_id, server_round), backward, meters)
     # A stream adapter no batch touched is unchanged: it is not uploaded (the server keeps its global value).
     upload = truncate(state_from_model(model), [r if seen[i] else 0 for i, r in enumerate(ranks)])
     if fisher is not None:
@@ -276,6 +281,8 @@ def split_train(runtime, payload: dict[str, np.ndarray], client_id: int, server_
         "bytes-up-activations": bytes_up,
         "bytes-down-gradients": bytes_down,
     }
+    if sensitivity is not None:
+        metrics["sensitivity"] = sensitivity.scores().tolist()
     return upload, metrics
 
 

@@ -7,9 +7,13 @@ After every backward pass, for every entry w of a layer's LoRA factors A and B:
     Ū ← β2 Ū + (1 − β2) |I − Ī|         (its uncertainty)
     s = Ī · Ū
 
-and a layer's importance is Σ s over its entries (AdaLoRA scores a rank triplet by the
-mean s of its row of A and column of B; the sum over a layer is the layer's claim on the
-budget). Components beyond a layer's rank get no gradient, so they add nothing.
+AdaLoRA (Zhang et al. 2023, eq. 7-9) scores rank component i by the mean s of its row of A and of its
+column of B (plus its singular value's, which plain LoRA has not). `scores()` reports, per layer, the
+sum of that score over the components: those beyond the client's rank get no gradient and add nothing,
+so the server divides by the rank it sent (`fedsim.round.merge.client_importance`) and a layer's claim
+on the budget is its mean component score, whatever its current rank. A sum would grow with the rank
+the policy itself gave the layer, and a proportional sharing of it would drift towards the layers
+already favoured even when every component scores the same.
 
 Factors may carry a leading client dimension (the cohort engine's stacked factors); then
 `scores()` has one row per client.
@@ -40,11 +44,11 @@ class SensitivityMeter:
                 u_bar.mul_(self.beta2).add_((sensitivity - s_bar).abs(), alpha=1 - self.beta2)
 
     def scores(self) -> np.ndarray:
-        """[layers], or [clients, layers] for stacked factors: Σ Ī·Ū per layer."""
+        """[layers], or [clients, layers] for stacked factors: Σ over components of the component scores."""
         per_layer = []
-        for smoothed, uncertainty in zip(self.smoothed, self.uncertainty):
-            score = sum((s * u).flatten(start_dim=1 if self.stacked else 0).sum(-1) for s, u in zip(smoothed, uncertainty))
-            per_layer.append(score)
+        for (s_a, s_b), (u_a, u_b) in zip(self.smoothed, self.uncertainty):
+            # A [..., R, in], B [..., out, R]: component i's score is the mean over its row of A plus its column of B.
+            per_layer.append(((s_a * u_a).mean(-1) + (s_b * u_b).mean(-2)).sum(-1))
         return torch.stack(per_layer, dim=-1).double().cpu().numpy() if per_layer else np.zeros(0)
 
 

@@ -35,6 +35,7 @@ from fedsim.round.replies import collect_replies
 from fedsim.round.select import ClientSampler
 from fedsim.round.uplink import meter_uplink
 from fedsim.runtime import Runtime
+from fedsim.sensitivity import sensitivity_betas
 from fedsim.training import evaluate
 from fedsim.types import ChannelStates, FedsimError, Observation
 from policies import RankPolicy
@@ -50,7 +51,7 @@ class PendingRound:
     ranks: np.ndarray  # [clients, layers]
     bytes_down: np.ndarray
     nodes: list[int]
-    layer_importance: np.ndarray  # what the policy observed when it chose `ranks`
+    layer_weights: np.ndarray  # the reward's layer shares: the global adapter's singular-value mass the round started from
 
 
 @dataclass
@@ -100,7 +101,10 @@ class RankAdaptiveStrategy:
         self.deadline_s = channel_deadline(channel)
         self.last_ranks = np.full((c.num_clients, n_layers), scenario.adapter.max_rank)
         self.last_loss, self.last_accuracy = float("nan"), float("nan")
-        self.layer_importance = np.zeros(n_layers)
+        self.layer_importance = np.zeros(n_layers)  # what policies observe (sensitivity, when the policy asks for it)
+        self.importance_round = 0  # the last round whose delivered updates measured it
+        self.singular_mass = np.zeros(n_layers)  # of the global adapter, every layer: the reward's layer weights
+        self.wants_sensitivity = sensitivity_betas(scenario) is not None
         self.totals = ByteTotals()
         self.pending: PendingRound | None = None
         self.prepared: PreparedRound | None = None
@@ -145,6 +149,7 @@ class RankAdaptiveStrategy:
             last_loss=self.last_loss,
             last_accuracy=self.last_accuracy,
             layer_importance=self.layer_importance,
+            importance_round=self.importance_round,
             data_stats=self._data_stats[states.client_ids],
             deadline_s=self.deadline_s,
         )
@@ -159,7 +164,7 @@ class RankAdaptiveStrategy:
         ranks = checked_ranks(ranks, (len(clients), len(self.params_per_rank)), self.scenario.adapter.max_rank, self.policy.name)
         messages, bytes_down = train_messages(self.global_state, self.algorithm, self.layout, clients, ranks, node_of_client, server_round, self.scenario_yaml)
         nodes = [node_of_client[int(c)] for c in clients]
-        self.pending = PendingRound(server_round, clients, prepared.states, ranks, bytes_down, nodes, observation.layer_importance.copy())
+        self.pending = PendingRound(server_round, clients, prepared.states, ranks, bytes_down, nodes, self.singular_mass.copy())
         return messages
 
     # --- aggregate --------------------------------------------------------------------------
@@ -178,7 +183,8 @@ class RankAdaptiveStrategy:
             if encoded is not None and ok:
                 self.algorithm.remember(int(client), {k: v for k, v in encoded.items() if k.startswith(MEMORY_PREFIX)})
 
-        delivered_uploads, weights, client_rows, sensitivities = [], [], [], []
+        delivered_uploads, weights, client_rows = [], [], []
+        sensitivities, reported_weights, trained_ranks = [], [], []  # AdaLoRA reports of the delivered clients
         for k, client in enumerate(int(c) for c in pending.clients):
             delivered = uplink.uploads[k] is not None and uplink.transmissions[k].delivered
             if delivered:
@@ -186,7 +192,9 @@ class RankAdaptiveStrategy:
                 delivered_uploads.append(uplink.uploads[k])
                 weights.append(float(metrics["num-examples"]))
                 if "sensitivity" in metrics:
-                    sensitivities.append((np.asarray(metrics["sensitivity"], dtype=float), weights[-1]))
+                    sensitivities.append(np.asarray(metrics["sensitivity"], dtype=float))
+                    reported_weights.append(weights[-1])
+                    trained_ranks.append(pending.ranks[k])
             self.last_ranks[client] = pending.ranks[k]
             reason = drop_reason(delivered, client, got, uplink.transmissions[k], uplink.finite[k])
             client_rows.append(client_record(server_round, k, client, pending, uplink, got, delivered, reason))
@@ -194,10 +202,15 @@ class RankAdaptiveStrategy:
         merged = merge_round(
             self.global_state, delivered_uploads, weights, uplink.superposition, self.scenario.aggregation, self.algorithm, self.rng_aggregation
         )
-        self.global_state, self.layer_importance, truncated_fraction = merged
-        reported = client_importance([s for s, _ in sensitivities], [w for _, w in sensitivities])
-        if reported is not None:  # the clients' AdaLoRA sensitivity replaces the server-side singular values
-            self.layer_importance = reported
+        self.global_state, self.singular_mass, truncated_fraction = merged
+        if self.wants_sensitivity:  # the clients' AdaLoRA sensitivity replaces the server-side singular values
+            self.layer_importance = client_importance(sensitivities, reported_weights, trained_ranks, self.layer_importance)
+            if sensitivities:
+                self.importance_round = server_round
+        else:
+            self.layer_importance = self.singular_mass
+            if delivered_uploads:
+                self.importance_round = server_round
         self.totals.add(pending, uplink, client_rows)
         latency = self.channel.round_latency(uplink.transmissions)
         row = round_record(server_round, pending, uplink, client_rows, len(delivered_uploads), truncated_fraction, latency, self.totals)

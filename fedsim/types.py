@@ -101,7 +101,8 @@ class Observation:
     last_ranks: np.ndarray  # int [clients, layers]; the ranks each client had last time, or max_rank
     last_loss: float  # global evaluation loss after the previous round (nan before round 1)
     last_accuracy: float
-    layer_importance: np.ndarray  # float [layers], >= 0; e.g. singular-value mass of the aggregated update
+    layer_importance: np.ndarray  # float [layers], >= 0: the global adapter's singular-value mass, or the clients' sensitivity
+    importance_round: int | None = None  # the last round whose delivered updates measured it (0: none yet; None: every round)
     data_stats: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # [clients, 2]: token entropy, OOV rate
     deadline_s: float = float("inf")  # the round's upload deadline, if any
     upload_tensors: int = 0  # tensors of a full-rank upload, each with a scale when quantised (0: A and B per layer + the head's two)

@@ -22,7 +22,12 @@ Importance s_l is the observation's `layer_importance`:
 
 Across rounds the policy smooths s_l once more with the same β1 (EMA of s) and β2 (EMA of |s - EMA|):
 s̄ ← β1 s̄ + (1-β1) s, ū ← β2 ū + (1-β2)|s - s̄|, score = s̄ · ū (or s̄ alone before ū is informative),
-since each round hears from different clients.
+since each round hears from different clients. A round from which no update arrived adds no sample
+(`Observation.importance_round` did not advance). With `importance: sensitivity` s_l is the mean score
+of a layer's rank components (so it does not grow with the rank the policy gave the layer), and a layer
+no delivered client trained keeps its last value (`fedsim.round.merge.client_importance`): a layer this
+policy gives rank 0 is not measured again, its uncertainty term decays and so does its score, as the
+score of a component AdaLoRA has masked decays (its sensitivity is 0 once its singular value is).
 
 With `rate_scaling`, client k's budget is b(t) · min(1, C_k / mean(C)): slow clients send less.
 """
@@ -90,12 +95,15 @@ class AdaLoraPolicy(RankPolicy):
         self.uncertainty: np.ndarray | None = None
         self.allocation: np.ndarray | None = None
         self.allocated_round = -(10**9)
+        self.importance_round: int | None = None
 
     def _importance(self, observation: Observation) -> np.ndarray:
         s = np.nan_to_num(np.asarray(observation.layer_importance, dtype=float), nan=0.0, posinf=0.0)
+        stale = observation.importance_round is not None and observation.importance_round == self.importance_round
+        self.importance_round = observation.importance_round
         if self.ema is None or len(self.ema) != len(s):
             self.ema, self.uncertainty = s.copy(), np.zeros_like(s)
-        else:
+        elif not stale:  # a round in which nothing arrived measured nothing: counting its value again would bias the EMA
             self.ema = self.config.beta1 * self.ema + (1 - self.config.beta1) * s
             self.uncertainty = self.config.beta2 * self.uncertainty + (1 - self.config.beta2) * np.abs(s - self.ema)
         return self.ema * self.uncertainty if self.uncertainty.sum() > 0 else self.ema

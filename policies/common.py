@@ -37,7 +37,9 @@ its ranks (β = `utility`):
 
     U_k = Σ_l s_l · g(r_kl / max_rank)
 
-with s_l the layer-importance shares the policy observed (Σ s_l = 1; uniform before any aggregate)
+with s_l the shares of the global adapter's singular-value mass by layer when the round starts (Σ s_l = 1;
+uniform before any aggregate), the same for every policy whatever it observes: with the observed importance,
+adalora's own sensitivity, a layer it stopped sending measured 0 and its absence cost it nothing)
 and g the normalised accuracy gain of a rank, interpolated linearly in `utility_curve`
 (g(0) = 0, g(1) = 1). The default curve is the measured accuracy of fixed ranks 0, 1, 2, 4, 8 on
 the quickstart, 10 rounds, 3 seeds (scenarios/rank_sweep.yaml; benchmarks/README.md, "Does rank matter?"):

@@ -62,6 +62,22 @@ def test_layer_nobody_sent_keeps_global_and_head_is_weighted_mean():
     np.testing.assert_allclose(new.delta(0), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("method", ["svd", "fedavg-factors"])
+def test_a_layer_nobody_sent_keeps_the_importance_of_its_product_and_so_does_a_round_without_uploads(method):
+    """Importance is the singular-value mass of the new global product, every layer: a layer no update
+    touched keeps its product, so it keeps its mass (it read 0, and a policy sharing rank by it cut the layer)."""
+    rng = np.random.default_rng(5)
+    glob = _state(rng, layers=3, rank=8, trained=True)
+    expected = [np.linalg.svd(glob.delta(i).astype(np.float64), compute_uv=False).sum() for i in range(3)]
+    a, b = client_factors(rng, 2)
+    head = {key: np.zeros_like(value) for key, value in glob.head.items()}
+    _, importance, _ = aggregate(glob, [{"A.0": a, "B.0": b, **head}], [1.0], method, rng, average="updates")
+    assert importance[0] > 0
+    np.testing.assert_allclose(importance[1:], expected[1:], rtol=1e-6)
+    _, nothing, _ = aggregate(glob, [], [], method, rng, average="updates")
+    np.testing.assert_allclose(nothing, expected, rtol=1e-6)
+
+
 def test_fedavg_factors_zero_pads():
     rng = np.random.default_rng(3)
     glob = _state(rng)

@@ -621,6 +621,64 @@ def test_adalora_clients_report_smoothed_sensitivity_and_the_cohort_engine_agree
     assert "sensitivity" not in local_train(server_side, payload, 1, server_round=2)[1]
 
 
+def test_adalora_sensitivity_is_per_rank_component_and_a_layer_nobody_trained_keeps_its_last_value():
+    """A layer's claim must not grow with the rank the policy gave it: two layers whose components score
+    the same are equally important at ranks 2 and 6, and a proportional sharing keeps them equal."""
+    from fedsim.round.merge import client_importance
+
+    per_component = np.array([0.3, 0.3, 0.5])
+    ranks = [np.array([2, 6, 0]), np.array([6, 2, 0])]
+    reports = [per_component * r for r in ranks]  # what clients report: the sum over the components they trained
+    previous = np.array([9.0, 9.0, 0.7])
+    importance = client_importance(reports, [10.0, 30.0], ranks, previous)
+    np.testing.assert_allclose(importance, [0.3, 0.3, 0.7])  # layer 2: no client trained it, so nothing measured it
+    np.testing.assert_array_equal(client_importance([], [], [], previous), previous)
+    assert share_budget(8, importance[:2], max_rank=8).tolist() == [4, 4]
+
+
+def test_adalora_adds_no_sample_to_its_average_from_a_round_in_which_nothing_arrived():
+    config = AdaLoraConfig(init_budget=16, target_budget=16, tinit=0, tfinal=0)
+    policy = AdaLoraPolicy(config)
+
+    def observe(round_, importance, measured_in):
+        obs = make_observation([10.0], [1e6], n_layers=4, round_=round_, total=10, importance=importance)
+        obs.importance_round = measured_in
+        return obs
+
+    policy.ranks(observe(1, [0.0] * 4, 0))
+    policy.ranks(observe(2, [4.0, 3.0, 2.0, 1.0], 1))
+    ema, uncertainty = policy.ema.copy(), policy.uncertainty.copy()
+    policy.ranks(observe(3, [4.0, 3.0, 2.0, 1.0], 1))  # round 2 delivered nothing: the same measurement, not a new one
+    np.testing.assert_array_equal(policy.ema, ema)
+    np.testing.assert_array_equal(policy.uncertainty, uncertainty)
+    policy.ranks(observe(4, [4.0, 3.0, 2.0, 1.0], 3))
+    assert not np.array_equal(policy.ema, ema)
+
+
+def test_the_rewards_layer_weights_are_the_global_adapters_whatever_the_policy_observes(tiny):
+    """adalora observes its clients' sensitivity, which is 0 for a layer it stopped sending; the reward's
+    layer shares are the global adapter's singular-value mass at the start of the round, for every policy."""
+    from fedsim.aggregation import singular_mass
+    from fedsim.client_app import app as client_app
+    from fedsim.inline_grid import InlineGrid
+    from fedsim.server_app import build_strategy, run_train_round, simulated_nodes
+
+    scenario = tiny(rounds=3, policy={"name": "adalora", "init_budget": 8, "target_budget": 4, "tinit": 0, "tfinal": 0})
+    strategy = build_strategy(scenario)
+    grid = InlineGrid(client_app, scenario.clients.num_clients)
+    nodes = simulated_nodes(grid, scenario.clients.num_clients)
+    state = strategy.global_state
+    for round_ in range(1, 4):
+        at_start = [singular_mass(a, b, state.max_rank) for a, b in zip(state.A, state.B)]
+        run_train_round(grid, strategy, round_, nodes, None)
+        np.testing.assert_allclose(strategy.round_info["layer_importance"], at_start, rtol=1e-6)
+        state = strategy.global_state
+        np.testing.assert_allclose(strategy.singular_mass, [singular_mass(a, b, state.max_rank) for a, b in zip(state.A, state.B)], rtol=1e-6)  # every layer
+        strategy.evaluate(round_)
+    assert strategy.importance_round == 3
+    assert not np.allclose(strategy.layer_importance / strategy.layer_importance.sum(), strategy.singular_mass / strategy.singular_mass.sum())
+
+
 @pytest.mark.parametrize("cost", ["bytes", "latency", "energy"])
 def test_client_rewards_average_to_the_round_reward_and_charge_each_client_its_own_cost(cost):
     from policies.common import client_rewards

@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from fedsim.aggregation import singular_mass
 from fedsim.algorithms.base import FederatedAlgorithm
 from fedsim.payload import FACTOR_PREFIXES, a_key, b_key
 
@@ -83,7 +84,7 @@ def apply_correction(aggregated, base: dict[str, np.ndarray], correction: dict[s
         else:
             state.head[key] = target.astype(np.float32)
     for i in touched:
-        importance[i] = float(np.linalg.svd(state.B[i].astype(np.float64) @ state.A[i].astype(np.float64), compute_uv=False)[:rank].sum())
+        importance[i] = singular_mass(state.A[i], state.B[i], rank)
     return aggregated._replace(state=state, importance=importance)
 
 

@@ -8,9 +8,9 @@ from fedsim.backbones.decoder import DecoderBackbone
 from fedsim.backbones.encoder import EncoderBackbone
 
 FAMILIES: dict[str, Backbone] = {
-    "bert": EncoderBackbone(("query", "value")),
-    "roberta": EncoderBackbone(("query", "value")),
-    "xlm-roberta": EncoderBackbone(("query", "value")),
+    "bert": EncoderBackbone(("query", "value"), layerwise=True),
+    "roberta": EncoderBackbone(("query", "value"), layerwise=True),
+    "xlm-roberta": EncoderBackbone(("query", "value"), layerwise=True),
     "mpnet": EncoderBackbone(("q", "v")),
     "opt": DecoderBackbone(("q_proj", "v_proj")),
     "gpt2": DecoderBackbone(("c_attn",), fan_in_fan_out=True),

@@ -195,5 +195,5 @@ def reward_info(pending, uplink, records: list[ClientRecord], full_bits: float, 
         "deadline_s": deadline_s,
         "ranks": pending.ranks,
         "max_rank": max_rank,
-        "layer_importance": pending.layer_importance,
+        "layer_importance": pending.layer_weights,  # the same for every policy: not what the policy observed
     }
