@@ -107,8 +107,9 @@ def adapted_dims(config, target_modules: list[str], layers: list[int] | None, ba
     return dims
 
 
-def check_backbone_fits(scenario) -> None:
-    """data.max_length within the backbone's positions; adapter.max_rank within the adapted layers' dimensions.
+def check_backbone_fits(scenario) -> int | None:
+    """The number of adapted layers LoRA will add (None for an adapter kind that is not per module), after checking
+    data.max_length within the backbone's positions; adapter.max_rank within the adapted layers' dimensions.
 
     A rank above min(in, out) of a layer adds nothing (rank(B A) <= min(in, out)) and only costs
     memory and time (adapter.max_rank=100000 on MiniLM would allocate ~3.7 GB of LoRA factors).
@@ -156,3 +157,4 @@ def check_backbone_fits(scenario) -> None:
             f"({name.split('.', 1)[-1] if name.count('.') > 3 else name}: {d_in} -> {d_out}); a larger rank adds nothing "
             f"(rank(B A) <= min(in, out)); allowed: 1..{cap}"
         )
+    return len(dims)

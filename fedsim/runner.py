@@ -14,6 +14,7 @@ from fedsim.client_errors import CLIENT_ERRORS_LOG
 from fedsim.config import Scenario
 from fedsim.ledger import RunClaim, check_out_path, claim_run_dir, is_finished
 from fedsim.quiet import quiet_frameworks, silence_frameworks
+from fedsim.types import FedsimError
 
 
 class RunInterrupted(Exception):
@@ -43,7 +44,7 @@ def preflight(scenario: Scenario) -> None:
 
         check_ray_address(scenario.ray_address, "ray_address")
     validate_backbone(scenario.model.backbone)
-    check_backbone_fits(scenario)
+    n_layers = check_backbone_fits(scenario)
     # What building a runtime checks of the data, without a tokenizer or a model: the files parse, the split fits.
     corpus = build_task(scenario.task).load(scenario.data)
     _, kept = split_validation(len(corpus.train.labels), scenario.data.validation_samples, scenario.seed)
@@ -52,7 +53,24 @@ def preflight(scenario: Scenario) -> None:
         from fedsim.availability import load_trace
 
         load_trace(scenario.clients.availability_trace, scenario.clients.num_clients, scenario.rounds)
-    build_policy(scenario.policy)  # a bad checkpoint is a one-line error before any engine starts
+    policy = build_policy(scenario.policy)  # a bad checkpoint is a one-line error before any engine starts
+    if n_layers is not None:
+        check_policy_layers(policy, n_layers)
+
+
+def check_policy_layers(policy, n_layers: int) -> None:
+    """A per-layer `ranks:` list, or a checkpoint trained for another adapter, fits the scenario's adapted layers."""
+    per_layer = getattr(policy.config, "ranks", None)
+    if per_layer is not None and len(per_layer) != n_layers:
+        raise FedsimError(
+            f"policy.ranks has {len(per_layer)} entries, but the adapter has {n_layers} adapted layers; allowed: a list of {n_layers} ranks, or policy.rank"
+        )
+    trained_for = getattr(policy, "n_layers", None)
+    if getattr(policy.config, "checkpoint", None) and trained_for is not None and trained_for != n_layers:
+        raise FedsimError(
+            f"policy.checkpoint={policy.config.checkpoint}: trained for {trained_for} adapted layers, the scenario's adapter has "
+            f"{n_layers}; allowed: a checkpoint trained for this adapter (fedsim train-policy)"
+        )
 
 
 def start_run(scenario: Scenario, out_dir: str | Path, overwrite: bool = False, unique: bool = False) -> RunClaim:

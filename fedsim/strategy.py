@@ -235,12 +235,13 @@ class RankAdaptiveStrategy:
         full = truncate(self.global_state, [self.scenario.adapter.max_rank] * self.runtime.n_layers)
         loss, accuracy = evaluate(self.runtime, full, indices)
         # What the policy sees and is rewarded by: the validation split when there is one, never the
-        # test split the run reports (without one, the test metrics, as before; learning then is refused).
+        # test split the run reports. Without one it sees NaN (learning is then refused, and a frozen
+        # policy's loss features read 0): the test metrics would leak into its decisions.
         if len(self.runtime.validation):
             seen_loss, seen_accuracy = evaluate(self.runtime, full, self.runtime.validation, split="train")
             self.validation_metrics = {"val_loss": seen_loss, "val_accuracy": seen_accuracy}
         else:
-            seen_loss, seen_accuracy = loss, accuracy
+            seen_loss, seen_accuracy = float("nan"), float("nan")
         info = {
             **self.round_info,
             "round": server_round,

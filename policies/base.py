@@ -26,6 +26,9 @@ class RankPolicy(ABC):
     """
 
     name: str = "base"
+    # Config fields that map the network's output to ranks: the weights were trained for the checkpoint's
+    # values, so `load` restores them (and refuses a scenario that sets another value explicitly).
+    ACTION_MAP: tuple[str, ...] = ()
 
     def __init__(self, config: Any):
         self.config = config
@@ -95,12 +98,14 @@ class RankPolicy(ABC):
             raise FedsimError(f"policy checkpoint {path}: holds policy {meta.get('policy')!r}, but the scenario asks for '{self.name}'")
         if not isinstance(meta.get("state", {}), dict):
             raise FedsimError(f"policy checkpoint {meta_file}: 'state' must be a mapping")
+        asked = {key: getattr(self.config, key) for key in self.ACTION_MAP if key in self.config.model_fields_set}
         try:
             self.load_state_dict(meta.get("state", {}))
         except FedsimError:
             raise
         except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError) as exc:  # a state of the wrong shape
             raise FedsimError(f"policy checkpoint {meta_file}: invalid 'state' ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]})") from None
+        self._restore_action_map(meta.get("config"), asked, path)
         weights = path / "weights.safetensors"
         if weights.is_file():
             import torch
@@ -117,6 +122,21 @@ class RankPolicy(ABC):
         elif self.tensors():
             raise FedsimError(f"policy checkpoint {path}: no weights.safetensors, but policy '{self.name}' has learned weights")
         return self
+
+
+    def _restore_action_map(self, saved: Any, asked: dict, path: Path) -> None:
+        saved = {key: saved[key] for key in self.ACTION_MAP if key in saved} if isinstance(saved, dict) else {}
+        saved |= {key: getattr(self.config, key) for key in self.ACTION_MAP if key not in saved}  # set by load_state_dict
+        for key, value in asked.items():
+            if value != saved[key]:
+                raise FedsimError(
+                    f"policy.{key}={value!r} differs from {saved[key]!r}, which checkpoint {path} was trained with; "
+                    f"allowed: {saved[key]!r}, or leave policy.{key} out"
+                )
+        try:
+            self.config = type(self.config).model_validate({**self.config.model_dump(), **saved})
+        except Exception as exc:
+            raise FedsimError(f"policy checkpoint {path}: invalid action map {saved} ({str(exc).splitlines()[0][:120]})") from None
 
 
 def clip_ranks(ranks: np.ndarray, max_rank: int) -> np.ndarray:

@@ -19,7 +19,8 @@ upload meets the deadline (a linear budget puts ranks 0, 1 and 2 of a -5 dB clie
 Reward of a round (`RewardConfig`), from the strategy's round info:
 
     R_t = objective_t + mean_k term_k
-    objective_t = -loss_t  (objective: loss)  or  accuracy_t - accuracy_{t-1}  (accuracy-gain),
+    objective_t = -loss_t  (objective: loss)  or  accuracy_t - accuracy_{t-1}  (accuracy-gain, accuracy_0 = 0,
+                                                       so an episode's objectives add up to its last accuracy),
                   on the validation split (`data.validation_samples`), never the test split
     term_k = -P · max(ρ_k, 1)                          if client k missed the deadline (its update is lost)
            = β · U_k · delivered_k - λ · cost_k        otherwise

@@ -82,6 +82,7 @@ def spaces_only_env(observation_space, action_space):
 
 class PpoPolicy(RankPolicy):
     name = "ppo"
+    ACTION_MAP = ("min_rank", "full_share_at")
 
     def __init__(self, config: PpoConfig):
         super().__init__(config)

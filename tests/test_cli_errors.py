@@ -33,6 +33,18 @@ def write(tmp_path, text):
         ("rounds: 2\n", ["nosuch.field=1"], "unknown key 'nosuch'"),
         ("rounds: 2\n", ["rounds"], "expected FIELD=VALUE"),
         ("model: {backbone: no-such-model-xyz}\n", [], "model.backbone='no-such-model-xyz'"),
+        # validate calls these valid only if a run then does not fail on them at round 1
+        ("model: {backbone: tiny-random}\n", ["policy={name: fixed, ranks: [8, 8]}"], "policy.ranks has 2 entries, but the adapter has 4 adapted layers"),
+        (
+            "model: {backbone: tiny-random}\n",
+            ["policy={name: ppo, checkpoint: policies/checkpoints/ppo}"],
+            "trained for 12 adapted layers, the scenario's adapter has 4",
+        ),
+        (
+            "rounds: 2\n",
+            ["policy={name: airllm, checkpoint: policies/checkpoints/airllm, spread: 2}"],
+            "policy.spread=2 differs from 1, which checkpoint policies/checkpoints/airllm was trained with",
+        ),
     ],
 )
 def test_bad_scenario_is_one_line_exit_2(tmp_path, capsys, text, overrides, expected):

@@ -86,6 +86,14 @@ def test_cohort_uploads_equal_per_client_uploads_within_bf16_tolerance(opt_dir):
         assert np.linalg.norm(head_together - head_alone) <= 0.15 * np.linalg.norm(head_alone)
 
 
+def test_fisher_merging_runs_on_cuda(opt_dir, tmp_path):
+    """The clients' Fisher estimates live on the GPU and must come to the host for the upload."""
+    from fedsim.runner import run_scenario
+
+    summary = run_scenario(scenario(opt_dir, "cuda", aggregation={"method": "fisher"}), tmp_path / "fisher", progress=False)
+    assert np.isfinite(summary["final_loss"]) and summary["total_bytes_up_fisher"] > 0
+
+
 def test_scaffold_and_fedadam_run_on_cuda(opt_dir, tmp_path):
     from fedsim.runner import run_scenario
 

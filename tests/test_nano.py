@@ -175,6 +175,17 @@ def test_nano_and_fisher_with_unsupported_engines_are_one_line_errors(tiny):
         tiny(**NANO, channel={"kind": "awgn", "mode": "aircomp"})
 
 
+def test_nano_clients_report_adalora_sensitivity_as_lora_clients_do(tiny):
+    """Without it the adalora policy (importance: sensitivity) silently fell back to singular values under nano."""
+
+    runtime = get_runtime(tiny(**{**NANO, "policy": {"name": "adalora"}}))
+    _, metrics = split_train(runtime, truncate(runtime.initial_state, [4] * runtime.n_layers), 1, 1)
+    assert len(metrics["sensitivity"]) == runtime.n_layers and metrics["sensitivity"][0] > 0  # stream 0: every token
+    plain_runtime = get_runtime(tiny(**NANO))  # the same cached model, now asked for by a fixed-rank scenario
+    _, plain = split_train(plain_runtime, truncate(plain_runtime.initial_state, [4] * plain_runtime.n_layers), 1, 1)
+    assert "sensitivity" not in plain
+
+
 # --- end to end -------------------------------------------------------------------------------
 def test_nano_run_end_to_end_meters_adapter_and_split_traffic(tmp_path, tiny):
     scenario = tiny(**NANO, channel={"kind": "awgn"}, quantization={"bits_per_param": 8})

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_scenario
+from conftest import TINY, tiny_scenario
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,7 +18,7 @@ from fedsim.cli import main
 from fedsim.config import scenario_from_dict
 from fedsim.rl.synthetic import ChannelRounds, channel_slots
 from fedsim.runtime import get_runtime
-from fedsim.types import ChannelStates, Observation
+from fedsim.types import ChannelStates, FedsimError, Observation
 from policies.adalora import AdaLoraConfig, AdaLoraPolicy, cubic_budget, share_budget
 from policies.airllm import AirLlmConfig, AirLlmPolicy, Denoiser, ddim_sample, denoising_loss, make_scheduler
 from policies.channel_greedy import ChannelGreedyConfig, ChannelGreedyPolicy
@@ -399,6 +399,28 @@ def test_ppo_full_share_at_sends_all_that_fits_from_that_action_up_in_training_a
     assert not np.array_equal(rewards(0.0, 1.0), rewards(1.0, 1.0))
 
 
+@pytest.mark.parametrize("name", ["ppo", "airllm"])
+def test_a_checkpoint_restores_the_action_map_it_was_trained_with_and_refuses_another(tmp_path, name):
+    """min_rank (and airllm's spread and sharpness) map the network's output to ranks: a checkpoint saved with
+    min_rank 2 acts with min_rank 2 under a scenario that names only the checkpoint, and a scenario that sets
+    another value is refused in one line rather than silently overridden."""
+    make = {
+        "ppo": lambda **kw: PpoPolicy(PpoConfig(hidden=8, seed=2, **kw)),
+        "airllm": lambda **kw: AirLlmPolicy(AirLlmConfig(**{**SMALL_AIRLLM, **kw})),
+    }[name]
+    trained_with = {"min_rank": 2, **({"spread": 3, "sharpness": 1.0} if name == "airllm" else {})}
+    policy = make(**trained_with)
+    observation = make_observation([-5.0, 15.0, 5.0], [4e5, 5e6, 1e6], deadline_s=0.1)
+    policy.ranks(observation)  # builds the networks
+    policy.save(tmp_path / name)
+    loaded = type(policy)(type(policy.config)()).load(tmp_path / name)
+    assert {key: getattr(loaded.config, key) for key in trained_with} == trained_with
+    assert loaded.ranks(observation).min() >= 2
+    type(policy)(type(policy.config)(min_rank=2)).load(tmp_path / name)  # the same value, set explicitly: fine
+    with pytest.raises(FedsimError, match=r"policy.min_rank=0 differs from 2, which checkpoint .* was trained with; allowed: 2"):
+        type(policy)(type(policy.config)(min_rank=0)).load(tmp_path / name)
+
+
 @pytest.mark.parametrize(
     "damage, expected",
     [
@@ -677,6 +699,36 @@ def test_the_rewards_layer_weights_are_the_global_adapters_whatever_the_policy_o
         strategy.evaluate(round_)
     assert strategy.importance_round == 3
     assert not np.allclose(strategy.layer_importance / strategy.layer_importance.sum(), strategy.singular_mass / strategy.singular_mass.sum())
+
+
+def test_the_policy_seam_refuses_ranks_that_are_not_whole_numbers_in_range():
+    from fedsim.round.observe import checked_ranks
+
+    np.testing.assert_array_equal(checked_ranks(np.array([[2.0, 8.0]]), (1, 2), 8, "p"), [[2, 8]])
+    for bad, what in [([[np.nan, 2]], "not whole"), ([[2.7, 2]], "not whole"), ([[-1, 2]], r"\[-1, 2\]"), ([[9, 2]], r"\[2, 9\]"), ([[2, 2, 2]], r"\(1, 3\)")]:
+        with pytest.raises(FedsimError, match=what):
+            checked_ranks(np.array(bad), (1, 2), 8, "p")
+
+
+@pytest.mark.parametrize("validation", [0, 40])
+def test_a_policy_never_observes_the_test_split(tiny, validation):
+    """Without a validation split the loss and accuracy a policy observes are NaN (its features read 0),
+    not the test metrics the run reports; with one, they are the validation split's."""
+    from fedsim.client_app import app as client_app
+    from fedsim.inline_grid import InlineGrid
+    from fedsim.server_app import build_strategy, run_train_round, simulated_nodes
+
+    scenario = tiny(data={**TINY["data"], "validation_samples": validation})
+    strategy = build_strategy(scenario)
+    grid = InlineGrid(client_app, scenario.clients.num_clients)
+    run_train_round(grid, strategy, 1, simulated_nodes(grid, scenario.clients.num_clients), None)
+    test_loss, test_accuracy, _ = strategy.evaluate(1)
+    seen = strategy.prepare_round(2)
+    if validation:
+        assert (seen.last_loss, seen.last_accuracy) == (strategy.validation_metrics["val_loss"], strategy.validation_metrics["val_accuracy"])
+        assert seen.last_loss != test_loss
+    else:
+        assert np.isnan(seen.last_loss) and np.isnan(seen.last_accuracy)
 
 
 @pytest.mark.parametrize("cost", ["bytes", "latency", "energy"])

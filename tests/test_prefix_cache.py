@@ -47,3 +47,30 @@ def test_ledger_with_and_without_cache_agree(tmp_path, tiny):
         assert a["bytes_up"] == b["bytes_up"]
         assert abs(float(a["loss"]) - float(b["loss"])) < 1e-4
         assert abs(float(a["accuracy"]) - float(b["accuracy"])) <= 1 / 64  # at most one eval example flips
+
+
+def test_a_family_whose_blocks_cannot_run_one_by_one_is_not_cached_and_nano_refuses_it(tiny, tmp_path):
+    """MPNet's blocks return tuples and need the encoder's relative-position bias: run one by one they crashed,
+    and unwrapped they gave other hidden states. The cache is not offered for it, and nano (which always runs
+    the blocks one by one on its server side) refuses it before anything is built."""
+    import pytest
+    from transformers import AutoModel, MPNetConfig
+
+    from fedsim.backbone_check import check_backbone_fits
+    from fedsim.hub import load_tokenizer
+    from fedsim.types import FedsimError
+
+    tokenizer = load_tokenizer("minilm")
+    config = MPNetConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=130, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(tmp_path / "mpnet")
+    tokenizer.save_pretrained(tmp_path / "mpnet")
+    cached = get_runtime(tiny(model={"backbone": str(tmp_path / "mpnet")}, adapter={"layers": [1], "max_rank": 8}))
+    assert cached.prefix is None and cached.model.frozen_prefix_layers == 0
+    up, metrics = local_train(cached, truncate(cached.initial_state, [4] * cached.n_layers), client_id=2, server_round=1)
+    assert np.isfinite(metrics["train-loss"])
+    with pytest.raises(FedsimError, match="adapter.kind=nano runs the transformer blocks one by one, which fedsim supports for BERT"):
+        check_backbone_fits(tiny(model={"backbone": str(tmp_path / "mpnet")}, adapter={"kind": "nano", "max_rank": 8}))

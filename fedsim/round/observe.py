@@ -32,6 +32,12 @@ def channel_deadline(channel) -> float:
 def checked_ranks(ranks, shape: tuple[int, int], max_rank: int, policy_name: str) -> np.ndarray:
     """The policy's ranks as int64 [clients, layers]; anything else is the policy's bug, said in one line."""
     ranks = np.asarray(ranks)
-    if ranks.shape != shape or ranks.min() < 0 or ranks.max() > max_rank:
-        raise FedsimError(f"policy '{policy_name}' returned ranks of shape {ranks.shape} in [{ranks.min()}, {ranks.max()}]; expected {shape} in [0, max_rank]")
+    numeric = ranks.dtype.kind in "iufb"
+    whole = numeric and bool(np.all(np.isfinite(ranks))) and bool(np.all(ranks == np.round(ranks)))
+    if ranks.shape != shape or not whole or (ranks.size and (ranks.min() < 0 or ranks.max() > max_rank)):
+        seen = f"in [{ranks.min()}, {ranks.max()}]" if numeric and ranks.size else f"of dtype {ranks.dtype}"
+        what = "" if whole or not numeric else " (not whole numbers)"
+        raise FedsimError(
+            f"policy '{policy_name}' returned ranks of shape {ranks.shape} {seen}{what}; expected {shape}, whole numbers in [0, {max_rank}]"
+        )
     return ranks.astype(np.int64)

@@ -211,6 +211,7 @@ class Rollout:
 
 class AirLlmPolicy(RankPolicy):
     name = "airllm"
+    ACTION_MAP = ("min_rank", "spread", "sharpness")  # guidance and sampling_steps are inference settings: the scenario's
 
     def __init__(self, config: AirLlmConfig):
         super().__init__(config)
