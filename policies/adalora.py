@@ -6,6 +6,9 @@ The total budget b(t) (the sum of ranks over layers) follows AdaLoRA's cubic sch
     b(t) = b_T + (b_0 - b_T) · (1 - (t - t_init) / (T - t_init - t_final))^3      otherwise
     b(t) = b_T                                              t > T - t_final
 
+with t the 1-based round, as PEFT's `RankAllocator.budget_schedule` counts steps: the cubic reaches b_T at
+t = T - t_final, so b_T holds for the last t_final + 1 rounds (rounds 8-10 of 10 with t_final = 2).
+
 and the allocation is recomputed only every ΔT rounds (between, the previous one is kept,
 as AdaLoRA masks only every ΔT steps). The budget is shared across layers in proportion
 to their importance s_l, water-filled so that no layer exceeds max_rank:

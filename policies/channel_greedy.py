@@ -2,10 +2,11 @@
 
 For client k with rate C_k and deadline T, the upload at uniform rank r costs
 
-    bits(r) = (r · Σ_l p_l + p_fixed) · b + s · (2 L + 2)
+    bits(r) = (r · Σ_l p_l + p_fixed) · b + s · n_tensors
 
-(p_l parameters per rank component of layer l, p_fixed the head, b bits per parameter, and, when
-b < 32, one s = 32-bit float scale per quantised tensor: A and B of L layers plus the head's two),
+(p_l parameters per rank component of layer l, Fisher estimates and SCAFFOLD's copies included, p_fixed
+the head, b bits per parameter, and, when b < 32, one s = 32-bit float scale per quantised tensor:
+n_tensors = `Observation.upload_tensors`, 2 L + 2 for plain LoRA: A and B of L layers plus the head's two),
 and the policy picks
 
     r_k = max { r in [0, max_rank] : bits(r) <= C_k · T · margin }.

@@ -31,7 +31,8 @@ cost_k is normalised to about [0, 1]:
 
     bytes:   bits_k / mean_j bits_full_j
     latency: ρ_k  (T = the deadline, or the full-rank upload time when there is none)
-    energy:  E_k / mean_j E_j^full, E^full = E · bits_full / bits (energy is linear in bits at fixed power and rate)
+    energy:  E_k / mean_j E_j^full, E^full = (E - E_compute) · bits_full / bits + E_compute (the radio's energy is
+             linear in bits at fixed power and rate; the mean over the clients that sent and were not cut off)
 
 U_k is what client k's delivered update is worth to the global model, a calibrated utility of
 its ranks (β = `utility`):
@@ -96,7 +97,10 @@ sends: r_fit (`fitting_rank`, the largest uniform rank that meets the deadline a
 sets the client's reach, and it sends L · (r_min + f · (max(r_fit, r_min) - r_min)) rank components over its
 L layers. f = 1 is channel-greedy; the policy learns where sending less than what fits pays (where airtime
 costs more than the rank is worth). The channel arithmetic (what fits) is exact, not learned, so no learned
-action misses a deadline it could have met. Both learning policies start near f = 1/2, the centre of the box.
+action misses a deadline it could have met, as long as the upload's airtime is all the time it takes: with
+TDMA slots, compute time or HARQ resends (which the channel's deadline also counts) it can (README, "The
+action"). Both learning policies start near a = 0, the centre of the box (f = 1/2, or 1 / (a_full + 1) with
+ppo's band).
 `ppo`'s `full_share_at` a_full < 1 makes the top of the box a band: f = min((a + 1) / (a_full + 1), 1), so every
 action from a_full up sends all that fits. With f linear up to a = 1, sending everything takes the mean action at
 the box's edge, which a Gaussian policy reaches only in the limit; a ppo trained so sent f = 0.92-0.97
@@ -306,17 +310,20 @@ def client_terms(config: RewardConfig, info: dict) -> np.ndarray:
     deadline = float(info.get("deadline_s", float("inf")))
     horizon = np.full(len(bits), deadline) if np.isfinite(deadline) else full / rate
     share_of_deadline = bits / (rate * horizon)
+    reasons = list(info.get("drop_reasons", [""] * len(bits)))
+    late = np.array([reason == "deadline" for reason in reasons], dtype=bool)
     if config.cost == "bytes":
         cost = bits / max(float(full.mean()), 1.0) if len(bits) else bits
     elif config.cost == "latency":
         cost = share_of_deadline
     else:
         energy = np.asarray(info["energy_j"], dtype=float)
-        sent = bits > 0
-        full_energy = np.sum(energy[sent] * full[sent] / bits[sent])
-        cost = energy * len(bits) / full_energy if full_energy > 0 else np.zeros(len(bits))
-    reasons = list(info.get("drop_reasons", [""] * len(bits)))
-    late = np.array([reason == "deadline" for reason in reasons], dtype=bool)
+        compute = np.asarray(info.get("compute_energy_j", np.zeros(len(bits))), dtype=float)
+        # Only the radio's energy scales with the bits; an upload cut off at the deadline spent only part of its bits'.
+        whole = (bits > 0) & ~late
+        full_energy = (energy[whole] - compute[whole]) * full[whole] / bits[whole] + compute[whole]
+        mean_full = float(full_energy.mean()) if whole.any() else 0.0
+        cost = energy / mean_full if mean_full > 0 else np.zeros(len(bits))
     delivered = np.asarray(info["delivered"], dtype=bool) if "delivered" in info else np.array([not r for r in reasons], dtype=bool)
     utility = np.zeros(len(bits))
     if config.utility > 0 and "ranks" in info and len(bits):

@@ -701,6 +701,23 @@ def test_the_rewards_layer_weights_are_the_global_adapters_whatever_the_policy_o
     assert not np.allclose(strategy.layer_importance / strategy.layer_importance.sum(), strategy.singular_mass / strategy.singular_mass.sum())
 
 
+def test_the_energy_cost_scales_only_the_radios_energy_to_a_full_rank_upload():
+    """E_full = (E - E_compute) · bits_full / bits + E_compute, averaged over the uploads not cut off at the deadline."""
+    from policies.common import client_terms
+
+    info = {
+        "bits_up": [50.0, 100.0, 40.0],
+        "bits_full": [100.0] * 3,
+        "rate_bps": [10.0] * 3,
+        "deadline_s": 100.0,
+        "energy_j": [3.0, 5.0, 1.0],
+        "compute_energy_j": [1.0, 1.0, 0.5],
+        "drop_reasons": ["", "", "deadline"],
+    }
+    terms = client_terms(RewardConfig(cost="energy", lam=1.0, utility=0.0), info)
+    np.testing.assert_allclose(terms[:2], [-0.6, -1.0])  # E_full = 2·2 + 1 = 5 and 4·1 + 1 = 5
+
+
 def test_the_policy_seam_refuses_ranks_that_are_not_whole_numbers_in_range():
     from fedsim.round.observe import checked_ranks
 
