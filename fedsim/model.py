@@ -1,6 +1,7 @@
 """Backbones, the classification model, the causal LM, and LoRA injection with per-layer rank masks.
 
-The classifier is a small custom module (encoder, mean pooling, linear head) and
+The classifier is a small custom module (encoder, pooling: the mean over tokens for encoders, the last real
+token for decoders, `fedsim.backbones`; linear head) and
 LoRA is injected by HF PEFT with the head in `modules_to_save`. So the adapter a
 run exports is a standard PEFT adapter: build the same classifier with
 `build_classifier(backbone, num_labels)` and load it with `PeftModel.from_pretrained`.

@@ -1,14 +1,15 @@
 """What a task is to fedsim: its data schema, how an example becomes token ids, its loss and its metric.
 
 A task owns everything that depends on what is being learned, and nothing about how (adapters, engines,
-channels). Today's tasks map a text to one of `len(corpus.label_names)` outputs through the model's head
-(sequence classification; `fedsim.tasks.classification`). Every engine calls the same four methods:
+channels): `classification` maps a text to one of `len(corpus.label_names)` outputs through the model's head
+(`fedsim.tasks.classification`), `causal-lm` trains a decoder to write the label as text (`fedsim.tasks.causal_lm`).
+Every engine calls the same methods:
 
     load(data)                          -> Corpus: train and test TextDatasets, the label names (data schema)
     encode(tokenizer, dataset, max_len) -> Tokenized: unpadded token ids and labels (collation pads per batch)
     loss(logits, labels, reduction)     -> the training objective on a batch ('mean', 'sum' or 'none' per row)
     score(logits, labels)               -> the task's metric on the whole evaluated set (higher is better)
-    evaluate(model, batches, autocast)  -> (mean loss, score) of a model on batches; by default from the
+    evaluate(model, batches, autocast)  -> (mean loss per example, or per token for causal-lm; score); by default from the
                                            logits of every batch, a generative task decodes instead
 
 The ledger's `accuracy` column holds `score`; the metric's name (`metric`) is written to summary.json.
