@@ -1,11 +1,13 @@
-"""A client exception becomes an error reply the server can name: one line of cause, the traceback kept aside.
+"""A client exception becomes an error reply the server can name: one line of cause, and the traceback with it.
 
-Every engine turns a raising ClientApp into a reply `Message` whose `Error.reason` is one
-line, "<ExceptionType>: <message>" (e.g. "IndexError: index out of range in self"), so the
-strategy can stop the run naming client, round and cause. Flower's simulation engine would
-otherwise send "<class 'flwr...ClientAppException'>:<'\\nException ClientAppException
-occurred. Message: ...'>", which loses the exception type. The full traceback is appended to
-the run directory's `client_errors.log` (and logged at debug level on the `fedsim.client` logger).
+Every engine turns a raising ClientApp into a reply `Message` whose `Error.reason` is the client's
+traceback followed, on its last line, by "<ExceptionType>: <message>" (e.g. "IndexError: index out
+of range in self"). The server reports that last line (the run stops naming client, round and
+cause) and appends the whole reason to the run directory's `client_errors.log`
+(`append_client_errors`), so the traceback reaches the run directory from any engine, a
+deployment's remote SuperNodes included. Flower's simulation engine would otherwise send
+"<class 'flwr...ClientAppException'>:<'\\nException ClientAppException occurred. Message: ...'>",
+which loses the exception type.
 """
 
 from __future__ import annotations
@@ -47,53 +49,50 @@ def _describe(message: Message, context: Context | None) -> str:
     return ", ".join(parts)
 
 
-def log_client_error(exc: BaseException, message: Message, context: Context | None, log_path: str | Path | None) -> None:
-    """Append the traceback to `log_path` (one write, so concurrent clients do not interleave) and log it at debug level."""
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    entry = f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}: {_describe(message, context)}\n{tb}\n"
-    logger.debug("client error (%s):\n%s", _describe(message, context), tb)
-    if not log_path:
-        return
+def error_reason(exc: BaseException, message: Message, context: Context | None) -> str:
+    """Where the failure happened and its traceback, then the one-line cause as the last line."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+    return f"{_describe(message, context)}, pid {os.getpid()}\n{tb}\n{one_line_reason(exc)}"
+
+
+def client_error_reply(message: Message, exc: BaseException, context: Context | None = None) -> Message:
+    """The error reply to `message` for a client that raised `exc`."""
+    reason = error_reason(exc, message, context)
+    logger.debug("client error: %s", reason)
+    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
+
+
+def append_client_errors(log_path: str | Path, server_round: int, reasons: dict[int, str]) -> None:
+    """Append each failed client's whole error reason (its traceback, when it sent one) to `log_path`, in one write."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    text = "".join(f"--- {stamp} round {server_round}, client {client}: {reason.rstrip()}\n\n" for client, reason in sorted(reasons.items()))
+    fd = os.open(str(log_path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
-        fd = os.open(str(log_path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        try:
-            os.write(fd, entry.encode("utf-8", "replace"))
-        finally:
-            os.close(fd)
-    except OSError:  # the run directory may be gone (e.g. removed by the user); the reply still carries the cause
-        pass
-
-
-def client_error_reply(message: Message, exc: BaseException, context: Context | None = None, log_path: str | Path | None = None) -> Message:
-    """The error reply to `message` for a client that raised `exc`; the traceback goes to `log_path`."""
-    log_client_error(exc, message, context, log_path)
-    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=one_line_reason(exc)), reply_to=message)
+        os.write(fd, text.encode("utf-8", "replace"))
+    finally:
+        os.close(fd)
 
 
 class GuardedClientApp(ClientApp):
-    """`app`, except that an exception becomes a one-line error reply (and a traceback in `log_path`).
+    """`app`, except that an exception becomes an error reply (see the module docstring).
 
-    Picklable (Ray ships it to its actors): it holds the wrapped app and a path string only.
+    Picklable (Ray ships it to its actors): it holds the wrapped app only.
     """
 
-    def __init__(self, app: ClientApp, log_path: str | Path | None = None):
+    def __init__(self, app: ClientApp):
         super().__init__()
         self.app = app
-        self.log_path = str(Path(log_path).resolve()) if log_path else None
 
     def __call__(self, message: Message, context: Context) -> Message:
         try:
             return self.app(message, context)
         except Exception as exc:  # noqa: BLE001 - every client failure is reported, never raised into the engine
-            return client_error_reply(message, exc, context, self.log_path)
+            return client_error_reply(message, exc, context)
 
 
 def guard_client_errors(message: Message, context: Context, call_next) -> Message:
-    """The same as a Flower mod (`ClientApp(mods=[guard_client_errors])`), for the deployment engine.
-
-    The traceback goes to the file named by $FEDSIM_CLIENT_ERROR_LOG, if set (debug log otherwise).
-    """
+    """The same as a Flower mod (`ClientApp(mods=[guard_client_errors])`): every engine, the deployment's included."""
     try:
         return call_next(message, context)
     except Exception as exc:  # noqa: BLE001
-        return client_error_reply(message, exc, context, os.environ.get("FEDSIM_CLIENT_ERROR_LOG"))
+        return client_error_reply(message, exc, context)

@@ -39,7 +39,7 @@ import psutil
 
 from fedsim.config import Scenario
 from fedsim.ledger import is_finished
-from fedsim.types import FedsimError
+from fedsim.types import ERROR_LINE_PREFIX, FedsimError
 
 CONNECTION = "fedsim-local"
 STOP_GRACE_S = 8.0
@@ -109,6 +109,7 @@ class LocalFederation:
         self.nodes: list[subprocess.Popen | None] = [None] * num_nodes
         self.executors: list[subprocess.Popen | None] = [None] * num_nodes  # warm SuperExecs, one per node
         self.others: list[subprocess.Popen] = []
+        self.error: str | None = None  # the ServerApp's one-line error of the last run submitted, if it failed
         self.known: dict[int, psutil.Process] = {}  # every process seen in our trees, by PID
         bin_dir = str(Path(sys.executable).parent)
         self.env = {
@@ -285,12 +286,16 @@ class LocalFederation:
         )
         self.others.append(runner)
         assert runner.stdout is not None
+        self.error = None
         with open(self.workdir / "flwr-run.log", "a", encoding="utf-8") as log_file:
             for raw in iter(runner.stdout.readline, b""):
                 line = raw.decode("utf-8", "replace").rstrip()
                 log_file.write(line + "\n")
                 log_file.flush()
-                self.log(line)
+                if ERROR_LINE_PREFIX in line and self.error is None:
+                    self.error = line.split(ERROR_LINE_PREFIX, 1)[1].strip()
+                if self.error is None:  # what follows the error is Flower's traceback of it: kept in the log file only
+                    self.log(line)
                 if on_line is not None:
                     on_line(line)
                 self.track()
@@ -348,9 +353,10 @@ def deploy_local(
     finally:
         claim.release()
     if leftovers:
-        raise RuntimeError(f"deploy-local: processes {leftovers} survived SIGKILL")
+        raise FedsimError(f"deploy-local: processes {leftovers} survived SIGKILL")
     if not is_finished(out_dir):
-        raise RuntimeError(f"the deployment ended (flwr exit {code}) without finishing {out_dir}; logs in {federation.workdir}")
+        cause = federation.error or f"the deployment ended (flwr exit {code}) without finishing {out_dir}"
+        raise FedsimError(f"{cause}; logs in {federation.workdir}")
     return json.loads((out_dir / "summary.json").read_text())
 
 

@@ -8,7 +8,6 @@ node config the simulation engine gives them (partition-id, num-partitions).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from uuid import uuid4
 
 from flwr.app import Context, Message, RecordDict
@@ -23,9 +22,8 @@ FIRST_NODE_ID = 1000  # any ids other than the SuperLink's
 
 
 class InlineGrid(Grid):
-    def __init__(self, client_app: ClientApp, num_nodes: int, run_id: int = 1, error_log: str | Path | None = None):
+    def __init__(self, client_app: ClientApp, num_nodes: int, run_id: int = 1):
         self.client_app = client_app
-        self.error_log = error_log  # where a failing client's traceback goes (the run directory's client_errors.log)
         self.run_id = run_id
         # The ServerApp's own identity, as Flower's runtimes set it before calling `main`.
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, SUPERLINK_NODE_ID
@@ -56,7 +54,7 @@ class InlineGrid(Grid):
             try:
                 reply = self.client_app(message, context)
             except Exception as exc:  # an error reply naming the cause in one line, as on the simulation engine
-                reply = client_error_reply(message, exc, context, self.error_log)
+                reply = client_error_reply(message, exc, context)
             self._replies[message_id] = reply
             ids.append(message_id)
         return ids

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from flwr.serverapp import Grid
 
-from fedsim.client_errors import CLIENT_ERRORS_LOG
 from fedsim.config import Scenario
 from fedsim.ledger import RunClaim, check_out_path, claim_run_dir, is_finished
 from fedsim.quiet import quiet_frameworks, silence_frameworks
@@ -93,7 +92,7 @@ def execute_run(scenario: Scenario, claim: RunClaim, progress: bool = True) -> d
             from fedsim.inline_grid import InlineGrid
             from fedsim.server_app import run_server
 
-            grid = InlineGrid(client_app, scenario.clients.num_clients, error_log=claim.path / CLIENT_ERRORS_LOG)
+            grid = InlineGrid(client_app, scenario.clients.num_clients)
             return run_server(grid, scenario, claim.path, progress, simulated=True)
         return _run_flower_simulation(scenario, claim.path, progress)
     finally:
@@ -205,7 +204,7 @@ def _run_flower_simulation(scenario: Scenario, out_dir: Path, progress: bool) ->
     try:
         run_simulation(
             server_app=server,
-            client_app=GuardedClientApp(client_app, out_dir / CLIENT_ERRORS_LOG),
+            client_app=GuardedClientApp(client_app),
             num_supernodes=scenario.clients.num_clients,
             backend_config=backend_config,
         )

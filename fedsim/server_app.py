@@ -18,13 +18,14 @@ from flwr.serverapp import Grid, ServerApp
 from tqdm.auto import tqdm
 
 from channels import build_channel
+from fedsim.client_errors import CLIENT_ERRORS_LOG
 from fedsim.cohort import pack, unpack
 from fedsim.config import Scenario, load_scenario
 from fedsim.ledger import ALGORITHM_STATE, RunDirectory
 from fedsim.round.downlink import ABSENT_NODE
 from fedsim.runtime import get_runtime
 from fedsim.strategy import RankAdaptiveStrategy, check_node_map
-from fedsim.types import FedsimError
+from fedsim.types import ERROR_LINE_PREFIX, FedsimError
 from policies import build_policy
 
 NODE_WAIT_S = 120.0
@@ -202,6 +203,7 @@ def run_server(
     run_dir = RunDirectory(out_dir)
     started = time.time()
     strategy = build_strategy(scenario)  # a bad policy checkpoint fails here, before the run directory exists
+    strategy.error_log = Path(out_dir) / CLIENT_ERRORS_LOG
     # A checkpoint's sizes and action map win over the scenario's (policy.load), so config.yaml records the policy that acted.
     run_dir.start(scenario.model_copy(update={"policy": strategy.policy.config}).to_yaml())
     num_clients = scenario.clients.num_clients
@@ -236,11 +238,14 @@ def finish_run(run_dir: RunDirectory, strategy: RankAdaptiveStrategy, out_dir: P
     """Seal a run whose rounds all ran: the adapter, the algorithm's state, then summary.json (last, so that a
     directory without it is never mistaken for a finished run)."""
     rounds, scenario, runtime = run_dir.rounds, strategy.scenario, strategy.runtime
-    # Tolerated client errors that left nothing to aggregate are a failed run; a channel that lost every
-    # update is a result (the global adapter stayed as initialised), so that run finishes normally.
-    if not any(r["updates_aggregated"] for r in rounds) and any(c["drop_reason"] == "client-error" for c in run_dir.clients):
+    # Tolerated client errors or non-finite updates that left nothing to aggregate are a failed run (a numeric
+    # fault in every client is not a result); a channel that lost every update is a result (the global adapter
+    # stayed as initialised), so that run finishes normally.
+    faults = {c["drop_reason"] for c in run_dir.clients} & {"client-error", "non-finite"}
+    if not any(r["updates_aggregated"] for r in rounds) and faults:
         raise FedsimError(
-            f"no update was aggregated in any of the {len(rounds)} rounds: clients failed (see drop_reason and error in {out_dir}/clients.csv); the run is not finished"
+            f"no update was aggregated in any of the {len(rounds)} rounds: clients failed or sent non-finite updates "
+            f"(drop_reason {', '.join(sorted(faults))} in {out_dir}/clients.csv); the run is not finished"
         )
     run_dir.save_adapter(lambda d: _export_adapter(strategy, d))
     run_dir.save_arrays(ALGORITHM_STATE, strategy.algorithm.state_dict(), {"algorithm": scenario.algorithm.name})
@@ -305,7 +310,11 @@ def main(grid: Grid, context: Context) -> None:
     out = Path(str(cfg.get("out", "")) or f"runs/{scenario.name}-deploy-{context.run_id}")
     timeout = float(cfg.get("round-timeout", 0) or 0) or None
     print(f"[fedsim] scenario {scenario.name}: {scenario.rounds} rounds, {scenario.clients.num_clients} clients -> {out.resolve()}", flush=True)
-    summary = run_server(grid, scenario, out, progress=False, round_timeout_s=timeout, log_rounds=True)
+    try:
+        summary = run_server(grid, scenario, out, progress=False, round_timeout_s=timeout, log_rounds=True)
+    except FedsimError as exc:  # the one line `fedsim deploy-local` reports; Flower still sees the run fail
+        print(f"{ERROR_LINE_PREFIX}{exc}", flush=True)
+        raise
     print(
         f"[fedsim] finished: final {summary['metric']} {summary['final_accuracy']:.4f}, {summary['clients_dropped']} updates dropped, run directory {out.resolve()}",
         flush=True,

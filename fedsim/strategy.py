@@ -14,6 +14,7 @@ order are Flower's, so a Flower user finds the round where they expect it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from flwr.app import Message
@@ -113,6 +114,7 @@ class RankAdaptiveStrategy:
         self.last_reward = float("nan")
         self.validation_metrics: dict[str, float] = {}  # val_loss, val_accuracy, reward (with a validation split)
         self.last_info: dict = {}
+        self.error_log: Path | None = None  # the run directory's client_errors.log (set by the ServerApp)
 
     @property
     def cum_bytes_up(self) -> int:
@@ -173,7 +175,7 @@ class RankAdaptiveStrategy:
         pending = self.pending
         assert pending is not None and pending.server_round == server_round
         client_of_node = {node: int(c) for c, node in zip(pending.clients, pending.nodes)}
-        got = collect_replies(replies, client_of_node, server_round, self.scenario.tolerate_client_errors)
+        got = collect_replies(replies, client_of_node, server_round, self.scenario.tolerate_client_errors, self.error_log)
         train = self.scenario.train
         # Examples each client processed: a shard smaller than a batch is the whole batch at every step.
         samples = train.local_steps * np.minimum(train.batch_size, self.shard_sizes[pending.clients])

@@ -26,6 +26,9 @@ def add_named(registry: dict, config_cls: type, target, kind: str, key: str = "n
     return name
 
 
+ERROR_LINE_PREFIX = "[fedsim] error: "  # how a deployed ServerApp reports a FedsimError in its log stream (fedsim.deploy reads it)
+
+
 class FedsimError(Exception):
     """Bad user input (config, data, checkpoint, CLI). The CLI prints it as one line and exits 2."""
 

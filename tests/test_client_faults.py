@@ -27,6 +27,9 @@ def test_a_crashing_client_stops_the_run_with_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert "round 1: client" in err and "RuntimeError" in err and "tolerate_client_errors" in err
     assert not (out / "summary.json").exists()
+    # The real ClientApp's traceback reaches the run directory (it was lost: the app's own guard caught it first).
+    log = (out / "client_errors.log").read_text()
+    assert "round 1, client" in log and "Traceback (most recent call last)" in log and "RuntimeError" in log
 
 
 def test_tolerated_client_errors_are_logged_and_a_run_that_aggregated_nothing_fails(tmp_path, capsys):
@@ -55,6 +58,16 @@ def test_non_finite_updates_are_dropped_and_the_global_adapter_kept(tmp_path, ca
         previous = rounds[int(r["round"]) - 2]
         assert r["loss"] == previous["loss"] and r["accuracy"] == previous["accuracy"]
     assert all(float(r["loss"]) < float("inf") for r in rounds)
+
+
+def test_a_run_whose_every_update_is_non_finite_is_not_finished(tmp_path, capsys):
+    out = tmp_path / "run"
+    huge = ["--set", "train.lr=1e20", "--set", "train.head_lr=1e20"]
+    assert main(["run", "scenarios/quickstart.yaml", *TINY, *huge, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no update was aggregated" in err and "non-finite" in err
+    assert {c["drop_reason"] for c in rows(out / "clients.csv")} == {"non-finite"}
+    assert not (out / "summary.json").exists()
 
 
 def test_a_channel_that_loses_every_update_is_a_result_not_a_failure(tmp_path, capsys):

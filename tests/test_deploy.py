@@ -19,6 +19,7 @@ import pytest
 
 from fedsim.deploy import LocalFederation, deploy_local
 from fedsim.runner import run_scenario
+from fedsim.types import FedsimError
 
 BANKING77 = Path(__file__).resolve().parents[1] / "fedsim" / "data" / "banking77"
 FLOWER_PROCESSES = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-serverapp", "flwr-clientapp", "flwr run", "fedsim.warm_node")
@@ -167,8 +168,10 @@ def test_a_client_that_raises_in_a_warm_node_is_recorded_and_the_node_keeps_serv
     scenario = deploy_scenario(tiny, small_corpus).model_copy(update={"tolerate_client_errors": True})
     scenario = scenario.model_copy(update={"train": scenario.train.model_copy(update={"head_lr": 1e38})})  # Adam overflows
     workdir, before = warm_federation.workdir, log_sizes(warm_federation.workdir)
-    with pytest.raises(RuntimeError, match="without finishing"):
+    with pytest.raises(FedsimError, match=r"^[^\n]*no update was aggregated[^\n]*; logs in [^\n]*$") as failed:
         deploy_local(scenario, tmp_path / "run", num_nodes=3, round_timeout_s=None, federation=warm_federation)
+    assert "Traceback" not in str(failed.value)  # the ServerApp's one line, as `fedsim run` gives it, not Flower's traceback
+    assert "Traceback (most recent call last)" in (tmp_path / "run" / "client_errors.log").read_text()  # from the remote nodes
 
     clients = read_csv(tmp_path / "run" / "clients.csv")
     assert len(clients) == 6 and all(c["drop_reason"] == "client-error" and "RuntimeError" in c["error"] for c in clients)
