@@ -372,9 +372,27 @@ def _describe_validation_error(exc: ValidationError, source: str) -> str:
     if err["type"] == "value_error":
         msg = msg.removeprefix("Value error, ")
         return f"{source}: {msg}" if not loc else f"{source}: {loc}: {msg}"
+    names = _section_names(loc.rsplit(".", 1)[0] if loc.endswith(".name") else loc)
+    if err["type"] == "union_tag_not_found" and names:  # a partial section (--set policy.rank=2) names no kind
+        return f"{source}: {loc}.name is missing: a {loc} section (or --set {loc}.FIELD) must name its kind, e.g. {loc}={{name: {names[0]}, ...}}; allowed: {', '.join(names)}"
+    if err["type"] in ("union_tag_invalid", "literal_error") and names and (loc.endswith(".name") or err["type"] == "union_tag_invalid"):
+        section = loc.removesuffix(".name")
+        got = err.get("input")
+        got = got.get("name") if isinstance(got, dict) else got
+        return f"{source}: {section}.name={got!r} is not registered; allowed: {', '.join(names)}"
     value = err.get("input")
     shown = repr(value) if not isinstance(value, dict) else "{...}"
     return f"{source}: {loc or '(top level)'} = {shown} is invalid: {msg}"
+
+
+def _section_names(section: str) -> list[str]:
+    """The registered kinds of a scenario section chosen by `name` (policy, algorithm, task, channel), else []."""
+    from channels import CHANNELS
+    from fedsim.algorithms import ALGORITHMS
+    from fedsim.tasks import TASKS
+    from policies import POLICIES
+
+    return list({"policy": POLICIES, "algorithm": ALGORITHMS, "task": TASKS, "channel": CHANNELS}.get(section, {}))
 
 
 # Discriminator tags pydantic inserts into error locations of tagged unions; users never write them.

@@ -43,6 +43,10 @@ def preflight(scenario: Scenario) -> None:
 
         check_ray_address(scenario.ray_address, "ray_address")
     validate_backbone(scenario.model.backbone)
+    if scenario.device == "cuda":
+        from fedsim.runtime import resolve_device
+
+        resolve_device(scenario.device)  # no visible GPU: one line now, not once the engine has started
     n_layers = check_backbone_fits(scenario)
     # What building a runtime checks of the data, without a tokenizer or a model: the files parse, the split fits.
     corpus = build_task(scenario.task).load(scenario.data)

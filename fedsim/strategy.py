@@ -163,7 +163,7 @@ class RankAdaptiveStrategy:
         prepared, self.prepared = self.prepared, None
         clients, observation = prepared.clients, prepared.observation
         ranks = self.policy.ranks(observation) if ranks is None else ranks
-        ranks = checked_ranks(ranks, (len(clients), len(self.params_per_rank)), self.scenario.adapter.max_rank, self.policy.name)
+        ranks = checked_ranks(ranks, (len(clients), len(self.params_per_rank)), self.scenario.adapter.max_rank, self.scenario.policy.name)
         messages, bytes_down = train_messages(self.global_state, self.algorithm, self.layout, clients, ranks, node_of_client, server_round, self.scenario_yaml)
         nodes = [node_of_client[int(c)] for c in clients]
         self.pending = PendingRound(server_round, clients, prepared.states, ranks, bytes_down, nodes, self.singular_mass.copy())
