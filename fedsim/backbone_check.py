@@ -24,8 +24,15 @@ def validate_backbone(backbone: str) -> None:
     """Fail fast, in the CLI, on a backbone that cannot be loaded (before any run directory exists)."""
     if backbone in ("minilm", "tiny-random"):
         return
-    if Path(backbone).is_dir():
-        return
+    directory = Path(backbone)
+    if directory.is_dir():
+        weights = [p for pattern in ("*.safetensors", "pytorch_model*.bin") for p in directory.glob(pattern)]
+        if not (directory / "config.json").is_file() or not weights:
+            missing = "config.json" if not (directory / "config.json").is_file() else "weights (*.safetensors or pytorch_model*.bin)"
+            raise FedsimError(
+                f"model.backbone={backbone!r}: the directory has no {missing}; allowed: a directory written by save_pretrained "
+                "(config.json, weights and tokenizer), 'minilm' or 'tiny-random'"
+            )
     load_tokenizer(backbone)
 
 

@@ -80,3 +80,10 @@ def test_out_dir_with_finished_run_is_refused(tmp_path, capsys):
     (out / "summary.json").write_text("{}")
     code, err = run_cli(capsys, "run", QUICKSTART, "--out", str(out), "--no-progress")
     assert code == 2 and "already holds a finished run" in err
+
+
+def test_a_backbone_directory_without_weights_is_refused_by_validate(tmp_path, capsys):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text('{"model_type": "bert", "hidden_size": 32}')
+    code, err = run_cli(capsys, "validate", QUICKSTART, "--set", f"model.backbone={tmp_path / 'model'}")
+    assert code == 2 and "the directory has no weights" in err and len(err.splitlines()) == 1
