@@ -14,7 +14,6 @@ per task.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import numpy as np
 
 from fedsim.collect import find_finished_runs
 from fedsim.stats import format_interval, mean_ci, paired_difference
-from fedsim.types import FedsimError
+from fedsim.types import FedsimError, run_script
 
 REFERENCE = "fedavg"
 
@@ -43,20 +42,23 @@ def majority_accuracy(config: dict) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep_dir")
+    parser.add_argument("sweep_dir", help="the sweep's --out directory (fedsim sweep scenarios/label_skew.yaml)")
     parser.add_argument("--plot", help="directory for label_skew.png (accuracy against MB uploaded)")
     args = parser.parse_args(argv)
+    if not Path(args.sweep_dir).is_dir():
+        raise FedsimError(f"{args.sweep_dir}: not a directory; expected the --out directory of `fedsim sweep scenarios/label_skew.yaml`")
     runs = find_finished_runs(args.sweep_dir)
     if not runs:
-        print(f"error: no finished runs under {args.sweep_dir}", file=sys.stderr)
-        return 2
+        raise FedsimError(f"{args.sweep_dir}: no finished runs there; expected the --out directory of `fedsim sweep scenarios/label_skew.yaml`")
     groups: dict[str, dict[str, dict[int, object]]] = defaultdict(lambda: defaultdict(dict))
     for run in runs:
         groups[str(run.config["name"])][str(run.config["algorithm.name"])][int(run.config["seed"])] = run
     for task, methods in groups.items():
         reference = methods.get(REFERENCE)
         if reference is None:
-            raise FedsimError(f"task {task}: no {REFERENCE} runs to compare with")
+            raise FedsimError(
+                f"task {task}: no {REFERENCE} runs to compare with; found {', '.join(sorted(methods))} (the sweep needs algorithm.name {REFERENCE})"
+            )
         any_run = next(iter(reference.values()))
         print(f"\n### {task}: majority-class accuracy {majority_accuracy(any_run.config):.3f}, {any_run.rounds[-1]['eval_examples']} test examples\n")
         print("| algorithm | seeds | final acc [95% CI] | per seed | Δ vs fedavg, paired [95% CI] | verdict | best round acc | MB up | of which control |")
@@ -105,4 +107,4 @@ def plot(groups, out_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main, "algorithm_table")

@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     except FedsimError as exc:
         print(f"fedsim {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"fedsim {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a command may say what it left behind
+        print(f"fedsim {args.command}: interrupted" + (f"; {exc}" if str(exc) else ""), file=sys.stderr)
         return stop_after_interrupt()
 
 

@@ -65,15 +65,34 @@ class RankPolicy(ABC):
         pass
 
     def save(self, path: str | Path) -> None:
+        """Write policy.json (and weights.safetensors when there are tensors) into the directory `path`.
+
+        Each file is written under a temporary name and renamed into place, policy.json last, so an
+        interrupted save never leaves a truncated file; a weights file a tensor-less policy does not
+        need is removed. (`fedsim train-policy` saves into a staging directory, swapped in whole.)
+        """
+        import os
+
         from safetensors.torch import save_file
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.tensors().items()}
-        if tensors:
-            save_file(tensors, str(path / "weights.safetensors"))
         meta = {"policy": self.name, "config": self.config.model_dump(mode="json"), "state": self.state_dict()}
-        (path / "policy.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        text = json.dumps(meta, indent=2, sort_keys=True)  # before anything is written: a state JSON cannot hold fails here
+        weights, meta_file = path / "weights.safetensors", path / "policy.json"
+        temporary = [path / f".{name}.tmp-{os.getpid()}" for name in (weights.name, meta_file.name)]
+        try:
+            if tensors:
+                save_file(tensors, str(temporary[0]))
+                os.replace(temporary[0], weights)
+            temporary[1].write_text(text, encoding="utf-8")
+            os.replace(temporary[1], meta_file)
+        finally:
+            for tmp in temporary:
+                tmp.unlink(missing_ok=True)
+        if not tensors:
+            weights.unlink(missing_ok=True)
 
     def load(self, path: str | Path) -> RankPolicy:
         path = Path(path)
@@ -122,7 +141,6 @@ class RankPolicy(ABC):
         elif self.tensors():
             raise FedsimError(f"policy checkpoint {path}: no weights.safetensors, but policy '{self.name}' has learned weights")
         return self
-
 
     def _restore_action_map(self, saved: Any, asked: dict, path: Path) -> None:
         saved = {key: saved[key] for key in self.ACTION_MAP if key in saved} if isinstance(saved, dict) else {}

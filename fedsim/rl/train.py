@@ -4,12 +4,18 @@ Each episode is one run of the scenario in `FederatedRoundEnv` (inline engine, s
 episode). `airllm` acts on the env's full observation and learns from every round's feedback;
 `ppo` is driven by stable-baselines3's `learn()`. DIR gets the checkpoint (policy.json +
 weights.safetensors) and training.csv (one row per episode: return, mean rank, final accuracy, bytes up).
+
+Training writes into a staging directory beside DIR (`.<name>.tmp-<pid>`) that is renamed to DIR only once
+the checkpoint is complete: an interrupted or failed training leaves DIR as it was (or absent), never a mix
+of an old checkpoint and new files. A DIR that already holds files is refused unless `--overwrite`.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 import shlex
+import shutil
 import time
 from pathlib import Path
 
@@ -33,7 +39,12 @@ def add_commands(sub) -> dict:
     parser.add_argument("scenario", help="scenario YAML whose policy section names ppo or airllm")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE", help="override a scenario field (repeatable)")
     parser.add_argument("--episodes", type=int, default=50, help="federated runs to train on (default 50)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory")
+    parser.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory; must be new or empty unless --overwrite")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a checkpoint (or other files) already in --out; the old directory is swapped out only once training has finished",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return {"train-policy": _cmd_train_policy}
 
@@ -43,11 +54,17 @@ def _cmd_train_policy(args) -> int:
 
     if args.episodes < 1:
         raise FedsimError(f"--episodes {args.episodes}: must be at least 1")
+    out = Path(args.out)
+    check_checkpoint_out(out, overwrite=args.overwrite)  # before the scenario, the environment and torch are loaded
     scenario = load_scenario(args.scenario, args.overrides)
     command = " ".join(
         ["fedsim train-policy", args.scenario, *[f"--set {shlex.quote(o)}" for o in args.overrides], f"--episodes {args.episodes}", f"--out {args.out}"]
     )
-    rows = train_policy(scenario, args.episodes, Path(args.out), progress=not args.no_progress, command=command)
+    try:
+        rows = train_policy(scenario, args.episodes, out, progress=not args.no_progress, command=command, overwrite=args.overwrite)
+    except KeyboardInterrupt:  # the CLI prints "interrupted; <this>" and exits 130
+        state = "left as it was" if out.exists() else "not created"
+        raise KeyboardInterrupt(f"no checkpoint written, {out} {state}") from None
     first, last = rows[: max(1, len(rows) // 5)], rows[-max(1, len(rows) // 5) :]
     print(
         f"checkpoint: {args.out}\n"
@@ -58,13 +75,86 @@ def _cmd_train_policy(args) -> int:
     return 0
 
 
-def train_policy(scenario, episodes: int, out: Path, progress: bool = True, command: str | None = None) -> list[dict]:
-    """Train the scenario's policy for `episodes` runs; save it to `out`; return one row per episode."""
-    from tqdm.auto import tqdm
+def check_checkpoint_out(out: Path, overwrite: bool = False) -> None:
+    """Cheap checks of `--out` before anything is built: one FedsimError line each."""
+    out = Path(out)
+    if out.name in ("", ".", ".."):
+        raise FedsimError(f"--out {out}: name a checkpoint directory, not '{out.name or out}'")
+    if out.exists() and not out.is_dir():
+        raise FedsimError(f"--out {out}: is a file, not a directory; name a new or empty directory")
+    anchor = out.parent
+    while not anchor.exists() and anchor != anchor.parent:
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        raise FedsimError(f"--out {out}: {anchor} is a file, not a directory")
+    if out.is_dir() and not overwrite and _holds_files(out):
+        state = "a policy checkpoint" if (out / "policy.json").exists() else "files"
+        raise FedsimError(f"--out {out}: already holds {state}; choose another directory or pass --overwrite to replace it")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise FedsimError(f"--out {out}: {anchor} is not writable")
 
-    from fedsim.rl.env import FederatedRoundEnv
-    from policies.registry import build_policy
 
+def _holds_files(path: Path) -> bool:
+    try:
+        return any(path.iterdir())
+    except OSError as exc:
+        raise FedsimError(f"--out {path}: cannot read the directory ({exc.strerror or exc})") from None
+
+
+def _staging_dir(out: Path) -> Path:
+    """A fresh directory beside `out` (same file system, so the final rename is atomic) to train into."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
+        if staging.exists():  # left by an earlier process with this pid that was killed outright
+            shutil.rmtree(staging)
+        staging.mkdir()
+    except OSError as exc:
+        raise FedsimError(f"--out {out}: cannot create a directory beside it ({exc.strerror or exc})") from None
+    return staging
+
+
+def _move_into_place(staging: Path, out: Path, overwrite: bool) -> None:
+    """Rename the finished `staging` to `out`; an old `out` (with `overwrite`) is swapped out and deleted only then."""
+    aside = None
+    try:
+        if out.is_dir() and _holds_files(out):
+            if not overwrite:
+                raise FedsimError(f"--out {out}: files appeared there during training; choose another directory or pass --overwrite")
+            aside = out.parent / f".{out.name}.old-{os.getpid()}"
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(out, aside)
+        try:
+            os.replace(staging, out)  # an empty `out` is replaced as well
+        except BaseException:
+            if aside is not None:
+                os.replace(aside, out)  # the old checkpoint back where it was
+            raise
+    except OSError as exc:
+        raise FedsimError(f"--out {out}: cannot move the new checkpoint into place ({exc.strerror or exc}); nothing was changed there") from None
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def train_policy(scenario, episodes: int, out: Path, progress: bool = True, command: str | None = None, overwrite: bool = False) -> list[dict]:
+    """Train the scenario's policy for `episodes` runs; save it to `out`; return one row per episode.
+
+    `out` must be new or empty unless `overwrite`. Training goes into a staging directory beside `out` that
+    replaces it only at the end: on any error or interrupt `out` is left as it was and the staging is removed.
+    """
+    out = Path(out)
+    check_checkpoint_out(out, overwrite=overwrite)
+    _check_trainable(scenario)
+    staging = _staging_dir(out)
+    try:
+        rows = _train_into(scenario, episodes, staging, progress, command)
+        _move_into_place(staging, out, overwrite)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return rows
+
+
+def _check_trainable(scenario) -> None:
     name = scenario.policy.name
     if name not in TRAINABLE:
         raise FedsimError(f"policy.name={name!r} cannot be trained; allowed: {', '.join(TRAINABLE)}")
@@ -76,11 +166,19 @@ def train_policy(scenario, episodes: int, out: Path, progress: bool = True, comm
             "needs every round to have clients.per_round clients (one SB3 environment per client slot); allowed: clients.availability=1 "
             "and no availability_trace (airllm trains with any)"
         )
+
+
+def _train_into(scenario, episodes: int, out: Path, progress: bool, command: str | None) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    from fedsim.rl.env import FederatedRoundEnv
+    from policies.registry import build_policy
+
+    name = scenario.policy.name
     if name == "airllm":
         scenario = scenario.model_copy(update={"policy": scenario.policy.model_copy(update={"learn": True})})
     policy = build_policy(scenario.policy)
     env = FederatedRoundEnv(scenario, policy)
-    out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     bar = tqdm(total=episodes, desc=f"train {name}", unit="episode", disable=not progress, dynamic_ncols=True)
 
@@ -88,14 +186,16 @@ def train_policy(scenario, episodes: int, out: Path, progress: bool = True, comm
         rows.append({**row, "episode": len(rows) + 1})
         bar.update(1)
         bar.set_postfix(ret=f"{row['return']:.3f}", rank=f"{row['mean_rank']:.2f}", acc=f"{row['final_accuracy']:.3f}")
-        _write_rows(out / "training.csv", rows)
+        _write_rows(out / "training.csv", rows)  # into the staging directory, like everything else until the end
 
-    if name == "airllm":
-        for _ in range(episodes):
-            finish_episode(_airllm_episode(env, policy))
-    else:
-        _ppo_learn(env, policy, episodes, finish_episode)
-    bar.close()
+    try:
+        if name == "airllm":
+            for _ in range(episodes):
+                finish_episode(_airllm_episode(env, policy))
+        else:
+            _ppo_learn(env, policy, episodes, finish_episode)
+    finally:
+        bar.close()
     policy.training = {
         "command": command,
         "scenario": scenario.name,
