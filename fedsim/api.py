@@ -129,16 +129,18 @@ def load_run(path: str | Path) -> RunResult:
     """A finished run directory as a RunResult (an unfinished one is a FedsimError)."""
     import pandas as pd
 
+    from fedsim.collect import read_finished_run
     from fedsim.config import load_scenario
     from fedsim.ledger import SUMMARY, is_finished
 
     path = _path(path, "path")
     if not is_finished(path):
         raise FedsimError(f"{path}: not a finished run (no {SUMMARY})")
+    finished = read_finished_run(path)  # a corrupt summary.json, config.yaml or rounds.csv is one FedsimError line
     return RunResult(
         path=path,
         scenario=load_scenario(path / "config.yaml"),
-        summary=json.loads((path / SUMMARY).read_text()),
+        summary=finished.summary,
         rounds=pd.read_csv(path / "rounds.csv"),
         clients=pd.read_csv(path / "clients.csv", keep_default_na=False, na_values=[""]),
     )

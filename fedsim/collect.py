@@ -18,12 +18,13 @@ import csv
 import io
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from fedsim.ledger import SUMMARY, atomic_write_text, later_defaults
+from fedsim.ledger import ROUND_COLUMNS, SUMMARY, atomic_write_text, later_defaults
 from fedsim.stats import to_target
 from fedsim.types import FedsimError
 
@@ -61,47 +62,194 @@ def parse_number(text: str):
     return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise FedsimError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); the file is corrupt") from None
+    except OSError as exc:
+        raise FedsimError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON file that must hold an object (summary.json, sweep.json); anything else is a one-line FedsimError."""
+    text = _read_text(path)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FedsimError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); the file is truncated or corrupt") from None
+    if not isinstance(value, dict):
+        raise FedsimError(f"{path}: holds a JSON {type(value).__name__}; expected a JSON object {{...}}; the file is corrupt")
+    return value
+
+
+def read_yaml_object(path: Path) -> dict:
+    """A run's config.yaml as a mapping (empty file: {}); invalid YAML or another type is a one-line FedsimError."""
+    text = _read_text(path)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise FedsimError(f"{path}: not valid YAML ({problem}{where}); the file is truncated or corrupt") from None
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise FedsimError(f"{path}: holds a YAML {type(value).__name__}; expected a mapping of scenario fields; the file is corrupt")
+    return value
+
+
 def read_csv_rows(path: Path) -> list[dict]:
-    with open(path, newline="") as fh:
-        return [{k: parse_number(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    """A CSV ledger's rows, numbers parsed; a row with more or fewer fields than the header is a FedsimError."""
+    text = _read_text(path)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = []
+    try:
+        for row in reader:
+            if None in row or None in row.values():
+                _ragged(path, reader)
+            rows.append({k: parse_number(v) for k, v in row.items()})
+    except csv.Error as exc:
+        raise FedsimError(f"{path}, line {reader.line_num}: not valid CSV ({exc}); the file is corrupt") from None
+    return rows
+
+
+def _ragged(path: Path, reader: csv.DictReader):
+    raise FedsimError(
+        f"{path}, line {reader.line_num}: a row with another number of fields than the header's {len(reader.fieldnames or [])}; the file is truncated or corrupt"
+    )
+
+
+# rounds.csv as fedsim.ledger writes it: the ROUND_COLUMNS always hold a number (these whole numbers; the others
+# a float, nan where a run diverged or no update was trained); the extra columns that follow (the round record's
+# other fields, a channel block's, an engine's, the validation split's) are numbers too, but empty in a round that
+# did not write them (rounds before the column first appeared).
+INTEGER_ROUND_COLUMNS = ("round", "eval_examples", "bytes_up", "bytes_down", "cum_bytes_up", "cum_bytes_down", "clients_selected", "clients_dropped")
+
+
+def read_rounds(path: Path, rounds: int | None = None) -> list[dict]:
+    """A finished run's rounds.csv, checked: the text ends with a line end, every row has every header field,
+    row i is round i, every cell is a number (a whole number in INTEGER_ROUND_COLUMNS; empty only in the extra
+    columns), and there are `rounds` rows (summary.json's count, when given; at least one in any case).
+    Anything else is a one-line FedsimError naming the file and line."""
+    text = _read_text(path)
+    if not text.strip():
+        raise FedsimError(f"{path}: empty; expected a header line and one row per round")
+    if not text.endswith("\n"):
+        raise FedsimError(f"{path}, line {text.count(chr(10)) + 1}: the last line has no line end; the file is truncated")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = []
+    try:
+        header = reader.fieldnames or []
+        if "round" not in header:
+            raise FedsimError(f"{path}, line 1: no 'round' column in the header; the file is corrupt")
+        for row in reader:
+            if None in row or None in row.values():
+                _ragged(path, reader)
+            where = f"{path}, line {reader.line_num}"
+            for column, cell in row.items():
+                if cell == "" and column not in ROUND_COLUMNS:
+                    continue
+                if column in INTEGER_ROUND_COLUMNS:
+                    try:
+                        int(cell)
+                    except ValueError:
+                        raise FedsimError(f"{where}: {column} = {cell!r} is not a whole number; the file is corrupt") from None
+                    continue
+                try:
+                    float(cell)
+                except ValueError:
+                    allowed = "a number or nan" if column in ROUND_COLUMNS else "a number, nan or empty"
+                    raise FedsimError(f"{where}: {column} = {cell!r} is not a number (allowed: {allowed}); the file is corrupt") from None
+            if int(row["round"]) != len(rows) + 1:
+                raise FedsimError(f"{where}: round {row['round']} where round {len(rows) + 1} belongs; rows are missing, repeated or out of order")
+            rows.append({k: parse_number(v) for k, v in row.items()})
+    except csv.Error as exc:
+        raise FedsimError(f"{path}, line {reader.line_num}: not valid CSV ({exc}); the file is corrupt") from None
+    if not rows:
+        raise FedsimError(f"{path}: a header and no round rows; a finished run has at least one round; the ledger is truncated or corrupt")
+    if rounds is not None and len(rows) != rounds:
+        raise FedsimError(
+            f"{path}: {len(rows)} round rows, but summary.json says the run had {rounds} round{'s' if rounds != 1 else ''}; the ledger is truncated or corrupt"
+        )
+    return rows
+
+
+def read_manifest(root: Path) -> dict | None:
+    """`root`/sweep.json, checked (points: [{dir: ...}], fields: [...], zip_groups: [[...]]); None outside a sweep."""
+    manifest = Path(root) / "sweep.json"
+    if not manifest.is_file():
+        return None
+    data = read_json_object(manifest)
+    points = data.get("points", [])
+    if not isinstance(points, list) or not all(isinstance(p, dict) and isinstance(p.get("dir"), str) for p in points):
+        raise FedsimError(f"{manifest}: 'points' is not a list of {{\"dir\": NAME, ...}}; the file is corrupt (a re-run of `fedsim sweep` rewrites it)")
+    fields = data.get("fields", [])
+    if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+        raise FedsimError(f"{manifest}: 'fields' is not a list of field names; the file is corrupt (a re-run of `fedsim sweep` rewrites it)")
+    groups = data.get("zip_groups", [])
+    if not isinstance(groups, list) or not all(isinstance(g, list) and all(isinstance(f, str) for f in g) for g in groups):
+        raise FedsimError(f"{manifest}: 'zip_groups' is not a list of lists of field names; the file is corrupt (a re-run of `fedsim sweep` rewrites it)")
+    return data
 
 
 def sweep_run_names(root: Path) -> set[str] | None:
     """The run directories of the sweep that last ran in `root` (its sweep.json), or None outside a sweep."""
-    manifest = root / "sweep.json"
-    if not manifest.is_file():
+    manifest = read_manifest(root)
+    if manifest is None:
         return None
-    return {point["dir"] for point in json.loads(manifest.read_text()).get("points", [])}
+    return {point["dir"] for point in manifest.get("points", [])}
+
+
+def read_finished_run(run_dir: str | Path) -> FinishedRun:
+    """One finished run directory (summary.json, config.yaml, rounds.csv), every file checked: corrupt JSON or YAML,
+    a ragged or non-numeric rounds.csv, or fewer/more rows than summary.json's `rounds` is a one-line FedsimError
+    naming the file (and line). `fedsim collect`, `fedsim plot` and the benchmarks read runs through this."""
+    run_dir = Path(run_dir)
+    summary_path = run_dir / SUMMARY
+    summary = read_json_object(summary_path)
+    count = summary.get("rounds")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise FedsimError(f"{summary_path}: rounds = {count!r}; expected a whole number of rounds, at least 1; the file is corrupt")
+    layers = summary.get("layers")
+    if layers is not None and (not isinstance(layers, list) or not all(isinstance(name, str) for name in layers)):
+        raise FedsimError(f"{summary_path}: layers = {str(layers)[:60]!r}; expected a list of layer names; the file is corrupt")
+    for name in ("config.yaml", "rounds.csv"):
+        if not (run_dir / name).is_file():
+            raise FedsimError(f"{run_dir / name}: missing; a finished run (it has {SUMMARY}) has config.yaml and rounds.csv; the directory is incomplete")
+    config = flatten(read_yaml_object(run_dir / "config.yaml"))
+    config = {**later_defaults(config), **config}  # a run from before a field existed ran at its default
+    return FinishedRun(run_dir, config, summary, read_rounds(run_dir / "rounds.csv", count))
 
 
 def find_finished_runs(root: str | Path) -> list[FinishedRun]:
-    """Every finished run directory at or below `root`, sorted by path.
+    """Every finished run directory at or below `root`, sorted by path, read and checked (`read_finished_run`).
 
     In a sweep directory only the current sweep's points count: runs left by an edited sweep file
     (or by an older fedsim whose scenario schema hashed differently) stay on disk but out of the results.
+    Directories whose names start with "." (a run being replaced by --overwrite, a staging area) and a summary.json
+    without config.yaml and rounds.csv beside it are not runs; one without just one of them is a FedsimError.
     """
     root = Path(root)
     members = sweep_run_names(root)
     runs = []
     for summary_path in sorted(root.rglob(SUMMARY)):
         run_dir = summary_path.parent
+        if any(part.startswith(".") for part in run_dir.relative_to(root).parts):
+            continue
         if members is not None and run_dir.name not in members:
             continue
-        if not (run_dir / "rounds.csv").is_file() or not (run_dir / "config.yaml").is_file():
-            continue
-        config = flatten(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
-        config = {**later_defaults(config), **config}  # a run from before a field existed ran at its default
-        summary = json.loads(summary_path.read_text())
-        runs.append(FinishedRun(run_dir, config, summary, read_csv_rows(run_dir / "rounds.csv")))
+        if not (run_dir / "rounds.csv").exists() and not (run_dir / "config.yaml").exists():
+            continue  # some other tool's summary.json, not a run directory
+        runs.append(read_finished_run(run_dir))
     return runs
 
 
 def varying_fields(root: Path, runs: list[FinishedRun]) -> list[str]:
     """The sweep's grid fields (manifest order) plus any other field that differs across runs."""
-    fields: list[str] = []
-    manifest = root / "sweep.json"
-    if manifest.is_file():
-        fields = [f for f in json.loads(manifest.read_text()).get("fields", []) if f != "seed"]
+    manifest = read_manifest(root)
+    fields: list[str] = [f for f in manifest.get("fields", []) if f != "seed"] if manifest is not None else []
     ignored = {"seed", "threads", "engine", "ray_address"}
     for key in sorted({k for r in runs for k in r.config}):
         if key in fields or key in ignored:
@@ -144,29 +292,44 @@ def results_table(root: str | Path) -> tuple[list[str], list[dict], list[Finishe
     return columns, rows, runs, fields
 
 
-def write_results(root: str | Path) -> tuple[Path, Path | None, int, int]:
-    """Write results.csv (and results.parquet when pyarrow is importable); returns (csv, parquet, runs, rows)."""
+def write_results(root: str | Path, table: tuple | None = None) -> tuple[Path, Path | None, int, int]:
+    """Write results.csv (and results.parquet when pyarrow is importable); returns (csv, parquet, runs, rows).
+
+    `table`: results_table(root), when the caller has it already (to check it before anything is written).
+    Both files are written to temporary names and renamed into place, the parquet one (which can fail on the
+    data) first made and last renamed: an error leaves the old files as they were, and is a one-line FedsimError.
+    """
     root = Path(root)
-    columns, rows, runs, _ = results_table(root)
+    columns, rows, runs, _ = table if table is not None else results_table(root)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (repr(round(v, 10)) if isinstance(v, float) else v) for k, v in row.items() if k in columns})
     csv_path = root / "results.csv"
-    atomic_write_text(csv_path, buffer.getvalue())
     parquet_path = None
+    tmp = None
     try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        pass
-    else:
-        table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])
-        parquet_path = root / "results.parquet"
-        tmp = root / ".results.parquet.tmp"
-        pq.write_table(table, tmp)
-        tmp.replace(parquet_path)
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            pass
+        else:
+            parquet_path = root / "results.parquet"
+            tmp = root / f".results.parquet.{os.getpid()}.tmp"
+            try:
+                pq.write_table(pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows]), tmp)
+            except pa.ArrowException as exc:
+                raise FedsimError(f"{parquet_path}: cannot write it ({str(exc).splitlines()[0]}); nothing was written") from None
+        atomic_write_text(csv_path, buffer.getvalue())
+        if tmp is not None:
+            tmp.replace(parquet_path)
+    except OSError as exc:
+        raise FedsimError(f"{root}: cannot write results.csv there ({exc.strerror or exc}); allowed: a writable directory") from None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
     return csv_path, parquet_path, len(runs), len(rows)
 
 

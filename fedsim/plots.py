@@ -19,13 +19,18 @@
 from __future__ import annotations
 
 import csv
+import io
+import math
+import os
 import re
+import shutil
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from fedsim.collect import FinishedRun, results_table
+from fedsim.collect import FinishedRun, read_manifest, results_table
 from fedsim.stats import mean_ci
 from fedsim.types import FedsimError
 
@@ -72,10 +77,16 @@ def _style():
 
 
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:
+    """`stem`.png and `stem`.svg in `out_dir`, each written to a temporary name and renamed into place."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.svg"]
     for path in paths:
-        fig.savefig(path, bbox_inches="tight")
+        tmp = out_dir / f".{path.name}.{os.getpid()}.tmp"
+        try:
+            fig.savefig(tmp, format=path.suffix[1:], bbox_inches="tight")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return paths
 
 
@@ -140,12 +151,10 @@ def _load(root: Path):
 
 def sweep_axes(root: Path, fields: list[str]) -> list[list[str]]:
     """The varying fields grouped into axes: a sweep's zipped fields form one axis, every other field its own."""
-    import json
-
     groups: list[list[str]] = []
-    manifest = root / "sweep.json"
-    if manifest.is_file():
-        for group in json.loads(manifest.read_text()).get("zip_groups", []):
+    manifest = read_manifest(root)
+    if manifest is not None:
+        for group in manifest.get("zip_groups", []):
             present = [f for f in group if f in fields]
             if present:
                 groups.append(present)
@@ -284,15 +293,36 @@ def rank_matrix(run: FinishedRun) -> tuple[np.ndarray, list[int], list[str]]:
     """[layers, rounds] mean rank over the clients selected in each round, from clients.csv."""
     sums: dict[int, np.ndarray] = {}
     counts: dict[int, int] = defaultdict(int)
-    with open(run.path / "clients.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
+    path = run.path / "clients.csv"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FedsimError(f"{path}: cannot read it ({getattr(exc, 'strerror', None) or exc}); the rank heatmap needs the run's clients.csv") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        for row in reader:
+            if None in row or None in row.values():
+                raise ValueError(f"a row with another number of fields than the header's {len(reader.fieldnames or [])}")
             ranks = np.array([float(r) for r in row["ranks"].split()])
             rnd = int(row["round"])
+            if rnd in sums and len(sums[rnd]) != len(ranks):
+                raise ValueError(f"{len(ranks)} ranks, the round's other clients have {len(sums[rnd])}")
             sums[rnd] = sums.get(rnd, 0) + ranks
             counts[rnd] += 1
+    except (ValueError, KeyError, csv.Error) as exc:
+        problem = f"no {exc} column" if isinstance(exc, KeyError) else str(exc)
+        raise FedsimError(
+            f"{path}, line {reader.line_num}: {problem}; the rank heatmap needs each row's round and ranks; the file is truncated or corrupt"
+        ) from None
+    if len({len(v) for v in sums.values()}) > 1:
+        raise FedsimError(f"{path}: rounds with different numbers of layer ranks; the file is corrupt")
     rounds = sorted(sums)
     matrix = np.stack([sums[r] / counts[r] for r in rounds], axis=1) if rounds else np.zeros((0, 0))
     layers = run.summary.get("layers") or [f"layer {i}" for i in range(matrix.shape[0])]
+    if rounds and len(layers) != matrix.shape[0]:
+        raise FedsimError(
+            f"{path}: {matrix.shape[0]} ranks per client, but {run.path / 'summary.json'} names {len(layers)} layers; one of the files is corrupt"
+        )
     return matrix, rounds, [_layer_label(n) for n in layers]
 
 
@@ -331,19 +361,36 @@ def accuracy_at_budget(rows: list[dict], budget_bytes: float, group_fields: list
     return groups
 
 
-def plot_budget_bars(
-    root: Path, out_dir: Path, rows: list[dict], fields: list[str], budget_mb: float | None, metric: str = "accuracy"
-) -> tuple[list[Path], float]:
-    plt = _style()
+def check_budget_mb(budget_mb) -> None:
+    if budget_mb is None:
+        return
+    if isinstance(budget_mb, bool) or not isinstance(budget_mb, (int, float)) or not math.isfinite(budget_mb) or budget_mb <= 0:
+        shown = f"{budget_mb:g}" if isinstance(budget_mb, (int, float)) else repr(budget_mb)
+        raise FedsimError(f"--budget-mb {shown}: not an upload budget; allowed: a positive number of MB (default: the smallest total any run uploaded)")
+
+
+def budget_groups(rows: list[dict], fields: list[str], budget_mb: float | None) -> tuple[float, list[str], dict]:
+    """(budget in bytes, group fields, accuracy_at_budget groups); a budget no run fits is a FedsimError."""
+    check_budget_mb(budget_mb)
     finals: dict[str, float] = {}
+    firsts: dict[str, float] = {}
     for row in rows:
         finals[row["run_dir"]] = max(finals.get(row["run_dir"], 0), row["cum_bytes_up"])
+        firsts[row["run_dir"]] = min(firsts.get(row["run_dir"], math.inf), row["cum_bytes_up"])
     # Default budget: the most every run reached, so every bar is measured at the same spend.
     budget = budget_mb * 1e6 if budget_mb is not None else min(finals.values())
     group_fields = (["policy.name"] if "policy.name" in fields else []) + [f for f in fields if f != "policy.name"]
     groups = accuracy_at_budget(rows, budget, group_fields)
     if not groups:
-        raise FedsimError(f"--budget {budget / 1e6:g} MB: no run uploads that little in its first round; choose a larger budget")
+        raise FedsimError(f"--budget-mb {budget / 1e6:g}: no run uploads that little in its first round; allowed: at least {min(firsts.values()) / 1e6:g} MB")
+    return budget, group_fields, groups
+
+
+def plot_budget_bars(
+    root: Path, out_dir: Path, rows: list[dict], fields: list[str], budget_mb: float | None, metric: str = "accuracy"
+) -> tuple[list[Path], float]:
+    plt = _style()
+    budget, group_fields, groups = budget_groups(rows, fields, budget_mb)
     keys = sorted(groups, key=lambda k: tuple(_sort_key(v) for v in k))
     means = [float(np.mean(groups[k])) for k in keys]
     edges = np.clip(np.array([band(np.array(groups[k])) for k in keys]), 0, 1)
@@ -385,21 +432,104 @@ def make_plots(
     run: str | None = None,
     budget_mb: float | None = None,
     out_dir: str | Path | None = None,
+    table: tuple | None = None,
+    collect: bool = False,
 ) -> list[Path]:
-    """Every figure for the finished runs under `root`; returns the files written."""
+    """Every figure for the finished runs under `root`; returns the files written.
+
+    `table`: results_table(root), when the caller has it already; `collect`: write root/results.csv (and .parquet)
+    as well, as `fedsim plot` does. Every argument and input file is checked before anything is drawn, and the
+    figures are drawn into a staging directory and renamed into `out_dir` only once all of them (and results.csv)
+    are written: an error is a one-line FedsimError that leaves `out_dir` (and results.csv) as they were.
+    """
     root = Path(root)
     if not root.is_dir():
         raise FedsimError(f"{root}: no such directory")
+    if x not in X_AXES:
+        raise FedsimError(f"--x {x!r}: not an x axis; allowed: {', '.join(X_AXES)}")
+    if y not in Y_AXES:
+        raise FedsimError(f"--y {y!r}: not a y axis; allowed: {', '.join(Y_AXES)}")
+    check_budget_mb(budget_mb)
     out_dir = Path(out_dir) if out_dir else root / "plots"
-    _, rows, runs, fields = _load(root)
+    _check_out_dir(out_dir)
+    columns, rows, runs, fields = table if table is not None else results_table(root)
+    if not runs:
+        raise FedsimError(f"{root}: no finished runs (no run directory with summary.json); run `fedsim sweep` or `fedsim run` first")
+    for finished in runs:
+        missing = [c for c in ("round", "accuracy", "cum_bytes_up") if c not in finished.rounds[0]]
+        if missing:
+            raise FedsimError(f"{finished.path / 'rounds.csv'}: no {missing[0]!r} column; the plots need round, accuracy and cum_bytes_up")
     metric = metric_name(runs)
-    paths = plot_curves(root, out_dir, x, y, hue, facet, rows=rows, fields=fields, metric=metric)
+    _choose_roles(sweep_axes(root, fields), hue, facet)
     if run is not None:
         chosen = [r for r in runs if r.name == run or str(r.path) == run]
         if not chosen:
-            raise FedsimError(f"--run {run!r}: no finished run of that name under {root}; e.g. {runs[0].name}")
+            raise FedsimError(f"--run {run!r}: no finished run of that name under {root}; allowed: a run directory's name, e.g. {runs[0].name}")
     else:
         chosen = runs
-    paths += plot_rank_heatmap(chosen[0], out_dir)
-    bar_paths, _ = plot_budget_bars(root, out_dir, rows, fields, budget_mb, metric)
-    return paths + bar_paths
+    rank_matrix(chosen[0])  # its clients.csv, read and checked
+    budget_groups(rows, fields, budget_mb)
+
+    def draw(staging: Path) -> list[Path]:
+        paths = plot_curves(root, staging, x, y, hue, facet, rows=rows, fields=fields, metric=metric)
+        paths += plot_rank_heatmap(chosen[0], staging)
+        paths += plot_budget_bars(root, staging, rows, fields, budget_mb, metric)[0]
+        if collect:
+            from fedsim.collect import write_results
+
+            write_results(root, (columns, rows, runs, fields))
+        return paths
+
+    return _publish(out_dir, draw)
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    anchor = out_dir
+    while not anchor.exists() and anchor != anchor.parent:
+        anchor = anchor.parent
+    if anchor.exists() and not anchor.is_dir():
+        blocker = "is a file" if anchor == out_dir else f"is inside {anchor}, a file"
+        raise FedsimError(f"--out {out_dir}: {blocker}, not a directory; allowed: a directory (made when missing)")
+    if anchor.exists() and not os.access(anchor, os.W_OK | os.X_OK):
+        raise FedsimError(f"--out {out_dir}: {anchor} is not writable")
+
+
+def _publish(out_dir: Path, draw) -> list[Path]:
+    """Run `draw(staging)` (which saves figures into `staging` and returns their paths), then move the figures
+    into `out_dir`. On an error nothing reaches `out_dir`, and directories made for it are removed again."""
+    made = []
+    anchor = out_dir
+    while not anchor.exists() and anchor != anchor.parent:
+        made.append(anchor)
+        anchor = anchor.parent
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".plots."))
+    except OSError as exc:
+        _remove_dirs(made)
+        raise FedsimError(f"--out {out_dir}: cannot create it ({exc.strerror or exc})") from None
+    try:
+        staged = draw(staging)
+        final = []
+        for path in staged:
+            os.replace(path, out_dir / path.name)
+            final.append(out_dir / path.name)
+        return final
+    except OSError as exc:  # a full disk, a directory made read-only meanwhile
+        shutil.rmtree(staging, ignore_errors=True)
+        _remove_dirs(made)
+        raise FedsimError(f"--out {out_dir}: cannot write the figures there ({exc.strerror or exc})") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        _remove_dirs(made)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_dirs(made: list[Path]) -> None:
+    for directory in made:  # deepest first; only those still empty
+        try:
+            directory.rmdir()
+        except OSError:
+            break

@@ -108,17 +108,19 @@ def add_commands(sub) -> dict:
 
 
 def _cmd_sweep(args) -> int:
-    from fedsim.sweeps import default_out_dir, load_sweep, run_sweep, status_report
+    from fedsim.sweeps import check_sweep_dir, default_out_dir, load_sweep, preflight_points, run_sweep, status_report
     from fedsim.types import FedsimError
 
     if args.workers < 1:
         raise FedsimError(f"--workers {args.workers}: must be at least 1")
     sweep = load_sweep(args.sweep_file, engine=args.engine, workers=args.workers)
     out = Path(args.out) if args.out else default_out_dir(args.sweep_file)
+    check_sweep_dir(out, writable=not args.status)
     if args.status:
         print(status_report(sweep, out))
         return 0
     if args.dry_run:
+        preflight_points(sweep)  # what each run checks first (data files, backbone, policy checkpoint), for every point
         print(f"{len(sweep.points)} runs, all valid, into {out}:")
         for point in sweep.points:
             print(f"  {point.name}")
@@ -134,16 +136,17 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_collect(args) -> int:
-    from fedsim.collect import write_results
+    from fedsim.collect import results_table, write_results
     from fedsim.types import FedsimError
 
     if not Path(args.dir).is_dir():
         raise FedsimError(f"{args.dir}: no such directory")
-    csv_path, parquet_path, n_runs, n_rows = write_results(args.dir)
+    table = results_table(args.dir)  # every run read and checked before anything is written
     skipped = unfinished_runs(args.dir)
-    if n_runs == 0:
+    if not table[2]:
         also = f"; skipped {_skipped_text(skipped)}" if skipped else ""
         raise FedsimError(f"{args.dir}: no finished runs (no run directory with summary.json){also}")
+    csv_path, parquet_path, n_runs, n_rows = write_results(args.dir, table)
     print(f"{csv_path}: {n_rows} rows from {n_runs} runs" + (f"; also {parquet_path}" if parquet_path else " (install pyarrow for results.parquet)"))
     if skipped:
         print(f"skipped {_skipped_text(skipped)}")
@@ -178,11 +181,10 @@ def _skipped_text(runs: list[Path], shown: int = 5) -> str:
 
 
 def _cmd_plot(args) -> int:
-    from fedsim.collect import write_results
     from fedsim.plots import make_plots
 
-    paths = make_plots(args.dir, x=args.x, y=args.y, hue=args.hue, facet=args.facet, run=args.run, budget_mb=args.budget_mb, out_dir=args.out)
-    write_results(args.dir)
+    # Everything is checked before anything is drawn; results.csv and the figures are written together, or not at all.
+    paths = make_plots(args.dir, x=args.x, y=args.y, hue=args.hue, facet=args.facet, run=args.run, budget_mb=args.budget_mb, out_dir=args.out, collect=True)
     print("wrote " + ", ".join(str(p) for p in paths if p.suffix == ".png") + " (and .svg)")
     skipped = unfinished_runs(args.dir)
     if skipped:

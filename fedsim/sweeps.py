@@ -119,6 +119,15 @@ class GridPoint:
     def label(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.values.items())
 
+    @property
+    def text(self) -> str:
+        """The point as error messages name it: {channel.snr_db: 5, seed: 0}."""
+        return point_text(self.values)
+
+
+def point_text(values: dict[str, Any]) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in values.items()) + "}"
+
 
 @dataclass
 class Sweep:
@@ -304,8 +313,7 @@ def expand(sweep: Sweep, workers: int = 1) -> list[GridPoint]:
         raw["engine"] = sweep.engine
         # Split the cores among the workers, never more than the scenario itself asks for.
         raw["threads"] = min(threads, raw["threads"]) if isinstance(raw.get("threads"), int) else threads
-        point_text = "{" + ", ".join(f"{k}: {v}" for k, v in values.items()) + "}"
-        scenario = scenario_from_dict(raw, f"{sweep.path}: grid point {point_text}")
+        scenario = scenario_from_dict(raw, f"{sweep.path}: grid point {point_text(values)}")
         digest = config_digest(scenario)
         name = run_dir_name(values, digest)
         if name in by_name:
@@ -319,14 +327,62 @@ def expand(sweep: Sweep, workers: int = 1) -> list[GridPoint]:
     return points
 
 
+def preflight_points(sweep: Sweep, points: list[GridPoint] | None = None) -> int:
+    """What a run checks before it starts (`fedsim.runner.preflight`: backbone, data files, availability trace,
+    policy checkpoint, ...) for every point (default: all of the sweep's), before any run starts; the first
+    problem is a one-line FedsimError naming the point. Returns how many scenarios were checked.
+
+    Points that differ only in `seed` are checked once: what preflight checks does not depend on the seed (the
+    seeded validation split and partition can only fail on sizes), and a point loads its policy checkpoint, which
+    takes seconds for some policies (scenarios/policy_compare.yaml: 144 points, 24 checks). An unexpected error
+    (not a FedsimError) is left to the run itself, which records it in failed.json as before.
+    """
+    from fedsim import runner
+
+    seen: set[str] = set()
+    for point in sweep.points if points is None else points:
+        data = point.scenario.model_dump(mode="json")
+        data.pop("seed", None)
+        key = json.dumps(data, sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            runner.preflight(point.scenario)
+        except FedsimError as exc:
+            raise FedsimError(f"{sweep.path}: grid point {point.text}: {exc}") from None
+        except Exception:  # noqa: BLE001 - not an input error this check knows: the run reports it (failed.json)
+            continue
+    return len(seen)
+
+
 # ----------------------------------------------------------------------------- state of a sweep directory
 
 
+def check_sweep_dir(out_dir: str | Path, writable: bool = True) -> None:
+    """--out of a sweep: a directory (an existing sweep directory resumes) or a path where one can be made.
+    A file in the way or (with `writable`) an unwritable parent is a one-line FedsimError, before anything is made or run."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FedsimError(f"--out {out_dir}: is a file, not a directory; allowed: a new directory, or the directory of this sweep to resume it")
+    anchor = out_dir
+    while not anchor.exists() and anchor != anchor.parent:
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        raise FedsimError(f"--out {out_dir}: {anchor} is a file, not a directory; allowed: a path whose parents are directories")
+    if writable and not os.access(anchor, os.W_OK | os.X_OK):
+        raise FedsimError(f"--out {out_dir}: {anchor} is not writable")
+
+
 def read_failed(out_dir: Path) -> dict[str, dict]:
+    """failed.json's records; an unreadable or corrupt file counts as none (the sweep rewrites it)."""
     try:
-        return json.loads((out_dir / FAILED).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        data = json.loads((out_dir / FAILED).read_text())
+    except (OSError, ValueError):
         return {}
+    if not isinstance(data, dict):
+        return {}
+    return {name: record for name, record in data.items() if isinstance(record, dict)}
 
 
 def point_states(sweep: Sweep, out_dir: Path) -> dict[str, str]:
@@ -353,7 +409,7 @@ def status_report(sweep: Sweep, out_dir: Path) -> str:
     lines = [f"sweep {sweep.path} -> {out_dir}: {len(states)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items())]
     for point in sweep.points:
         state = states[point.name]
-        extra = f"  ({failed[point.name]['error']})" if state == "failed" else ""
+        extra = f"  ({failed[point.name].get('error', 'no error recorded')})" if state == "failed" else ""
         lines.append(f"  {state:<10} {point.name}{extra}")
     return "\n".join(lines)
 
@@ -399,7 +455,10 @@ class _SweepLock:
         self.handle = None
 
     def __enter__(self):
-        self.handle = open(self.path, "w")
+        try:
+            self.handle = open(self.path, "w")
+        except OSError as exc:
+            raise FedsimError(f"--out {self.path.parent}: cannot create {LOCK} there ({exc.strerror or exc})") from None
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -414,11 +473,19 @@ class _SweepLock:
 
 def run_sweep(sweep: Sweep, out_dir: str | Path, workers: int = 1, progress: bool = True, ray_address: str | None = None) -> dict[str, int]:
     """Run every point not yet done; returns counts {'done', 'ran', 'failed', 'skipped'}. With `ray_address`, the runs
-    are Ray tasks on that cluster (`_run_on_ray`) instead of local processes; resuming works the same way."""
+    are Ray tasks on that cluster (`_run_on_ray`) instead of local processes; resuming works the same way.
+
+    Before anything is made or run: the out directory is checked (`check_sweep_dir`) and every point still to run
+    is pre-checked (`preflight_points`); bad input is a one-line FedsimError with nothing written."""
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_sweep_dir(out_dir)
+    preflight_points(sweep, [p for p in sweep.points if not is_finished(out_dir / p.name)])
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FedsimError(f"--out {out_dir}: cannot create the sweep directory ({exc.strerror or exc})") from None
     with _SweepLock(out_dir):
         write_manifest(sweep, out_dir)
         failed = read_failed(out_dir)

@@ -37,7 +37,12 @@ def write(tmp_path, text):
         ("rounds: 2\n", ["task.name=nosuch"], "task.name='nosuch' is not registered; allowed: classification, causal-lm"),
         ("rounds: 2\n", ["policy={name: nosuch}"], "policy.name='nosuch' is not registered; allowed: fixed, channel-greedy"),
         # validate calls these valid only if a run then does not fail on them at round 1
-        pytest.param("rounds: 2\n", ["device=cuda"], "device=cuda: no CUDA device is visible", marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is visible")),
+        pytest.param(
+            "rounds: 2\n",
+            ["device=cuda"],
+            "device=cuda: no CUDA device is visible",
+            marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is visible"),
+        ),
         ("model: {backbone: tiny-random}\n", ["policy={name: fixed, ranks: [8, 8]}"], "policy.ranks has 2 entries, but the adapter has 4 adapted layers"),
         (
             "model: {backbone: tiny-random}\n",

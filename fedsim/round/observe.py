@@ -37,7 +37,5 @@ def checked_ranks(ranks, shape: tuple[int, int], max_rank: int, policy_name: str
     if ranks.shape != shape or not whole or (ranks.size and (ranks.min() < 0 or ranks.max() > max_rank)):
         seen = f"in [{ranks.min()}, {ranks.max()}]" if numeric and ranks.size else f"of dtype {ranks.dtype}"
         what = "" if whole or not numeric else " (not whole numbers)"
-        raise FedsimError(
-            f"policy '{policy_name}' returned ranks of shape {ranks.shape} {seen}{what}; expected {shape}, whole numbers in [0, {max_rank}]"
-        )
+        raise FedsimError(f"policy '{policy_name}' returned ranks of shape {ranks.shape} {seen}{what}; expected {shape}, whole numbers in [0, {max_rank}]")
     return ranks.astype(np.int64)

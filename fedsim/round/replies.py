@@ -39,9 +39,7 @@ class Replies:
         return self.received[client][1] if client in self.received else None
 
 
-def collect_replies(
-    replies: list[Message], client_of_node: dict[int, int], server_round: int, tolerate_errors: bool, error_log: Path | None = None
-) -> Replies:
+def collect_replies(replies: list[Message], client_of_node: dict[int, int], server_round: int, tolerate_errors: bool, error_log: Path | None = None) -> Replies:
     """The round's replies by client; client failures are appended to `error_log` (whole reasons) before anything is raised."""
     out = Replies()
     for reply in replies:
