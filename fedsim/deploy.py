@@ -447,8 +447,8 @@ def _cmd_deploy_local(args) -> int:
         raise FedsimError(f"--nodes {args.nodes}: must be at least 1")
     if args.poll_interval is not None and not 0.01 <= args.poll_interval <= 60:
         raise FedsimError(f"--poll-interval {args.poll_interval}: must be between 0.01 and 60 seconds")
-    if args.round_timeout < 0:
-        raise FedsimError(f"--round-timeout {args.round_timeout}: must be >= 0 (0 = wait forever)")
+    if not args.round_timeout >= 0 or args.round_timeout == float("inf"):  # NaN fails `>= 0`
+        raise FedsimError(f"--round-timeout {args.round_timeout}: must be a number of seconds >= 0 (0 = wait forever)")
     scenario = load_scenario(args.scenario, args.overrides)
     # A SIGTERM (e.g. from a job scheduler) unwinds like Ctrl-C, so the federation is still stopped.
     signal.signal(signal.SIGTERM, _interrupt)

@@ -160,6 +160,17 @@ def test_deploy_local_rejects_a_poll_interval_out_of_range_in_one_line(tmp_path,
     assert not out.exists()
 
 
+@pytest.mark.parametrize("value", ["nan", "-1", "inf"])
+def test_deploy_local_rejects_a_round_timeout_that_is_not_a_number_of_seconds(tmp_path, capsys, value):
+    from fedsim.cli import main
+
+    out = tmp_path / "run"
+    code = main(["deploy-local", "scenarios/quickstart.yaml", "--nodes", "20", "--round-timeout", value, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--round-timeout" in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
 @pytest.mark.deploy
 def test_a_client_that_raises_in_a_warm_node_is_recorded_and_the_node_keeps_serving(tmp_path, tiny, small_corpus, warm_federation):
     """The warm SuperExec runs the raising ClientApp in its own long-lived process: the error comes back as the
