@@ -137,10 +137,14 @@ def normal_permissions(path: Path) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as fh:
-        fh.write(text)
-    normal_permissions(Path(tmp))
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            fh.write(text)
+        normal_permissions(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or Ctrl-C mid-write: no stray temporary file beside the ledger
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def strict_json(value):

@@ -705,3 +705,12 @@ def test_malformed_inputs_total_at_least_200():
     """The four property tests above feed 150 + 60 + 60 + 60 malformed inputs through `main`."""
     assert 150 + 60 + 60 + 60 >= 200
     assert math.isfinite(1.0)
+
+
+def test_an_atomic_write_that_fails_leaves_neither_the_file_nor_a_temporary(tmp_path, monkeypatch):
+    from fedsim import ledger
+
+    monkeypatch.setattr(ledger, "normal_permissions", lambda path: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(OSError):
+        ledger.atomic_write_text(tmp_path / "rounds.csv", "round\n1\n")
+    assert list(tmp_path.iterdir()) == []
