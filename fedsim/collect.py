@@ -153,9 +153,11 @@ def read_rounds(path: Path, rounds: int | None = None) -> list[dict]:
                     continue
                 if column in INTEGER_ROUND_COLUMNS:
                     try:
-                        int(cell)
+                        whole = float(cell).is_integer()  # "1250000.0" (a ledger written by pandas) is a whole number too
                     except ValueError:
-                        raise FedsimError(f"{where}: {column} = {cell!r} is not a whole number; the file is corrupt") from None
+                        whole = False
+                    if not whole:
+                        raise FedsimError(f"{where}: {column} = {cell!r} is not a whole number; the file is corrupt")
                     continue
                 try:
                     float(cell)

@@ -217,8 +217,11 @@ def test_validate_checks_what_a_run_checks(files, tmp_path, capsys):
         code, err, out = run_cli(capsys, "validate", QUICKSTART, "--set", "model.backbone=tiny-random", *sets)
         assert_one_line(code, err, expected)
         assert "valid" not in err.split(":")[-1] and not out
-    code, err, out = run_cli(capsys, "validate", QUICKSTART, "--set", "policy={name: airllm, checkpoint: " + str(files["ckpt_ok"]) + "}")
+    ckpt = "policy={name: airllm, checkpoint: " + str(files["ckpt_ok"]) + "}"
+    code, err, out = run_cli(capsys, "validate", QUICKSTART, "--set", "model.backbone=tiny-random", "--set", ckpt)
     assert code == 0 and err.endswith(": valid"), err
+    code, err, out = run_cli(capsys, "validate", QUICKSTART, "--set", ckpt)  # trained for tiny-random's 4 layers, not MiniLM's 12
+    assert_one_line(code, err, "trained for 4 adapted layers, the scenario's adapter has 12")
 
 
 def test_yaml_merge_keys_may_still_be_overridden(tmp_path):

@@ -30,7 +30,6 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedsim.aggregation import singular_mass
 from fedsim.algorithms.base import FederatedAlgorithm
 from fedsim.payload import FACTOR_PREFIXES, a_key, b_key
 
@@ -63,6 +62,8 @@ def to_space(state, product: bool) -> dict[str, np.ndarray]:
 
 def apply_correction(aggregated, base: dict[str, np.ndarray], correction: dict[str, np.ndarray]):
     """`aggregated` (an `Aggregated`) moved by `correction` in the space of `base` (= to_space(aggregated.state))."""
+    from fedsim.aggregation import singular_mass  # imports torch; a scenario's config reads this module without it
+
     state = aggregated.state.copy()
     importance = np.array(aggregated.importance, dtype=float, copy=True)
     rank = state.max_rank
