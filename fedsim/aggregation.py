@@ -237,6 +237,13 @@ def merge_layers(jobs: dict, rng: np.random.Generator, parallel: bool = True) ->
     return merged
 
 
+def _untouched_mass(state: AdapterState, importance: np.ndarray, layers) -> np.ndarray:
+    """A layer no delivered update touches keeps its product, and its importance is that product's, not 0."""
+    for i in layers:
+        importance[i] = singular_mass(state.A[i], state.B[i], state.max_rank)
+    return importance
+
+
 def _merge_with(merge, args: tuple, statistics: dict, rng) -> LayerMerge:
     return merge(*args, rng, statistics)
 
@@ -264,10 +271,9 @@ def aggregate(
     merge = spec.merge_fn()
     n_layers = len(global_state.A)
     state = global_state.copy()
-    # A layer no delivered update touches keeps its product, and its importance is that product's, not 0.
-    importance = np.array([singular_mass(state.A[i], state.B[i], state.max_rank) for i in range(n_layers)])
+    importance = np.zeros(n_layers)
     if not uploads:
-        return Aggregated(state, importance, 0.0)
+        return Aggregated(state, _untouched_mass(state, importance, range(n_layers)), 0.0)
     deltas = average == "updates"
     weights_arr = np.asarray(weights, dtype=np.float64)
     ranks = [payload_ranks(u, n_layers) for u in uploads]
@@ -295,6 +301,7 @@ def aggregate(
         jobs[i] = partial(_merge_with, merge, (glob_a, glob_b, trained, w, deltas, global_state.max_rank), statistics)
         elements += sum(a.size + b.size for a, b in trained)
     discarded_sq, update_sq = 0.0, 0.0
+    _untouched_mass(state, importance, [i for i in range(n_layers) if i not in jobs])
     for i, merged in merge_layers(jobs, rng, parallel=elements >= PARALLEL_MERGE_ELEMENTS).items():
         state.A[i], state.B[i], importance[i] = merged.A, merged.B, merged.importance
         discarded_sq += merged.discarded_sq

@@ -276,7 +276,7 @@ def check_out_path(path: str | Path, overwrite: bool = False, unique: bool = Fal
         raise FedsimError(f"--out {path}: {anchor} is a file, not a directory")
     if path.is_dir() and not unique and lock_held(path):
         raise _busy(path)
-    if path.is_dir() and not unique and not overwrite and _holds_files(path):
+    if path.is_dir() and not unique and not overwrite and holds_files(path):
         state = "a finished run" if is_finished(path) else "files"
         raise FedsimError(f"--out {path}: already holds {state}; choose another directory or pass --overwrite")
     writable_dir = anchor if not (path.is_dir() and overwrite) else path.parent
@@ -303,11 +303,11 @@ def _busy(path: Path) -> FedsimError:
     return FedsimError(f"--out {path}: another fedsim run is writing there; choose another directory")
 
 
-def _holds_files(path: Path) -> bool:
+def holds_files(path: Path) -> bool:
     try:
         return any(path.iterdir())
     except OSError as exc:
-        raise FedsimError(f"--out {path}: cannot read the directory ({exc.strerror})") from None
+        raise FedsimError(f"--out {path}: cannot read the directory ({exc.strerror or exc})") from None
 
 
 def _os_error(path: Path, exc: OSError, what: str) -> FedsimError:
@@ -426,7 +426,7 @@ def claim_run_dir(path: str | Path, overwrite: bool = False, unique: bool = Fals
             except OSError as exc:
                 raise _os_error(candidate, exc, "create the run directory") from None
             return _take_lock(candidate, created=True)
-        if _holds_files(candidate):
+        if holds_files(candidate):
             state = "a finished run" if is_finished(candidate) else "files"
             raise FedsimError(f"--out {candidate}: already holds {state}; choose another directory or pass --overwrite")
         return _take_lock(candidate, created=False)

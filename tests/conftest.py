@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 
 from fedsim.config import scenario_from_dict
@@ -33,6 +35,24 @@ def tiny_scenario(**overrides):
 @pytest.fixture
 def tiny():
     return tiny_scenario
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    """A four-class slice of BANKING77, so that every env episode (new seed = new runtime) tokenises in milliseconds."""
+    from fedsim.data import EMBEDDED
+
+    root = tmp_path_factory.mktemp("data")
+    with (EMBEDDED["banking77"] / "train.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    classes = sorted({r["category"] for r in rows})[:4]
+    for name, per_class, offset in (("train.csv", 24, 0), ("test.csv", 8, 24)):
+        chosen = [r for c in classes for r in [x for x in rows if x["category"] == c][offset : offset + per_class]]
+        with (root / name).open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["text", "category"])
+            writer.writeheader()
+            writer.writerows(chosen)
+    return str(root)
 
 
 def save_tiny_decoders(root, auto_class) -> dict[str, str]:

@@ -461,24 +461,6 @@ def test_corrupt_or_mismatched_checkpoint_is_one_line_exit_2(tmp_path, capsys, d
 # --- the gymnasium environment ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def small_dataset(tmp_path_factory):
-    """A four-class slice of BANKING77, so that every env episode (new seed = new runtime) tokenises in milliseconds."""
-    from fedsim.data import EMBEDDED
-
-    root = tmp_path_factory.mktemp("data")
-    with (EMBEDDED["banking77"] / "train.csv").open() as fh:
-        rows = list(csv.DictReader(fh))
-    classes = sorted({r["category"] for r in rows})[:4]
-    for name, per_class, offset in (("train.csv", 24, 0), ("test.csv", 8, 24)):
-        chosen = [r for c in classes for r in [x for x in rows if x["category"] == c][offset : offset + per_class]]
-        with (root / name).open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["text", "category"])
-            writer.writeheader()
-            writer.writerows(chosen)
-    return str(root)
-
-
 def env_scenario(dataset, policy):
     return tiny_scenario(
         rounds=3,

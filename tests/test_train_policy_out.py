@@ -35,20 +35,9 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def scenario_file(tmp_path_factory):
-    """tests/test_policies.py's tiny airllm training scenario on a four-class slice of BANKING77."""
-    from fedsim.data import EMBEDDED
-
-    root = tmp_path_factory.mktemp("data")
-    with (EMBEDDED["banking77"] / "train.csv").open() as fh:
-        rows = list(csv.DictReader(fh))
-    classes = sorted({r["category"] for r in rows})[:4]
-    for name, per_class, offset in (("train.csv", 24, 0), ("test.csv", 8, 24)):
-        chosen = [r for c in classes for r in [x for x in rows if x["category"] == c][offset : offset + per_class]]
-        with (root / name).open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["text", "category"])
-            writer.writeheader()
-            writer.writerows(chosen)
+def scenario_file(small_dataset):
+    """tests/test_policies.py's tiny airllm training scenario on conftest's four-class slice of BANKING77."""
+    root = Path(small_dataset)
     scenario = tiny_scenario(
         rounds=3,
         data={"dataset": str(root), "eval_samples": 16, "eval_full_final": False, "partition": {"kind": "iid"}, "validation_samples": 16},

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedsim.ledger import holds_files
 from fedsim.types import FedsimError
 
 TRAINABLE = ("ppo", "airllm")
@@ -87,18 +88,11 @@ def check_checkpoint_out(out: Path, overwrite: bool = False) -> None:
         anchor = anchor.parent
     if not anchor.is_dir():
         raise FedsimError(f"--out {out}: {anchor} is a file, not a directory")
-    if out.is_dir() and not overwrite and _holds_files(out):
+    if out.is_dir() and not overwrite and holds_files(out):
         state = "a policy checkpoint" if (out / "policy.json").exists() else "files"
         raise FedsimError(f"--out {out}: already holds {state}; choose another directory or pass --overwrite to replace it")
     if not os.access(anchor, os.W_OK | os.X_OK):
         raise FedsimError(f"--out {out}: {anchor} is not writable")
-
-
-def _holds_files(path: Path) -> bool:
-    try:
-        return any(path.iterdir())
-    except OSError as exc:
-        raise FedsimError(f"--out {path}: cannot read the directory ({exc.strerror or exc})") from None
 
 
 def _staging_dir(out: Path) -> Path:
@@ -118,7 +112,7 @@ def _move_into_place(staging: Path, out: Path, overwrite: bool) -> None:
     """Rename the finished `staging` to `out`; an old `out` (with `overwrite`) is swapped out and deleted only then."""
     aside = None
     try:
-        if out.is_dir() and _holds_files(out):
+        if out.is_dir() and holds_files(out):
             if not overwrite:
                 raise FedsimError(f"--out {out}: files appeared there during training; choose another directory or pass --overwrite")
             aside = out.parent / f".{out.name}.old-{os.getpid()}"
