@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_run(args) -> int:
     from fedsim.config import load_scenario
+    from fedsim.ledger import accuracy_line
     from fedsim.runner import execute_run, start_run
 
     scenario = load_scenario(args.scenario, args.overrides)
@@ -95,7 +96,7 @@ def _cmd_run(args) -> int:
         return stop_after_interrupt()
     print(
         f"run directory: {out}\n"
-        f"final {summary.get('metric', 'accuracy')}: {summary['final_accuracy']:.4f} (round 1: {summary['first_round_accuracy']:.4f})\n"
+        f"{accuracy_line(summary)}\n"
         f"uploaded: {summary['total_bytes_up'] / 1e6:.2f} MB in {summary['rounds']} rounds, "
         f"{summary['clients_dropped']} updates dropped, wall time {summary['wall_s']:.0f} s"
     )

@@ -38,7 +38,7 @@ from pathlib import Path
 import psutil
 
 from fedsim.config import Scenario
-from fedsim.ledger import is_finished
+from fedsim.ledger import accuracy_line, is_finished
 from fedsim.types import ERROR_LINE_PREFIX, FedsimError
 
 CONNECTION = "fedsim-local"
@@ -456,9 +456,5 @@ def _cmd_deploy_local(args) -> int:
     summary = deploy_local(
         scenario, out, args.nodes, args.round_timeout or None, args.overwrite, args.workdir, warm=not args.cold, poll_interval_s=args.poll_interval
     )
-    print(
-        f"run directory: {out}\n"
-        f"final {summary.get('metric', 'accuracy')}: {summary['final_accuracy']:.4f} (round 1: {summary['first_round_accuracy']:.4f})\n"
-        f"{summary['clients_dropped']} updates dropped, wall time {summary['wall_s']:.0f} s (ServerApp)"
-    )
+    print(f"run directory: {out}\n{accuracy_line(summary)}\n{summary['clients_dropped']} updates dropped, wall time {summary['wall_s']:.0f} s (ServerApp)")
     return 0

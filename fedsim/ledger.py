@@ -176,10 +176,29 @@ def _csv_text(columns: list[str], rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
+def accuracy_line(summary: dict) -> str:
+    """`final accuracy: 0.4731 on 3080 test examples (round 1: 0.2969 on 64)`: each figure with the examples it was measured on."""
+    metric = summary.get("metric", "accuracy")
+    final, first = summary.get("final_eval_examples"), summary.get("first_round_eval_examples")
+    on_final = f" on {final} test examples" if final is not None else ""
+    on_first = f" on {first}" if first is not None else ""
+    return f"final {metric}: {summary['final_accuracy']:.4f}{on_final} (round 1: {summary['first_round_accuracy']:.4f}{on_first})"
+
+
+def format_float(value: float) -> str:
+    """A ledger's text for a float: 10 decimals, and never fewer than 10 significant digits.
+
+    Rounding to a fixed number of decimals alone wrote an over-the-air MSE of 3.4567e-11 as 0.0 and one of
+    1.1e-9 with two digits; small quantities keep 10 significant digits instead.
+    """
+    value = float(value)  # a numpy scalar (a float subclass) would print as np.float64(...)
+    if value == 0 or not math.isfinite(value):
+        return repr(value)
+    return repr(round(value, max(10, 9 - math.floor(math.log10(abs(value))))))
+
+
 def _fmt(value):
-    if isinstance(value, float):
-        return repr(round(float(value), 10))  # float(): a numpy scalar (a float subclass) would print as np.float64(...)
-    return value
+    return format_float(value) if isinstance(value, float) else value
 
 
 class RunDirectory:

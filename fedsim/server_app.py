@@ -256,8 +256,13 @@ def finish_run(run_dir: RunDirectory, strategy: RankAdaptiveStrategy, out_dir: P
         "metric": runtime.task.metric,  # what the `accuracy` columns and fields hold (fedsim.tasks)
         "final_accuracy": rounds[-1]["accuracy"],
         "final_loss": rounds[-1]["loss"],
+        "final_eval_examples": rounds[-1]["eval_examples"],
         "first_round_accuracy": rounds[0]["accuracy"],
-        "best_accuracy": max(r["accuracy"] for r in rounds),
+        "first_round_eval_examples": rounds[0]["eval_examples"],
+        # Over the rounds evaluated on round 1's examples only: with eval_full_final the last round is measured on the
+        # whole test set and the others on a subset, and a maximum over both would compare two measurements.
+        "best_accuracy": max(r["accuracy"] for r in rounds if r["eval_examples"] == rounds[0]["eval_examples"]),
+        "best_accuracy_eval_examples": rounds[0]["eval_examples"],
         "total_bytes_up": strategy.cum_bytes_up,
         "total_bytes_down": strategy.cum_bytes_down,
         "total_uplink_latency_s": float(sum(r["uplink_latency_s"] for r in rounds)),

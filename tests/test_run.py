@@ -45,6 +45,16 @@ def test_run_directory_is_complete_and_sealed_by_summary(tmp_path, tiny):
     assert int(rounds[-1]["cum_bytes_up"]) == summary["total_bytes_up"]
 
 
+def test_the_summary_says_which_examples_each_accuracy_was_measured_on(tmp_path, tiny):
+    summary = run_scenario(tiny(rounds=3, data={"eval_full_final": True}), tmp_path / "run", progress=False)
+    rounds = read_rows(tmp_path / "run" / "rounds.csv")
+    subset = [float(r["accuracy"]) for r in rounds if int(r["eval_examples"]) == 64]
+    assert [int(r["eval_examples"]) for r in rounds][:2] == [64, 64] and int(rounds[-1]["eval_examples"]) > 64
+    assert summary["final_eval_examples"] == int(rounds[-1]["eval_examples"]) and summary["first_round_eval_examples"] == 64
+    # The whole-test-set final is not a candidate for the best of the 64-example rounds.
+    assert summary["best_accuracy"] == max(subset) and summary["best_accuracy_eval_examples"] == 64
+
+
 def test_bytes_up_ratio_rank8_vs_rank2_is_exact(tmp_path, tiny):
     run_scenario(tiny(policy={"name": "fixed", "rank": 8}), tmp_path / "r8", progress=False)
     run_scenario(tiny(policy={"name": "fixed", "rank": 2}), tmp_path / "r2", progress=False)
@@ -246,3 +256,13 @@ def test_a_run_without_threads_uses_the_process_default_whatever_an_earlier_run_
     run_scenario(scenario, tmp_path / "b", progress=False)
     for name in ("rounds.csv", "clients.csv"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_a_small_ledger_value_keeps_ten_significant_digits():
+    from fedsim.ledger import format_float
+
+    # An over-the-air MSE at high SNR: 10 decimals alone wrote it as 0.0.
+    assert float(format_float(3.456789012345e-11)) == pytest.approx(3.456789012345e-11, rel=1e-9)
+    assert format_float(0.0022055172083) == "0.002205517208"
+    assert format_float(1234.567890123456) == "1234.5678901235"  # large values: 10 decimals, as before
+    assert format_float(float("nan")) == "nan" and format_float(np.float64(0.5)) == "0.5"
