@@ -431,7 +431,8 @@ def write_manifest(sweep: Sweep, out_dir: Path) -> None:
 
 
 def _run_point(scenario_json: dict, run_dir: str) -> tuple[str, float, dict | None, str | None]:
-    """Worker entry (a fresh 'spawn' process): run one scenario; never raises, reports the error instead."""
+    """Worker entry (a 'spawn' process that runs point after point, keeping its runtime, whose caches must not change
+    a point's numbers): run one scenario; never raises, reports the error instead."""
     from fedsim.runner import run_scenario
 
     started = time.time()

@@ -7,9 +7,10 @@ import csv
 import numpy as np
 import torch
 
+from fedsim import runtime as runtime_module
 from fedsim.adapter_state import load_payload, truncate
 from fedsim.runner import run_scenario
-from fedsim.runtime import get_runtime
+from fedsim.runtime import Runtime, get_runtime
 from fedsim.training import local_train
 
 
@@ -74,3 +75,28 @@ def test_a_family_whose_blocks_cannot_run_one_by_one_is_not_cached_and_nano_refu
     assert np.isfinite(metrics["train-loss"])
     with pytest.raises(FedsimError, match="adapter.kind=nano runs the transformer blocks one by one, which fedsim supports for BERT"):
         check_backbone_fits(tiny(model={"backbone": str(tmp_path / "mpnet")}, adapter={"kind": "nano", "max_rank": 8}))
+
+
+def test_a_cached_state_does_not_depend_on_what_else_was_missing(tiny):
+    cache = Runtime(tiny(adapter={"layers": [1]})).prefix["train"]
+    lengths = cache.data.lengths
+    short, longest = int(np.argmin(lengths)), np.argsort(lengths, kind="stable")[-63:]
+    cache._fill(np.array([short]))
+    alone = cache.states[short].clone()
+    cache.states = [None] * len(cache.states)
+    cache._fill(np.concatenate([[short], longest]))  # padded beside the longest examples, the states moved by ~1e-8
+    assert torch.equal(cache.states[short], alone)
+
+
+def test_a_run_gives_the_same_ledger_whatever_ran_before_it_in_the_process(tmp_path, tiny, monkeypatch):
+    # A sweep worker or a warm SuperNode keeps its runtime, and so its prefix cache, from one run to the next.
+    common = {"adapter": {"layers": [1], "max_rank": 4}, "policy": {"name": "fixed", "rank": 4}, "clients": {"num_clients": 4, "per_round": 2}}
+    first = tiny(rounds=1, train={"local_steps": 3, "batch_size": 5}, **common)
+    second = tiny(rounds=2, train={"local_steps": 2, "batch_size": 8}, **common)
+    monkeypatch.setattr(runtime_module, "_RUNTIMES", {})
+    run_scenario(second, tmp_path / "fresh", progress=False)
+    monkeypatch.setattr(runtime_module, "_RUNTIMES", {})
+    run_scenario(first, tmp_path / "first", progress=False)
+    run_scenario(second, tmp_path / "after", progress=False)
+    for name in ("rounds.csv", "clients.csv"):
+        assert (tmp_path / "fresh" / name).read_bytes() == (tmp_path / "after" / name).read_bytes(), name
