@@ -8,8 +8,10 @@ One round, for the K scheduled clients (each block's formula is in its module):
 3. the client sends :math:`n_k` bits (after quantisation, `channels.quantization`) in
    :math:`\lceil n_k / L\rceil` packets at :math:`R_k`, or at the target rate :math:`R_0` when one is set;
    airtime :math:`t_k = (n_k + r_k n_k / \lceil n_k/L\rceil) / R` with :math:`r_k` packets resent by
-   HARQ (each resend charged at the same rate R), energy :math:`P\,t_k` plus optional compute energy
-   (`channels.compute`);
+   HARQ (each resend charged at the same rate R), energy :math:`P\,t_k` plus optional compute time and
+   energy (`channels.compute`) for the ``samples`` the strategy passes: its scheduled training for every
+   client its train message reached, replied or not (``no-reply``, ``client-error``: how far it got is
+   unknown), none for a ``no-node`` client, whose message was never sent;
 4. the update is lost, in this order of blame, by ``outage`` (:math:`R_k < R_0`; nothing is resent),
    ``packet-error`` (the update, or one of its packets, still undecodable after the resends:
    ``packet_error`` model and ``harq`` in `channels.packet_error`) or ``deadline`` (computation plus

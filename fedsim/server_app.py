@@ -42,7 +42,7 @@ def _await_nodes(grid: Grid, count: int, wait_s: float) -> list[int]:
 
 def discover_nodes(grid: Grid, num_clients: int, wait_s: float = NODE_WAIT_S) -> dict[int, int]:
     """Map client index -> node id by asking each node for its partition-id; every client must be served."""
-    mapping = query_partitions(grid, _await_nodes(grid, num_clients, wait_s), num_clients, wait_s)
+    mapping, _ = query_partitions(grid, _await_nodes(grid, num_clients, wait_s), num_clients, wait_s)
     check_node_map(mapping, num_clients)
     return mapping
 
@@ -62,20 +62,23 @@ def simulated_nodes(grid: Grid, num_clients: int, wait_s: float = NODE_WAIT_S) -
     return mapping
 
 
-def query_partitions(grid: Grid, node_ids: list[int], num_clients: int, timeout: float) -> dict[int, int]:
-    """Ask `node_ids` for their partition-id; returns client index -> node id for those that answered.
+def query_partitions(grid: Grid, node_ids: list[int], num_clients: int, timeout: float) -> tuple[dict[int, int], set[int]]:
+    """Ask `node_ids` for their partition-id; returns client index -> node id for those that answered, and
+    the nodes that answered without an error (whatever partition-id they gave).
 
     `timeout` bounds the wait for the next reply, not for all of them: a simulation of 1,000 clients
     answers its queries one actor call at a time, which on a busy machine takes minutes in all.
     """
     queries = [Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=node, message_type=MessageType.QUERY) for node in node_ids]
     mapping: dict[int, int] = {}
+    answered: set[int] = set()
     for reply in send_and_collect(grid, queries, timeout=None, idle_timeout=timeout):
         if not reply.has_error():
+            answered.add(reply.metadata.src_node_id)
             partition = int(reply.content["node"]["partition-id"])
             if 0 <= partition < num_clients:
                 mapping[partition] = reply.metadata.src_node_id
-    return mapping
+    return mapping, answered
 
 
 class NodeDirectory:
@@ -83,9 +86,12 @@ class NodeDirectory:
 
     A SuperNode that dies keeps its node id until the SuperLink stops listing it; one that
     restarts registers under a new id. Before each round the directory drops clients whose
-    node is no longer listed and asks only newly listed nodes for their partition-id (one
-    query per new node, never again), so a returning SuperNode serves its client in the next
-    round and an unchanged federation costs one `get_node_ids` call per round.
+    node is no longer listed and asks each node listed since the start for its partition-id until
+    it answers, so a returning SuperNode serves its client in the next round (or, if it misses the
+    query while still loading its ClientApp, in the first round after it answers) and an unchanged
+    federation costs one `get_node_ids` call per round. A round's queries share one wait that ends
+    `query_timeout_s` after the last reply, so a listed node that never answers delays each round by
+    at most `query_timeout_s`.
     """
 
     def __init__(self, grid: Grid, initial: dict[int, int], num_clients: int, query_timeout_s: float):
@@ -93,15 +99,20 @@ class NodeDirectory:
         self.num_clients = num_clients
         self.query_timeout_s = query_timeout_s
         self.node_of_client = dict(initial)
-        self.seen = set(grid.get_node_ids()) | set(initial.values())
+        # Nodes never asked again. Those listed now are settled by the start-up mapping: `discover_nodes` fails unless every
+        # client is served, so an unmapped one is surplus, and on a simulation a node needs no partition-id.
+        self.settled = set(grid.get_node_ids()) | set(initial.values())
 
     def refresh(self) -> dict[int, int]:
         live = set(self.grid.get_node_ids())
         self.node_of_client = {c: n for c, n in self.node_of_client.items() if n in live}
-        new = sorted(live - self.seen)
-        self.seen |= live
-        if new:
-            self.node_of_client.update(query_partitions(self.grid, new, self.num_clients, self.query_timeout_s))
+        self.settled &= live
+        unsettled = sorted(live - self.settled)
+        if unsettled:
+            # Settled only once it answers: one that missed the query (still loading its ClientApp) is asked next round too.
+            mapping, answered = query_partitions(self.grid, unsettled, self.num_clients, self.query_timeout_s)
+            self.node_of_client.update(mapping)
+            self.settled |= answered
         return self.node_of_client
 
     def routing(self) -> dict[int, int]:

@@ -27,7 +27,7 @@ from fedsim.algorithms import build_algorithm
 from fedsim.availability import load_trace
 from fedsim.config import Scenario
 from fedsim.payload import MEMORY_PREFIX
-from fedsim.round.downlink import train_messages
+from fedsim.round.downlink import ABSENT_NODE, train_messages
 from fedsim.round.layout import UploadLayout
 from fedsim.round.merge import client_importance, merge_round
 from fedsim.round.observe import channel_deadline, checked_ranks, client_data_stats
@@ -177,8 +177,11 @@ class RankAdaptiveStrategy:
         client_of_node = {node: int(c) for c, node in zip(pending.clients, pending.nodes)}
         got = collect_replies(replies, client_of_node, server_round, self.scenario.tolerate_client_errors, self.error_log)
         train = self.scenario.train
-        # Examples each client processed: a shard smaller than a batch is the whole batch at every step.
-        samples = train.local_steps * np.minimum(train.batch_size, self.shard_sizes[pending.clients])
+        # Examples each client processed: a shard smaller than a batch is the whole batch at every step. One whose message was
+        # never sent (no SuperNode) trained on none, so it is charged no compute; one that got it is charged its schedule
+        # even without a reply (no-reply, client-error): how far it got is unknown here.
+        scheduled = train.local_steps * np.minimum(train.batch_size, self.shard_sizes[pending.clients])
+        samples = np.where(np.asarray(pending.nodes) == ABSENT_NODE, 0, scheduled)
         bits = self.scenario.quantization.bits_per_param
         uplink = meter_uplink(pending, got, self.layout, self.channel, bits, self.algorithm, samples, self.scenario.adapter.max_rank, self.rng_channel)
         for client, encoded, ok in zip(pending.clients, uplink.encoded, uplink.finite):  # the client keeps its new state, whatever the channel does
