@@ -6,10 +6,11 @@
   rank at each large-scale SNR, then per SNR with the runs at or above `--threshold` (issue 15's 0.6); a run
   whose ranks or SNRs are all equal has no correlation and is counted apart;
 - **dominance**: at each SNR, whether another policy has both a higher mean final accuracy and fewer
-  MB uploaded (mean over seeds), which would make this policy a bad buy;
+  MB uploaded, which would make this policy a bad buy; the two are compared on the seeds both have
+  (as pandas aligns two series on their index), named where that is fewer than either has;
 - **per-layer rank profile**: a heatmap per policy, adapted layer x SNR, of the mean rank over every
-  client-round at that SNR (``--plot DIR``), and the coefficient of variation of that profile across
-  layers (0: every layer gets the same rank).
+  client-round at that SNR (``--plot DIR``: rank_profile_<policy>.png and .svg), and the coefficient of
+  variation of that profile across layers (0: every layer gets the same rank).
 
     .venv/bin/python benchmarks/policy_behaviour.py runs/policy_compare --plot runs/policy_compare/plots
 """
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir")
     parser.add_argument("--by", default="channel.snr_db", help="the grid field the channel varies by (default channel.snr_db)")
-    parser.add_argument("--plot", metavar="DIR", help="write rank_profile_<policy>.png/.pdf heatmaps there")
+    parser.add_argument("--plot", metavar="DIR", help="write rank_profile_<policy>.png and .svg heatmaps there")
     parser.add_argument("--threshold", type=float, default=0.6, help="count the runs whose Spearman reaches this (default 0.6)")
     args = parser.parse_args(argv)
     runs = find_finished_runs(args.sweep_dir)
@@ -104,17 +105,35 @@ def main(argv=None) -> int:
     for policy in policies:
         print(f"| {policy} | {' | '.join(spearman_cell(by_level.get((policy, v), []), args.threshold) for v in levels)} |")
 
-    print(f"\nDominance: a policy is dominated at a {args.by} when another has a higher mean final accuracy and fewer MB up (means over seeds).\n")
+    print(
+        f"\nDominance: a policy is dominated at a {args.by} when another has a higher mean final accuracy and fewer MB up "
+        "(means over the seeds both have; the figures shown: means over all the policy's seeds).\n"
+    )
     for level in levels:
-        means = {}
+        figures = {}  # policy -> {seed: (final accuracy, MB up)}
         for policy in policies:
-            metrics = [run_metrics(run, 1.0) for run in groups.get((policy, level), [])]
-            if metrics:
-                mb = [run.rounds[-1]["cum_bytes_up"] / 1e6 for run in groups[(policy, level)]]
-                means[policy] = (float(np.mean([m.final_accuracy for m in metrics])), float(np.mean(mb)))
-        for policy, (acc, mb) in sorted(means.items()):
-            by = [other for other, (a, m) in means.items() if other != policy and a > acc and m < mb]
-            print(f"- {args.by}={level}: {policy}: accuracy {acc:.3f}, {mb:.2f} MB: " + (f"dominated by {', '.join(sorted(by))}" if by else "not dominated"))
+            runs_here = groups.get((policy, level), [])
+            if runs_here:
+                figures[policy] = {run.config.get("seed"): (run_metrics(run, 1.0).final_accuracy, run.rounds[-1]["cum_bytes_up"] / 1e6) for run in runs_here}
+        for policy, mine in sorted(figures.items()):
+            by, apart = [], []
+            for other, theirs in sorted(figures.items()):
+                shared = sorted(set(mine) & set(theirs), key=str)
+                if other == policy:
+                    continue
+                if not shared:
+                    apart.append(other)
+                    continue
+                acc, mb = (float(np.mean([mine[s][i] for s in shared])) for i in (0, 1))
+                other_acc, other_mb = (float(np.mean([theirs[s][i] for s in shared])) for i in (0, 1))
+                if other_acc > acc and other_mb < mb:
+                    fewer = len(shared) < max(len(mine), len(theirs))
+                    by.append(other + (f" (on seeds {','.join(str(s) for s in shared)})" if fewer else ""))
+            acc, mb = (float(np.mean([v[i] for v in mine.values()])) for i in (0, 1))
+            verdict = f"dominated by {', '.join(by)}" if by else "not dominated"
+            if apart:
+                verdict += f"; no seed shared with {', '.join(apart)}"
+            print(f"- {args.by}={level}: {policy}: accuracy {acc:.3f}, {mb:.2f} MB: {verdict}")
 
     if args.plot:
         out = Path(args.plot)

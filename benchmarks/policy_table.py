@@ -5,19 +5,25 @@ one table per SNR (``--split``, default ``channel.snr_db`` when it varies), one 
 
 - **final accuracy**: the last round's accuracy, mean over seeds and its 95% Student t interval
   (n - 1 dof). The header says what that round was evaluated on: the whole test set when the
-  runs set ``data.eval_full_final: true`` (fedsim's default), else the per-round subset;
+  runs set ``data.eval_full_final: true`` (fedsim's default, also for a config without the field)
+  or ``data.eval_samples: null`` (every round), else the per-round subset;
 - **Δ vs the reference** (``--reference``, default ``fixed-8``): the paired mean difference over
   seeds, mean_s(acc_s - ref_s), with its paired 95% t-interval and "significant" iff the interval
   excludes 0. Seeds share partitions and channel draws, so seed s of a policy is compared with
-  seed s of the reference (fedsim.stats.paired_difference);
+  seed s of the reference (fedsim.stats.paired_difference); ``(n=k)`` when it pairs fewer seeds than
+  the row or the reference has, whose means then cover other seeds;
 - **MB to target**: cumulative upload at the first round whose accuracy reached ``--target``
   (a fixed accuracy, default 0.4, chosen per study and not from these results). A seed that never
   reached it counts as +inf: the median over seeds is inf when half or more never did, the count
   of never-seeds and the reached fraction are printed, and the paired Δ MB uses only seeds where
-  both policy and reference reached it (fedsim.stats.target_summary, paired_to_target);
+  both policy and reference reached it (fedsim.stats.target_summary, paired_to_target); the seeds it
+  leaves out (only one of the two reached it, or neither) are listed under the table;
 - energy (Σ energy_j, J, mean over seeds), mean rank, updates dropped / selected;
 - when the runs record a reward (rounds.csv ``reward`` summed over the episode, or a summary field):
-  the mean episode reward and its paired Δ vs the reference.
+  the mean episode reward and its paired Δ vs the reference. An episode with a non-finite round reward
+  (a diverged validation loss) is nan, and the row says which seeds. Rewards compare only under one
+  reward configuration: runs scored with different ones (ppo's and airllm's ``policy.reward``, the
+  ``RewardConfig()`` defaults for the other policies) are refused.
 
 Any other field that varies across the runs gets its own table, never averaged over silently.
 The same report grouped by a grid field instead of the policy is ``benchmarks/snr_table.py``.
@@ -35,13 +41,15 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from fedsim.collect import FinishedRun, RunMetrics, by_seed, find_finished_runs, policy_label, run_metrics, varying_fields
+from fedsim.collect import FinishedRun, RunMetrics, by_seed, episode_reward, find_finished_runs, policy_label, run_metrics, varying_fields
 from fedsim.stats import format_interval, mean_ci, paired_difference, paired_to_target, target_summary
 from fedsim.types import FedsimError
 
 POLICY = "policy"  # the grouping by policy label (policy.name, and the rank of a fixed policy)
 DEFAULT_TARGET = 0.4
 DEFAULT_REFERENCE = "fixed-8"
+# RewardConfig fields that are a learning signal only: the `reward` a run records does not include them (policies/common.py).
+LEARNING_ONLY_REWARD_FIELDS = {"objective_credit"}
 
 
 def fmt_value(value) -> str:
@@ -81,7 +89,7 @@ class Labeller:
                     tuple(str(run.config.get(f)) for f in fields if _is_policy_field(f))
                 )
             if any(len(v) > 1 for v in labels.values()):
-                self.policy_extra = [f for f in fields if _is_policy_field(f) and f not in ("policy", "policy.name", "policy.rank")]
+                self.policy_extra = [f for f in fields if _is_policy_field(f) and f not in ("policy", "policy.name", "policy.rank", "policy.ranks")]
 
     def _policy(self, config: dict) -> str:
         extra = [f"{short(f)}={fmt_value(config[f])}" for f in self.policy_extra if config.get(f) is not None]
@@ -133,16 +141,19 @@ def _match_reference(reference: str, labels: list[str]) -> str | None:
 
 
 def _eval_note(metrics: list[RunMetrics]) -> str:
-    """What the final round was evaluated on, from the runs themselves (data.eval_full_final, eval_examples)."""
-    full = {m.eval_full_final for m in metrics}
+    """What the final round was evaluated on, from the runs themselves (data.eval_full_final, data.eval_samples,
+    eval_examples; a config without a field ran at its default)."""
+    whole = {m.final_whole_test_set for m in metrics}
     examples = sorted({m.final_eval_examples for m in metrics if m.final_eval_examples is not None})
     counts = "/".join(str(e) for e in examples) or "?"
-    if full == {True}:
+    if whole == {True} and all(m.eval_samples is None for m in metrics):
+        return f"last round, evaluated on the whole test set ({counts} examples), as every round is (data.eval_samples: null)"
+    if whole == {True}:
         return (
             f"last round, evaluated on the whole test set ({counts} examples; data.eval_full_final: true; "
             "earlier rounds, and so a target first reached before the last round, use the per-round subset)"
         )
-    if full == {False}:
+    if whole == {False}:
         return (
             f"last round, evaluated on the {counts}-example per-round subset (data.eval_full_final: false; "
             "set it to true to score the final round on the whole test set)"
@@ -164,7 +175,7 @@ def _mean_cell(values: list[float], digits: int, confidence: float) -> str:
 
 
 def _diff_cell(diff, digits: int, seeds: int | None = None) -> str:
-    """A paired difference; `(n=k)` when it pairs fewer seeds than the row shows (`seeds`)."""
+    """A paired difference; `(n=k)` when it pairs fewer seeds than `seeds` (the more of the row's and the reference's)."""
     if diff.n == 0:
         return diff.verdict
     interval = format_interval(diff.low, diff.high, digits, signed=True)
@@ -200,6 +211,7 @@ def group_table(
     if with_reward:
         header += [f"reward [{pct} CI]", f"Δ reward vs {name} [{pct} CI]", "Δ reward verdict"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    notes: list[str] = []
     ref = members[reference]
     for label, seeds in members.items():
         ms = list(seeds.values())
@@ -215,7 +227,14 @@ def group_table(
             mb_cell = _diff_cell(mb.difference, 3)
             if mb.difference.n:
                 mb_cell += f" {mb.difference.verdict} (n={mb.difference.n})"
-            row += [_diff_cell(acc, 3, len(seeds)), acc.verdict, _num(summary.median, 3), reached, mb_cell]
+            left_out = [(k, what) for k, what in ((mb.only_a, f"only {label} reached it"), (mb.only_b, f"only {name} did"), (mb.neither, "neither did")) if k]
+            if left_out:
+                shared = sum(k for k, _ in left_out)
+                notes.append(
+                    f"- {label}: Δ MB vs {name} leaves out {shared} shared seed{'s' if shared != 1 else ''} where not both reached "
+                    f"{target:g}: " + ", ".join(f"{k} where {what}" for k, what in left_out)
+                )
+            row += [_diff_cell(acc, 3, max(len(seeds), len(ref))), acc.verdict, _num(summary.median, 3), reached, mb_cell]
         row += [
             _num(sum(m.energy_j for m in ms) / len(ms), 3),
             _num(sum(m.mean_rank for m in ms) / len(ms), 2),
@@ -223,14 +242,69 @@ def group_table(
         ]
         if with_reward:
             rewards = {s: m.reward for s, m in seeds.items() if m.reward is not None}
-            row.append(_mean_cell(list(rewards.values()), 3, confidence) if rewards else "-")
+            ref_rewards = {s: m.reward for s, m in ref.items() if m.reward is not None}
+            non_finite = _non_finite(rewards)
+            if non_finite:
+                row.append(f"nan ({non_finite})")
+            else:
+                row.append(_mean_cell(list(rewards.values()), 3, confidence) if rewards else "-")
             if label == reference:
                 row += ["(reference)", ""]
+            elif non_finite or _non_finite(ref_rewards):
+                row += ["nan", f"n/a (a non-finite reward: {non_finite or f'{name} ' + _non_finite(ref_rewards)})"]
             else:
-                diff = paired_difference(rewards, {s: m.reward for s, m in ref.items() if m.reward is not None}, confidence)
-                row += [_diff_cell(diff, 3, len(rewards)), diff.verdict]
+                diff = paired_difference(rewards, ref_rewards, confidence)
+                row += [_diff_cell(diff, 3, max(len(rewards), len(ref_rewards))), diff.verdict]
         lines.append("| " + " | ".join(row) + " |")
-    return lines
+    return lines + ([""] + notes if notes else [])
+
+
+def _non_finite(rewards: dict) -> str:
+    """'seeds 1,3 non-finite' for the seeds whose episode reward is not finite, '' when all are."""
+    bad = [fmt_value(s) for s in sorted(rewards) if not math.isfinite(rewards[s])]
+    return f"seed{'s' if len(bad) > 1 else ''} {','.join(bad)} non-finite" if bad else ""
+
+
+def _reward_config(config: dict) -> dict:
+    """The reward configuration a run's recorded `reward` was computed with (policies.base.RankPolicy.reward): its
+    policy.reward fields over the RewardConfig() defaults, which the policies without a reward section use."""
+    from policies.common import RewardConfig
+
+    effective = RewardConfig().model_dump()
+    prefix = "policy.reward."
+    for key, value in config.items():
+        if key.startswith(prefix):
+            effective[key[len(prefix) :]] = value  # a mapping value (objective_credit by SNR) is flattened into several keys
+    return {k: _canonical(v) for k, v in effective.items() if k.split(".")[0] not in LEARNING_ONLY_REWARD_FIELDS}
+
+
+def _canonical(value):
+    # YAML gives [[0, 0.81], ...] where the defaults hold [(0.0, 0.81), ...]: one value, two spellings.
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def check_reward_configs(groups: dict[str, list[FinishedRun]], where: str) -> None:
+    """One reward configuration across the runs of a table that record a reward; else a one-line FedsimError."""
+    seen: tuple[str, dict] | None = None
+    for label, runs in groups.items():
+        for run in runs:
+            if episode_reward(run) is None:
+                continue
+            config = _reward_config(run.config)
+            if seen is None:
+                seen = (label, config)
+                continue
+            differ = sorted(k for k in set(config) | set(seen[1]) if config.get(k) != seen[1].get(k))
+            if differ:
+                raise FedsimError(
+                    f"{where}: the rewards of {seen[0]} and {label} were computed with different reward settings "
+                    f"({', '.join('policy.reward.' + k for k in differ)}), so they do not compare; allowed: runs scored alike "
+                    "(a policy without a reward section is scored with RewardConfig()'s defaults, policies/common.py)"
+                )
 
 
 def report(
@@ -274,13 +348,19 @@ def report(
 
     group_title = "policy" if group == POLICY else short(group)
     out = [f"{len(runs)} finished runs in {root}", ""]
+    metrics = [run_metrics(r, target) for r in runs]
+    reward_note = (
+        " Reward: rounds.csv reward summed over the episode, mean over seeds; nan when a round's is not finite (a diverged run)."
+        if any(m.reward is not None for m in metrics)
+        else ""
+    )
     out.append(
-        f"Final accuracy: {_eval_note([run_metrics(r, target) for r in runs])}. "
+        f"Final accuracy: {_eval_note(metrics)}. "
         f"Δ: paired over seeds (the seeds share partitions and channel draws): mean over shared seeds of "
         f"(row - reference), {confidence:.0%} Student t interval with n-1 dof; significant iff it excludes 0. "
         f"MB to {target:g}: cumulative upload at the first round with accuracy >= {target:g} (a fixed target, "
         f"--target), never = +inf; median over seeds (inf when half or more never reach it); Δ MB over the seeds "
-        f"where both reached it. Energy: Σ energy_j (J), mean over seeds. Dropped: updates lost / selected, all seeds."
+        f"where both reached it. Energy: Σ energy_j (J), mean over seeds. Dropped: updates lost / selected, all seeds.{reward_note}"
     )
     first_seen: dict[str, int] = {}
     for key in tables:
@@ -298,6 +378,7 @@ def report(
         if chosen is None:
             raise FedsimError(f"--reference {reference!r}: not among {', '.join(labels)} ({title_of(key)})")
         members = {label: {s: run_metrics(r, target) for s, r in by_seed(groups[label], f"{title_of(key)}, {label}").items()} for label in labels}
+        check_reward_configs({label: groups[label] for label in labels}, title_of(key))
         shown = chosen if group == POLICY else f"{short(group)}={chosen}"
         out += ["", f"### {title_of(key)} (reference {shown})", ""]
         out += group_table(members, chosen, target, group_title, confidence, shown)

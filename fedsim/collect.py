@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from fedsim.ledger import ROUND_COLUMNS, SUMMARY, atomic_write_text, later_defaults
+from fedsim.ledger import ROUND_COLUMNS, SUMMARY, atomic_write_text, format_float, later_defaults
 from fedsim.stats import to_target
 from fedsim.types import FedsimError
 
@@ -262,10 +262,23 @@ def varying_fields(root: Path, runs: list[FinishedRun]) -> list[str]:
     return fields
 
 
+def field_value(config: dict, field: str):
+    """A run's value of a varying field; for "policy" (a sweep that zips whole policy blocks names that field), whose
+    parts the flattened config holds apart, its `policy_label`."""
+    if field == "policy" and field not in config and "policy.name" in config:
+        return policy_label(config)
+    return config.get(field)
+
+
 def _cell(value):
     if isinstance(value, list):
         return " ".join(str(v) for v in value)
     return "" if value is None else value
+
+
+def run_dir_name(root: Path, run: FinishedRun) -> str:
+    """The run's `run_dir` in results_table's rows: its directory relative to `root`."""
+    return str(run.path.relative_to(root)) if run.path != root else run.name
 
 
 def results_table(root: str | Path) -> tuple[list[str], list[dict], list[FinishedRun], list[str]]:
@@ -282,9 +295,9 @@ def results_table(root: str | Path) -> tuple[list[str], list[dict], list[Finishe
     rows = []
     for run in runs:
         totals = dict.fromkeys(CUMULATIVE, 0.0)
-        labels = {f: _cell(run.config.get(f)) for f in fields}
+        labels = {f: _cell(field_value(run.config, f)) for f in fields}
         for row in run.rounds:
-            out = {"run_dir": str(run.path.relative_to(root)) if run.path != root else run.name, **labels, "seed": run.config.get("seed")}
+            out = {"run_dir": run_dir_name(root, run), **labels, "seed": run.config.get("seed")}
             out.update(row)
             for key, cum in CUMULATIVE.items():
                 if key in row and isinstance(row[key], (int, float)):
@@ -307,7 +320,7 @@ def write_results(root: str | Path, table: tuple | None = None) -> tuple[Path, P
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: (repr(round(v, 10)) if isinstance(v, float) else v) for k, v in row.items() if k in columns})
+        writer.writerow({k: (format_float(v) if isinstance(v, float) else v) for k, v in row.items() if k in columns})
     csv_path = root / "results.csv"
     parquet_path = None
     tmp = None
@@ -341,22 +354,52 @@ REWARD_SUMMARY_KEYS = ("episode_reward", "return", "reward")
 
 
 def policy_label(config: dict) -> str:
-    """'fixed-8' for a fixed policy (its rank is what distinguishes it), else the policy's name."""
+    """'fixed-8' for a fixed policy (its rank is what distinguishes it), 'fixed-[2,4]' for one with per-layer
+    `ranks` (which override `rank`), else the policy's name."""
     name = config.get("policy.name")
-    return f"{name}-{config.get('policy.rank')}" if name == "fixed" else str(name)
+    if name != "fixed":
+        return str(name)
+    ranks = config.get("policy.ranks")
+    if isinstance(ranks, list):
+        return f"{name}-[{','.join(str(r) for r in ranks)}]"
+    return f"{name}-{config.get('policy.rank')}"
 
 
 def episode_reward(run: FinishedRun) -> float | None:
     """The run's episode reward: the sum of rounds.csv's per-round `reward` where present, else a summary
-    field (episode_reward / return / reward); None when the run recorded no reward."""
-    values = [row["reward"] for row in run.rounds if isinstance(row.get("reward"), (int, float)) and math.isfinite(row["reward"])]
+    field (episode_reward / return / reward); None when the run recorded no reward. NaN when a round's reward
+    is not finite: only a diverged validation loss makes it so, and summing the other rounds would score the
+    diverged run above one that did not diverge."""
+    values = [row["reward"] for row in run.rounds if isinstance(row.get("reward"), (int, float))]
     if values:
-        return float(sum(values))
+        return float(sum(values)) if all(math.isfinite(v) for v in values) else math.nan
     for key in REWARD_SUMMARY_KEYS:
         value = run.summary.get(key)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            return float(value)
+        if isinstance(value, (int, float)):
+            return float(value) if math.isfinite(value) else math.nan
     return None
+
+
+def _data_field(config: dict, name: str):
+    """data.`name` of a run, or the scenario default where its config.yaml lacks it (a hand-written run)."""
+    key = f"data.{name}"
+    if key in config:
+        return config[key]
+    from fedsim.config import DataConfig  # only here: the scenario schema is a slow import the tables rarely need
+
+    return DataConfig.model_fields[name].default
+
+
+def evaluated_on_whole_test_set(run: FinishedRun, row: dict) -> bool:
+    """Whether this rounds.csv row of `run` was evaluated on the whole test set, as fedsim.strategy chooses: every
+    round with data.eval_samples null (or larger than the test set), else the last round with data.eval_full_final,
+    else the per-round subset."""
+    samples = _data_field(run.config, "eval_samples")
+    examples = row.get("eval_examples")
+    # Fewer examples than a subset the run asked for: its test set is smaller, and the subset is all of it.
+    if samples is None or ("data.eval_samples" in run.config and isinstance(examples, (int, float)) and examples < samples):
+        return True
+    return bool(_data_field(run.config, "eval_full_final")) and row.get("round") == len(run.rounds)
 
 
 @dataclass(frozen=True)
@@ -366,7 +409,9 @@ class RunMetrics:
     seed: int
     final_accuracy: float  # the last round's accuracy
     final_eval_examples: int | None  # how many test examples that last evaluation used
-    eval_full_final: bool | None  # whether the scenario evaluates the last round on the whole test set
+    eval_full_final: bool  # whether the scenario evaluates the last round on the whole test set (absent: the default)
+    eval_samples: int | None  # the per-round subset's size; None: every round is evaluated on the whole test set
+    final_whole_test_set: bool  # whether the last round was evaluated on the whole test set
     mb_to_target: float  # MB uploaded (cum_bytes_up) at the first round with accuracy >= target; inf: never
     energy_j: float  # sum of the rounds' energy_j
     mean_rank: float  # mean over rounds of the round's mean rank
@@ -384,12 +429,13 @@ def run_metrics(run: FinishedRun, target: float) -> RunMetrics:
 
     ranks = [row["mean_rank"] for row in run.rounds if isinstance(row.get("mean_rank"), (int, float))]
     examples = last.get("eval_examples")
-    full = run.config.get("data.eval_full_final")
     return RunMetrics(
         seed=run.config.get("seed"),
         final_accuracy=float(last["accuracy"]),
         final_eval_examples=int(examples) if isinstance(examples, (int, float)) else None,
-        eval_full_final=bool(full) if full is not None else None,
+        eval_full_final=bool(_data_field(run.config, "eval_full_final")),
+        eval_samples=_data_field(run.config, "eval_samples"),
+        final_whole_test_set=evaluated_on_whole_test_set(run, last),
         mb_to_target=to_target(run.rounds, target) / 1e6,
         energy_j=float(total("energy_j")),
         mean_rank=float(sum(ranks) / len(ranks)) if ranks else math.nan,
@@ -399,12 +445,13 @@ def run_metrics(run: FinishedRun, target: float) -> RunMetrics:
     )
 
 
-def by_seed(runs: list[FinishedRun], what: str = "this group") -> dict:
-    """{seed: run}; two runs with one seed in a group would be averaged or paired wrongly, so that is an error."""
+def by_seed(runs: list[FinishedRun], what: str = "this group", why: str = "they differ in a field the grouping ignores") -> dict:
+    """{seed: run}; two runs with one seed in a group would be averaged or paired wrongly, so that is an error
+    (`why`: what the message says the two are and what to do)."""
     seeds: dict = {}
     for run in runs:
         seed = run.config.get("seed")
         if seed in seeds:
-            raise FedsimError(f"{what}: runs {seeds[seed].name} and {run.name} both have seed {seed}; they differ in a field the grouping ignores")
+            raise FedsimError(f"{what}: runs {seeds[seed].name} and {run.name} both have seed {seed}; {why}")
         seeds[seed] = run
     return seeds

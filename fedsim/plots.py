@@ -8,10 +8,17 @@
   for accuracy); no band for one seed. x is the seed mean too (with fading,
   bytes and airtime differ per seed). The bands are per group: whether two
   groups differ is a paired question over seeds (benchmarks/policy_table.py).
+  A curve ends at the last round at which every one of its seeds is finite,
+  marked ✕ when a seed diverged after it; two runs of one group with one seed
+  are an error, not two seeds.
 * ``rank_heatmap``: mean rank over the round's selected clients, layer × round,
   for one run.
 * ``accuracy_at_budget``: per group, the accuracy of the last round whose
-  cumulative upload is within the byte budget (seed mean, 95% t-interval as above).
+  cumulative upload is within the byte budget (seed mean, 95% t-interval as above),
+  with the MB those rounds spent and the seeds they cover under each bar; a bar
+  whose rounds were evaluated on another set than other bars' (the whole test set
+  of a last round with data.eval_full_final, the per-round subset before it) is
+  hatched, and a group none of whose runs fits has an "over budget" slot.
   The default budget is the smallest total any run uploaded: a fixed spend, not
   a target taken from the results.
 """
@@ -20,17 +27,20 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import re
 import shutil
 import tempfile
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from fedsim.collect import FinishedRun, read_manifest, results_table
+from fedsim.collect import FinishedRun, by_seed, evaluated_on_whole_test_set, field_value, read_manifest, results_table, run_dir_name
 from fedsim.stats import mean_ci
 from fedsim.types import FedsimError
 
@@ -110,6 +120,21 @@ def band_name(n_seeds: int) -> str:
     return "single seed, no band"
 
 
+def seeds_text(counts) -> str:
+    """band_name for a figure whose curves or bars cover these numbers of seeds: '2-4 seeds' when they differ."""
+    counts = sorted(set(counts))
+    if not counts:
+        return "no data"
+    if len(counts) == 1:
+        return band_name(counts[0])
+    return f"means of {counts[0]}-{counts[-1]} seeds, band: 95% t-CI over seeds" + (", none for one seed" if counts[0] < 2 else "")
+
+
+def band_label(counts) -> str:
+    """What the y axis's band or error bar is, for these numbers of seeds."""
+    return "seed mean ± 95% t-CI" if set(counts) - {1} else "single seed"
+
+
 def _fmt_value(value) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
@@ -120,15 +145,41 @@ def _short(field: str) -> str:
     return field.rsplit(".", 1)[-1]
 
 
+def _shown(fields: list[str], field: str) -> bool:
+    # A whole-block policy zip's "policy" column is the policy's label, made of the policy.* fields beside it.
+    return not (field == "policy" and "policy.name" in fields)
+
+
 def _group_label(fields: list[str], key: tuple) -> str:
     # A zipped policy block varies fields only some policies have (a fixed policy has no margin):
     # an empty value says nothing about the group, so it stays out of the label.
-    return ", ".join(f"{_short(f)}={_fmt_value(v)}" for f, v in zip(fields, key) if v not in ("", None)) or "all runs"
+    return ", ".join(f"{_short(f)}={_fmt_value(v)}" for f, v in zip(fields, key) if v not in ("", None) and _shown(fields, f)) or "all runs"
 
 
 def _legend_title(fields: list[str], rows_or_keys) -> str | None:
-    shown = [f for i, f in enumerate(fields) if any(k[i] not in ("", None) for k in rows_or_keys)]
+    shown = [f for i, f in enumerate(fields) if _shown(fields, f) and any(k[i] not in ("", None) for k in rows_or_keys)]
     return ", ".join(_short(f) for f in shown) or None
+
+
+def _hue_styles(rows: list[dict], hue_fields: list[str]) -> tuple[list[tuple], dict, dict]:
+    """(hue keys in order, colour per key, marker per key), from every row: the curves and the budget bars of one
+    sweep give each hue the same colour."""
+    keys = sorted({tuple(row.get(f) for f in hue_fields) for row in rows}, key=lambda k: tuple(_sort_key(v) for v in k))
+    return keys, {h: PALETTE[i % len(PALETTE)] for i, h in enumerate(keys)}, {h: MARKERS[i % len(MARKERS)] for i, h in enumerate(keys)}
+
+
+def check_one_run_per_seed(root: Path, runs: list[FinishedRun], fields: list[str]) -> None:
+    """Two runs of one configuration with one seed would be drawn as two seeds: a one-line FedsimError instead."""
+    groups: dict = defaultdict(list)
+    for run in runs:
+        groups[tuple(json.dumps(field_value(run.config, f), sort_keys=True, default=str) for f in fields)].append(run)
+    for members in groups.values():
+        by_seed(
+            members,
+            str(root),
+            "they differ at most in engine, threads or ray_address (a repeated run, or one scenario on two engines) and would count "
+            "as two seeds; move one of them out of the directory",
+        )
 
 
 def _sort_key(value):
@@ -193,13 +244,21 @@ def _choose_roles(axes: list[list[str]], hue: str | None, facet: str | None) -> 
     return hue_fields, list(facet_axis or [])
 
 
-def _curves(rows: list[dict], x_col: str, y_col: str, hue_fields: list[str], facet_fields: list[str]):
-    """{facet key: {hue key: (x mean, y mean, y ci, n seeds)}} with rounds aligned across seeds."""
+class Curve(NamedTuple):
+    xs: np.ndarray  # seed mean of x per round
+    ys: np.ndarray  # seed mean of y per round
+    low: np.ndarray  # the band's edges
+    high: np.ndarray
+    n: int  # seeds
+    diverged: bool  # a seed's x or y is not finite in the round after the last one drawn
+
+
+def _curves(rows: list[dict], x_col: str, y_col: str, hue_fields: list[str], facet_fields: list[str]) -> dict:
+    """{facet key: {hue key: Curve}} with rounds aligned across seeds. A curve stops before the first round where a
+    seed's value is not finite: averaging only the seeds left would turn it into another curve without saying so."""
     table: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))  # facet -> hue -> round -> [(x, y)]
     for row in rows:
         if not isinstance(row.get(y_col), (int, float)) or not isinstance(row.get(x_col), (int, float)):
-            continue
-        if not (np.isfinite(row[y_col]) and np.isfinite(row[x_col])):  # a diverged run: no interval through NaN
             continue
         fkey = tuple(row.get(f) for f in facet_fields)
         hkey = tuple(row.get(f) for f in hue_fields)
@@ -209,11 +268,15 @@ def _curves(rows: list[dict], x_col: str, y_col: str, hue_fields: list[str], fac
         curves[fkey] = {}
         for hkey, by_round in hues.items():
             rounds = sorted(by_round)
+            finite = [bool(np.all(np.isfinite(by_round[r]))) for r in rounds]
+            diverged = not all(finite)
+            if diverged:
+                rounds = rounds[: finite.index(False)]
             xs = np.array([np.mean([p[0] for p in by_round[r]]) for r in rounds])
             ys = np.array([np.mean([p[1] for p in by_round[r]]) for r in rounds])
-            edges = np.array([band(np.array([p[1] for p in by_round[r]])) for r in rounds])
-            n = min(len(by_round[r]) for r in rounds)
-            curves[fkey][hkey] = (xs, ys, edges[:, 0], edges[:, 1], n)
+            edges = np.array([band(np.array([p[1] for p in by_round[r]])) for r in rounds]).reshape(-1, 2)
+            n = min((len(by_round[r]) for r in rounds), default=0)
+            curves[fkey][hkey] = Curve(xs, ys, edges[:, 0], edges[:, 1], n, diverged)
     return curves
 
 
@@ -221,6 +284,7 @@ def plot_curves(root: Path, out_dir: Path, x: str, y: str, hue: str | None, face
     plt = _style()
     if rows is None:
         _, rows, runs, fields = _load(root)
+        check_one_run_per_seed(root, runs, fields)
         metric = metric_name(runs)
     x_col, scale, x_label, x_title = X_AXES[x]
     y_col, y_label = Y_AXES[y]
@@ -228,22 +292,30 @@ def plot_curves(root: Path, out_dir: Path, x: str, y: str, hue: str | None, face
     hue_fields, facet_fields = _choose_roles(sweep_axes(root, fields), hue, facet)
     curves = _curves(rows, x_col, y_col, hue_fields, facet_fields)
     facets = sorted(curves, key=lambda k: tuple(_sort_key(v) for v in k))
-    hue_keys = sorted({h for c in curves.values() for h in c}, key=lambda k: tuple(_sort_key(v) for v in k))
-    colors = {h: PALETTE[i % len(PALETTE)] for i, h in enumerate(hue_keys)}
-    markers = {h: MARKERS[i % len(MARKERS)] for i, h in enumerate(hue_keys)}
+    hue_keys, colors, markers = _hue_styles(rows, hue_fields)
+    drawn = [c for by_hue in curves.values() for c in by_hue.values() if len(c.xs)]
+    seeds = {c.n for c in drawn}
+    footnotes = []
+    if any(c.diverged for c in drawn):
+        footnotes.append("✕: a seed diverged after this round")
+    unseen = [_group_label(hue_fields, h) for by_hue in curves.values() for h, c in by_hue.items() if not len(c.xs)]
+    if unseen:
+        footnotes.append(f"no curve (a seed is not finite in the first round): {'; '.join(unseen)}")
 
     ncols = min(len(facets), 3)
     nrows = int(np.ceil(len(facets) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.4 * nrows), sharey=True, squeeze=False)
-    seeds = set()
     for ax, fkey in zip(axes.flat, facets):
         for hkey in hue_keys:
-            if hkey not in curves[fkey]:
+            if hkey not in curves[fkey] or not len(curves[fkey][hkey].xs):
                 continue
-            xs, ys, low, high, n = curves[fkey][hkey]
-            seeds.add(n)
+            xs, ys, low, high, n, diverged = curves[fkey][hkey]
             xs = xs * scale
             ax.plot(xs, ys, color=colors[hkey], lw=1.8, marker=markers[hkey], ms=3.5, label=_group_label(hue_fields, hkey))
+            if diverged:
+                ax.plot(xs[-1:], ys[-1:], ls="none", marker="X", ms=9, color=colors[hkey], markeredgecolor="#222222", zorder=5)
+            if len(seeds) > 1:  # the title gives a range then, so each curve says its own
+                ax.annotate(f"n={n}", (xs[-1], ys[-1]), xytext=(7, 0), textcoords="offset points", fontsize=7, color=colors[hkey], va="center")
             if np.any(high > low):
                 # A t-interval from few seeds can leave the metric's range; the metric cannot.
                 if y == "accuracy":
@@ -263,9 +335,8 @@ def plot_curves(root: Path, out_dir: Path, x: str, y: str, hue: str | None, face
         # Once, after every panel is drawn: the panels share y, and fixing the limits on the first
         # panel would freeze its top before the other panels' curves are in.
         axes.flat[0].set_ylim(bottom=0)
-    band_text = "seed mean ± 95% t-CI" if seeds and min(seeds) >= 2 else "single seed"
     for ax in axes[:, 0]:
-        ax.set_ylabel(f"{y_label} ({band_text})")
+        ax.set_ylabel(f"{y_label} ({band_label(seeds)})")
     for ax in list(axes.flat)[len(facets) :]:
         ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
@@ -274,11 +345,12 @@ def plot_curves(root: Path, out_dir: Path, x: str, y: str, hue: str | None, face
             if label not in labels:
                 handles.append(handle)
                 labels.append(label)
-    seed_text = band_name(min(seeds)) if seeds else "no data"
-    fig.suptitle(f"{y_label.capitalize()} vs {x_title}  ·  {root.name}  ({seed_text})", fontweight="bold", y=1.0)
+    fig.suptitle(f"{y_label.capitalize()} vs {x_title}  ·  {root.name}  ({seeds_text(seeds)})", fontweight="bold", y=1.0)
     if len(labels) > 1 or hue_fields:
         fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), title=_legend_title(hue_fields, hue_keys))
     fig.tight_layout()
+    if footnotes:
+        fig.text(0.01, -0.01, "\n".join(footnotes), ha="left", va="top", fontsize=8, color="#333333")
     paths = _save(fig, out_dir, f"{y}_vs_{x}")
     plt.close(fig)
     return paths
@@ -349,15 +421,18 @@ def plot_rank_heatmap(run: FinishedRun, out_dir: Path, max_rank: int | None = No
     return paths
 
 
-def accuracy_at_budget(rows: list[dict], budget_bytes: float, group_fields: list[str]) -> dict:
-    """{group key: [accuracy at budget per run]}: the last round whose cumulative upload fits the budget."""
-    best: dict[str, tuple[int, float, tuple]] = {}
+def accuracy_at_budget(rows: list[dict], budget_bytes: int, group_fields: list[str]) -> dict:
+    """{group key: [the last round whose cumulative upload fits the budget, per run that has one]}; every group
+    that has rows is a key, one none of whose runs fits the budget with an empty list."""
+    best: dict[str, dict] = {}
+    keys: dict[str, tuple] = {}
     for row in rows:
-        if row["cum_bytes_up"] <= budget_bytes and (row["run_dir"] not in best or row["round"] > best[row["run_dir"]][0]):
-            best[row["run_dir"]] = (row["round"], row["accuracy"], tuple(row.get(f) for f in group_fields))
-    groups: dict = defaultdict(list)
-    for _, accuracy, key in best.values():
-        groups[key].append(accuracy)
+        keys[row["run_dir"]] = tuple(row.get(f) for f in group_fields)
+        if row["cum_bytes_up"] <= budget_bytes and (row["run_dir"] not in best or row["round"] > best[row["run_dir"]]["round"]):
+            best[row["run_dir"]] = row
+    groups: dict = {key: [] for key in keys.values()}
+    for run_dir, row in best.items():
+        groups[keys[run_dir]].append(row)
     return groups
 
 
@@ -369,55 +444,130 @@ def check_budget_mb(budget_mb) -> None:
         raise FedsimError(f"--budget-mb {shown}: not an upload budget; allowed: a positive number of MB (default: the smallest total any run uploaded)")
 
 
-def budget_groups(rows: list[dict], fields: list[str], budget_mb: float | None) -> tuple[float, list[str], dict]:
-    """(budget in bytes, group fields, accuracy_at_budget groups); a budget no run fits is a FedsimError."""
+@dataclass(frozen=True)
+class BudgetBar:
+    """One group's bar: per run of the group that fits the budget, its last round within it."""
+
+    rows: list  # results_table rows, the chosen round of each run that fits
+    runs: int  # the group's runs, fitting or not
+    evaluations: frozenset  # {(whole test set?, examples)} of the chosen rounds
+
+    @property
+    def accuracies(self) -> list[float]:
+        return [row["accuracy"] for row in self.rows]
+
+    @property
+    def mb(self) -> float:
+        return float(np.mean([row["cum_bytes_up"] for row in self.rows])) / 1e6 if self.rows else math.nan
+
+
+def budget_groups(root: Path, rows: list[dict], fields: list[str], budget_mb: float | None, runs: list[FinishedRun]) -> tuple[int, list[str], dict]:
+    """(budget in bytes, group fields, {group key: BudgetBar}); a budget no run fits is a FedsimError."""
     check_budget_mb(budget_mb)
     finals: dict[str, float] = {}
     firsts: dict[str, float] = {}
     for row in rows:
         finals[row["run_dir"]] = max(finals.get(row["run_dir"], 0), row["cum_bytes_up"])
         firsts[row["run_dir"]] = min(firsts.get(row["run_dir"], math.inf), row["cum_bytes_up"])
-    # Default budget: the most every run reached, so every bar is measured at the same spend.
-    budget = budget_mb * 1e6 if budget_mb is not None else min(finals.values())
+    # Default budget: the smallest total any run uploaded, so every run's rounds reach it. Each bar is its runs'
+    # last round within it, which can stand below it by up to a round's upload: the MB spent is written per bar.
+    # Bytes are whole numbers, and budget_mb * 1e6 need not be (0.125014 * 1e6 = 125013.99999999999).
+    budget = round(budget_mb * 1e6) if budget_mb is not None else int(min(finals.values()))
     group_fields = (["policy.name"] if "policy.name" in fields else []) + [f for f in fields if f != "policy.name"]
-    groups = accuracy_at_budget(rows, budget, group_fields)
-    if not groups:
+    chosen = accuracy_at_budget(rows, budget, group_fields)
+    if not any(chosen.values()):
         raise FedsimError(f"--budget-mb {budget / 1e6:g}: no run uploads that little in its first round; allowed: at least {min(firsts.values()) / 1e6:g} MB")
-    return budget, group_fields, groups
+    by_dir = {run_dir_name(root, run): run for run in runs}
+    members: dict = defaultdict(set)
+    for row in rows:
+        members[tuple(row.get(f) for f in group_fields)].add(row["run_dir"])
+    bars = {
+        key: BudgetBar(
+            picked,
+            len(members[key]),
+            frozenset((evaluated_on_whole_test_set(by_dir[row["run_dir"]], row), row.get("eval_examples")) for row in picked),
+        )
+        for key, picked in chosen.items()
+    }
+    return budget, group_fields, bars
+
+
+HATCHES = ["", "///", "...", "\\\\\\", "++"]  # one per evaluation set; the first, a per-round subset's where there is one, plain
+HATCH_NAMES = {"": "plain", "///": "hatched", "...": "dotted", "\\\\\\": "back-hatched", "++": "crossed"}
+MIXED_HATCH = "xx"
+
+
+def _evaluation_styles(bars: dict) -> tuple[dict, str | None]:
+    """({group key: hatch}, footnote): bars evaluated on different sets (the whole test set of a last round, the
+    per-round subset) would compare two measurements as one, so each set gets its hatch; no hatch when all agree."""
+    sets = sorted({e for bar in bars.values() for e in bar.evaluations}, key=lambda e: (e[0], _sort_key(e[1])))
+    if len(sets) <= 1:
+        return {key: "" for key in bars}, None
+    hatch_of = {e: HATCHES[i % len(HATCHES)] for i, e in enumerate(sets)}
+    hatches = {key: (MIXED_HATCH if len(bar.evaluations) > 1 else hatch_of[next(iter(bar.evaluations))]) if bar.rows else "" for key, bar in bars.items()}
+    notes = [f"{HATCH_NAMES[hatch_of[e]]}: {'whole test set' if e[0] else 'per-round subset'}, {_fmt_value(e[1])} examples" for e in sets]
+    if MIXED_HATCH in hatches.values():
+        notes.append("cross-hatched (mixed): the group's runs were evaluated on different sets")
+    return hatches, "; ".join(notes)
 
 
 def plot_budget_bars(
-    root: Path, out_dir: Path, rows: list[dict], fields: list[str], budget_mb: float | None, metric: str = "accuracy"
-) -> tuple[list[Path], float]:
+    root: Path,
+    out_dir: Path,
+    rows: list[dict],
+    fields: list[str],
+    budget_mb: float | None,
+    metric: str = "accuracy",
+    *,
+    runs: list[FinishedRun],
+    hue: str | None = None,
+    facet: str | None = None,
+) -> tuple[list[Path], int]:
     plt = _style()
-    budget, group_fields, groups = budget_groups(rows, fields, budget_mb)
-    keys = sorted(groups, key=lambda k: tuple(_sort_key(v) for v in k))
-    means = [float(np.mean(groups[k])) for k in keys]
-    edges = np.clip(np.array([band(np.array(groups[k])) for k in keys]), 0, 1)
-    errors = np.clip(np.stack([means - edges[:, 0], edges[:, 1] - means]), 0, None)
-    colors = [
-        PALETTE[0] if not k or len(group_fields) == 0 else PALETTE[sorted({kk[0] for kk in keys}, key=_sort_key).index(k[0]) % len(PALETTE)] for k in keys
-    ]
-    tick_labels = [_group_label(group_fields, k).replace(", ", "\n") for k in keys]
+    budget, group_fields, bars = budget_groups(root, rows, fields, budget_mb, runs)
+    keys = sorted(bars, key=lambda k: tuple(_sort_key(v) for v in k))
+    drawn = [k for k in keys if bars[k].rows]
+    means = {k: float(np.mean(bars[k].accuracies)) for k in drawn}
+    edges = {k: np.clip(band(np.array(bars[k].accuracies)), 0, 1) for k in drawn}
+    hue_fields, _ = _choose_roles(sweep_axes(root, fields), hue, facet)
+    _, hue_colors, _ = _hue_styles(rows, hue_fields)
+    hatches, hatch_note = _evaluation_styles(bars)
+
+    def seeds_line(bar: BudgetBar) -> str:
+        n = f"n={len(bar.rows)}" + (f" of {bar.runs}" if len(bar.rows) < bar.runs else "")
+        return f"{n}, {bar.mb:.3g} MB" if bar.rows else n
+
+    tick_labels = [_group_label(group_fields, k).replace(", ", "\n") + "\n" + seeds_line(bars[k]) for k in keys]
     longest = max(len(line) for label in tick_labels for line in label.splitlines())
     fig, ax = plt.subplots(figsize=(max(4.0, max(0.55, 0.07 * longest) * len(keys) + 2.0), 3.6))  # upright labels must not collide
-    positions = np.arange(len(keys))
-    ax.bar(positions, means, yerr=errors, color=colors, capsize=3, edgecolor="white", error_kw={"ecolor": "#333333", "lw": 1})
-    for pos, mean, top in zip(positions, means, edges[:, 1]):  # above the error bar, never crossed by it
-        ax.text(pos, max(mean, top) + 0.005, f"{mean:.1%}", ha="center", va="bottom", fontsize=8, color="#333333")
+    top = max([max(means[k], edges[k][1]) for k in drawn])
+    for pos, key in enumerate(keys):
+        if key not in means:
+            ax.text(pos, 0.02 * top, "over budget", ha="center", va="bottom", rotation=90, fontsize=8, color="#666666")
+            continue
+        mean, (low, high) = means[key], edges[key]
+        color = hue_colors[tuple(dict(zip(group_fields, key))[f] for f in hue_fields)]
+        error = np.clip([[mean - low], [high - mean]], 0, None)
+        ax.bar(pos, mean, yerr=error, color=color, hatch=hatches[key], capsize=3, edgecolor="white", error_kw={"ecolor": "#333333", "lw": 1})
+        label = f"{mean:.1%}" + (" (mixed)" if hatches[key] == MIXED_HATCH else "")
+        ax.text(pos, max(mean, high) + 0.005, label, ha="center", va="bottom", fontsize=8, color="#333333")  # above the error bar, never crossed by it
     upright = len(keys) <= 6
+    positions = np.arange(len(keys))
     ax.set_xticks(positions, tick_labels, fontsize=8, rotation=0 if upright else 45, ha="center" if upright else "right")
+    ax.set_xlim(-0.6, len(keys) - 0.4)  # an over-budget slot at either end keeps its place
     from matplotlib.ticker import PercentFormatter
 
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    n_min = min(len(v) for v in groups.values())
-    ax.set_ylabel(f"test {metric} (seed mean ± 95% t-CI)" if n_min >= 2 else f"test {metric} (single seed)")
-    ax.set_ylim(0, max(float(np.max(edges[:, 1])), max(means)) * 1.15 or 1)  # room for the labels above the bars
+    counts = [len(bars[k].rows) for k in drawn]
+    ax.set_ylabel(f"test {metric} ({band_label(counts)})")
+    ax.set_ylim(0, top * 1.15 or 1)  # room for the labels above the bars
     ax.grid(axis="x", visible=False)
-    ax.set_title(
-        f"{metric.capitalize()} within an upload budget of {budget / 1e6:.2f} MB\n{root.name} ({band_name(min(len(v) for v in groups.values()))})", fontsize=10
-    )
+    ax.set_title(f"{metric.capitalize()} within an upload budget of {budget / 1e6:.3g} MB\n{root.name} ({seeds_text(counts)})", fontsize=10)
     fig.tight_layout()
+    notes = ["under each bar: its seeds (n) and the mean MB their last round within the budget had uploaded"]
+    if hatch_note:
+        notes.append(hatch_note)
+    fig.text(0.01, -0.01, "\n".join(notes), ha="left", va="top", fontsize=7, color="#333333")
     paths = _save(fig, out_dir, "accuracy_at_budget")
     plt.close(fig)
     return paths, budget
@@ -468,12 +618,13 @@ def make_plots(
     else:
         chosen = runs
     rank_matrix(chosen[0])  # its clients.csv, read and checked
-    budget_groups(rows, fields, budget_mb)
+    check_one_run_per_seed(root, runs, fields)
+    budget_groups(root, rows, fields, budget_mb, runs)
 
     def draw(staging: Path) -> list[Path]:
         paths = plot_curves(root, staging, x, y, hue, facet, rows=rows, fields=fields, metric=metric)
         paths += plot_rank_heatmap(chosen[0], staging)
-        paths += plot_budget_bars(root, staging, rows, fields, budget_mb, metric)[0]
+        paths += plot_budget_bars(root, staging, rows, fields, budget_mb, metric, runs=runs, hue=hue, facet=facet)[0]
         if collect:
             from fedsim.collect import write_results
 
