@@ -110,13 +110,27 @@ def adapted_dims(config, target_modules: list[str], layers: list[int] | None, ba
         if isinstance(module, nn.Linear):
             dims[name] = (module.in_features, module.out_features)
         elif isinstance(getattr(module, "weight", None), torch.Tensor) and module.weight.dim() == 2:
-            dims[name] = tuple(module.weight.shape[::-1])
+            # transformers' Conv1D (GPT-2's c_attn, c_fc, ...) and nn.Embedding store [in, out], unlike nn.Linear.
+            dims[name] = tuple(module.weight.shape)
     return dims
+
+
+def check_answers_fit(scenario) -> None:
+    """A generating task's every answer, tokenised by the backbone's tokenizer, fits task.max_new_tokens (the task's
+    `answer_ids` raises), so that `fedsim validate` and a run's pre-checks catch it before any weight is built."""
+    from fedsim.tasks import build_task
+
+    task = build_task(scenario.task)
+    answer_ids = getattr(task, "answer_ids", None)
+    if answer_ids is not None:
+        task.load(scenario.data)
+        answer_ids(load_tokenizer(scenario.model.backbone))
 
 
 def check_backbone_fits(scenario) -> int | None:
     """The number of adapted layers LoRA will add (None for an adapter kind that is not per module), after checking
-    data.max_length within the backbone's positions; adapter.max_rank within the adapted layers' dimensions.
+    data.max_length (plus task.max_new_tokens, for a task that generates) within the backbone's positions; a generating
+    task's answers within task.max_new_tokens; adapter.max_rank within the adapted layers' dimensions.
 
     A rank above min(in, out) of a layer adds nothing (rank(B A) <= min(in, out)) and only costs
     memory and time (adapter.max_rank=100000 on MiniLM would allocate ~3.7 GB of LoRA factors).
@@ -128,6 +142,16 @@ def check_backbone_fits(scenario) -> int | None:
         raise FedsimError(
             f"data.max_length={scenario.data.max_length} exceeds the {positions} token positions of model.backbone={backbone!r}; allowed: 8..{positions}"
         )
+    new_tokens = getattr(scenario.task, "max_new_tokens", None)
+    if new_tokens is not None and positions is not None and scenario.data.max_length + new_tokens > positions:
+        # Evaluation generates up to max_new_tokens past a prompt of up to max_length tokens; past the last position
+        # embedding generation fails only then, after training (IndexError; a device-side assert on a GPU).
+        raise FedsimError(
+            f"data.max_length={scenario.data.max_length} + task.max_new_tokens={new_tokens} exceeds the {positions} token positions "
+            f"of model.backbone={backbone!r} (generation for exact match goes that far); allowed: data.max_length + task.max_new_tokens <= {positions}"
+        )
+    if new_tokens is not None:
+        check_answers_fit(scenario)
     adapter = scenario.adapter
     if ADAPTERS[adapter.kind].layerwise:
         from fedsim.backbones import family  # imports torch

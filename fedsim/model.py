@@ -22,7 +22,8 @@ from fedsim.types import FedsimError
 
 
 def load_encoder(backbone: str, dtype: torch.dtype | None = None) -> nn.Module:
-    """The backbone's weights (frozen later), in `dtype` when given (bf16 on a GPU: half the memory), else as stored."""
+    """The backbone's weights (frozen later), in `dtype` when given (bf16 on a GPU: half the memory), else float32
+    whatever dtype the checkpoint stores."""
     from transformers import AutoModel, BertConfig, BertModel
     from transformers.utils import logging as hf_logging
 
@@ -35,7 +36,7 @@ def load_encoder(backbone: str, dtype: torch.dtype | None = None) -> nn.Module:
             torch.manual_seed(0)
             return BertModel(BertConfig(vocab_size=vocab, max_position_embeddings=128, **TINY_RANDOM), add_pooling_layer=False)
     source = minilm_path() if backbone == "minilm" else backbone
-    kwargs = {"dtype": dtype} if dtype is not None else {}
+    kwargs = {"dtype": _load_dtype(dtype)}
     try:
         return AutoModel.from_pretrained(source, local_files_only=True, add_pooling_layer=False, **kwargs)
     except TypeError:
@@ -45,6 +46,12 @@ def load_encoder(backbone: str, dtype: torch.dtype | None = None) -> nn.Module:
             f"model.backbone={backbone!r}: not found; allowed: 'minilm', 'tiny-random', a local model directory, "
             "or an HF model id already in the local cache (nothing is downloaded)"
         ) from None
+
+
+def _load_dtype(dtype: torch.dtype | None) -> torch.dtype:
+    # Never None: transformers 5 then keeps a checkpoint's stored dtype, so a bf16/fp16 checkpoint would train with a
+    # half-precision base under train.precision=fp32 (and the cohort engine's float32 matmuls would refuse it).
+    return dtype if dtype is not None else torch.float32
 
 
 class SentenceClassifier(nn.Module):
@@ -236,8 +243,9 @@ class LoraClassifier(RankedLora):
 
 
 def load_causal_lm(backbone: str, dtype: torch.dtype | None = None) -> nn.Module:
-    """A decoder LM with its LM head (`AutoModelForCausalLM`) from a local directory or the HF cache; nothing is
-    downloaded. Weights the checkpoint lacks (an untied LM head) are initialised from a fixed seed."""
+    """A decoder LM with its LM head (`AutoModelForCausalLM`) from a local directory or the HF cache, in `dtype`
+    (float32 when None); nothing is downloaded. A checkpoint without its LM head (saved by `AutoModel`) is refused
+    unless the config ties the head to the input embeddings; other weights it lacks are initialised from a fixed seed."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -246,13 +254,23 @@ def load_causal_lm(backbone: str, dtype: torch.dtype | None = None) -> nn.Module
     allowed = "allowed: a local directory or cached HF id of a decoder LM (OPT, GPT-2, Llama, Qwen, Mistral)"
     if backbone in ("minilm", "tiny-random"):
         raise FedsimError(f"model.backbone={backbone!r} is a BERT-style encoder, which task.name=causal-lm cannot generate with; {allowed}")
-    kwargs = {"dtype": dtype} if dtype is not None else {}
     try:
         with torch.random.fork_rng():
             torch.manual_seed(0)
-            return AutoModelForCausalLM.from_pretrained(backbone, local_files_only=True, **kwargs)
+            model, info = AutoModelForCausalLM.from_pretrained(backbone, local_files_only=True, dtype=_load_dtype(dtype), output_loading_info=True)
     except (OSError, ValueError) as exc:
         raise FedsimError(f"model.backbone={backbone!r}: not loadable as a causal LM ({str(exc).splitlines()[0][:160]}); {allowed}") from None
+    # A tied head is the input embeddings and is never reported missing; an untied one that is missing would be random,
+    # and every logit, loss and generated token would come from that noise.
+    output = model.get_output_embeddings()
+    head = next((name for name, module in model.named_modules() if output is not None and module is output), None)
+    missing = sorted(key for key in info["missing_keys"] if head is not None and (key == head or key.startswith(head + ".")))
+    if missing:
+        raise FedsimError(
+            f"model.backbone={backbone!r}: the checkpoint has no LM head ({', '.join(missing)} missing; saved without it, "
+            f"e.g. by AutoModel); {allowed}, saved with its LM head (AutoModelForCausalLM)"
+        )
+    return model
 
 
 class LoraCausalLM(RankedLora):
@@ -264,6 +282,12 @@ class LoraCausalLM(RankedLora):
         from fedsim.backbones import family
 
         base = load_causal_lm(backbone, dtype)
+        # generate() fills every setting its config leaves unset from the model's own generation_config, i.e. the
+        # checkpoint's generation_config.json (repetition_penalty, no_repeat_ngram_size, suppress_tokens, ...):
+        # cleared here, exact match is pure greedy whatever the checkpoint ships.
+        from transformers import GenerationConfig
+
+        base.generation_config = GenerationConfig()
         self._wrap(base, family(base.config), target_modules, max_rank, alpha, layers, task_type="CAUSAL_LM")
 
     def logits(self, input_ids=None, attention_mask=None, **_) -> torch.Tensor:
@@ -271,14 +295,10 @@ class LoraCausalLM(RankedLora):
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, eos_token_id: int, pad_token_id: int) -> torch.Tensor:
         """Greedy continuations of left-padded prompts: [batch, prompt length + up to max_new_tokens]."""
-        return self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
-        )
+        from transformers import GenerationConfig
+
+        greedy = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+        return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=greedy)
 
 
 def build_lora(scenario, num_labels: int, dtype: torch.dtype | None = None) -> RankedLora:

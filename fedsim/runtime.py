@@ -56,8 +56,9 @@ class Runtime:
         self.device = resolve_device(scenario.device)  # before any weight is built: a missing GPU fails fast
         with torch.random.fork_rng():
             torch.manual_seed(scenario.seed)  # seeds PEFT's initialisation of A, so the initial global adapter is reproducible
-            # On a GPU with bf16 the frozen base is stored in bf16 (half the memory); on the CPU it stays float32.
-            dtype = torch.bfloat16 if self.device.type == "cuda" and scenario.train.precision == "bf16" else None
+            # On a GPU with bf16 the frozen base is stored in bf16 (half the memory); otherwise float32, named explicitly:
+            # transformers 5 would keep a bf16/fp16 checkpoint in its stored dtype, under fp32 too.
+            dtype = torch.bfloat16 if self.device.type == "cuda" and scenario.train.precision == "bf16" else torch.float32
             self.model = adapter_kind(scenario).build_fn()(scenario, len(self.label_names), dtype)
             if self.model.head is not None:
                 torch.nn.init.normal_(self.model.head.weight, std=0.02)

@@ -87,3 +87,30 @@ def test_a_decoder_run_is_reproducible_byte_for_byte(decoders, tmp_path):
         run_scenario(decoder_scenario(decoders["gpt2"], "cohort"), tmp_path / attempt, progress=False)
     for ledger in ("rounds.csv", "clients.csv"):
         assert ledger_text(tmp_path / "first" / ledger) == ledger_text(tmp_path / "second" / ledger)
+
+
+def test_a_rank_above_a_gpt2_layers_size_names_its_dimensions_in_to_out(decoders):
+    """GPT-2's c_attn is a Conv1D, whose weight is [in, out] (32 -> 96 here), not nn.Linear's [out, in]."""
+    from fedsim.backbone_check import check_backbone_fits
+    from fedsim.types import FedsimError
+
+    scenario = tiny_scenario(model={"backbone": decoders["gpt2"]}, adapter={"max_rank": 64, "target_modules": ["c_attn"]})
+    with pytest.raises(FedsimError, match=r"\(h\.0\.attn\.c_attn: 32 -> 96\)"):
+        check_backbone_fits(scenario)
+
+
+def test_a_half_precision_checkpoint_loads_in_float32(decoders, tmp_path):
+    """transformers 5 keeps a checkpoint's stored dtype unless told: a bf16 or fp16 OPT must still give a float32
+    classifier (the base trains under train.precision=fp32) and train on the cohort engine."""
+    from transformers import AutoModel
+
+    from fedsim.hub import load_tokenizer
+    from fedsim.model import build_classifier
+
+    for dtype in (torch.bfloat16, torch.float16):
+        AutoModel.from_pretrained(decoders["opt"]).to(dtype).save_pretrained(tmp_path / str(dtype))
+        load_tokenizer(decoders["opt"]).save_pretrained(tmp_path / str(dtype))
+        model = build_classifier(str(tmp_path / str(dtype)), 3)
+        assert {p.dtype for p in model.parameters()} == {torch.float32}, dtype
+    summary = run_scenario(decoder_scenario(str(tmp_path / str(torch.float16)), "cohort"), tmp_path / "run", progress=False)
+    assert np.isfinite(summary["final_loss"])

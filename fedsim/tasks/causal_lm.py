@@ -2,7 +2,8 @@
 
 Each example becomes `prompt` (with the text) followed by `answer` (with the label's name, underscores read as
 spaces) and the end-of-sequence token; BANKING77 so reads "Query: <text>\\nIntent: card arrival</s>". The
-model is a decoder LM with LoRA (`fedsim.model.LoraCausalLM`), no head of fedsim's own.
+prompt is tokenised as one string, as HF tokenizers and TRL's SFTTrainer tokenise it (no token boundary forced
+around the text). The model is a decoder LM with LoRA (`fedsim.model.LoraCausalLM`), no head of fedsim's own.
 
 - **Loss** (training): next-token cross-entropy on the answer and its end token only, the prompt masked out
   (label -100), as TRL's completion-only collator and FlowerTune do. A batch's loss is the mean over its
@@ -11,8 +12,12 @@ model is a decoder LM with LoRA (`fedsim.model.LoraCausalLM`), no head of fedsim
   trains exactly as the per-client one.
 - **Evaluation**: the ledger's `loss` is the mean negative log-likelihood per answer token over the evaluated
   examples (teacher forcing), so the answer perplexity is exp(loss); its `accuracy` is **exact match**: the greedy
-  continuation of the prompt, cut at the end token, decoded and stripped, equals the decoded answer (the
-  metric's name, `exact_match`, is in summary.json).
+  continuation of the prompt (pure greedy: the checkpoint's generation_config.json is ignored), cut at the end
+  token, decoded with its special tokens and stripped of surrounding whitespace, equals the decoded answer. This
+  is strict string equality, as HF `evaluate`'s `exact_match` with its default options, not SQuAD's normalised
+  EM (no lower-casing, punctuation or article removal). Every answer must fit `task.max_new_tokens` with its end
+  token, and `data.max_length + task.max_new_tokens` the backbone's positions. (The metric's name,
+  `exact_match`, is in summary.json.)
 
 Assumes a decoder backbone (a local directory or cached HF id) whose tokenizer has an end token (`eos`, or
 `sep` for WordPiece vocabularies); the prompt is truncated inside the text so the answer always fits
@@ -81,31 +86,69 @@ class CausalLM(Task):
         self.label_names = corpus.label_names
         return corpus
 
-    def encode(self, tokenizer, dataset, max_length):
-        self.tokenizer = tokenizer
+    def answer_ids(self, tokenizer) -> list[list[int]]:
+        """Each label's answer token ids, its end token last (the labels from `load`). Every one must fit
+        task.max_new_tokens: a longer answer could never be generated whole, so exact match would always miss it."""
         self.eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
         if self.eos is None:
             raise FedsimError("task.name=causal-lm: the backbone's tokenizer has no end token (eos_token or sep_token); allowed: a tokenizer that has one")
+        names = [name.replace("_", " ") for name in self.label_names]
+        answers = [tokenizer(self.config.answer.format(label=name), add_special_tokens=False)["input_ids"] + [self.eos] for name in names]
+        longest = max(range(len(answers)), key=lambda i: len(answers[i]), default=None)
+        if longest is not None and len(answers[longest]) > self.config.max_new_tokens:
+            n = len(answers[longest])
+            raise FedsimError(
+                f"task.max_new_tokens={self.config.max_new_tokens} is shorter than the answer for label {self.label_names[longest]!r} "
+                f"({n} tokens with its end token), which greedy generation could then never complete; allowed: task.max_new_tokens >= {n}"
+            )
+        return answers
+
+    def encode(self, tokenizer, dataset, max_length):
+        """Each example's `prompt` (the text in its template) tokenised as one string, as HF and TRL tokenise it,
+        then its answer. When they exceed `max_length` the text is cut from the right at one of its own token
+        boundaries and the prompt tokenised again, so the answer is always whole."""
+        self.tokenizer = tokenizer
+        answers = self.answer_ids(tokenizer)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos  # GPT-2, Llama: none
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+        head = [start] if start is not None else []
         before, after = self.config.prompt.split("{text}")
-        piece = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"] if text else []  # noqa: E731
-        head, tail = ([start] if start is not None else []) + piece(before), piece(after)
-        answers = [piece(self.config.answer.format(label=name.replace("_", " "))) + [self.eos] for name in self.label_names]
-        texts = tokenizer(list(dataset.texts), add_special_tokens=False)["input_ids"] if dataset.texts else []
+        texts = list(dataset.texts)
+        prompts = tokenizer([before + text + after for text in texts], add_special_tokens=False)["input_ids"] if texts else []
         rows, prompt_lengths = [], []
-        for text, label in zip(texts, dataset.labels):
+        for text, prompt, label in zip(texts, prompts, dataset.labels):
             answer = answers[label]
-            room = max_length - len(head) - len(tail) - len(answer)
-            if room < 1:
+            budget = max_length - len(head) - len(answer)
+            if len(prompt) > budget:
+                prompt = self._cut_prompt(tokenizer, before, text, after, budget, len(prompt) - budget)
+            if prompt is None:
+                template = len(head) + len(tokenizer(before + after, add_special_tokens=False)["input_ids"]) + len(answer)
                 raise FedsimError(
                     f"data.max_length={max_length} leaves no room for the text: the prompt's template and the answer "
-                    f"{self.label_names[label]!r} take {max_length - room} tokens; allowed: a larger data.max_length"
+                    f"{self.label_names[label]!r} take {template} tokens; allowed: a larger data.max_length"
                 )
-            prompt = head + text[:room] + tail
-            rows.append(prompt + answer)
-            prompt_lengths.append(len(prompt))
+            rows.append(head + prompt + answer)
+            prompt_lengths.append(len(head) + len(prompt))
         return TokenizedPairs(rows, prompt_lengths, dataset.labels, self.pad)
+
+    @staticmethod
+    def _cut_prompt(tokenizer, before: str, text: str, after: str, budget: int, excess: int) -> list[int] | None:
+        """The prompt's ids with the text cut to its first tokens so that they are at most `budget` (None when no text
+        token fits). Tokenising the joined string can merge across the cut, so it is retried until it fits."""
+        fast = bool(getattr(tokenizer, "is_fast", False))
+        encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=fast)
+        if fast:
+            ends = [end for _, end in encoding["offset_mapping"]]
+            prefix = lambda keep: text[: ends[keep - 1]]  # noqa: E731
+        else:  # a tokenizer without offsets: the kept tokens decoded
+            prefix = lambda keep: tokenizer.decode(encoding["input_ids"][:keep])  # noqa: E731
+        keep = len(encoding["input_ids"]) - excess
+        while keep >= 1:
+            prompt = tokenizer(before + prefix(keep) + after, add_special_tokens=False)["input_ids"]
+            if len(prompt) <= budget:
+                return prompt
+            keep -= len(prompt) - budget
+        return None
 
     def loss(self, logits, labels, reduction="mean"):
         """Next-token NLL on the answer tokens: each row's mean over its answer tokens; then 'none' per row,
@@ -150,10 +193,12 @@ class CausalLM(Task):
         hits = 0
         for row in range(len(ids)):
             continuation = generated[row].tolist()
+            # generate() pads a row only after its end token, so the cut drops all its padding; special tokens before
+            # it were generated, and count: a continuation "[UNK] card arrival" is not the answer "card arrival".
             continuation = continuation[: continuation.index(self.eos)] if self.eos in continuation else continuation
             answer = [t for t in labels[row].tolist() if t != IGNORE][:-1]  # without its end token
             hits += self._text(continuation) == self._text(answer)
         return hits
 
     def _text(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        return self.tokenizer.decode(ids, skip_special_tokens=False).strip()
