@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -368,7 +368,8 @@ def _describe_validation_error(exc: ValidationError, source: str) -> str:
     loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
-        return f"{source}: unknown key '{loc}'; see `fedsim validate --help` for the allowed fields"
+        allowed = _allowed_keys(err["loc"][:-1])
+        return f"{source}: unknown key '{loc}'; allowed: {', '.join(allowed)}" if allowed else f"{source}: unknown key '{loc}'"
     if err["type"] == "value_error":
         msg = msg.removeprefix("Value error, ")
         return f"{source}: {msg}" if not loc else f"{source}: {loc}: {msg}"
@@ -393,6 +394,25 @@ def _section_names(section: str) -> list[str]:
     from policies import POLICIES
 
     return list({"policy": POLICIES, "algorithm": ALGORITHMS, "task": TASKS, "channel": CHANNELS}.get(section, {}))
+
+
+def _models_in(annotation) -> list[type[BaseModel]]:
+    """The pydantic models an annotation admits (through Optional, unions and Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def _allowed_keys(parents: tuple) -> list[str]:
+    """The keys the section at `parents` (an error location without its last part) accepts; [] when not a section."""
+    models: list[type[BaseModel]] = [Scenario]
+    for part in parents:
+        if len(models) > 1:  # a tagged union: pydantic's location names the member by its tag
+            models = [m for m in models if getattr(m.model_fields.get("name"), "default", None) == part]
+            continue
+        field = models[0].model_fields.get(part) if models else None
+        models = _models_in(field.annotation) if field is not None else []
+    return sorted(models[0].model_fields) if len(models) == 1 else []
 
 
 # Discriminator tags pydantic inserts into error locations of tagged unions; users never write them.
