@@ -80,3 +80,14 @@ def save_tiny_decoders(root, auto_class) -> dict[str, str]:
         tokenizer.save_pretrained(root / name)
         paths[name] = str(root / name)
     return paths
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny networks: one thread avoids spin-waiting on a busy machine (minutes instead of seconds)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -26,14 +26,7 @@ from policies.common import RewardConfig, fitting_rank, round_reward
 from policies.fixed import FixedConfig, FixedPolicy
 from policies.ppo import PpoConfig, PpoPolicy
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny networks: one thread avoids spin-waiting on a busy machine (minutes instead of seconds)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SMALL_AIRLLM = {"coarse_dim": 2, "hidden": 16, "denoiser_hidden": 32, "denoiser_blocks": 1, "sampling_steps": 3, "train_timesteps": 20}
