@@ -1,13 +1,22 @@
 r"""Over-the-air aggregation (AirComp, ``mode: aircomp``): analog superposition of the updates.
 
 Truncated channel inversion after Zhu, Wang, Huang, "Broadband Analog Aggregation for Low-Latency
-Federated Edge Learning", IEEE TWC 2019, with a per-round peak power constraint.
+Federated Edge Learning", IEEE TWC 2019, under a per-round power constraint: a sender's transmit power
+averaged over the round's slot is at most :math:`P_{max}` (single symbols may exceed it), for the
+round's own fading realisation. Zhu et al. instead scale by the long-term average over the fading
+(their :math:`\rho_0`); here the common amplitude c is set by the round's binding sender.
 
-*Signals.* The scheduled clients send their updates at the same time over the whole band. Each
-update is zero-padded to the common shape first (LoRA factors to ``max_rank``: A's missing rows and
-B's missing columns are zeros), so every client sends a vector :math:`x_k \in \mathbb R^D` and the
-superposition of the padded factors is exactly the zero-padded factor average
-(``aggregation: fedavg-factors``), not the product-space mean. Client k's mean entry power is
+*Signals.* The scheduled clients send their updates at the same time over the whole band. The slot
+carries, per tensor, the entries the would-be senders' updates span: a layer's factors up to the
+largest rank any of them trained (a layer none of them trained is not on the air). Each update is
+zero-padded to that common shape (A's missing rows and B's missing columns are zeros), so every
+client sends a vector :math:`x_k \in \mathbb R^D` and the superposition of the padded factors is
+exactly the zero-padded factor average (``aggregation: fedavg-factors``, the only method a
+superposition computes), not the product-space mean. Entries past every sender's rank are not on
+the air: they get no noise, and the server keeps its own value for them, as the digital
+``fedavg-factors`` does. With ``quantization.bits`` below 32 the clients superpose their decoded
+(dequantised) updates: the quantisation error is in the aggregate, the reported error below is
+measured against those decoded updates, and the radio cost does not change with the bits. Client k's mean entry power is
 :math:`m_k = \|x_k\|^2 / D`; its full-power (:math:`P_{max}`) instantaneous SNR is
 :math:`\gamma_k = \bar\gamma_k |h_k|^2`; the receiver noise has unit variance per real entry.
 
@@ -31,9 +40,11 @@ A tensor only the senders C carry (a layer at rank 0 elsewhere) is received as
 :math:`c\sum_{k\in C} w_k x_k + z` and divided by :math:`c\,W_C`, :math:`W_C = \sum_{k\in C} w_k`
 (noise variance :math:`1/(c^2 W_C^2)`).
 
-*Error reported* (per entry, over the tensors received), against the reference
+*Error reported* (squared error over the tensors received, per entry on the air), against the reference
 :math:`\bar x`, the weighted mean of the updates of *all* scheduled clients that computed one (the
-senders and the truncated or late ones), weights renormalised over them:
+senders and the truncated or late ones), weights renormalised over them; D is the number of entries
+on the air, and the sums run over the received tensors' whole padded shapes (so a truncated client's
+rows past every sender's rank count in the truncation bias):
 
 * ``mse_noise`` :math:`= \|\hat x - x_S\|^2 / D`, with :math:`x_S` the senders' clean weighted mean;
 * ``mse_truncation`` :math:`= \|x_S - \bar x\|^2 / D`, the bias of leaving the truncated clients out;
@@ -46,7 +57,9 @@ value) and is left out of the error.
 
 *Cost.* One slot for everyone, whatever the number of clients: :math:`D` real symbols, two per
 complex channel use, over bandwidth B: :math:`t = \lceil D/2 \rceil / B`; sender energy
-:math:`p_k t` (plus compute energy, `channels.compute`).
+:math:`p_k t` (plus compute energy, `channels.compute`). The slot follows the ranks the would-be
+senders trained, so a rank policy saves airtime; the ledger's byte columns are each sender's own
+digitally encoded upload (what the same update costs on a digital uplink), not channel uses.
 """
 
 from __future__ import annotations
@@ -81,6 +94,17 @@ def pad(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
+def carried_shapes(updates: list[dict[str, np.ndarray] | None], candidates: np.ndarray, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Per tensor of `shapes`, the entries the `candidates`' updates span (the elementwise largest of their shapes);
+    a tensor none of them carries is left out."""
+    carried: dict[str, tuple[int, ...]] = {}
+    for key, shape in shapes.items():
+        spans = [np.shape(updates[k][key]) for k in np.flatnonzero(candidates) if updates[k] is not None and key in updates[k]]
+        if spans:
+            carried[key] = tuple(int(max(s[d] for s in spans)) for d in range(len(shape)))
+    return carried
+
+
 def slot_seconds(shapes: dict[str, tuple[int, ...]], bandwidth_hz: float) -> float:
     symbols = sum(int(np.prod(s)) for s in shapes.values())
     return float(np.ceil(symbols / 2.0) / bandwidth_hz)
@@ -104,10 +128,12 @@ def superpose(
     shapes: dict[str, tuple[int, ...]],
     noise: bool,
     rng: np.random.Generator,
+    carried: dict[str, tuple[int, ...]] | None = None,
 ) -> Superposition:
     """Receive the superposition of the `senders`' zero-padded updates (see the module docstring).
 
-    `updates[k]` is None for a client that computed nothing; the others are the reference's clients.
+    `updates[k]` is None for a client that computed nothing; the others are the reference's clients. The aggregate
+    has the full `shapes`; `carried` (default: the senders' spans, `carried_shapes`) are the entries on the air.
     """
     senders = np.asarray(senders, dtype=bool)
     n = len(senders)
@@ -118,7 +144,8 @@ def superpose(
     weights = np.asarray(weights, dtype=float)
     present = np.array([k for k in range(n) if updates[k] is not None], dtype=np.int64)
     padded = {int(k): {key: pad(updates[k][key], shape) for key, shape in shapes.items() if key in updates[k]} for k in present}
-    total_entries = sum(int(np.prod(s)) for s in shapes.values())
+    carried = carried_shapes(updates, senders, shapes) if carried is None else carried
+    total_entries = max(sum(int(np.prod(s)) for s in carried.values()), 1)
     w = _normalised(weights[index])
     v = dict(zip(present.tolist(), _normalised(weights[present])))
     entry_power = np.array([sum(float(np.sum(x * x)) for x in padded[int(k)].values()) / total_entries for k in index])
@@ -137,13 +164,13 @@ def superpose(
             continue
         weight_sum = float(w[carriers].sum())
         clean = _weighted_mean([padded[int(index[j])][key] for j in carriers], w[carriers])
-        received = clean + (np.sqrt(noise_var) / weight_sum) * rng.standard_normal(shape) if noise else clean
+        received = clean + (np.sqrt(noise_var) / weight_sum) * pad(rng.standard_normal(carried[key]), shape) if noise else clean
         aggregate[key] = received
         holders = [int(k) for k in present if key in padded[int(k)]]
         reference = _weighted_mean([padded[k][key] for k in holders], np.array([v[k] for k in holders]))
         total += float(np.sum((received - reference) ** 2))
         from_noise += float(np.sum((received - clean) ** 2))
         from_truncation += float(np.sum((clean - reference) ** 2))
-        entries += clean.size
+        entries += int(np.prod(carried[key]))
     entries = max(entries, 1)
     return Superposition(aggregate, total / entries, senders, from_noise / entries, from_truncation / entries, power, float(np.sqrt(c2)))

@@ -30,7 +30,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from channels import access as access_block
-from channels.aircomp import AirCompConfig, Superposition, slot_seconds, superpose
+from channels.aircomp import AirCompConfig, Superposition, carried_shapes, slot_seconds, superpose
 from channels.base import Channel
 from channels.blocks import ACCESS, FADING, LARGE_SCALE
 from channels.compute import ComputeConfig, ComputeModel
@@ -104,6 +104,23 @@ class ChannelConfig(BaseModel):
     def _levels_given(self):
         if self.large_scale == "levels" and not self.snr_levels_db:
             raise ValueError("large_scale: levels needs snr_levels_db, e.g. [-8, 0, 8]; allowed: a non-empty list of dB values")
+        return self
+
+    @model_validator(mode="after")
+    def _digital_only_fields(self):
+        """Over the air there is no codeword to lose or resend and no band to share: truncation plays outage's role."""
+        if self.mode != "aircomp":
+            return self
+        digital = {"packet_error": "none", "target_rate_bps": None, "harq_retransmissions": 0, "snr_gap_db": 0.0, "access": "fdma-equal"}
+        for name, allowed in digital.items():
+            value = getattr(self, name)
+            if value != allowed:
+                source = f" (from preset {self.preset})" if self.preset and PRESETS[self.preset].get(name, allowed) == value else ""
+                shown = "null" if allowed is None else allowed
+                raise ValueError(
+                    f"{name}={value}{source} is a digital-uplink setting that mode=aircomp does not model (truncation, "
+                    f"aircomp.gain_threshold, plays outage's role); allowed with mode=aircomp: {name}: {shown}"
+                )
         return self
 
 
@@ -226,19 +243,21 @@ class WirelessChannel(Channel):
         bits_per_param: int = 32,
     ) -> tuple[list[Transmission], Superposition]:
         """AirComp round: who transmits (truncation, deadline), what each spends (its inversion power x slot), and the noisy
-        aggregate. A sender's `n_bits` is the analog payload's size, the entries of `shapes` (padded to max_rank) at
-        `bits_per_param`; nothing reads it: the ledger charges each sender its own digitally encoded upload."""
+        aggregate, of the full `shapes` (padded to max_rank). The slot carries the entries the clients that would send
+        span (`channels.aircomp.carried_shapes`). A sender's `n_bits` is those entries at `bits_per_param`; nothing
+        reads it: the ledger charges each sender its own digitally encoded upload."""
         cfg = self.config
         n = len(states)
-        slot = slot_seconds(shapes, cfg.bandwidth_hz)
         compute_s, compute_j = self.compute.cost(states.client_ids, samples)
         present = np.array([u is not None for u in updates], dtype=bool)
         truncated = states.fading_gain < cfg.aircomp.gain_threshold
+        carried = carried_shapes(updates, present & ~truncated, shapes)
+        slot = slot_seconds(carried, cfg.bandwidth_hz)
         late = compute_s.max(initial=0.0) + slot > self.deadline_s  # one shared slot after the slowest computation
         senders = present & ~truncated & ~late
-        result = superpose(updates, weights, states.snr_db, states.fading_gain, senders, shapes, cfg.aircomp.noise, rng)
+        result = superpose(updates, weights, states.snr_db, states.fading_gain, senders, shapes, cfg.aircomp.noise, rng, carried)
         power = cfg.tx_power_w * result.power_fraction  # channel inversion: p_k = P_max c^2 w_k^2 m_k / gamma_k
-        bits = np.array([sum(int(np.prod(s)) for s in shapes.values()) * bits_per_param] * n)
+        bits = np.array([sum(int(np.prod(s)) for s in carried.values()) * bits_per_param] * n)
         reasons = np.where(truncated, "aircomp-truncated", np.where(late, "deadline", ""))
         transmissions = [
             Transmission(

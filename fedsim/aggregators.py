@@ -15,6 +15,7 @@ state; one that draws from `rng` is rerun in layer order, so the draws stay thos
 Built in (formulas in `fedsim.aggregation`): `svd` (product space + truncated SVD, FlexLoRA with
 `average: models`), `fedavg-factors` (zero-padded factor means, HetLoRA-style with `models`) and
 `fisher` (FedNano's Fisher merging). Yours: `fedsim.register_aggregator(name, merge, ...)`.
+Over the air only `fedavg-factors` is allowed: a superposition is the zero-padded factor mean.
 
 This module stays free of numpy and torch: reading a scenario checks the name against it.
 """
@@ -35,7 +36,7 @@ class Aggregator:
     merge: str | Callable  # "module:function", imported on first use, or the function itself
     client_statistics: tuple[str, ...] = ()
     cohort: bool = True  # works with train.engine: cohort (which computes no client statistics)
-    aircomp: bool = True  # works over the air (a superposition carries sums of factors only)
+    aircomp: bool = False  # is what a superposition computes: the zero-padded factor mean (fedavg-factors) only
 
     def merge_fn(self) -> Callable:
         if callable(self.merge):
@@ -46,8 +47,8 @@ class Aggregator:
 
 AGGREGATORS: dict[str, Aggregator] = {
     "svd": Aggregator("fedsim.aggregation:merge_svd"),
-    "fedavg-factors": Aggregator("fedsim.aggregation:merge_factors"),
-    "fisher": Aggregator("fedsim.aggregation:merge_fisher", client_statistics=("fisher",), cohort=False, aircomp=False),
+    "fedavg-factors": Aggregator("fedsim.aggregation:merge_factors", aircomp=True),
+    "fisher": Aggregator("fedsim.aggregation:merge_fisher", client_statistics=("fisher",), cohort=False),
 }
 
 
@@ -62,13 +63,15 @@ def wants_fisher(scenario) -> bool:
     return "fisher" in get_aggregator(scenario.aggregation.method).client_statistics
 
 
-def register_aggregator(name: str, merge: Callable, *, client_statistics: tuple[str, ...] = (), cohort: bool = True, aircomp: bool = True) -> None:
+def register_aggregator(name: str, merge: Callable, *, client_statistics: tuple[str, ...] = (), cohort: bool = True) -> None:
     """Register a per-layer merge under `name` (see the module docstring for its signature); scenarios
-    then accept `aggregation: {method: <name>}` in this process (and the inline engine)."""
+    then accept `aggregation: {method: <name>}` in this process (and the inline engine). Over the air
+    (`channel.mode: aircomp`) the server receives the superposition, the zero-padded factor mean, and
+    merges nothing, so a registered aggregator is refused there."""
     unknown = set(client_statistics) - set(STATISTICS)
     if unknown:
         raise ValueError(f"client statistics {sorted(unknown)} are not computed by clients; allowed: {', '.join(STATISTICS)}")
     if name in AGGREGATORS and AGGREGATORS[name].merge is not merge:
         raise ValueError(f"an aggregator named {name!r} is already registered")
     cohort = cohort and not client_statistics
-    AGGREGATORS[name] = Aggregator(merge, tuple(client_statistics), cohort, aircomp and not client_statistics)
+    AGGREGATORS[name] = Aggregator(merge, tuple(client_statistics), cohort)

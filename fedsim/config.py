@@ -264,9 +264,13 @@ class Scenario(_Section):
         if self.train.engine == "cohort" and (not adapter.cohort or not aggregator.cohort):
             field = kind if not adapter.cohort else method
             raise ValueError(f"train.engine=cohort does not support {field}; allowed: train.engine=per-client")
-        if getattr(self.channel, "mode", "digital") == "aircomp" and (not adapter.aircomp or not aggregator.aircomp):
-            field = kind if not adapter.aircomp else method
-            raise ValueError(f"channel.mode=aircomp does not support {field} (AirComp receives only the sum of the updates); allowed: channel.mode=digital")
+        if getattr(self.channel, "mode", "digital") == "aircomp" and not adapter.aircomp:
+            raise ValueError(f"channel.mode=aircomp does not support {kind} (AirComp receives only the sum of the updates); allowed: channel.mode=digital")
+        if getattr(self.channel, "mode", "digital") == "aircomp" and not aggregator.aircomp:
+            raise ValueError(
+                f"channel.mode=aircomp does not support {method} (the server receives only the superposition, the zero-padded "
+                "factor mean, and merges nothing); allowed: aggregation.method=fedavg-factors, or channel.mode=digital"
+            )
         algorithm = self.algorithm.name
         if algorithm in CLIENT_SIDE and not adapter.client_algorithms:
             raise ValueError(f"algorithm.name={algorithm} changes local training, which {kind} does not support; allowed: adapter.kind=lora")

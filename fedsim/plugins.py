@@ -102,15 +102,16 @@ def register_task(config_cls: type, task_cls: type | None = None):
     return register(task_cls) if task_cls is not None else register
 
 
-def register_aggregator(name: str, merge, *, client_statistics: tuple[str, ...] = (), cohort: bool = True, aircomp: bool = True) -> None:
+def register_aggregator(name: str, merge, *, client_statistics: tuple[str, ...] = (), cohort: bool = True) -> None:
     """Register a per-layer merge as `aggregation.method: <name>` (signature in `fedsim.aggregators`).
 
     `client_statistics=("fisher",)` makes each client send its diagonal Fisher estimate, passed to `merge`
-    as `statistics["fisher"]`; such an aggregator needs the per-client engine and a digital uplink.
+    as `statistics["fisher"]`; such an aggregator needs the per-client engine. Every registered aggregator
+    needs a digital uplink: over the air the server receives the zero-padded factor mean and merges nothing.
     """
     from fedsim.aggregators import register_aggregator as add
 
-    add(name, merge, client_statistics=client_statistics, cohort=cohort, aircomp=aircomp)
+    add(name, merge, client_statistics=client_statistics, cohort=cohort)
 
 
 def register_adapter(name: str, build, train, **supports) -> None:

@@ -191,7 +191,14 @@ def test_algorithm_misconfigurations_are_one_line(overrides, message):
             {"name": "fedadam"},
             {"channel": {"kind": "rayleigh", "snr_db": 0, "deadline_s": 0.05}, "quantization": {"bits_per_param": 4}, "policy": {"name": "channel-greedy"}},
         ),
-        ({"name": "fedyogi"}, {"channel": {"kind": "awgn", "snr_db": 10, "mode": "aircomp"}, "policy": {"name": "adalora", "tinit": 0, "tfinal": 1}}),
+        (
+            {"name": "fedyogi"},
+            {
+                "channel": {"kind": "awgn", "snr_db": 10, "mode": "aircomp"},
+                "aggregation": {"method": "fedavg-factors"},
+                "policy": {"name": "adalora", "tinit": 0, "tfinal": 1},
+            },
+        ),
         (
             {"name": "scaffold"},
             {

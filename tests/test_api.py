@@ -221,6 +221,14 @@ def test_an_aggregator_registered_from_user_code_runs_by_name(tmp_path):
         fedsim.run("scenarios/quickstart.yaml", {**base, "aggregation.method": "mean-with-fisher", "train.engine": "cohort"}, out=tmp_path / "x")
     with pytest.raises(fedsim.FedsimError, match="not a registered aggregator; allowed: svd, fedavg-factors, fisher"):
         fedsim.run("scenarios/quickstart.yaml", {**base, "aggregation.method": "median"}, out=tmp_path / "y")
+    # Over the air the server receives the superposition and merges nothing: a registered merge would be skipped.
+    air = {**base, "channel.mode": "aircomp"}
+    for method in ("keep-global", "svd"):
+        with pytest.raises(
+            fedsim.FedsimError, match=f"channel.mode=aircomp does not support aggregation.method={method} .*allowed: aggregation.method=fedavg-factors"
+        ):
+            fedsim.run("scenarios/quickstart.yaml", {**air, "aggregation.method": method}, out=tmp_path / "z")
+    assert not (tmp_path / "z").exists()
 
 
 def send_back_what_arrived(runtime, payload, client_id, server_round):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from scipy import integrate, special
@@ -360,9 +362,54 @@ def test_aircomp_without_noise_equals_digital_fedavg():
     assert "A.2" not in result.aggregate  # nobody sent layer 2: the server keeps its own
     for key in ("head.weight", "head.bias"):
         assert np.allclose(result.aggregate[key], digital.head[key], atol=1e-6)
-    # One slot for everyone, whatever the number of clients: ceil(D/2) complex symbols over B.
-    symbols = sum(int(np.prod(s)) for s in shapes.values())
+    # One slot for everyone, whatever the number of clients: ceil(D/2) complex symbols over B, D the entries on the
+    # air: layers 0 and 1 at the largest sender rank, 4 (layer 2, which nobody trained, is not sent), and the head.
+    symbols = sum(int(np.prod(s)) for k, s in shapes.items() if not k.endswith(".2"))
     assert {t.latency_s for t in sent} == {np.ceil(symbols / 2) / 1e6}
+
+
+def test_aircomp_puts_on_the_air_only_what_the_senders_ranks_span():
+    # Every sender at rank 2 of max_rank 4: rows 2-3 of A and columns 2-3 of B are not sent, so they get no noise
+    # (the digital fedavg-factors leaves them to the server too), and the slot is that of rank 2, not of max_rank.
+    rng = np.random.default_rng(3)
+    updates, shapes, glob = _client_updates(rng, [[2, 1], [2, 1], [1, 1]])
+    ch = channel(mode="aircomp", kind="awgn", snr_db=0.0)
+    states = ch.draw(1, np.arange(3), rng)
+    sent, result = ch.superpose(updates, np.ones(3), states, rng, shapes)
+    assert np.all(result.aggregate["A.0"][2:] == 0) and np.all(result.aggregate["B.0"][:, 2:] == 0)
+    assert np.all(result.aggregate["A.1"][1:] == 0) and np.all(result.aggregate["B.1"][:, 1:] == 0)
+    assert np.all(result.aggregate["A.0"][:2] != 0)  # the carried entries are received with noise
+    in_dim, out_dim = shapes["A.0"][1], shapes["B.0"][0]
+    entries = (2 + 1) * (in_dim + out_dim) + int(np.prod(shapes["head.weight"])) + int(np.prod(shapes["head.bias"]))
+    assert {t.latency_s for t in sent} == {np.ceil(entries / 2) / 1e6}
+    # The noise MSE is per entry on the air: 1/c^2 with c^2 = min gamma_k / (w_k^2 m_k), m_k over those entries.
+    x = [np.concatenate([np.ravel(v) for v in u.values()]) for u in updates]
+    c2 = min(1.0 / ((1 / 3) ** 2 * float(np.sum(v * v)) / entries) for v in x)
+    assert result.scale**2 == pytest.approx(c2)
+    # A truncated client's higher rank widens nothing: only the senders' spans are on the air.
+    high = [dict(u) for u in updates] + [_client_updates(rng, [[4, 4]])[0][0]]
+    states = ch.draw(1, np.arange(4), rng)
+    states.fading_gain[:] = [1.0, 1.0, 1.0, 0.01]
+    sent, _ = channel(mode="aircomp", kind="rayleigh", snr_db=0.0).superpose(high, np.ones(4), states, rng, shapes)
+    assert sent[3].drop_reason == "aircomp-truncated" and {t.latency_s for t in sent[:3]} == {np.ceil(entries / 2) / 1e6}
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"packet_error": "threshold"}, "packet_error=threshold is a digital-uplink setting that mode=aircomp does not model"),
+        ({"target_rate_bps": 1e5}, "target_rate_bps=100000.0 is a digital-uplink setting"),
+        ({"harq_retransmissions": 2}, "allowed with mode=aircomp: harq_retransmissions: 0"),
+        ({"snr_gap_db": 3.0}, "snr_gap_db=3.0 is a digital-uplink setting"),
+        ({"access": "tdma"}, "allowed with mode=aircomp: access: fdma-equal"),
+        ({"preset": "harsh"}, "packet_error=threshold (from preset harsh) is a digital-uplink setting"),
+    ],
+)
+def test_aircomp_refuses_the_digital_uplinks_settings(fields, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ChannelConfig.model_validate({"mode": "aircomp", **fields})
+    ChannelConfig.model_validate(fields)  # fine on a digital uplink
+    ChannelConfig.model_validate({"mode": "aircomp", "preset": "harsh", "packet_error": "none", "target_rate_bps": None})
 
 
 def test_aircomp_mse_grows_as_snr_falls():

@@ -53,6 +53,7 @@ def test_quickstart_drops_updates_at_harsh_and_none_at_ideal(tmp_path):
 def test_aircomp_run_with_4_bit_uploads(tmp_path, tiny):
     scenario = tiny(
         channel={"mode": "aircomp", "kind": "rayleigh", "snr_db": 10.0, "aircomp": {"gain_threshold": 0.5}},  # P(|h|^2 < 0.5) = 0.39
+        aggregation={"method": "fedavg-factors"},
         quantization={"bits_per_param": 4, "rounding": "stochastic"},
         policy={"name": "fixed", "rank": 3},
     )
@@ -86,6 +87,12 @@ def test_aircomp_run_with_4_bit_uploads(tmp_path, tiny):
     assert {int(c["params_up"]) for c in senders} == {sum(int(np.prod(s)) for s in shapes.values())}
     assert {(int(c["bytes_up"]), int(c["params_up"]), float(c["latency_s"])) for c in silent} == {(0, 0, 0.0)}
     assert sum(int(r["bytes_up"]) for r in rounds) == sum(int(c["bytes_up"]) for c in senders)
+    # Rank 3 of max_rank 8: B's columns past 3 are not on the air, so they stay at their initial 0 (received noise
+    # there would leak into the model through the global A's rows).
+    from safetensors.numpy import load_file
+
+    b = [v for k, v in load_file(str(tmp_path / "air" / "adapter" / "adapter_model.safetensors")).items() if "lora_B" in k]
+    assert b and all(v.shape[1] == 8 and not v[:, 3:].any() and v[:, :3].any() for v in b)
 
 
 @pytest.mark.parametrize(
