@@ -43,6 +43,8 @@ class AdapterKind:
     gpu: bool = True
     rank_cap: Literal["layers", "hidden"] = "layers"  # what bounds adapter.max_rank: the adapted layers' dims, or the hidden size
     layerwise: bool = False  # runs the backbone's blocks one by one: only families that allow it (fedsim.backbones)
+    adapted_layers: int | None = None  # a fixed number of rank-carrying "layers" (nano: one per text stream); None: one per target module
+    rank_sets_upload: bool = True  # the upload is what the ranks set; False (nano: mostly split-computation activations) refuses policies that price it
 
     def build_fn(self) -> Callable:
         return _resolve(self.build)
@@ -63,6 +65,8 @@ ADAPTERS: dict[str, AdapterKind] = {
         gpu=False,
         rank_cap="hidden",
         layerwise=True,
+        adapted_layers=2,  # fedsim.nano.STREAMS
+        rank_sets_upload=False,
     ),  # fmt: skip
 }
 

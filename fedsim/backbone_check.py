@@ -128,7 +128,8 @@ def check_answers_fit(scenario) -> None:
 
 
 def check_backbone_fits(scenario) -> int | None:
-    """The number of adapted layers LoRA will add (None for an adapter kind that is not per module), after checking
+    """The number of adapted layers the adapter will add (a kind's fixed `adapted_layers`, e.g. nano's two streams; None
+    when unknown), after checking
     data.max_length (plus task.max_new_tokens, for a task that generates) within the backbone's positions; a generating
     task's answers within task.max_new_tokens; adapter.max_rank within the adapted layers' dimensions.
 
@@ -169,7 +170,7 @@ def check_backbone_fits(scenario) -> int | None:
                 f"adapter.max_rank={adapter.max_rank} exceeds {hidden}, the hidden size of model.backbone={backbone!r} "
                 f"(a NanoAdapter's rank cannot exceed it); allowed: 1..{hidden}"
             )
-        return
+        return ADAPTERS[adapter.kind].adapted_layers
     if adapter.target_modules:
         targets = adapter.target_modules
     else:

@@ -271,6 +271,13 @@ class Scenario(_Section):
                 f"channel.mode=aircomp does not support {method} (the server receives only the superposition, the zero-padded "
                 "factor mean, and merges nothing); allowed: aggregation.method=fedavg-factors, or channel.mode=digital"
             )
+        if getattr(type(self.policy), "prices_uploads", False) and not adapter.rank_sets_upload:
+            allowed = " or ".join(name for name, (config, _) in POLICIES.items() if not getattr(config, "prices_uploads", False))
+            raise ValueError(
+                f"policy.name={self.policy.name} sizes ranks by what a client's upload costs on the channel, but most of {kind}'s "
+                f"upload is split-computation activations, which the rank does not set and the policy does not price; allowed "
+                f"with {kind}: policy.name={allowed}"
+            )
         algorithm = self.algorithm.name
         if algorithm in CLIENT_SIDE and not adapter.client_algorithms:
             raise ValueError(f"algorithm.name={algorithm} changes local training, which {kind} does not support; allowed: adapter.kind=lora")

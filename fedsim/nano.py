@@ -214,12 +214,24 @@ def _over_the_air(tensor: torch.Tensor, bits: int, rounding: str, rng: np.random
     return torch.from_numpy(received), int(codes.nbytes + scale.nbytes)
 
 
-def split_step(model: NanoClassifier, batch: dict[str, torch.Tensor], labels: torch.Tensor, bits: int = 32, rounding: str = "nearest", rng=None, loss_fn=None):
+def split_step(
+    model: NanoClassifier,
+    batch: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    bits: int = 32,
+    rounding: str = "nearest",
+    rng=None,
+    loss_fn=None,
+    send_gradient: bool = True,
+):
     """One split forward/backward (no optimizer step). Returns (loss, activation bytes up, gradient bytes down).
-    `loss_fn(logits, labels)`: the task's loss (`Task.loss`; cross-entropy when None).
+    `loss_fn(logits, labels)`: the task's loss (`Task.loss`; cross-entropy when None). `send_gradient=False` when no
+    adapter of the batch's streams trains (rank 0): the server still trains its head, and nothing goes back down.
 
     The client's graph ends at `activations`; the server's starts at a fresh leaf
     holding what it received. The only link between them is the gradient sent back.
+    Metered: the activations and the gradient; the attention mask and labels the server also needs (a length and a
+    label per row, ~0.5 % of the activations at 32 bits) are not counted.
     """
     rng = rng if rng is not None else np.random.default_rng(0)
     activations = model.edge(batch["input_ids"], batch.get("token_type_ids"))  # client
@@ -228,6 +240,8 @@ def split_step(model: NanoClassifier, batch: dict[str, torch.Tensor], labels: to
     logits = model.model.server(server_input, batch["attention_mask"])
     loss = (loss_fn or F.cross_entropy)(logits.float(), labels)
     loss.backward()  # head gradients (server) and dL/d(activations)
+    if not send_gradient:
+        return loss, bytes_up, 0
     gradient, bytes_down = _over_the_air(server_input.grad, bits, rounding, rng)
     if activations.requires_grad:
         activations.backward(gradient)  # client: adapter gradients
@@ -261,8 +275,10 @@ def split_train(runtime, payload: dict[str, np.ndarray], client_id: int, server_
         batch = runtime.batch("train", indices)
         labels = batch.pop("labels")
         segments = batch.get("token_type_ids", torch.zeros_like(batch["input_ids"]))[batch["attention_mask"].bool()]
-        seen |= np.array([bool((segments == s).any()) for s in range(len(model.layers))])
-        loss, up, down = split_step(model, batch, labels, q.bits_per_param, q.rounding, rng, runtime.task.loss)
+        present = np.array([bool((segments == s).any()) for s in range(len(model.layers))])
+        seen |= present
+        trains = bool(np.any(present & (np.asarray(ranks) > 0)))
+        loss, up, down = split_step(model, batch, labels, q.bits_per_param, q.rounding, rng, runtime.task.loss, send_gradient=trains)
         losses.append(loss.item())
         tokens += int(batch["attention_mask"].sum())
         bytes_up += up

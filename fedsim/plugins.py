@@ -117,7 +117,8 @@ def register_aggregator(name: str, merge, *, client_statistics: tuple[str, ...] 
 def register_adapter(name: str, build, train, **supports) -> None:
     """Register an adapter kind as `adapter: {kind: <name>}`: `build(scenario, num_labels, dtype)` returns its model,
     `train(runtime, payload, client_id, server_round)` its local training (upload, metrics); `supports` are
-    `fedsim.adapters.AdapterKind`'s flags (cohort, aircomp, client_algorithms, gpu, server_side, rank_cap)."""
+    `fedsim.adapters.AdapterKind`'s flags (cohort, aircomp, client_algorithms, gpu, server_side, rank_cap,
+    adapted_layers, rank_sets_upload)."""
     from fedsim.adapters import register_adapter as add
 
     add(name, build, train, **supports)

@@ -19,7 +19,7 @@ neither (inf), every client gets max_rank. A client that cannot fit even rank 0 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,6 +33,7 @@ class ChannelGreedyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Literal["channel-greedy"] = "channel-greedy"
+    prices_uploads: ClassVar[bool] = True  # sizes ranks by the upload's bits on the channel (fitting_rank)
     deadline_s: float = Field(math.inf, gt=0, description="Upload deadline used when the channel sets none (inf = no deadline: max_rank).")
     margin: float = Field(1.0, gt=0, le=1, description="Use only this fraction of C·T, leaving headroom for fading and protocol overhead.")
     scale_bits: int = Field(32, ge=0, description="Bits of the per-tensor scale that quantised (< 32-bit) uploads carry.")

@@ -24,7 +24,7 @@ zip format pickles parts of the model, so it is not used.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,6 +38,7 @@ class PpoConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Literal["ppo"] = "ppo"
+    prices_uploads: ClassVar[bool] = True  # sizes ranks by the upload's bits on the channel (fitting_rank)
     checkpoint: str | None = Field(None, description="Directory written by `fedsim train-policy` (policy.json + weights.safetensors).")
     seed: int = Field(0, description="Seeds SB3's initialisation and sampling.")
     min_rank: int = Field(0, ge=0, description="Smallest rank the policy may give a layer.")

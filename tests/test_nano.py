@@ -175,6 +175,38 @@ def test_nano_and_fisher_with_unsupported_engines_are_one_line_errors(tiny):
         tiny(**NANO, channel={"kind": "awgn", "mode": "aircomp"})
 
 
+@pytest.mark.parametrize("policy", [{"name": "channel-greedy"}, {"name": "ppo"}, {"name": "airllm"}])
+def test_policies_that_price_the_upload_by_rank_are_refused_with_nano(tiny, policy):
+    # A nano client's upload is mostly activations, which the rank does not set: channel-greedy's "largest rank that
+    # meets the deadline" then picked ranks whose uploads all missed it.
+    with pytest.raises(FedsimError, match=f"policy.name={policy['name']} sizes ranks by .* allowed with adapter.kind=nano: policy.name=fixed or adalora"):
+        tiny(**{**NANO, "policy": policy}, channel={"kind": "awgn", "deadline_s": 0.05})
+
+
+def test_validate_checks_per_layer_ranks_against_nanos_two_streams(tmp_path, capsys):
+    from fedsim.adapters import ADAPTERS
+    from fedsim.cli import main
+    from fedsim.nano import STREAMS
+
+    assert ADAPTERS["nano"].adapted_layers == STREAMS
+    fields = ["model.backbone=tiny-random", "adapter.kind=nano", "aggregation.method=fisher", "train.engine=per-client", "adapter.max_rank=4", "policy.rank=4"]
+    nano = [arg for field in fields for arg in ("--set", field)]
+    assert main(["validate", "scenarios/quickstart.yaml", *nano, "--set", "policy.ranks=[4]"]) == 2
+    assert "policy.ranks has 1 entries, but the adapter has 2 adapted layers" in capsys.readouterr().err
+    assert main(["validate", "scenarios/quickstart.yaml", *nano, "--set", "policy.ranks=[4, 0]"]) == 0
+
+
+def test_a_nano_client_with_nothing_to_train_is_sent_no_gradient(tiny):
+    runtime = get_runtime(tiny(**NANO))
+    _, idle = split_train(runtime, truncate(runtime.initial_state, [0, 0]), 1, 1)
+    _, busy = split_train(runtime, truncate(runtime.initial_state, [4, 0]), 1, 1)
+    assert idle["bytes-down-gradients"] == 0 and idle["bytes-up-activations"] == busy["bytes-up-activations"] > 0
+    assert busy["bytes-down-gradients"] == busy["bytes-up-activations"]
+    # Only stream 1 has a rank, and no token of these single texts is in it: nothing to train there either.
+    _, other = split_train(runtime, truncate(runtime.initial_state, [0, 4]), 1, 1)
+    assert other["bytes-down-gradients"] == 0
+
+
 def test_nano_clients_report_adalora_sensitivity_as_lora_clients_do(tiny):
     """Without it the adalora policy (importance: sensitivity) silently fell back to singular values under nano."""
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -13,6 +13,7 @@ class AirLlmConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Literal["airllm"] = "airllm"
+    prices_uploads: ClassVar[bool] = True  # sizes ranks by the upload's bits on the channel (fitting_rank)
     checkpoint: str | None = Field(None, description="Directory written by `fedsim train-policy` (policy.json + weights.safetensors).")
     learn: bool = Field(False, description="Keep learning online from each round's reward (true) or act frozen (false).")
     seed: int = Field(0, description="Seeds network initialisation, exploration and the DDIM start noise.")
