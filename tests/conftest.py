@@ -18,6 +18,9 @@ TINY = {
     "clients": {"num_clients": 6, "per_round": 3},
     "adapter": {"max_rank": 8},
     "train": {"local_steps": 2, "batch_size": 8},
+    # One torch thread: the tiny network gains nothing from two, and two spin-wait whenever another process (a Ray
+    # actor, a SuperNode, anything else on the machine) holds a core: a 0.5 s run then takes 10-20 s.
+    "threads": 1,
 }
 
 
