@@ -82,24 +82,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_run(args) -> int:
     from fedsim.config import load_scenario
-    from fedsim.ledger import accuracy_line
+    from fedsim.ledger import accuracy_line, is_finished
     from fedsim.runner import execute_run, start_run
 
     scenario = load_scenario(args.scenario, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     claim = start_run(scenario, out, overwrite=args.overwrite, unique=not args.out)
     out = claim.path
+    interrupted = False
     try:
         summary = execute_run(scenario, claim, progress=not args.no_progress)
     except KeyboardInterrupt:
-        print(f"fedsim run: interrupted; {out} is unfinished (no summary.json)", file=sys.stderr)
-        return stop_after_interrupt()
+        if not is_finished(out):
+            print(f"fedsim run: interrupted; {out} is unfinished (no summary.json)", file=sys.stderr)
+            return stop_after_interrupt()
+        # Ctrl-C while the engine shut down, after the run had written its summary: the run is complete.
+        import json
+
+        summary, interrupted = json.loads((out / "summary.json").read_text()), True
     print(
         f"run directory: {out}\n"
         f"{accuracy_line(summary)}\n"
         f"uploaded: {summary['total_bytes_up'] / 1e6:.2f} MB in {summary['rounds']} rounds, "
         f"{summary['clients_dropped']} updates dropped, wall time {summary['wall_s']:.0f} s"
     )
+    if interrupted:
+        stop_after_interrupt()  # the engine's leftover threads get their grace period
     return 0
 
 

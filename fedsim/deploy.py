@@ -150,6 +150,12 @@ class LocalFederation:
                 self._remember(process.pid)
 
     def start(self) -> None:
+        from fedsim.procs import start_reaper
+
+        # Every process runs in its own session (so a Ctrl-C reaches only us, and we stop them in order); the
+        # watchdog kills them if this process dies without stopping them (SIGKILL, OOM): orphans would go on
+        # writing into a run directory whose lock died with us.
+        start_reaper()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         (self.flwr_home / "config.toml").write_text(
@@ -276,7 +282,7 @@ class LocalFederation:
         app = self.workdir / "app"
         app.mkdir(parents=True, exist_ok=True)
         (app / "pyproject.toml").write_text(APP_PYPROJECT)
-        (app / "scenario.yaml").write_text(scenario.to_yaml())  # resolved, overrides applied: it travels in the FAB
+        (app / "scenario.yaml").write_text(with_absolute_paths(scenario).to_yaml())  # resolved, overrides applied: it travels in the FAB
         run_config = f'scenario="scenario.yaml" out="{Path(out_dir).resolve()}" round-timeout={float(round_timeout_s or 0.0)}'
         runner = self._spawn(
             [flower_bin("flwr"), "run", str(app), CONNECTION, "--stream", "--run-config", run_config],
@@ -308,6 +314,26 @@ class LocalFederation:
             return 0 if is_finished(out_dir) else 1
 
 
+def with_absolute_paths(scenario: Scenario) -> Scenario:
+    """`scenario` with its relative paths that exist here (a dataset or backbone directory, an availability trace, a
+    policy checkpoint) made absolute: the federation's processes run in their own directory, and should open what
+    `fedsim run` would have opened from this one. Built-in names ('banking77', 'minilm', 'tiny-random') stay names."""
+
+    def absolute(value: str | None, builtin: tuple[str, ...] = ()) -> str | None:
+        if value is None or value in builtin or Path(value).is_absolute() or not Path(value).exists():
+            return value
+        return str(Path(value).resolve())
+
+    update = {
+        "data": scenario.data.model_copy(update={"dataset": absolute(scenario.data.dataset, ("banking77",))}),
+        "model": scenario.model.model_copy(update={"backbone": absolute(scenario.model.backbone, ("minilm", "tiny-random"))}),
+        "clients": scenario.clients.model_copy(update={"availability_trace": absolute(scenario.clients.availability_trace)}),
+    }
+    if getattr(scenario.policy, "checkpoint", None) is not None:
+        update["policy"] = scenario.policy.model_copy(update={"checkpoint": absolute(scenario.policy.checkpoint)})
+    return scenario.model_copy(update=update)
+
+
 def deploy_local(
     scenario: Scenario,
     out_dir: str | Path,
@@ -335,6 +361,9 @@ def deploy_local(
             f"--nodes {num_nodes}: the scenario has clients.num_clients={scenario.clients.num_clients}; "
             "deploy-local starts one SuperNode per client, so pass --nodes equal to it (or --set clients.num_clients=N)"
         )
+    from fedsim.plugins import refuse_other_processes
+
+    refuse_other_processes(scenario, "deploy-local (its SuperLink and SuperNodes)", "fedsim.run with engine=inline")
     if federation is not None and federation.num_nodes != num_nodes:
         raise FedsimError(f"deploy_local: num_nodes={num_nodes}, but the federation given has {federation.num_nodes} SuperNodes")
     from fedsim.runner import start_run
@@ -415,7 +444,7 @@ def add_commands(sub) -> dict:
     parser.add_argument("--nodes", type=int, required=True, metavar="N", help="SuperNodes to start; must equal clients.num_clients")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE", help="override one scenario field (repeatable)")
     parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/<name>-deploy-<date>-<time>)")
-    parser.add_argument("--overwrite", action="store_true", help="reuse --out even if it already holds files")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files (the old directory is deleted first)")
     parser.add_argument(
         "--round-timeout",
         type=float,

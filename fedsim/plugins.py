@@ -25,6 +25,45 @@ your package's pyproject.toml instead; fedsim loads the group whenever it reads 
 
 from __future__ import annotations
 
+# What this process registered from its own code, by kind: other processes (sweep workers, Flower's Ray actors,
+# SuperNodes) do not run that code, so a scenario using one of these must run here (`needs_this_process`).
+REGISTERED_HERE: dict[str, set[str]] = {kind: set() for kind in ("policy", "algorithm", "channel", "task", "aggregator", "adapter", "backbone")}
+
+
+def needs_this_process(scenario) -> list[str]:
+    """The parts of `scenario` registered in this process with `fedsim.register_*`, as `field=value` strings."""
+    used = [
+        f"{field}={value}"
+        for kind, field, value in (
+            ("policy", "policy.name", scenario.policy.name),
+            ("algorithm", "algorithm.name", scenario.algorithm.name),
+            ("channel", "channel.model", getattr(scenario.channel, "model", None)),
+            ("task", "task.name", scenario.task.name),
+            ("aggregator", "aggregation.method", scenario.aggregation.method),
+            ("adapter", "adapter.kind", scenario.adapter.kind),
+        )
+        if value in REGISTERED_HERE[kind]
+    ]
+    if REGISTERED_HERE["backbone"]:
+        from fedsim.backbone_check import backbone_config
+
+        model_type = getattr(backbone_config(scenario.model.backbone), "model_type", None)
+        if model_type in REGISTERED_HERE["backbone"]:
+            used.append(f"model.backbone={scenario.model.backbone} (model_type {model_type}, whose family you registered)")
+    return used
+
+
+def refuse_other_processes(scenario, where: str, allowed: str) -> None:
+    """One line if `scenario` uses a part registered in this process and `where` runs it in others."""
+    used = needs_this_process(scenario)
+    if used:
+        from fedsim.types import FedsimError
+
+        policy_hint = " (a policy can be declared as an entry point instead: see fedsim.plugins)" if any(u.startswith("policy.") for u in used) else ""
+        raise FedsimError(
+            f"{', '.join(used)}: registered from this process's own code (fedsim.register_*), which {where} does not run; allowed: {allowed}{policy_hint}"
+        )
+
 
 def register_policy(config_cls: type, policy_cls: type | None = None):
     """Register a rank policy under its config's `name`; usable as a decorator on the policy class.
@@ -37,7 +76,7 @@ def register_policy(config_cls: type, policy_cls: type | None = None):
         from fedsim.config import refresh_policy_schema
         from policies.registry import add_policy
 
-        add_policy(config_cls, cls)
+        REGISTERED_HERE["policy"].add(add_policy(config_cls, cls))
         refresh_policy_schema()
         return cls
 
@@ -56,7 +95,7 @@ def register_algorithm(config_cls: type, algorithm_cls: type | None = None):
         from fedsim.algorithms.registry import add_algorithm
         from fedsim.config import refresh_algorithm_schema
 
-        add_algorithm(config_cls, cls)
+        REGISTERED_HERE["algorithm"].add(add_algorithm(config_cls, cls))
         refresh_algorithm_schema()
         return cls
 
@@ -76,7 +115,7 @@ def register_channel(config_cls: type, channel_cls: type | None = None):
         from channels.registry import add_channel
         from fedsim.config import refresh_channel_schema
 
-        add_channel(config_cls, cls)
+        REGISTERED_HERE["channel"].add(add_channel(config_cls, cls))
         refresh_channel_schema()
         return cls
 
@@ -95,7 +134,7 @@ def register_task(config_cls: type, task_cls: type | None = None):
         from fedsim.config import refresh_task_schema
         from fedsim.tasks.registry import add_task
 
-        add_task(config_cls, cls)
+        REGISTERED_HERE["task"].add(add_task(config_cls, cls))
         refresh_task_schema()
         return cls
 
@@ -112,6 +151,7 @@ def register_aggregator(name: str, merge, *, client_statistics: tuple[str, ...] 
     from fedsim.aggregators import register_aggregator as add
 
     add(name, merge, client_statistics=client_statistics, cohort=cohort)
+    REGISTERED_HERE["aggregator"].add(name)
 
 
 def register_adapter(name: str, build, train, **supports) -> None:
@@ -122,6 +162,7 @@ def register_adapter(name: str, build, train, **supports) -> None:
     from fedsim.adapters import register_adapter as add
 
     add(name, build, train, **supports)
+    REGISTERED_HERE["adapter"].add(name)
 
 
 def register_backbone(model_type: str, family) -> None:
@@ -130,3 +171,4 @@ def register_backbone(model_type: str, family) -> None:
     from fedsim.backbones.registry import FAMILIES
 
     FAMILIES[model_type] = family
+    REGISTERED_HERE["backbone"].add(model_type)

@@ -38,6 +38,10 @@ def preflight(scenario: Scenario) -> None:
     from fedsim.tasks import build_task
     from policies import build_policy
 
+    if scenario.engine != "inline":
+        from fedsim.plugins import refuse_other_processes
+
+        refuse_other_processes(scenario, f"engine={scenario.engine} (its clients run in Ray's processes)", "engine=inline")
     if scenario.ray_address is not None:
         from fedsim.procs import check_ray_address
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 import fedsim
 from channels.base import Channel
 from fedsim.algorithms.base import FederatedAlgorithm
+from fedsim.plugins import REGISTERED_HERE
 from fedsim.types import ChannelStates, Transmission
 from policies.base import RankPolicy
 
@@ -92,13 +94,15 @@ def test_a_policy_from_an_installed_distributions_entry_point_is_known_to_every_
     dist = tmp_path / "myplugin-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: myplugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[fedsim.policies]\nall-ones = myplugin:POLICY\n")
+    # A second distribution's plugin is broken: it costs one line, not every command.
+    (dist / "entry_points.txt").write_text("[fedsim.policies]\nall-ones = myplugin:POLICY\nbroken = nosuchmodule:POLICY\n")
     scenario = tmp_path / "s.yaml"
     scenario.write_text("model: {backbone: tiny-random}\npolicy: {name: all-ones}\n")
     env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-m", "fedsim.cli", "validate", str(scenario)], capture_output=True, text=True, env=env, cwd=str(tmp_path))
     assert done.returncode == 0, done.stderr
     assert "name: all-ones" in done.stdout
+    assert done.stderr.splitlines() == ["fedsim: skipped policy plugin broken = nosuchmodule:POLICY (from myplugin): No module named 'nosuchmodule'"]
 
 
 def test_sweep_returns_the_collected_results(tmp_path):
@@ -183,6 +187,22 @@ def test_a_channel_registered_from_user_code_meters_the_uploads(tmp_path):
     assert lost.rounds["accuracy"].nunique() == 1  # nothing was aggregated: the global adapter never moved
     with pytest.raises(fedsim.FedsimError, match="channel"):
         fedsim.run("scenarios/quickstart.yaml", {**TINY, "channel": {"model": "erasure", "snr_db": 5}}, out=tmp_path / "bad")
+
+
+def test_a_part_registered_in_this_process_is_refused_where_other_processes_would_run_it(tmp_path):
+    """Ray's actors and sweep workers do not run this file's registrations: Flower's engine failed in round 1, and a
+    sweep's workers recorded pydantic dumps (a backbone family was even dropped silently, changing the numbers)."""
+    message = r"channel.model=erasure: registered from this process's own code \(fedsim.register_\*\), which {} does not run"
+    with pytest.raises(fedsim.FedsimError, match=message.format("engine=flower")):
+        fedsim.run("scenarios/quickstart.yaml", {**TINY, "engine": "flower", "channel": {"model": "erasure"}}, out=tmp_path / "flower")
+    assert not (tmp_path / "flower").exists()
+    sweep_file = tmp_path / "sweep.yaml"
+    sets = "\n".join(f"  {key}: {str(value).lower() if isinstance(value, bool) else value}" for key, value in TINY.items())
+    base = (Path.cwd() / "scenarios" / "quickstart.yaml").resolve()
+    sweep_file.write_text(f"base: {base}\nset:\n{sets}\n  channel: {{model: erasure}}\ngrid:\n  policy.rank: [1, 2]\nseeds: [0]\n")
+    with pytest.raises(fedsim.FedsimError, match=message.format("--workers 2")):
+        fedsim.sweep(sweep_file, tmp_path / "sweep", workers=2)
+    assert not (tmp_path / "sweep").exists()
 
 
 def keep_global_factors(glob_a, glob_b, trained, weights, deltas, max_rank, rng, statistics):
@@ -282,5 +302,9 @@ def test_a_backbone_family_registered_from_user_code_changes_the_pooling(tmp_pat
         # A seed no other test uses, so the round builds its own model (the runtime cache keys on the seed).
         result = fedsim.run("scenarios/quickstart.yaml", {**TINY, "seed": 424242}, out=tmp_path / "run")
         assert FirstToken.calls > before and len(result.rounds) == TINY["rounds"]
+        # Flower's actors would pool with the built-in family while this process evaluates with this one.
+        with pytest.raises(fedsim.FedsimError, match="model.backbone=tiny-random \\(model_type bert, whose family you registered\\)"):
+            fedsim.run("scenarios/quickstart.yaml", {**TINY, "engine": "flower"}, out=tmp_path / "flower")
     finally:
         FAMILIES["bert"] = saved
+        REGISTERED_HERE["backbone"].discard("bert")

@@ -10,14 +10,19 @@ starting and stopping one costs ~20 s of processes importing torch.
 from __future__ import annotations
 
 import csv
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from fedsim.deploy import LocalFederation, deploy_local
+from fedsim.deploy import LocalFederation, deploy_local, with_absolute_paths
 from fedsim.runner import run_scenario
 from fedsim.types import FedsimError
 
@@ -118,6 +123,43 @@ def test_loopback_deployment_writes_the_same_ledger_as_the_inline_engine(tmp_pat
             tasks = superexec_tasks(workdir, i, before[i])
             assert [status for _, _, status in tasks] == ["completed"] * 3, f"node {i}: {tasks}"
             assert [n for _, n, _ in tasks] == list(range(tasks[0][1], tasks[0][1] + 3)) and len({pid for pid, _, _ in tasks}) == 1, f"node {i}: {tasks}"
+
+
+def test_relative_paths_that_exist_here_travel_as_absolute_ones(tmp_path, monkeypatch, tiny, small_corpus):
+    """The federation's processes run in their own directory: a dataset `fedsim run` finds from here must be sent
+    as the absolute path of what it found, and a built-in name must stay a name."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(small_corpus, tmp_path / "corpus")
+    (tmp_path / "banking77").mkdir()  # a directory that happens to share the embedded dataset's name
+    sent = with_absolute_paths(tiny(data={"dataset": "corpus"}))
+    assert sent.data.dataset == str((tmp_path / "corpus").resolve()) and sent.model.backbone == "tiny-random"
+    assert with_absolute_paths(tiny()).data.dataset == "banking77"
+
+
+@pytest.mark.deploy
+def test_a_killed_launcher_takes_its_federation_with_it(tmp_path):
+    """deploy-local SIGKILLed (or OOM-killed): its SuperLink and SuperNodes run in their own sessions, and orphans would
+    go on writing into a run directory whose lock died with the launcher."""
+    workdir = tmp_path / "federation"
+    code = (
+        "import sys, time; from pathlib import Path; from fedsim.deploy import LocalFederation; "
+        f"f = LocalFederation(1, Path({str(workdir)!r}), log=lambda line: None, warm=False); f.start(); print('up', flush=True); time.sleep(600)"
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert launcher.stdout.readline().strip() == "up"
+        assert flower_pids_under(workdir), "no SuperLink or SuperNode running"
+        os.kill(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+        deadline = time.monotonic() + 10
+        while flower_pids_under(workdir) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert flower_pids_under(workdir) == []
+    finally:
+        for pid in flower_pids_under(workdir):
+            os.kill(pid, signal.SIGKILL)
+        if launcher.poll() is None:
+            launcher.kill()
 
 
 def test_the_project_declares_a_valid_flower_app():

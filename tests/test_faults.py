@@ -447,6 +447,25 @@ def test_pool_workers_die_with_a_sigkilled_parent(tmp_path):
             os.kill(pid, signal.SIGKILL)
 
 
+def test_ctrl_c_after_the_run_finished_reports_the_finished_run(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while an engine shuts down, after summary.json is written: the run is complete, and saying otherwise
+    would send a retrying script to --overwrite a good run."""
+    import fedsim.runner
+
+    real = fedsim.runner.execute_run
+
+    def finish_then_interrupt(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fedsim.runner, "execute_run", finish_then_interrupt)
+    out = tmp_path / "run"
+    assert main(["run", QUICKSTART, *TINY, "--set", "rounds=1", "--set", "data.eval_samples=8", "--no-progress", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "unfinished" not in captured.err and f"run directory: {out}" in captured.out
+    assert (out / "summary.json").exists()
+
+
 def test_ctrl_c_on_an_inline_run_stops_cleanly(tmp_path):
     out = tmp_path / "run"
     argv = [PY, "-m", "fedsim.cli", "run", QUICKSTART, *TINY, "--set", "rounds=500", "--set", "data.eval_samples=8", "--out", str(out)]
