@@ -102,7 +102,10 @@ def test_a_policy_from_an_installed_distributions_entry_point_is_known_to_every_
     done = subprocess.run([sys.executable, "-m", "fedsim.cli", "validate", str(scenario)], capture_output=True, text=True, env=env, cwd=str(tmp_path))
     assert done.returncode == 0, done.stderr
     assert "name: all-ones" in done.stdout
-    assert done.stderr.splitlines() == ["fedsim: skipped policy plugin broken = nosuchmodule:POLICY (from myplugin): No module named 'nosuchmodule'"]
+    assert [line for line in done.stderr.splitlines() if "broken" in line] == [
+        "fedsim: skipped policy plugin broken = nosuchmodule:POLICY (from myplugin): No module named 'nosuchmodule'"
+    ]
+    assert "Traceback" not in done.stderr
 
 
 def test_sweep_returns_the_collected_results(tmp_path):
@@ -192,7 +195,7 @@ def test_a_channel_registered_from_user_code_meters_the_uploads(tmp_path):
 def test_a_part_registered_in_this_process_is_refused_where_other_processes_would_run_it(tmp_path):
     """Ray's actors and sweep workers do not run this file's registrations: Flower's engine failed in round 1, and a
     sweep's workers recorded pydantic dumps (a backbone family was even dropped silently, changing the numbers)."""
-    message = r"channel.model=erasure: registered from this process's own code \(fedsim.register_\*\), which {} does not run"
+    message = r"channel.model=erasure: registered from this process's own code \(fedsim.register_\*\), which {} .*does not run"
     with pytest.raises(fedsim.FedsimError, match=message.format("engine=flower")):
         fedsim.run("scenarios/quickstart.yaml", {**TINY, "engine": "flower", "channel": {"model": "erasure"}}, out=tmp_path / "flower")
     assert not (tmp_path / "flower").exists()
