@@ -49,7 +49,8 @@ REAPER_POLL_S = 0.25
 
 
 def start_reaper() -> None:
-    """Start (once per process) the watchdog that kills this process's descendants when it dies, however it dies."""
+    """Start (once per process) the watchdog that kills this process's descendants when it dies, however it dies.
+    Returns once it watches: a parent killed while the watchdog was still starting would leave its children."""
     global _REAPER
     if _REAPER is not None and _REAPER.poll() is None:
         return
@@ -59,8 +60,11 @@ def start_reaper() -> None:
         return
     _REAPER = subprocess.Popen(
         [sys.executable, "-m", "fedsim.procs", str(os.getpid())],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True,
     )  # fmt: skip
+    assert _REAPER.stdout is not None
+    _REAPER.stdout.readline()  # "watching" (or nothing, if it could not start)
+    _REAPER.stdout.close()
 
 
 def reap_descendants_after(parent_pid: int) -> None:
@@ -74,6 +78,7 @@ def reap_descendants_after(parent_pid: int) -> None:
         parent = psutil.Process(parent_pid)
     except psutil.NoSuchProcess:
         return
+    announced = False
     while os.getppid() == parent_pid:
         try:
             current = {p.pid: p.create_time() for p in parent.children(recursive=True) if p.pid != me}
@@ -83,6 +88,13 @@ def reap_descendants_after(parent_pid: int) -> None:
             current = {}
         # Keep what we saw earlier while it lives: agents orphaned by a dead raylet are no longer descendants.
         seen = {**{pid: t for pid, t in seen.items() if _alive_as(pid, t)}, **current}
+        if not announced:  # start_reaper waits for this line
+            announced = True
+            try:
+                print("watching", flush=True)
+                sys.stdout.close()
+            except OSError:
+                pass
         time.sleep(REAPER_POLL_S)
     victims = []
     for pid, started in seen.items():

@@ -94,3 +94,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# Under pytest-xdist (`pytest -n 2 --dist loadgroup`; `make test` runs serially) each group runs on one worker, one test after another:
+# the tests that start Ray (a check that no Ray process is left must see only its own), and those that share the
+# module's standing federation of SuperNodes. Everything else spreads over both workers.
+PROCESS_GROUPS = {"flower": "ray", "ray": "ray", "deploy": "deploy"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for marker, group in PROCESS_GROUPS.items():
+            if item.get_closest_marker(marker):
+                item.add_marker(pytest.mark.xdist_group(group))
+                break

@@ -103,11 +103,11 @@ def test_loopback_deployment_writes_the_same_ledger_as_the_inline_engine(tmp_pat
         workdir, before = federation.workdir, log_sizes(federation.workdir)
         summary = deploy_local(scenario, tmp_path / "deployed", num_nodes=3, round_timeout_s=None, federation=federation)
     else:
-        # A fresh flwr-clientapp per message keeps nothing between messages, so one round on two nodes (a partition
-        # query and a train message each) exercises all of it; each message's process costs ~10 s of imports here.
-        scenario = deploy_scenario(tiny, small_corpus, rounds=1, clients=2)
+        # A fresh flwr-clientapp per message keeps nothing between messages, so one round on one node (a partition
+        # query and a train message) exercises all of it; each message's process costs ~10 s of imports here.
+        scenario = deploy_scenario(tiny, small_corpus, rounds=1, clients=1)
         workdir = tmp_path / "flower"
-        summary = deploy_local(scenario, tmp_path / "deployed", num_nodes=2, round_timeout_s=None, workdir=workdir, log=lambda line: None, warm=False)
+        summary = deploy_local(scenario, tmp_path / "deployed", num_nodes=1, round_timeout_s=None, workdir=workdir, log=lambda line: None, warm=False)
         assert flower_pids_under(workdir) == []
     run_scenario(scenario, tmp_path / "inline", progress=False)
 
@@ -149,6 +149,7 @@ def test_a_killed_launcher_takes_its_federation_with_it(tmp_path):
     try:
         assert launcher.stdout.readline().strip() == "up"
         assert flower_pids_under(workdir), "no SuperLink or SuperNode running"
+        time.sleep(1.0)  # the watchdog notes descendants every 0.25 s: a kill in the same instant could beat it
         os.kill(launcher.pid, signal.SIGKILL)
         launcher.wait()
         deadline = time.monotonic() + 10

@@ -91,7 +91,8 @@ def test_a_sweep_names_a_missing_ray_cluster_in_one_line(tmp_path):
 @pytest.mark.ray
 @pytest.mark.flower
 def test_flowers_simulation_engine_on_an_existing_ray_cluster_or_beside_it_gives_the_inline_ledger(cluster, tmp_path):
-    scenario = tiny_scenario(engine="flower", ray_address=cluster, threads=1)
+    # The cohort engine (the quickstart's): its one message per round on Flower's actor trains as in-process.
+    scenario = tiny_scenario(engine="flower", ray_address=cluster, threads=1, train={"engine": "cohort"})
     # Without ray_address, a cluster running on the machine is not joined: the run starts a Ray of its own.
     run_scenario(scenario.model_copy(update={"ray_address": None}), tmp_path / "own", progress=False)
     summary = run_scenario(scenario, tmp_path / "cluster", progress=False)
