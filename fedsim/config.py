@@ -264,9 +264,10 @@ class Scenario(_Section):
         if self.train.engine == "cohort" and (not adapter.cohort or not aggregator.cohort):
             field = kind if not adapter.cohort else method
             raise ValueError(f"train.engine=cohort does not support {field}; allowed: train.engine=per-client")
-        if getattr(self.channel, "mode", "digital") == "aircomp" and not adapter.aircomp:
+        over_the_air = getattr(self.channel, "mode", "digital") == "aircomp"
+        if over_the_air and not adapter.aircomp:
             raise ValueError(f"channel.mode=aircomp does not support {kind} (AirComp receives only the sum of the updates); allowed: channel.mode=digital")
-        if getattr(self.channel, "mode", "digital") == "aircomp" and not aggregator.aircomp:
+        if over_the_air and not aggregator.aircomp:
             raise ValueError(
                 f"channel.mode=aircomp does not support {method} (the server receives only the superposition, the zero-padded "
                 "factor mean, and merges nothing); allowed: aggregation.method=fedavg-factors, or channel.mode=digital"
@@ -287,7 +288,7 @@ class Scenario(_Section):
                 f"factor coordinates; {self.aggregation.method}/{self.aggregation.average} does not keep them); allowed: "
                 "--set aggregation.method=fedavg-factors --set aggregation.average=updates"
             )
-        if algorithm == "scaffold" and getattr(self.channel, "mode", "digital") == "aircomp":
+        if algorithm == "scaffold" and over_the_air:
             raise ValueError(
                 "algorithm.name=scaffold is not modelled over channel.mode=aircomp (the control variates would need their own superposition); allowed: channel.mode=digital"
             )

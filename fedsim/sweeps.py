@@ -485,8 +485,8 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, workers: int = 1, progress: boo
     if ray_address is not None or workers > 1:
         from fedsim.plugins import refuse_other_processes
 
+        where = "a Ray cluster's tasks" if ray_address is not None else f"--workers {workers} (worker processes)"
         for point in sweep.points:
-            where = "a Ray cluster's tasks" if ray_address is not None else f"--workers {workers} (worker processes)"
             refuse_other_processes(point.scenario, where, "--workers 1 without a Ray cluster, and engine=inline")
     preflight_points(sweep, [p for p in sweep.points if not is_finished(out_dir / p.name)])
     try:
