@@ -1,5 +1,5 @@
 """Decoder backbones (OPT, GPT-2, Llama) through the real `from_pretrained` path: tiny random configs saved
-to a local directory (with MiniLM's tokenizer: no hub access here), loaded by path, trained end to end."""
+to a local directory (with MiniLM's tokenizer cut to BANKING77's pieces: no hub access here), loaded by path, trained end to end."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from fedsim.runner import run_scenario
 from fedsim.runtime import get_runtime
-from tests.conftest import TINY, save_tiny_decoders, tiny_scenario
+from tests.conftest import TINY, banking77_wordpiece, save_tiny_decoders, tiny_scenario
 
 FAMILIES = ("opt", "gpt2", "llama")
 
@@ -23,6 +23,20 @@ def decoders(tmp_path_factory):
 
 def decoder_scenario(path, engine):
     return tiny_scenario(model={"backbone": path}, train={**TINY["train"], "engine": engine})
+
+
+def test_the_cut_wordpiece_tokenises_banking77_as_minilms_full_vocabulary():
+    import csv
+
+    from fedsim.data import EMBEDDED
+    from fedsim.hub import load_tokenizer
+
+    cut, full = banking77_wordpiece(), load_tokenizer("minilm")
+    with (EMBEDDED["banking77"] / "test.csv").open() as fh:
+        texts = [f"Query: {row['text']}\nIntent: {row['category'].replace('_', ' ')}" for row in csv.DictReader(fh)]
+    assert cut.vocab_size < full.vocab_size / 8
+    assert [cut.convert_ids_to_tokens(ids) for ids in cut(texts)["input_ids"]] == [full.convert_ids_to_tokens(ids) for ids in full(texts)["input_ids"]]
+    assert cut.tokenize("α?") == ["[UNK]", "?"] != full.tokenize("α?")  # a character BANKING77 lacks
 
 
 @pytest.mark.parametrize("name", FAMILIES)
