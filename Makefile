@@ -22,12 +22,15 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/fedsim run scenarios/quickstart.yaml
 
-# Lint (ruff), layering (import-linter: see [tool.importlinter] in pyproject.toml), then the tests.
+# Lint (ruff), layering (import-linter: see [tool.importlinter] in pyproject.toml), then the tests on two pytest-xdist
+# workers, each module's tests on one of them (tests/conftest.py says why and in what order). OMP_WAIT_POLICY=PASSIVE:
+# torch's idle OpenMP threads sleep instead of spinning, so two workers (and the processes a test starts) do not burn
+# each other's core; it changes no number.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q --durations=15
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 clean:
 	rm -rf $(VENV) runs

@@ -120,14 +120,18 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-# Under pytest-xdist (`make test` runs `pytest -n 2 --dist loadgroup`) the tests that start Ray or a SuperLink and
-# SuperNodes run on one worker, one after another: the deployment tests share the module's standing federation, and two
-# such tests at once would compete for the two cores with round deadlines and stop limits running. Everything else
-# spreads over both workers.
-PROCESS_MARKERS = ("flower", "ray", "deploy")
+# `make test` runs the suite on two pytest-xdist workers, a module's tests on one worker (`--dist loadfile`): the
+# deployment tests then share their module's standing federation, and a Ray cluster test its module's cluster. The
+# modules that start processes (minutes each) go first, and the short ones fill in around them (with
+# `--no-loadscope-reorder`, which would otherwise order modules by their number of tests). (`--dist loadgroup` with
+# xdist_group marks would be finer, but pytest-xdist 3.8 cannot group under pytest 9.2: it renames a test's nodeid,
+# which pytest 9.2 no longer lets it change, so every test is scheduled alone.)
+PROCESS_MODULES_FIRST = ("test_deploy.py", "test_ray_cluster.py", "test_sweep_resume.py", "test_golden.py")
 
 
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if any(item.get_closest_marker(marker) for marker in PROCESS_MARKERS):
-            item.add_marker(pytest.mark.xdist_group("processes"))
+    def module_rank(item) -> int:
+        name = item.path.name
+        return PROCESS_MODULES_FIRST.index(name) if name in PROCESS_MODULES_FIRST else len(PROCESS_MODULES_FIRST)
+
+    items.sort(key=module_rank)  # stable: each module keeps its own order

@@ -54,7 +54,7 @@ def check(name: str, overrides: list[str], tmp_path: Path) -> None:
 
 
 def test_tiny_quickstart_ledgers_are_golden(tmp_path):
-    # The inline engine only: tests/test_flower.py checks that the Flower engine gives the same ledger.
+    # The inline engine only: tests/test_ray_cluster.py checks that Flower's engine gives the inline ledger.
     check("quickstart-tiny", [*TINY, "engine=inline"], tmp_path)
 
 
