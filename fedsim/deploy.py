@@ -70,6 +70,8 @@ scenario = "scenario.yaml"
 out = ""
 set = ""
 round-timeout = 0.0
+overwrite = false
+claimed = false
 """
 
 
@@ -283,7 +285,8 @@ class LocalFederation:
         app.mkdir(parents=True, exist_ok=True)
         (app / "pyproject.toml").write_text(APP_PYPROJECT)
         (app / "scenario.yaml").write_text(with_absolute_paths(scenario).to_yaml())  # resolved, overrides applied: it travels in the FAB
-        run_config = f'scenario="scenario.yaml" out="{Path(out_dir).resolve()}" round-timeout={float(round_timeout_s or 0.0)}'
+        # claimed=true: deploy_local holds the run directory's claim (its lock) for the run; the ServerApp must not take it again.
+        run_config = f'scenario="scenario.yaml" out="{Path(out_dir).resolve()}" round-timeout={float(round_timeout_s or 0.0)} claimed=true'
         runner = self._spawn(
             [flower_bin("flwr"), "run", str(app), CONNECTION, "--stream", "--run-config", run_config],
             "flwr-run.log",

@@ -21,7 +21,7 @@ from channels import build_channel
 from fedsim.client_errors import CLIENT_ERRORS_LOG
 from fedsim.cohort import pack, unpack
 from fedsim.config import Scenario, load_scenario
-from fedsim.ledger import ALGORITHM_STATE, RunDirectory
+from fedsim.ledger import ALGORITHM_STATE, RunClaim, RunDirectory, check_out_path, claim_run_dir
 from fedsim.round.downlink import ABSENT_NODE
 from fedsim.runtime import get_runtime
 from fedsim.strategy import RankAdaptiveStrategy, check_node_map
@@ -326,15 +326,32 @@ def main(grid: Grid, context: Context) -> None:
     out = Path(str(cfg.get("out", "")) or f"runs/{scenario.name}-deploy-{context.run_id}")
     timeout = float(cfg.get("round-timeout", 0) or 0) or None
     print(f"[fedsim] scenario {scenario.name}: {scenario.rounds} rounds, {scenario.clients.num_clients} clients -> {out.resolve()}", flush=True)
+    claim = None
     try:
+        if not cfg.get("claimed", False):
+            claim = claim_for_flwr_run(out, overwrite=bool(cfg.get("overwrite", False)))
         summary = run_server(grid, scenario, out, progress=False, round_timeout_s=timeout, log_rounds=True)
     except FedsimError as exc:  # the one line `fedsim deploy-local` reports; Flower still sees the run fail
         print(f"{ERROR_LINE_PREFIX}{exc}", flush=True)
         raise
+    finally:
+        if claim is not None:
+            claim.release()
     print(
         f"[fedsim] finished: final {summary['metric']} {summary['final_accuracy']:.4f}, {summary['clients_dropped']} updates dropped, run directory {out.resolve()}",
         flush=True,
     )
+
+
+def claim_for_flwr_run(out: Path, overwrite: bool) -> RunClaim:
+    """A plain `flwr run` claims its run directory here, as `fedsim run` does: a finished run, or one another run is
+    writing, is refused (one line, in the run config's own words) unless `overwrite=true`; the claim's lock is held
+    until the run ends. `fedsim deploy-local` claims the directory itself before it submits, and says so (`claimed=true`)."""
+    try:
+        check_out_path(out, overwrite=overwrite)
+        return claim_run_dir(out, overwrite=overwrite)
+    except FedsimError as exc:
+        raise FedsimError(str(exc).replace("--out ", "out=", 1).replace("pass --overwrite", "pass overwrite=true in --run-config")) from None
 
 
 def resolve_app_path(path: str) -> Path:

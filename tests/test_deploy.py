@@ -173,6 +173,35 @@ def test_the_project_declares_a_valid_flower_app():
     assert {"scenario", "out", "set", "round-timeout"} <= set(app["config"])
 
 
+def test_a_plain_flwr_run_claims_its_run_directory_as_fedsim_run_does(tmp_path, tiny):
+    """`flwr run . <connection> --run-config 'out=...'` into a finished run (or one being written) would have deleted
+    its summary.json and written over its ledgers: the ServerApp refuses in one line before it touches anything."""
+    from flwr.app import Context, RecordDict
+
+    from fedsim.ledger import claim_run_dir
+    from fedsim.server_app import main
+
+    scenario = tiny(rounds=1, data={"eval_samples": 8})
+    (tmp_path / "scenario.yaml").write_text(scenario.to_yaml())
+    finished, busy = tmp_path / "finished", tmp_path / "busy"
+    run_scenario(scenario, finished, progress=False)
+    before = {p.name: p.read_bytes() for p in finished.iterdir() if p.is_file()}
+
+    def flwr_run(out: Path) -> None:
+        config = {"scenario": str(tmp_path / "scenario.yaml"), "out": str(out), "set": "", "round-timeout": 0.0, "overwrite": False, "claimed": False}
+        main(grid=None, context=Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config))
+
+    with pytest.raises(FedsimError, match=r"^out=.*finished: already holds a finished run; .* pass overwrite=true in --run-config$"):
+        flwr_run(finished)
+    assert {p.name: p.read_bytes() for p in finished.iterdir() if p.is_file()} == before
+    claim = claim_run_dir(busy)  # another run writing there
+    try:
+        with pytest.raises(FedsimError, match=r"^out=.*busy"):
+            flwr_run(busy)
+    finally:
+        claim.release()
+
+
 def test_deploy_local_rejects_a_node_count_that_differs_from_the_clients(tmp_path, tiny):
     from fedsim.types import FedsimError
 
