@@ -35,7 +35,7 @@ def config_union():
 
 def add_channel(config_cls: type, channel_cls: type[Channel]) -> str:
     """Register a channel model under its config's `model` (a one-value Literal with that default); returns it."""
-    return add_named(CHANNELS, config_cls, channel_cls, "channel", key="model")
+    return add_named(CHANNELS, config_cls, channel_cls, "channel", key="model", base=Channel)
 
 
 def build_channel(config, seed: int = 0) -> Channel:

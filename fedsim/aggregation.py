@@ -60,6 +60,7 @@ import numpy as np
 from fedsim.adapter_state import AdapterState, payload_ranks
 from fedsim.aggregators import AGGREGATORS
 from fedsim.payload import FACTOR_PREFIXES, FISHER_PREFIX, HEAD_KEYS, a_key, b_key
+from fedsim.types import FedsimError
 
 FISHER_EPS = 1e-12
 STATISTIC_PREFIX = {"fisher": FISHER_PREFIX}  # where a client statistic travels: `F.A.{i}`, `F.B.{i}`
@@ -254,6 +255,18 @@ class Aggregated(NamedTuple):
     truncated_fraction: float  # svd: share of the round's update norm the truncation to max_rank discarded
 
 
+def check_merged(method: str, layer: int, merged, a_shape: tuple, b_shape: tuple) -> None:
+    """A merge (registered ones included) returns the layer's new global factors at max_rank: one line otherwise, before
+    a wrong shape reaches the model (a torch error far from its cause) or None an AttributeError."""
+    if isinstance(merged, LayerMerge) and np.shape(merged.A) == a_shape and np.shape(merged.B) == b_shape and np.ndim(merged.importance) == 0:
+        return
+    got = f"A {np.shape(merged.A)}, B {np.shape(merged.B)}" if isinstance(merged, LayerMerge) else type(merged).__name__
+    raise FedsimError(
+        f"aggregation.method={method!r}: its merge returned {got} for layer {layer}; allowed: "
+        f"fedsim.aggregation.LayerMerge(A, B, importance) with A {a_shape} and B {b_shape} (the global factors at max_rank) and a scalar importance"
+    )
+
+
 def aggregate(
     global_state: AdapterState,
     uploads: list[dict[str, np.ndarray]],
@@ -303,6 +316,7 @@ def aggregate(
     discarded_sq, update_sq = 0.0, 0.0
     _untouched_mass(state, importance, [i for i in range(n_layers) if i not in jobs])
     for i, merged in merge_layers(jobs, rng, parallel=elements >= PARALLEL_MERGE_ELEMENTS).items():
+        check_merged(method, i, merged, global_state.A[i].shape, global_state.B[i].shape)
         state.A[i], state.B[i], importance[i] = merged.A, merged.B, merged.importance
         discarded_sq += merged.discarded_sq
         update_sq += merged.update_sq

@@ -13,13 +13,24 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-def add_named(registry: dict, config_cls: type, target, kind: str, key: str = "name") -> str:
+def add_named(registry: dict, config_cls: type, target, kind: str, key: str = "name", base: type | None = None) -> str:
     """Register (config_cls, target) under the config's `key` field (a one-value Literal with that default); returns
-    the name. The shared part of `fedsim.register_policy`, `register_algorithm` and `register_channel` (key `model`)."""
-    field = getattr(config_cls, "model_fields", {}).get(key)
+    the name. The shared part of `fedsim.register_policy`, `register_algorithm`, `register_task` and `register_channel`
+    (key `model`). Everything is checked before the registry changes: a refused registration leaves it as it was (a
+    config the scenario's discriminated union cannot take would otherwise break every later scenario read).
+    `base`: the class `target` must subclass (a "module:Class" string is imported, and checked, on first use)."""
+    from typing import Literal, get_args, get_origin
+
+    fields = getattr(config_cls, "model_fields", None)
+    if not isinstance(config_cls, type) or not isinstance(fields, dict):
+        raise TypeError(f"{config_cls!r}: a {kind} config must be a pydantic model class")
+    field = fields.get(key)
     name = getattr(field, "default", None)
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"{config_cls.__name__}: a {kind} config needs a `{key}: Literal['...'] = '...'` field")
+    annotation = getattr(field, "annotation", None)
+    if not isinstance(name, str) or not name or get_origin(annotation) is not Literal or get_args(annotation) != (name,):
+        raise TypeError(f"{config_cls.__name__}: a {kind} config needs a `{key}: Literal['<name>'] = '<name>'` field (one value, and it as the default)")
+    if base is not None and not isinstance(target, str) and not (isinstance(target, type) and issubclass(target, base)):
+        raise TypeError(f"{getattr(target, '__name__', repr(target))}: a {kind} must be a subclass of {base.__module__}.{base.__qualname__}")
     if name in registry and registry[name] != (config_cls, target):
         raise ValueError(f"a {kind} named {name!r} is already registered")
     registry[name] = (config_cls, target)

@@ -46,7 +46,7 @@ def add_policy(config_cls: type, policy_cls: type[RankPolicy] | str) -> str:
     `config_cls` is a pydantic model whose `name` field is a one-value Literal (the name a scenario
     writes); `policy_cls` a RankPolicy subclass taking that config, or "module:Class".
     """
-    return add_named(POLICIES, config_cls, policy_cls, "policy")
+    return add_named(POLICIES, config_cls, policy_cls, "policy", base=RankPolicy)
 
 
 def load_entry_points() -> list[str]:

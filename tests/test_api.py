@@ -254,6 +254,46 @@ def test_an_aggregator_registered_from_user_code_runs_by_name(tmp_path):
     assert not (tmp_path / "z").exists()
 
 
+def test_a_registered_merge_that_returns_the_wrong_thing_stops_the_run_in_one_line(tmp_path):
+    """A merge returning None, or factors not at max_rank, failed far from its cause (an AttributeError, a torch shape
+    error in the next round's payload); the run stops with one line naming the aggregator and what it must return."""
+    from fedsim.aggregation import LayerMerge
+
+    fedsim.register_aggregator("returns-nothing", lambda glob_a, glob_b, *rest: None)
+    fedsim.register_aggregator("returns-rank-1", lambda glob_a, glob_b, *rest: LayerMerge(glob_a[:1], glob_b, 0.0))
+    base = {**TINY, "rounds": 1, "adapter.max_rank": 4, "policy.rank": 4}
+    for method, got in (("returns-nothing", "NoneType"), ("returns-rank-1", r"A \(1, 32\), B \(32, 4\)")):
+        out = tmp_path / method
+        with pytest.raises(
+            fedsim.FedsimError,
+            match=rf"^aggregation.method='{method}': its merge returned {got} for layer 0; allowed: fedsim.aggregation.LayerMerge\(A, B, importance\) with A \(4, 32\) and B \(32, 4\)",
+        ):
+            fedsim.run("scenarios/quickstart.yaml", {**base, "aggregation.method": method}, out=out)
+        assert not (out / "summary.json").exists()
+
+
+def test_a_registration_the_scenario_schema_cannot_take_is_refused_and_leaves_the_registries_working(tmp_path):
+    """A config whose name is a plain str was added to the registry before the scenario's discriminated union refused
+    it: every later scenario read in the process then failed with pydantic's error. It is now refused first."""
+
+    class PlainName(BaseModel):
+        name: str = "plain-name"
+
+    class TaskConfig(BaseModel):
+        name: Literal["not-a-task"] = "not-a-task"
+
+    with pytest.raises(TypeError, match=r"PlainName: a policy config needs a `name: Literal\['<name>'\] = '<name>'` field"):
+        fedsim.register_policy(PlainName, TopHalfPolicy)
+    with pytest.raises(TypeError, match=r"object: a task must be a subclass of fedsim.tasks.base.Task"):
+        fedsim.register_task(TaskConfig, object)
+    with pytest.raises(TypeError, match=r"a channel config must be a pydantic model class"):
+        fedsim.register_channel(dict, Channel)
+    result = fedsim.run("scenarios/quickstart.yaml", {**TINY, "rounds": 1, "policy": {"name": "top-half"}}, out=tmp_path / "run")
+    assert len(result.rounds) == 1
+    with pytest.raises(fedsim.FedsimError, match="task.name='not-a-task' is not registered"):
+        fedsim.run("scenarios/quickstart.yaml", {**TINY, "task": {"name": "not-a-task"}}, out=tmp_path / "task")
+
+
 def send_back_what_arrived(runtime, payload, client_id, server_round):
     """A toy adapter kind's local training: nothing is trained, the client returns what it received."""
     return {k: v.copy() for k, v in payload.items()}, {"num-examples": len(runtime.partitions[client_id]), "train-loss": 0.0, "tokens": 0}

@@ -42,7 +42,7 @@ AlgorithmConfig = config_union()
 
 def add_algorithm(config_cls: type, algorithm_cls: type[FederatedAlgorithm]) -> str:
     """Register an algorithm (the registry's part of `fedsim.register_algorithm`); returns its name."""
-    return add_named(ALGORITHMS, config_cls, algorithm_cls, "algorithm")
+    return add_named(ALGORITHMS, config_cls, algorithm_cls, "algorithm", base=FederatedAlgorithm)
 
 
 def build_algorithm(config, method: str, num_clients: int) -> FederatedAlgorithm:

@@ -40,7 +40,7 @@ TaskConfig = config_union()
 
 def add_task(config_cls: type, task_cls: type[Task]) -> str:
     """Register a task (the registry's part of `fedsim.register_task`); returns its name."""
-    return add_named(TASKS, config_cls, task_cls, "task")
+    return add_named(TASKS, config_cls, task_cls, "task", base=Task)
 
 
 def build_task(config) -> Task:
