@@ -260,7 +260,9 @@ def check_merged(method: str, layer: int, merged, a_shape: tuple, b_shape: tuple
     a wrong shape reaches the model (a torch error far from its cause) or None an AttributeError."""
     if isinstance(merged, LayerMerge) and np.shape(merged.A) == a_shape and np.shape(merged.B) == b_shape and np.ndim(merged.importance) == 0:
         return
-    got = f"A {np.shape(merged.A)}, B {np.shape(merged.B)}" if isinstance(merged, LayerMerge) else type(merged).__name__
+    got = type(merged).__name__
+    if isinstance(merged, LayerMerge):
+        got = f"A {np.shape(merged.A)}, B {np.shape(merged.B)}, importance of shape {np.shape(merged.importance)}"
     raise FedsimError(
         f"aggregation.method={method!r}: its merge returned {got} for layer {layer}; allowed: "
         f"fedsim.aggregation.LayerMerge(A, B, importance) with A {a_shape} and B {b_shape} (the global factors at max_rank) and a scalar importance"

@@ -18,7 +18,7 @@ def add_named(registry: dict, config_cls: type, target, kind: str, key: str = "n
     the name. The shared part of `fedsim.register_policy`, `register_algorithm`, `register_task` and `register_channel`
     (key `model`). Everything is checked before the registry changes: a refused registration leaves it as it was (a
     config the scenario's discriminated union cannot take would otherwise break every later scenario read).
-    `base`: the class `target` must subclass (a "module:Class" string is imported, and checked, on first use)."""
+    `base`: the class `target` must subclass (a built-in's "module:Class" string, imported on first use, is not checked)."""
     from typing import Literal, get_args, get_origin
 
     fields = getattr(config_cls, "model_fields", None)

@@ -262,7 +262,7 @@ def test_a_registered_merge_that_returns_the_wrong_thing_stops_the_run_in_one_li
     fedsim.register_aggregator("returns-nothing", lambda glob_a, glob_b, *rest: None)
     fedsim.register_aggregator("returns-rank-1", lambda glob_a, glob_b, *rest: LayerMerge(glob_a[:1], glob_b, 0.0))
     base = {**TINY, "rounds": 1, "adapter.max_rank": 4, "policy.rank": 4}
-    for method, got in (("returns-nothing", "NoneType"), ("returns-rank-1", r"A \(1, 32\), B \(32, 4\)")):
+    for method, got in (("returns-nothing", "NoneType"), ("returns-rank-1", r"A \(1, 32\), B \(32, 4\), importance of shape \(\)")):
         out = tmp_path / method
         with pytest.raises(
             fedsim.FedsimError,
