@@ -13,7 +13,7 @@ from pydantic import Discriminator, Tag
 
 from channels.base import Channel
 from channels.wireless import ChannelConfig, WirelessChannel
-from fedsim.types import add_named
+from fedsim.types import add_named, load_entry_point_pairs
 
 DEFAULT_MODEL = "wireless"
 
@@ -36,6 +36,15 @@ def config_union():
 def add_channel(config_cls: type, channel_cls: type[Channel]) -> str:
     """Register a channel model under its config's `model` (a one-value Literal with that default); returns it."""
     return add_named(CHANNELS, config_cls, channel_cls, "channel", key="model", base=Channel)
+
+
+ENTRY_POINT_GROUP = "fedsim.channels"  # a distribution's entry point here names a (config class, channel class) pair
+
+
+def load_entry_points() -> list[str]:
+    """Register the channel models that installed distributions declare under ENTRY_POINT_GROUP (a broken one is skipped
+    with one line on stderr); returns their names."""
+    return load_entry_point_pairs(ENTRY_POINT_GROUP, add_channel, "channel")
 
 
 def build_channel(config, seed: int = 0) -> Channel:

@@ -473,12 +473,22 @@ def refresh_task_schema() -> None:
 
 
 def _load_plugins() -> None:
-    """Policies that installed distributions declare (entry point group `fedsim.policies`): loaded in every
-    process that reads a scenario, sweep workers and Ray actors included."""
-    from policies.registry import load_entry_points
+    """The policies, channel models, algorithms and tasks that installed distributions declare (entry point groups
+    `fedsim.policies`, `fedsim.channels`, `fedsim.algorithms`, `fedsim.tasks`): loaded in every process that reads a
+    scenario, sweep workers, Ray actors and SuperNodes included."""
+    from channels.registry import load_entry_points as load_channels
+    from fedsim.algorithms.registry import load_entry_points as load_algorithms
+    from fedsim.tasks.registry import load_entry_points as load_tasks
+    from policies.registry import load_entry_points as load_policies
 
-    if load_entry_points():
-        refresh_policy_schema()
+    for load, refresh in (
+        (load_policies, refresh_policy_schema),
+        (load_channels, refresh_channel_schema),
+        (load_algorithms, refresh_algorithm_schema),
+        (load_tasks, refresh_task_schema),
+    ):
+        if load():
+            refresh()
 
 
 _register_union_tags()

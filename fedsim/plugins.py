@@ -21,6 +21,10 @@ your package's pyproject.toml instead; fedsim loads the group whenever it reads 
 
     [project.entry-points."fedsim.policies"]
     half = "mypackage.policies:HALF"      # HALF = (HalfConfig, HalfPolicy)
+
+A channel model, an algorithm or a task the same way, under `fedsim.channels`, `fedsim.algorithms` or
+`fedsim.tasks` (a (config class, class) pair each). Aggregators, adapter kinds and backbone families are
+registered from code only.
 """
 
 from __future__ import annotations
@@ -59,7 +63,12 @@ def refuse_other_processes(scenario, where: str, allowed: str) -> None:
     if used:
         from fedsim.types import FedsimError
 
-        policy_hint = " (a policy can be declared as an entry point instead: see fedsim.plugins)" if any(u.startswith("policy.") for u in used) else ""
+        kinds = ("policy.", "channel.", "algorithm.", "task.")
+        policy_hint = (
+            " (a policy, channel, algorithm or task can be declared as an entry point instead: see fedsim.plugins)"
+            if any(u.startswith(kinds) for u in used)
+            else ""
+        )
         raise FedsimError(
             f"{', '.join(used)}: registered from this process's own code (fedsim.register_*), which {where} does not run; allowed: {allowed}{policy_hint}"
         )

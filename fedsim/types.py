@@ -37,6 +37,27 @@ def add_named(registry: dict, config_cls: type, target, kind: str, key: str = "n
     return name
 
 
+def load_entry_point_pairs(group: str, add: Callable[[type, type], str], kind: str) -> list[str]:
+    """Register every (config class, class) pair that installed distributions declare under the entry point `group`
+    with `add` (a registry's add_*); returns their names.
+
+    One that cannot be loaded (its module missing or raising, not a pair, refused by `add`, a name already taken) is
+    skipped with one line on stderr: a broken plugin must not take every fedsim command down with it; a scenario naming
+    it then fails as for any unknown name."""
+    from importlib.metadata import entry_points
+
+    names = []
+    for entry in entry_points(group=group):
+        try:
+            config_cls, target = entry.load()
+            names.append(add(config_cls, target))
+        except Exception as exc:  # noqa: BLE001 - any failure of third-party code: reported, not fatal
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            dist = getattr(entry.dist, "name", "?")
+            print(f"fedsim: skipped {kind} plugin {entry.name} = {entry.value} (from {dist}): {why}", file=sys.stderr)
+    return names
+
+
 ERROR_LINE_PREFIX = "[fedsim] error: "  # how a deployed ServerApp reports a FedsimError in its log stream (fedsim.deploy reads it)
 
 

@@ -12,7 +12,7 @@ from typing import Annotated, Union
 
 from pydantic import Field
 
-from fedsim.types import add_named
+from fedsim.types import add_named, load_entry_point_pairs
 from policies.adalora import AdaLoraConfig
 from policies.airllm.config import AirLlmConfig
 from policies.base import RankPolicy
@@ -50,24 +50,9 @@ def add_policy(config_cls: type, policy_cls: type[RankPolicy] | str) -> str:
 
 
 def load_entry_points() -> list[str]:
-    """Register the policies that installed distributions declare under ENTRY_POINT_GROUP; returns their names.
-
-    One that cannot be loaded (its module missing or raising, not a (config class, policy class) pair, a name already
-    taken) is skipped with one line on stderr: a broken plugin must not take every fedsim command down with it; a
-    scenario naming it then fails as for any unknown policy."""
-    import sys
-    from importlib.metadata import entry_points
-
-    names = []
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            config_cls, policy_cls = entry.load()
-            names.append(add_policy(config_cls, policy_cls))
-        except Exception as exc:  # noqa: BLE001 - any failure of third-party code: reported, not fatal
-            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            dist = getattr(entry.dist, "name", "?")
-            print(f"fedsim: skipped policy plugin {entry.name} = {entry.value} (from {dist}): {why}", file=sys.stderr)
-    return names
+    """Register the policies that installed distributions declare under ENTRY_POINT_GROUP (a broken one is skipped
+    with one line on stderr); returns their names."""
+    return load_entry_point_pairs(ENTRY_POINT_GROUP, add_policy, "policy")
 
 
 def policy_class(name: str) -> type[RankPolicy]:

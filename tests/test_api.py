@@ -69,8 +69,9 @@ def test_a_policy_registered_from_user_code_runs_by_name(tmp_path):
         fedsim.run("scenarios/quickstart.yaml", {**TINY, "policy": {"name": "top-half", "rank": "many"}}, out=tmp_path / "bad")
 
 
-def test_a_policy_from_an_installed_distributions_entry_point_is_known_to_every_process(tmp_path):
-    """The `fedsim.policies` entry point group: a fresh process (as a sweep worker or the CLI is) knows the policy."""
+def test_plugins_from_an_installed_distributions_entry_points_are_known_to_every_process(tmp_path):
+    """The `fedsim.policies` and `fedsim.channels` entry point groups (`fedsim.algorithms` and `fedsim.tasks` load the
+    same way): a fresh process (as a sweep worker, a Ray actor or the CLI is) knows the policy and runs the channel."""
     (tmp_path / "myplugin.py").write_text(
         textwrap.dedent(
             """
@@ -88,6 +89,25 @@ def test_a_policy_from_an_installed_distributions_entry_point_is_known_to_every_
                     return np.ones((observation.n_clients, observation.n_layers), dtype=np.int64)
 
             POLICY = (OneConfig, OnePolicy)
+
+            from channels.base import Channel
+            from fedsim.types import ChannelStates, Transmission
+
+            class EraseAllConfig(BaseModel):
+                model: Literal["erase-all"] = "erase-all"
+
+            class EraseAll(Channel):
+                def __init__(self, config, seed):
+                    self.config = config
+                def draw(self, round, client_ids, rng):
+                    ones = np.ones(len(client_ids))
+                    return ChannelStates(np.asarray(client_ids), 0 * ones, ones, 1e6 * ones, 1e6 * ones)
+                def uplink(self, states, n_bits, rng, samples=None):
+                    return [Transmission(int(b), b / 1e6, 0.0, False, "erased") for b in n_bits]
+                def downlink(self, states, n_bits):
+                    return [Transmission(int(b), b / 1e6, 0.0, True) for b in n_bits]
+
+            CHANNEL = (EraseAllConfig, EraseAll)
             """
         )
     )
@@ -95,10 +115,12 @@ def test_a_policy_from_an_installed_distributions_entry_point_is_known_to_every_
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: myplugin\nVersion: 0.1\n")
     # A second distribution's plugin is broken: it costs one line, not every command.
-    (dist / "entry_points.txt").write_text("[fedsim.policies]\nall-ones = myplugin:POLICY\nbroken = nosuchmodule:POLICY\n")
+    (dist / "entry_points.txt").write_text(
+        "[fedsim.policies]\nall-ones = myplugin:POLICY\nbroken = nosuchmodule:POLICY\n[fedsim.channels]\nerase-all = myplugin:CHANNEL\n"
+    )
     scenario = tmp_path / "s.yaml"
     scenario.write_text("model: {backbone: tiny-random}\npolicy: {name: all-ones}\n")
-    env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    env = {"PYTHONPATH": f"{tmp_path}:{Path(__file__).resolve().parents[1]}", "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-m", "fedsim.cli", "validate", str(scenario)], capture_output=True, text=True, env=env, cwd=str(tmp_path))
     assert done.returncode == 0, done.stderr
     assert "name: all-ones" in done.stdout
@@ -106,6 +128,14 @@ def test_a_policy_from_an_installed_distributions_entry_point_is_known_to_every_
         "fedsim: skipped policy plugin broken = nosuchmodule:POLICY (from myplugin): No module named 'nosuchmodule'"
     ]
     assert "Traceback" not in done.stderr
+    argv = ["run", "scenarios/quickstart.yaml", *(f"--set={k}={v}" for k, v in {**TINY, "rounds": 1, "channel": "{model: erase-all}"}.items())]
+    ran = subprocess.run(
+        [sys.executable, "-m", "fedsim.cli", *argv, "--no-progress", "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, env=env, cwd=str(Path(__file__).resolve().parents[1]),
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-1000:]
+    clients = (tmp_path / "run" / "clients.csv").read_text().splitlines()
+    assert len(clients) == 4 and all(",erased," in row for row in clients[1:]), clients
 
 
 def test_sweep_returns_the_collected_results(tmp_path):

@@ -17,7 +17,7 @@ from fedsim.algorithms.fedavgm import FedAvgM, FedAvgMConfig
 from fedsim.algorithms.fedprox import FedProx, FedProxConfig
 from fedsim.algorithms.fedyogi import FedYogi, FedYogiConfig
 from fedsim.algorithms.scaffold import Scaffold, ScaffoldConfig
-from fedsim.types import add_named
+from fedsim.types import add_named, load_entry_point_pairs
 
 ALGORITHMS: dict[str, tuple[type, type[FederatedAlgorithm]]] = {
     "fedavg": (FedAvgConfig, FedAvg),
@@ -43,6 +43,15 @@ AlgorithmConfig = config_union()
 def add_algorithm(config_cls: type, algorithm_cls: type[FederatedAlgorithm]) -> str:
     """Register an algorithm (the registry's part of `fedsim.register_algorithm`); returns its name."""
     return add_named(ALGORITHMS, config_cls, algorithm_cls, "algorithm", base=FederatedAlgorithm)
+
+
+ENTRY_POINT_GROUP = "fedsim.algorithms"  # a distribution's entry point here names a (config class, algorithm class) pair
+
+
+def load_entry_points() -> list[str]:
+    """Register the algorithms that installed distributions declare under ENTRY_POINT_GROUP (a broken one is skipped
+    with one line on stderr); returns their names."""
+    return load_entry_point_pairs(ENTRY_POINT_GROUP, add_algorithm, "algorithm")
 
 
 def build_algorithm(config, method: str, num_clients: int) -> FederatedAlgorithm:

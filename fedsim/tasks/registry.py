@@ -13,7 +13,7 @@ from pydantic import Discriminator, Tag
 from fedsim.tasks.base import Task
 from fedsim.tasks.causal_lm import CausalLM, CausalLMConfig
 from fedsim.tasks.classification import Classification, ClassificationConfig
-from fedsim.types import add_named
+from fedsim.types import add_named, load_entry_point_pairs
 
 DEFAULT_TASK = "classification"
 
@@ -41,6 +41,15 @@ TaskConfig = config_union()
 def add_task(config_cls: type, task_cls: type[Task]) -> str:
     """Register a task (the registry's part of `fedsim.register_task`); returns its name."""
     return add_named(TASKS, config_cls, task_cls, "task", base=Task)
+
+
+ENTRY_POINT_GROUP = "fedsim.tasks"  # a distribution's entry point here names a (config class, task class) pair
+
+
+def load_entry_points() -> list[str]:
+    """Register the tasks that installed distributions declare under ENTRY_POINT_GROUP (a broken one is skipped
+    with one line on stderr); returns their names."""
+    return load_entry_point_pairs(ENTRY_POINT_GROUP, add_task, "task")
 
 
 def build_task(config) -> Task:
