@@ -22,7 +22,7 @@ from importlib import import_module
 from typing import Literal
 
 from fedsim.payload import HEAD_KEYS
-from fedsim.types import FedsimError
+from fedsim.types import FedsimError, load_entry_points
 
 
 def _resolve(target: str | Callable) -> Callable:
@@ -80,7 +80,22 @@ def adapter_kind(scenario) -> AdapterKind:
 
 def register_adapter(name: str, build: Callable | str, train: Callable | str, **supports) -> None:
     """Register an adapter kind (see the module docstring); `supports`: AdapterKind's flags."""
-    kind = AdapterKind(build, train, **supports)
+    add_adapter(name, AdapterKind(build, train, **supports))
+
+
+def add_adapter(name: str, kind: AdapterKind) -> str:
+    if not isinstance(kind, AdapterKind):
+        raise TypeError(f"not a fedsim.adapters.AdapterKind but {type(kind).__name__}")
     if name in ADAPTERS and ADAPTERS[name] != kind:
         raise ValueError(f"an adapter kind named {name!r} is already registered")
     ADAPTERS[name] = kind
+    return name
+
+
+ENTRY_POINT_GROUP = "fedsim.adapters"  # an entry `<kind> = "mypackage:KIND"` names an AdapterKind(build, train, flags...)
+
+
+def load_adapter_entry_points() -> list[str]:
+    """Register the adapter kinds that installed distributions declare under ENTRY_POINT_GROUP, each under its entry's
+    name (a broken one is skipped with one line on stderr); returns their names."""
+    return load_entry_points(ENTRY_POINT_GROUP, add_adapter, "adapter")

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module
 
-from fedsim.types import FedsimError
+from fedsim.types import FedsimError, load_entry_points
 
 STATISTICS = ("fisher",)  # client statistics a client knows how to compute (fedsim.training, fedsim.nano)
 
@@ -50,6 +50,22 @@ AGGREGATORS: dict[str, Aggregator] = {
     "fedavg-factors": Aggregator("fedsim.aggregation:merge_factors", aircomp=True),
     "fisher": Aggregator("fedsim.aggregation:merge_fisher", client_statistics=("fisher",), cohort=False),
 }
+
+
+ENTRY_POINT_GROUP = "fedsim.aggregators"  # an entry `<method> = "mypackage:AGGREGATOR"` names an Aggregator(merge, client_statistics, cohort)
+
+
+def load_aggregator_entry_points() -> list[str]:
+    """Register the aggregators that installed distributions declare under ENTRY_POINT_GROUP, each under its entry's
+    name (a broken one is skipped with one line on stderr); returns their names."""
+
+    def register(name: str, aggregator) -> str:
+        if not isinstance(aggregator, Aggregator):
+            raise TypeError(f"not a fedsim.aggregators.Aggregator but {type(aggregator).__name__}")
+        register_aggregator(name, aggregator.merge, client_statistics=aggregator.client_statistics, cohort=aggregator.cohort)
+        return name
+
+    return load_entry_points(ENTRY_POINT_GROUP, register, "aggregator")
 
 
 def get_aggregator(name: str) -> Aggregator:

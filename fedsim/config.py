@@ -473,10 +473,13 @@ def refresh_task_schema() -> None:
 
 
 def _load_plugins() -> None:
-    """The policies, channel models, algorithms and tasks that installed distributions declare (entry point groups
-    `fedsim.policies`, `fedsim.channels`, `fedsim.algorithms`, `fedsim.tasks`): loaded in every process that reads a
-    scenario, sweep workers, Ray actors and SuperNodes included."""
+    """The policies, channel models, algorithms, tasks, aggregators and adapter kinds that installed distributions
+    declare (entry point groups `fedsim.policies`, `.channels`, `.algorithms`, `.tasks`, `.aggregators`, `.adapters`):
+    loaded in every process that reads a scenario, sweep workers, Ray actors and SuperNodes included. (Backbone
+    families, `fedsim.backbones`, load when a model is first built: they need torch.)"""
     from channels.registry import load_entry_points as load_channels
+    from fedsim.adapters import load_adapter_entry_points
+    from fedsim.aggregators import load_aggregator_entry_points
     from fedsim.algorithms.registry import load_entry_points as load_algorithms
     from fedsim.tasks.registry import load_entry_points as load_tasks
     from policies.registry import load_entry_points as load_policies
@@ -489,6 +492,8 @@ def _load_plugins() -> None:
     ):
         if load():
             refresh()
+    load_aggregator_entry_points()  # checked by name when a scenario is read; no schema to refresh
+    load_adapter_entry_points()
 
 
 _register_union_tags()

@@ -23,8 +23,9 @@ your package's pyproject.toml instead; fedsim loads the group whenever it reads 
     half = "mypackage.policies:HALF"      # HALF = (HalfConfig, HalfPolicy)
 
 A channel model, an algorithm or a task the same way, under `fedsim.channels`, `fedsim.algorithms` or
-`fedsim.tasks` (a (config class, class) pair each). Aggregators, adapter kinds and backbone families are
-registered from code only.
+`fedsim.tasks` (a (config class, class) pair each); an aggregator under `fedsim.aggregators` (the entry's name is
+the method, its object a `fedsim.aggregators.Aggregator`), an adapter kind under `fedsim.adapters` (an
+`AdapterKind`), a backbone family under `fedsim.backbones` (the entry's name is the model_type, its object a Backbone).
 """
 
 from __future__ import annotations
@@ -63,14 +64,9 @@ def refuse_other_processes(scenario, where: str, allowed: str) -> None:
     if used:
         from fedsim.types import FedsimError
 
-        kinds = ("policy.", "channel.", "algorithm.", "task.")
-        policy_hint = (
-            " (a policy, channel, algorithm or task can be declared as an entry point instead: see fedsim.plugins)"
-            if any(u.startswith(kinds) for u in used)
-            else ""
-        )
         raise FedsimError(
-            f"{', '.join(used)}: registered from this process's own code (fedsim.register_*), which {where} does not run; allowed: {allowed}{policy_hint}"
+            f"{', '.join(used)}: registered from this process's own code (fedsim.register_*), which {where} does not run; "
+            f"allowed: {allowed} (or declare it as an entry point of your package: see fedsim.plugins)"
         )
 
 

@@ -37,25 +37,36 @@ def add_named(registry: dict, config_cls: type, target, kind: str, key: str = "n
     return name
 
 
-def load_entry_point_pairs(group: str, add: Callable[[type, type], str], kind: str) -> list[str]:
-    """Register every (config class, class) pair that installed distributions declare under the entry point `group`
-    with `add` (a registry's add_*); returns their names.
+def load_entry_points(group: str, register: Callable[[str, object], str], kind: str) -> list[str]:
+    """Register what installed distributions declare under the entry point `group`: `register(entry name, the loaded
+    object)` returns the registered name; returns them all.
 
-    One that cannot be loaded (its module missing or raising, not a pair, refused by `add`, a name already taken) is
-    skipped with one line on stderr: a broken plugin must not take every fedsim command down with it; a scenario naming
-    it then fails as for any unknown name."""
+    One that cannot be loaded or registered (its module missing or raising, the wrong kind of object, a name already
+    taken) is skipped with one line on stderr: a broken plugin must not take every fedsim command down with it; a
+    scenario naming it then fails as for any unknown name."""
     from importlib.metadata import entry_points
 
     names = []
     for entry in entry_points(group=group):
         try:
-            config_cls, target = entry.load()
-            names.append(add(config_cls, target))
+            names.append(register(entry.name, entry.load()))
         except Exception as exc:  # noqa: BLE001 - any failure of third-party code: reported, not fatal
             why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             dist = getattr(entry.dist, "name", "?")
             print(f"fedsim: skipped {kind} plugin {entry.name} = {entry.value} (from {dist}): {why}", file=sys.stderr)
     return names
+
+
+def load_entry_point_pairs(group: str, add: Callable[[type, type], str], kind: str) -> list[str]:
+    """`load_entry_points` for the kinds an entry names as a (config class, class) pair, registered with `add` (a
+    registry's add_*) under the config's own name."""
+
+    def register(_entry_name: str, pair) -> str:
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            raise TypeError(f"not a (config class, {kind} class) pair but {type(pair).__name__}")
+        return add(*pair)
+
+    return load_entry_points(group, register, kind)
 
 
 ERROR_LINE_PREFIX = "[fedsim] error: "  # how a deployed ServerApp reports a FedsimError in its log stream (fedsim.deploy reads it)

@@ -70,8 +70,9 @@ def test_a_policy_registered_from_user_code_runs_by_name(tmp_path):
 
 
 def test_plugins_from_an_installed_distributions_entry_points_are_known_to_every_process(tmp_path):
-    """The `fedsim.policies` and `fedsim.channels` entry point groups (`fedsim.algorithms` and `fedsim.tasks` load the
-    same way): a fresh process (as a sweep worker, a Ray actor or the CLI is) knows the policy and runs the channel."""
+    """The entry point groups (`fedsim.algorithms` and `fedsim.tasks` load as `fedsim.policies` and `fedsim.channels` do):
+    a fresh process (as a sweep worker, a Ray actor or the CLI is) knows the policy and runs the channel, aggregator
+    and adapter kind; a broken entry costs one line."""
     (tmp_path / "myplugin.py").write_text(
         textwrap.dedent(
             """
@@ -91,23 +92,33 @@ def test_plugins_from_an_installed_distributions_entry_points_are_known_to_every
             POLICY = (OneConfig, OnePolicy)
 
             from channels.base import Channel
+            from fedsim.adapters import AdapterKind
+            from fedsim.aggregators import Aggregator
             from fedsim.types import ChannelStates, Transmission
 
-            class EraseAllConfig(BaseModel):
-                model: Literal["erase-all"] = "erase-all"
+            class FixedRateConfig(BaseModel):
+                model: Literal["fixed-rate"] = "fixed-rate"
 
-            class EraseAll(Channel):
+            class FixedRate(Channel):
                 def __init__(self, config, seed):
                     self.config = config
                 def draw(self, round, client_ids, rng):
                     ones = np.ones(len(client_ids))
                     return ChannelStates(np.asarray(client_ids), 0 * ones, ones, 1e6 * ones, 1e6 * ones)
                 def uplink(self, states, n_bits, rng, samples=None):
-                    return [Transmission(int(b), b / 1e6, 0.0, False, "erased") for b in n_bits]
+                    return [Transmission(int(b), b / 1e6, 0.0, True) for b in n_bits]
                 def downlink(self, states, n_bits):
                     return [Transmission(int(b), b / 1e6, 0.0, True) for b in n_bits]
 
-            CHANNEL = (EraseAllConfig, EraseAll)
+            CHANNEL = (FixedRateConfig, FixedRate)
+
+            def keep_global(glob_a, glob_b, *rest):
+                from fedsim.aggregation import LayerMerge
+                return LayerMerge(glob_a.copy(), glob_b.copy(), 1.0)
+
+            AGGREGATOR = Aggregator(keep_global)
+            LORA_COPY = AdapterKind("fedsim.model:build_lora", "fedsim.training:train_lora")
+            BERT = "not a Backbone"
             """
         )
     )
@@ -116,7 +127,8 @@ def test_plugins_from_an_installed_distributions_entry_points_are_known_to_every
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: myplugin\nVersion: 0.1\n")
     # A second distribution's plugin is broken: it costs one line, not every command.
     (dist / "entry_points.txt").write_text(
-        "[fedsim.policies]\nall-ones = myplugin:POLICY\nbroken = nosuchmodule:POLICY\n[fedsim.channels]\nerase-all = myplugin:CHANNEL\n"
+        "[fedsim.policies]\nall-ones = myplugin:POLICY\nbroken = nosuchmodule:POLICY\n[fedsim.channels]\nfixed-rate = myplugin:CHANNEL\n"
+        "[fedsim.aggregators]\nkeep-global = myplugin:AGGREGATOR\n[fedsim.adapters]\nlora-copy = myplugin:LORA_COPY\n[fedsim.backbones]\nbert = myplugin:BERT\n"
     )
     scenario = tmp_path / "s.yaml"
     scenario.write_text("model: {backbone: tiny-random}\npolicy: {name: all-ones}\n")
@@ -128,14 +140,21 @@ def test_plugins_from_an_installed_distributions_entry_points_are_known_to_every
         "fedsim: skipped policy plugin broken = nosuchmodule:POLICY (from myplugin): No module named 'nosuchmodule'"
     ]
     assert "Traceback" not in done.stderr
-    argv = ["run", "scenarios/quickstart.yaml", *(f"--set={k}={v}" for k, v in {**TINY, "rounds": 1, "channel": "{model: erase-all}"}.items())]
+    parts = {"channel": "{model: fixed-rate}", "aggregation.method": "keep-global", "adapter.kind": "lora-copy", "train.engine": "per-client"}
+    argv = ["run", "scenarios/quickstart.yaml", *(f"--set={k}={v}" for k, v in {**TINY, "rounds": 1, **parts}.items())]
     ran = subprocess.run(
         [sys.executable, "-m", "fedsim.cli", *argv, "--no-progress", "--out", str(tmp_path / "run")],
         capture_output=True, text=True, env=env, cwd=str(Path(__file__).resolve().parents[1]),
     )  # fmt: skip
     assert ran.returncode == 0, ran.stderr[-1000:]
-    clients = (tmp_path / "run" / "clients.csv").read_text().splitlines()
-    assert len(clients) == 4 and all(",erased," in row for row in clients[1:]), clients
+    assert "fedsim: skipped backbone plugin bert = myplugin:BERT (from myplugin): not a fedsim.backbones.base.Backbone but str" in ran.stderr
+    import pandas as pd
+    from safetensors.numpy import load_file
+
+    clients = pd.read_csv(tmp_path / "run" / "clients.csv")
+    np.testing.assert_allclose(clients["latency_s"], clients["bytes_up"] * 8 / 1e6)  # the plugin's 1 Mb/s channel
+    factors = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
+    assert clients["delivered"].all() and all(not v.any() for k, v in factors.items() if "lora_B" in k)  # keep-global kept B = 0
 
 
 def test_sweep_returns_the_collected_results(tmp_path):

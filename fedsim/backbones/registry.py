@@ -6,6 +6,7 @@ from __future__ import annotations
 from fedsim.backbones.base import Backbone
 from fedsim.backbones.decoder import DecoderBackbone
 from fedsim.backbones.encoder import EncoderBackbone
+from fedsim.types import load_entry_points
 
 FAMILIES: dict[str, Backbone] = {
     "bert": EncoderBackbone(("query", "value"), layerwise=True),
@@ -21,8 +22,33 @@ FAMILIES: dict[str, Backbone] = {
 }
 
 
+ENTRY_POINT_GROUP = "fedsim.backbones"  # an entry `<model_type> = "mypackage:FAMILY"` names a Backbone instance
+_entry_points_loaded = False
+
+
+def add_family(model_type: str, backbone: Backbone) -> str:
+    if not isinstance(backbone, Backbone):
+        raise TypeError(f"not a fedsim.backbones.base.Backbone but {type(backbone).__name__}")
+    if model_type in FAMILIES and FAMILIES[model_type] is not backbone:
+        raise ValueError(f"model_type {model_type!r} already has a backbone family")
+    FAMILIES[model_type] = backbone
+    return model_type
+
+
+def load_backbone_entry_points() -> list[str]:
+    """Register the backbone families that installed distributions declare under ENTRY_POINT_GROUP, each for the model
+    type its entry names (a broken one is skipped with one line on stderr). Loaded on the first `family()` call, not
+    when a scenario is read: a family needs torch, which reading a scenario does not import."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return []
+    _entry_points_loaded = True
+    return load_entry_points(ENTRY_POINT_GROUP, add_family, "backbone")
+
+
 def family(config) -> Backbone:
     """The family of a backbone's HF config; an unlisted model type is an encoder or a decoder by its config."""
+    load_backbone_entry_points()
     model_type = str(getattr(config, "model_type", ""))
     if model_type in FAMILIES:
         return FAMILIES[model_type]
