@@ -26,6 +26,7 @@ class Channel(ABC):
 
     mode: str = "digital"
     deadline_s: float = math.inf
+    sequential_uploads: bool = False  # uploads in client order, each after the previous one ends (TDMA)
 
     @abstractmethod
     def draw(self, round: int, client_ids: np.ndarray, rng: np.random.Generator) -> ChannelStates:
@@ -41,6 +42,10 @@ class Channel(ABC):
     @abstractmethod
     def downlink(self, states: ChannelStates, n_bits: np.ndarray) -> list[Transmission]:
         """Meter the broadcast of the global adapter to each client. Never dropped."""
+
+    def compute_seconds(self, client_ids: np.ndarray, samples: np.ndarray) -> np.ndarray:
+        """Local training time before each client's upload (what `uplink` adds for `samples`); none by default."""
+        return np.zeros(len(client_ids))
 
     def set_data_sizes(self, sizes) -> None:
         """Clients' data sizes (indexed by client id), for access schemes that share the band by data size."""

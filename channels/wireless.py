@@ -137,9 +137,13 @@ class WirelessChannel(Channel):
         self.fading = FADING[config.kind](k_factor=config.k_factor, correlation=config.correlation)
         self.compute = ComputeModel(config.compute, seed)
         self.data_sizes: np.ndarray | None = None
+        self.sequential_uploads = self.mode == "digital" and access_block.is_sequential(config.access)
 
     def set_data_sizes(self, sizes) -> None:
         self.data_sizes = np.asarray(sizes, dtype=float)
+
+    def compute_seconds(self, client_ids: np.ndarray, samples: np.ndarray) -> np.ndarray:
+        return self.compute.cost(client_ids, samples)[0]
 
     # --- state -------------------------------------------------------------------------------
     def draw(self, round: int, client_ids: np.ndarray, rng: np.random.Generator) -> ChannelStates:

@@ -132,6 +132,11 @@ class RankAdaptiveStrategy:
         self.prepared = PreparedRound(server_round, clients, states, self.observe(server_round, states))
         return self.prepared.observation
 
+    def scheduled_samples(self, clients: np.ndarray) -> np.ndarray:
+        """Examples each client processes in its local training: a shard smaller than a batch is the whole batch at every step."""
+        train = self.scenario.train
+        return train.local_steps * np.minimum(train.batch_size, self.shard_sizes[np.asarray(clients, dtype=np.int64)])
+
     def observe(self, server_round: int, states: ChannelStates) -> Observation:
         if self._data_stats is None:
             self._data_stats = client_data_stats(self.runtime, self.scenario.model.backbone)
@@ -154,6 +159,8 @@ class RankAdaptiveStrategy:
             importance_round=self.importance_round,
             data_stats=self._data_stats[states.client_ids],
             deadline_s=self.deadline_s,
+            compute_s=self.channel.compute_seconds(states.client_ids, self.scheduled_samples(states.client_ids)),
+            sequential_uploads=self.channel.sequential_uploads,
         )
 
     def configure_train(self, server_round: int, node_of_client: dict[int, int], ranks: np.ndarray | None = None) -> list[Message]:
@@ -176,12 +183,9 @@ class RankAdaptiveStrategy:
         assert pending is not None and pending.server_round == server_round
         client_of_node = {node: int(c) for c, node in zip(pending.clients, pending.nodes)}
         got = collect_replies(replies, client_of_node, server_round, self.scenario.tolerate_client_errors, self.error_log)
-        train = self.scenario.train
-        # Examples each client processed: a shard smaller than a batch is the whole batch at every step. One whose message was
-        # never sent (no SuperNode) trained on none, so it is charged no compute; one that got it is charged its schedule
-        # even without a reply (no-reply, client-error): how far it got is unknown here.
-        scheduled = train.local_steps * np.minimum(train.batch_size, self.shard_sizes[pending.clients])
-        samples = np.where(np.asarray(pending.nodes) == ABSENT_NODE, 0, scheduled)
+        # One whose message was never sent (no SuperNode) trained on none, so it is charged no compute; one that got it is
+        # charged its schedule even without a reply (no-reply, client-error): how far it got is unknown here.
+        samples = np.where(np.asarray(pending.nodes) == ABSENT_NODE, 0, self.scheduled_samples(pending.clients))
         bits = self.scenario.quantization.bits_per_param
         uplink = meter_uplink(pending, got, self.layout, self.channel, bits, self.algorithm, samples, self.scenario.adapter.max_rank, self.rng_channel)
         for client, encoded, ok in zip(pending.clients, uplink.encoded, uplink.finite):  # the client keeps its new state, whatever the channel does

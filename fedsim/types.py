@@ -152,6 +152,8 @@ class Observation:
     data_stats: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # [clients, 2]: token entropy, OOV rate
     deadline_s: float = float("inf")  # the round's upload deadline, if any
     upload_tensors: int = 0  # tensors of a full-rank upload, each with a scale when quantised (0: A and B per layer + the head's two)
+    compute_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # float [clients]: local training before the upload (empty: none)
+    sequential_uploads: bool = False  # uploads one after another in client order (TDMA), not in parallel
 
     @property
     def n_clients(self) -> int:

@@ -9,7 +9,11 @@ the head, b bits per parameter, and, when b < 32, one s = 32-bit float scale per
 n_tensors = `Observation.upload_tensors`, 2 L + 2 for plain LoRA: A and B of L layers plus the head's two),
 and the policy picks
 
-    r_k = max { r in [0, max_rank] : bits(r) <= C_k · T · margin }.
+    r_k = max { r in [0, max_rank] : bits(r) <= C_k · (T - s_k) · margin },
+
+s_k the time its upload can start: after its local training (`channel.compute`), and under TDMA after the
+previous client's slot, which sends its own r (`policies.common.fitting_rank`): no upload it sizes is late
+but by HARQ resends.
 
 T is the observation's deadline (the channel's), else this policy's `deadline_s`; with
 neither (inf), every client gets max_rank. A client that cannot fit even rank 0 gets 0.

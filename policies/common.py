@@ -5,7 +5,7 @@ Features (one row per selected client, all roughly in [-1, 1] or [0, 1]):
     snr_db / 20, log10(fading_gain) / 2, bandwidth share (b_k / Σ b), log10(rate_bps) / 8 - 0.75,
     budget = clip(rate · T / bits_full, 0, 4) / 4    (T = deadline; 1 when there is none),
     log budget = clip(log2(rate · T / bits_full), -4, 2) / 4,
-    fit = `fitting_rank` / max_rank (the largest uniform rank whose upload fits rate · T; -1/max_rank: not even rank 0),
+    fit = `fitting_rank` / max_rank (the largest uniform rank whose upload ends by T; -1/max_rank: not even rank 0),
     mean(last_ranks) / max_rank, token entropy / 10, OOV rate,
     round / rounds, last loss / 5, last accuracy,
     layer importance (share per layer, Σ = 1; uniform before any aggregate)
@@ -132,14 +132,21 @@ def full_rank_bits(observation: Observation) -> float:
 
 
 def fitting_rank(observation: Observation, deadline_s: float | None = None, margin: float = 1.0, scale_bits: int = 32) -> np.ndarray:
-    """Per client, the largest uniform rank r in [0, R] whose upload meets the deadline T at the rate it is sent at,
-    C_k (the capacity, or the channel's fixed target rate: `ChannelStates.upload_rate_bps`):
+    """Per client, the largest uniform rank r in [0, R] whose upload ends by the deadline T, sent at its rate C_k
+    (the capacity, or the channel's fixed target rate: `ChannelStates.upload_rate_bps`) from the moment s_k it
+    can start:
 
-        bits(r) = (r · Σ_l p_l + p_fixed) · b + s · n_t  <=  C_k · T · margin
+        bits(r) = (r · Σ_l p_l + p_fixed) · b + s · n_t  <=  C_k · (T - s_k) · margin
 
     (p_l parameters per rank component of layer l, p_fixed the head's, b bits per parameter, and, when
     b < 32, one s-bit scale per quantised tensor, n_t of them: `Observation.upload_tensors`, by default
     A and B of L layers plus the head's two; an upper bound, since a rank-0 layer sends no tensor).
+    s_k follows `channels.access`: after the client's local training t^comp_k (`Observation.compute_s`) when
+    uploads run in parallel (FDMA); in sequential slots (TDMA, `Observation.sequential_uploads`)
+    s_k = max(e_{k-1}, t^comp_k), with e_{k-1} the end of the previous client's upload at *its* fitting rank
+    (rank 0 where none fits, cut at T), so the slots fill greedily in client order. A policy that sends what
+    fits (channel-greedy) is then never late; one that sends less leaves the later slots more time than
+    assumed. HARQ resends are random and not budgeted: with them an upload that fits can still be late.
     -1 where not even rank 0 fits; R with no deadline. T is the observation's deadline, else `deadline_s`.
     Float array [clients]."""
     deadline = observation.deadline_s if np.isfinite(observation.deadline_s) else (deadline_s if deadline_s is not None else np.inf)
@@ -148,10 +155,26 @@ def fitting_rank(observation: Observation, deadline_s: float | None = None, marg
         return np.full(n, float(observation.max_rank))
     tensors = observation.upload_tensors or 2 * n_layers + 2
     overhead = scale_bits * tensors if observation.bits_per_param < 32 else 0
-    budget_params = (np.asarray(observation.channel.upload_rate_bps, dtype=float) * deadline * margin - overhead) / observation.bits_per_param
     per_rank = max(float(np.sum(observation.params_per_rank)), 1.0)
-    fitting = np.floor((budget_params - observation.fixed_params) / per_rank)
-    return np.clip(np.nan_to_num(fitting, nan=-1.0, posinf=observation.max_rank, neginf=-1.0), -1, observation.max_rank)
+    rate = np.asarray(observation.channel.upload_rate_bps, dtype=float)
+    compute = np.asarray(observation.compute_s, dtype=float) if len(observation.compute_s) == n else np.zeros(n)
+
+    def largest(start: np.ndarray, k=slice(None)) -> np.ndarray:
+        with np.errstate(invalid="ignore"):  # inf rate x zero time left
+            budget_params = (rate[k] * np.maximum(deadline - start, 0.0) * margin - overhead) / observation.bits_per_param
+        fitting = np.floor((budget_params - observation.fixed_params) / per_rank)
+        return np.clip(np.nan_to_num(fitting, nan=-1.0, posinf=observation.max_rank, neginf=-1.0), -1, observation.max_rank)
+
+    if not observation.sequential_uploads:
+        return largest(compute)
+    fitting, end = np.empty(n), 0.0
+    for k in range(n):
+        start = max(end, compute[k])
+        fitting[k] = largest(np.array([start]), slice(k, k + 1))[0]
+        bits = (max(fitting[k], 0.0) * per_rank + observation.fixed_params) * observation.bits_per_param + overhead
+        with np.errstate(divide="ignore"):
+            end = max(start, min(start + bits / rate[k], deadline))
+    return fitting
 
 
 def client_features(observation: Observation) -> np.ndarray:

@@ -69,6 +69,26 @@ def test_a_policy_registered_from_user_code_runs_by_name(tmp_path):
         fedsim.run("scenarios/quickstart.yaml", {**TINY, "policy": {"name": "top-half", "rank": "many"}}, out=tmp_path / "bad")
 
 
+def test_a_backbone_entry_point_for_a_built_in_model_type_is_skipped_and_the_built_in_family_kept(tmp_path, monkeypatch, capsys):
+    """An installed package must not change a built-in family in every process that imports fedsim: its entry for `bert`
+    is skipped with one line on stderr and bert keeps its family (`fedsim.register_backbone` in code may override)."""
+    import importlib.metadata
+
+    from fedsim.backbones import registry
+
+    (tmp_path / "clash_plugin.py").write_text("from fedsim.backbones.encoder import EncoderBackbone\nFAMILY = EncoderBackbone(('query', 'value'))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    entry = importlib.metadata.EntryPoint(name="bert", value="clash_plugin:FAMILY", group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [entry] if group == registry.ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    built_in = registry.FAMILIES["bert"]
+    assert registry.load_backbone_entry_points() == []
+    assert registry.FAMILIES["bert"] is built_in
+    assert capsys.readouterr().err.splitlines() == [
+        "fedsim: skipped backbone plugin bert = clash_plugin:FAMILY (from ?): model_type 'bert' already has a backbone family"
+    ]
+
+
 def test_plugins_from_an_installed_distributions_entry_points_are_known_to_every_process(tmp_path):
     """The entry point groups (`fedsim.algorithms` and `fedsim.tasks` load as `fedsim.policies` and `fedsim.channels` do):
     a fresh process (as a sweep worker, a Ray actor or the CLI is) knows the policy and runs the channel, aggregator

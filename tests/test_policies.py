@@ -143,6 +143,78 @@ def test_channel_greedy_budgets_with_the_rate_an_upload_is_sent_at_under_a_targe
     assert all(float(c["latency_s"]) <= 0.3 and float(c["rate_bps"]) > 1e6 for c in clients)
 
 
+def test_what_fits_starts_after_local_training_and_in_tdma_after_the_previous_slot():
+    """channel-greedy's ranks against the real channel's timing (`channels.access`): with local training time before
+    the upload and sequential TDMA slots, no upload it sizes is late, and one rank more for any client (the others
+    unchanged) makes that client late: the largest that fits (in TDMA, where no earlier slot sent rank 0, whose scales
+    are over-counted). Ignoring compute and slots (as fitting_rank did) the
+    same rounds send late uploads. 2,000 Rayleigh rounds of 3 clients at 5 dB, 1.5 s deadline, MiniLM's layout,
+    8-bit uploads, 64 samples at 1e7 cycles each on log-normal CPUs (0.64 s at the nominal 1 GHz)."""
+    from dataclasses import replace
+
+    from channels import ChannelConfig, build_channel
+
+    layers, per_rank, head, bits_per_param, samples = 12, 768, 29_645, 8, np.full(3, 64)
+    compute = {"enabled": True, "cycles_per_sample": 1e7, "cpu_hz": 1e9, "speed_sigma": 0.5}
+    greedy = ChannelGreedyPolicy(ChannelGreedyConfig())
+
+    def upload_bits(ranks):
+        return ((ranks * layers * per_rank + head) * bits_per_param + 32 * (2 * layers * (ranks > 0) + 2)).astype(float)
+
+    for access in ("tdma", "fdma-equal"):
+        channel = build_channel(ChannelConfig(kind="rayleigh", snr_db=5.0, bandwidth_hz=1e6, deadline_s=1.5, access=access, compute=compute), seed=3)
+        channel.set_data_sizes(np.full(20, 100))
+        rng, late_before, binding = np.random.default_rng(0), 0, 0
+        for round_ in range(1, 2001):
+            states = channel.draw(round_, np.sort(rng.choice(20, 3, replace=False)), rng)
+            observation = replace(
+                make_observation(states.snr_db, states.rate_bps, n_layers=layers, ppr=per_rank, fixed=head, deadline_s=1.5),
+                channel=states,
+                bits_per_param=bits_per_param,
+                compute_s=channel.compute_seconds(states.client_ids, samples),
+                sequential_uploads=channel.sequential_uploads,
+            )
+            fits = fitting_rank(observation)
+            ranks = greedy.ranks(observation)[:, 0]
+            sent = channel.uplink(states, upload_bits(ranks), rng, samples)
+            assert not [k for k in range(3) if fits[k] >= 0 and sent[k].drop_reason == "deadline"], (round_, fits, sent)
+            for k in np.flatnonzero((fits >= 0) & (fits < 8)):
+                if channel.sequential_uploads and (ranks[:k] == 0).any():
+                    continue  # a rank-0 upload sends fewer scales than budgeted (an upper bound): the later slots start early
+                more = ranks.copy()
+                more[k] += 1
+                assert channel.uplink(states, upload_bits(more), rng, samples)[k].drop_reason == "deadline", (round_, k, fits)
+                binding += 1
+            naive = greedy.ranks(replace(observation, compute_s=np.zeros(0), sequential_uploads=False))[:, 0]
+            late_before += sum(t.drop_reason == "deadline" for t, r in zip(channel.uplink(states, upload_bits(naive), rng, samples), naive))
+        assert channel.sequential_uploads == (access == "tdma")
+        assert binding > 900 and late_before > 3000, (access, binding, late_before)  # tdma 1,097 and 3,959; fdma 3,318 and 5,112
+
+
+def test_channel_greedy_sends_no_late_upload_in_a_run_with_tdma_and_local_training(tmp_path):
+    """The strategy gives the policy the scheduled training time and the slot order. A tiny run with both: 500 kb/s
+    (0 dB AWGN on 500 kHz), 1 s deadline, 16 samples at 1e6 cycles on 100 MHz CPUs (0.16 s), rank r costing
+    (256 r + 2541) · 32 bits. The first two slots send rank 8 (0.294 s each, ending at 0.748 s), the third what
+    fits in the 0.252 s left: floor((126,000 - 81,312) / 8,192) = 5. Rank 8 there would end at 1.04 s, late."""
+    from fedsim.runner import run_scenario
+
+    channel = {
+        "kind": "awgn",
+        "snr_db": 0,
+        "bandwidth_hz": 5e5,
+        "deadline_s": 1.0,
+        "access": "tdma",
+        "compute": {"enabled": True, "cycles_per_sample": 1e6, "cpu_hz": 1e8},
+    }
+    run_scenario(tiny_scenario(channel=channel, policy={"name": "channel-greedy"}), tmp_path / "run", progress=False)
+    with open(tmp_path / "run" / "clients.csv", newline="") as fh:
+        clients = list(csv.DictReader(fh))
+    assert not [c for c in clients if c["drop_reason"] == "deadline"]
+    for round_ in ("1", "2"):
+        assert [c["ranks"] for c in clients if c["round"] == round_] == ["8 8 8 8", "8 8 8 8", "5 5 5 5"]
+    assert all(float(c["compute_s"]) == pytest.approx(0.16) for c in clients)
+
+
 def test_the_learning_policies_action_is_a_share_of_what_fits_and_its_top_is_channel_greedy():
     from policies.common import level_ranks, ranks_from_action
 
