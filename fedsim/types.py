@@ -154,6 +154,7 @@ class Observation:
     upload_tensors: int = 0  # tensors of a full-rank upload, each with a scale when quantised (0: A and B per layer + the head's two)
     compute_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # float [clients]: local training before the upload (empty: none)
     sequential_uploads: bool = False  # uploads one after another in client order (TDMA), not in parallel
+    over_the_air: bool = False  # AirComp: the round's updates share one analog slot (`channels.aircomp`)
 
     @property
     def n_clients(self) -> int:

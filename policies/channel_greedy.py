@@ -13,7 +13,7 @@ and the policy picks
 
 s_k the time its upload can start: after its local training (`channel.compute`), and under TDMA after the
 previous client's slot, which sends its own r (`policies.common.fitting_rank`): no upload it sizes is late
-but by HARQ resends.
+but by HARQ resends. Over the air (AirComp) every client gets the one rank whose shared analog slot fits.
 
 T is the observation's deadline (the channel's), else this policy's `deadline_s`; with
 neither (inf), every client gets max_rank. A client that cannot fit even rank 0 gets 0.

@@ -147,6 +147,13 @@ def fitting_rank(observation: Observation, deadline_s: float | None = None, marg
     (rank 0 where none fits, cut at T), so the slots fill greedily in client order. A policy that sends what
     fits (channel-greedy) is then never late; one that sends less leaves the later slots more time than
     assumed. HARQ resends are random and not budgeted: with them an upload that fits can still be late.
+    Over the air (`Observation.over_the_air`) the round's updates share one analog slot of ceil(S / 2) / B seconds
+    for the S entries they span on the band B, two per channel use (`channels.aircomp.slot_seconds`), starting
+    after the slowest client's training; every client then gets the one common rank whose slot fits:
+
+        r · Σ_l p_l + p_fixed  <=  2 · floor((T - max_k t^comp_k) · margin · B)
+
+    (p counting entries; bits per entry and scales do not matter on the air).
     -1 where not even rank 0 fits; R with no deadline. T is the observation's deadline, else `deadline_s`.
     Float array [clients]."""
     deadline = observation.deadline_s if np.isfinite(observation.deadline_s) else (deadline_s if deadline_s is not None else np.inf)
@@ -165,6 +172,10 @@ def fitting_rank(observation: Observation, deadline_s: float | None = None, marg
         fitting = np.floor((budget_params - observation.fixed_params) / per_rank)
         return np.clip(np.nan_to_num(fitting, nan=-1.0, posinf=observation.max_rank, neginf=-1.0), -1, observation.max_rank)
 
+    if observation.over_the_air:
+        band = float(np.max(observation.channel.bandwidth_hz, initial=0.0))
+        entries = 2 * np.floor(max(deadline - float(compute.max(initial=0.0)), 0.0) * margin * band)
+        return np.full(n, float(np.clip(np.floor((entries - observation.fixed_params) / per_rank), -1, observation.max_rank)))
     if not observation.sequential_uploads:
         return largest(compute)
     fitting, end = np.empty(n), 0.0

@@ -215,6 +215,34 @@ def test_channel_greedy_sends_no_late_upload_in_a_run_with_tdma_and_local_traini
     assert all(float(c["compute_s"]) == pytest.approx(0.16) for c in clients)
 
 
+def test_over_the_air_what_fits_is_the_common_rank_whose_shared_slot_meets_the_deadline(tmp_path):
+    """AirComp: one analog slot of ceil(S / 2) / B for the S entries the senders span. tiny-random's rank r spans
+    S = 256 r + 2541 entries; on B = 10 kHz after 16 samples at 1e6 cycles on 1 GHz CPUs (0.016 s), a 0.2 s deadline
+    fits 2 floor(0.184 * 1e4) = 3,680 entries: r = floor((3680 - 2541) / 256) = 4 for every client, sent in time
+    (rank 5 needs a 0.191 s slot, ending at 0.207 s). Priced as a digital upload (32-bit entries at the capacity,
+    as fitting_rank did) not even rank 0 fits, and every client sent rank 0."""
+    from fedsim.runner import run_scenario
+
+    channel = {
+        "kind": "awgn",
+        "snr_db": 10,
+        "bandwidth_hz": 1e4,
+        "deadline_s": 0.2,
+        "mode": "aircomp",
+        "compute": {"enabled": True, "cpu_hz": 1e9, "cycles_per_sample": 1e6},
+    }
+    scenario = tiny_scenario(channel=channel, aggregation={"method": "fedavg-factors"}, policy={"name": "channel-greedy"})
+    run_scenario(scenario, tmp_path / "run", progress=False)
+    with open(tmp_path / "run" / "clients.csv", newline="") as fh:
+        clients = list(csv.DictReader(fh))
+    assert {c["ranks"] for c in clients} == {"4 4 4 4"}
+    assert all(c["delivered"] == "1" and not c["drop_reason"] for c in clients), [(c["delivered"], c["drop_reason"]) for c in clients]
+    with open(tmp_path / "run" / "rounds.csv", newline="") as fh:
+        rounds = list(csv.DictReader(fh))
+    slot = np.ceil((256 * 4 + 2541) / 2) / 1e4
+    assert [float(r["uplink_latency_s"]) for r in rounds] == pytest.approx([0.016 + slot] * 2)
+
+
 def test_the_learning_policies_action_is_a_share_of_what_fits_and_its_top_is_channel_greedy():
     from policies.common import level_ranks, ranks_from_action
 
