@@ -207,6 +207,22 @@ def test_collect_writes_one_row_per_run_per_round_with_grid_columns(finished_swe
     assert airtime[(0.0, "4")] > airtime[(20.0, "4")]
 
 
+def test_collect_writes_a_parquet_table_equal_to_the_csv_one(finished_sweep, capsys):
+    """With pyarrow installed (a test extra), `fedsim collect` writes results.parquet beside results.csv: the same
+    columns, rows and values, numbers as numbers."""
+    import pandas as pd
+
+    _, out, _ = finished_sweep
+    code, _, err = run_cli(capsys, "collect", out)
+    assert code == 0, err
+    table, csv_table = pd.read_parquet(out / "results.parquet"), pd.read_csv(out / "results.csv")
+    assert list(table.columns) == list(csv_table.columns) and len(table) == len(csv_table) == 16
+    for column in ("policy.rank", "seed", "round", "cum_bytes_up"):
+        assert pd.api.types.is_integer_dtype(table[column]), column
+    assert pd.api.types.is_float_dtype(table["channel.snr_db"]) and pd.api.types.is_float_dtype(table["accuracy"])
+    pd.testing.assert_frame_equal(table, csv_table, check_dtype=False, rtol=1e-9)
+
+
 def test_plot_writes_png_and_svg_figures(finished_sweep, tmp_path, capsys):
     _, out, _ = finished_sweep
     figures = tmp_path / "figs"
