@@ -161,7 +161,7 @@ class RankAdaptiveStrategy:
             deadline_s=self.deadline_s,
             compute_s=self.channel.compute_seconds(states.client_ids, self.scheduled_samples(states.client_ids)),
             sequential_uploads=self.channel.sequential_uploads,
-            over_the_air=getattr(self.channel, "mode", "digital") == "aircomp",
+            over_the_air=self.channel.mode == "aircomp",
         )
 
     def configure_train(self, server_round: int, node_of_client: dict[int, int], ranks: np.ndarray | None = None) -> list[Message]:

@@ -183,7 +183,7 @@ def fitting_rank(observation: Observation, deadline_s: float | None = None, marg
         start = max(end, compute[k])
         fitting[k] = largest(np.array([start]), slice(k, k + 1))[0]
         bits = (max(fitting[k], 0.0) * per_rank + observation.fixed_params) * observation.bits_per_param + overhead
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):  # a zero rate holds the band until the deadline
             end = max(start, min(start + bits / rate[k], deadline))
     return fitting
 

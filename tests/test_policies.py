@@ -147,8 +147,7 @@ def test_what_fits_starts_after_local_training_and_in_tdma_after_the_previous_sl
     """channel-greedy's ranks against the real channel's timing (`channels.access`): with local training time before
     the upload and sequential TDMA slots, no upload it sizes is late, and one rank more for any client (the others
     unchanged) makes that client late: the largest that fits (in TDMA, where no earlier slot sent rank 0, whose scales
-    are over-counted). Ignoring compute and slots (as fitting_rank did) the
-    same rounds send late uploads. 2,000 Rayleigh rounds of 3 clients at 5 dB, 1.5 s deadline, MiniLM's layout,
+    are over-counted). Ignoring compute and slots (as fitting_rank did) the same rounds send late uploads. 2,000 Rayleigh rounds of 3 clients at 5 dB, 1.5 s deadline, MiniLM's layout,
     8-bit uploads, 64 samples at 1e7 cycles each on log-normal CPUs (0.64 s at the nominal 1 GHz)."""
     from dataclasses import replace
 
@@ -186,7 +185,7 @@ def test_what_fits_starts_after_local_training_and_in_tdma_after_the_previous_sl
                 assert channel.uplink(states, upload_bits(more), rng, samples)[k].drop_reason == "deadline", (round_, k, fits)
                 binding += 1
             naive = greedy.ranks(replace(observation, compute_s=np.zeros(0), sequential_uploads=False))[:, 0]
-            late_before += sum(t.drop_reason == "deadline" for t, r in zip(channel.uplink(states, upload_bits(naive), rng, samples), naive))
+            late_before += sum(t.drop_reason == "deadline" for t in channel.uplink(states, upload_bits(naive), rng, samples))
         assert channel.sequential_uploads == (access == "tdma")
         assert binding > 900 and late_before > 3000, (access, binding, late_before)  # tdma 1,097 and 3,959; fdma 3,318 and 5,112
 
