@@ -29,7 +29,6 @@ from fedsim.types import ERROR_LINE_PREFIX, FedsimError
 from policies import build_policy
 
 NODE_WAIT_S = 120.0
-DROP_NO_NODE = "no-node"
 
 
 def _await_nodes(grid: Grid, count: int, wait_s: float) -> list[int]:
@@ -178,8 +177,6 @@ def run_train_round(grid: Grid, strategy: RankAdaptiveStrategy, server_round: in
     wire_up = {client_of_node[r.metadata.src_node_id]: content_wire_bytes(r) for r in replies if not r.has_error() and r.metadata.src_node_id in client_of_node}
     result = strategy.aggregate_train(server_round, replies)
     for record in result.client_rows:
-        if routing.get(record.client, ABSENT_NODE) == ABSENT_NODE:
-            record.drop_reason = DROP_NO_NODE
         record.extra["wire_bytes_down"] = wire_down.get(record.client, 0)
         record.extra["wire_bytes_up"] = wire_up.get(record.client, 0)
     result.row.extra["wire_bytes_down"] = sum(wire_down.values())

@@ -206,7 +206,7 @@ class RankAdaptiveStrategy:
                     reported_weights.append(weights[-1])
                     trained_ranks.append(pending.ranks[k])
             self.last_ranks[client] = pending.ranks[k]
-            reason = drop_reason(delivered, client, got, uplink.transmissions[k], uplink.finite[k])
+            reason = drop_reason(delivered, client, got, uplink.transmissions[k], uplink.finite[k], pending.nodes[k] != ABSENT_NODE)
             client_rows.append(client_record(server_round, k, client, pending, uplink, got, delivered, reason))
 
         merged = merge_round(

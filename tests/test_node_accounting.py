@@ -53,6 +53,8 @@ def test_a_client_whose_message_was_never_sent_is_charged_no_compute():
 
     rows = {r.client: r for r in result.client_rows}
     assert rows[absent].drop_reason == "no-node" and rows[silent].drop_reason == "no-reply"
+    # The learning policies' reward reads the same reasons as the ledger (it once saw no-reply for both).
+    assert strategy.round_info["drop_reasons"] == [r.drop_reason for r in result.client_rows]
     assert rows[absent].compute_s == 0 and rows[absent].compute_energy_j == 0 and rows[absent].energy_j == 0
     assert rows[silent].compute_energy_j > 0 and rows[silent].compute_s == pytest.approx(scheduled_s[silent])
     reached = [r for r in result.client_rows if r.client != absent]

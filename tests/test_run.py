@@ -132,15 +132,16 @@ def test_a_client_whose_node_is_gone_is_charged_no_downlink(tiny):
     """Its train message is never sent (deployment: the SuperNode left), so it costs no bytes and no time down."""
     from fedsim.client_app import app
     from fedsim.inline_grid import InlineGrid
-    from fedsim.server_app import ABSENT_NODE, DROP_NO_NODE, build_strategy, run_train_round, simulated_nodes
+    from fedsim.round.record import NO_NODE
+    from fedsim.server_app import ABSENT_NODE, build_strategy, run_train_round, simulated_nodes
 
     scenario = tiny(clients={"num_clients": 8, "per_round": 6})
     strategy = build_strategy(scenario)
     grid = InlineGrid(app, scenario.clients.num_clients)
     routing = {c: (node if c % 2 else ABSENT_NODE) for c, node in simulated_nodes(grid, 8).items()}  # even clients' nodes are gone
     result = run_train_round(grid, strategy, 1, routing, None)
-    gone = [r for r in result.client_rows if r.drop_reason == DROP_NO_NODE]
-    here = [r for r in result.client_rows if r.drop_reason != DROP_NO_NODE]
+    gone = [r for r in result.client_rows if r.drop_reason == NO_NODE]
+    here = [r for r in result.client_rows if r.drop_reason != NO_NODE]
     assert gone and here
     assert {(r.bytes_down, r.extra["wire_bytes_down"]) for r in gone} == {(0, 0)}
     assert all(r.bytes_down > 0 for r in here) and result.row.bytes_down == sum(r.bytes_down for r in here)

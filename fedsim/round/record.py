@@ -7,11 +7,15 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+NO_NODE = "no-node"  # no SuperNode served the client: its message was never sent
 
-def drop_reason(delivered: bool, client: int, replies, tx, finite: bool) -> str:
+
+def drop_reason(delivered: bool, client: int, replies, tx, finite: bool, has_node: bool = True) -> str:
     """Why a client's update did not reach the aggregate ("" when it did)."""
     if delivered:
         return ""
+    if not has_node:
+        return NO_NODE
     if client in replies.errors:
         return "client-error"
     if client not in replies.received:
