@@ -5,8 +5,9 @@ With total bandwidth B and the K clients scheduled this round:
 * ``fdma-equal``:        :math:`B_k = B / K`; clients send in parallel, the round ends with the slowest,
   :math:`T = \max_k (t^{comp}_k + t^{air}_k)`.
 * ``fdma-proportional``: :math:`B_k = B\, n_k / \sum_j n_j` with :math:`n_k` the client's data size; same timing.
-* ``tdma``:              :math:`B_k = B` in sequential slots, in client order; slot k starts when both the
-  previous slot and client k's computation are done, so the upload time is the sum of the slots:
+* ``tdma``:              :math:`B_k = B` in sequential slots, in an order drawn afresh each round (uniformly at
+  random: a scheduler without priorities, so that no client is always last); the slot at place k starts when both
+  the previous slot and its client's computation are done, so the upload time is the sum of the slots:
   :math:`s_k = \max(e_{k-1}, t^{comp}_k),\ e_k = s_k + t^{air}_k,\ T = e_K`.
 
 In AirComp mode every client uses the whole band at once (see `channels.aircomp`).
@@ -34,13 +35,20 @@ def is_sequential(access: str) -> bool:
     return access == "tdma"
 
 
-def slot_starts(compute_s: np.ndarray, airtime_s: np.ndarray, sequential: bool) -> np.ndarray:
-    """When each client starts transmitting: right after its computation (FDMA), or in TDMA slot order."""
-    if not sequential:
-        return np.asarray(compute_s, dtype=float)
+def slot_order(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Each of n clients' place in this round's TDMA slots (0 first): a uniformly random permutation."""
+    return rng.permutation(n)
+
+
+def slot_starts(compute_s: np.ndarray, airtime_s: np.ndarray, slot: np.ndarray | None) -> np.ndarray:
+    """When each client starts transmitting: right after its computation (FDMA, `slot` None), or in TDMA slots,
+    `slot[k]` being client k's place in the sequence."""
+    compute_s = np.asarray(compute_s, dtype=float)
+    if slot is None:
+        return compute_s
     starts = np.empty(len(compute_s))
     end = 0.0
-    for k, (compute, air) in enumerate(zip(compute_s, airtime_s)):
-        starts[k] = max(end, compute)
-        end = starts[k] + air
+    for k in np.argsort(slot):
+        starts[k] = max(end, compute_s[k])
+        end = starts[k] + airtime_s[k]
     return starts

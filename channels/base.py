@@ -26,7 +26,7 @@ class Channel(ABC):
 
     mode: str = "digital"
     deadline_s: float = math.inf
-    sequential_uploads: bool = False  # uploads in client order, each after the previous one ends (TDMA)
+    sequential_uploads: bool = False  # uploads one after another in the order `ChannelStates.slot` gives (TDMA)
 
     @abstractmethod
     def draw(self, round: int, client_ids: np.ndarray, rng: np.random.Generator) -> ChannelStates:

@@ -63,7 +63,7 @@ class ChannelConfig(BaseModel):
     snr_levels_db: list[float] = Field(default_factory=list, description="For large_scale: levels, the SNRs (dB) a client draws from, equally likely.")
     geometry: GeometryConfig = Field(default_factory=GeometryConfig, description="Placement and path loss for large_scale: distance.")
     bandwidth_hz: float = Field(1e6, gt=0, description="Total uplink bandwidth shared by the round's clients (Hz).")
-    access: Literal[ACCESS] = Field("fdma-equal", description="fdma-equal, fdma-proportional (to data size), or tdma (full band, sequential slots).")  # type: ignore[valid-type]
+    access: Literal[ACCESS] = Field("fdma-equal", description="fdma-equal, fdma-proportional (to data size), or tdma (full band, slots in random order).")  # type: ignore[valid-type]
     tx_power_w: float = Field(0.2, gt=0, description="Client transmit power (W); transmit energy = power x airtime.")
     snr_gap_db: float = Field(0.0, ge=0, description="SNR gap (coding loss) in dB: R = B log2(1 + SNR |h|^2 / gap).")
     target_rate_bps: Optional[float] = Field(
@@ -135,6 +135,7 @@ class WirelessChannel(Channel):
             config.large_scale, config.snr_db, config.snr_spread_db, config.geometry, config.tx_power_w, seed, config.snr_levels_db
         )
         self.fading = FADING[config.kind](k_factor=config.k_factor, correlation=config.correlation)
+        self.seed = seed
         self.compute = ComputeModel(config.compute, seed)
         self.data_sizes: np.ndarray | None = None
         self.sequential_uploads = self.mode == "digital" and access_block.is_sequential(config.access)
@@ -155,7 +156,11 @@ class WirelessChannel(Channel):
         rate = achievable_rate(bandwidth, snr_db, gain, self.config.snr_gap_db)
         extra = {"distance_m": self.large_scale.distances(ids)} if self.config.large_scale == "distance" else {}
         target = self.config.target_rate_bps
-        return ChannelStates(ids, snr_db, gain, bandwidth, rate, extra, None if target is None else np.full(len(ids), float(target)))
+        # The slot order from its own stream, so that it shifts no fading, loss or sampling draw.
+        slot = access_block.slot_order(len(ids), np.random.default_rng([self.seed, 7031, round])) if self.sequential_uploads else None
+        if slot is not None:
+            extra["tdma_slot"] = slot  # clients.csv: its place in the round's slots, 0 first
+        return ChannelStates(ids, snr_db, gain, bandwidth, rate, extra, None if target is None else np.full(len(ids), float(target)), slot)
 
     # --- digital uplink ------------------------------------------------------------------------
     def uplink(self, states: ChannelStates, n_bits: np.ndarray, rng: np.random.Generator, samples: np.ndarray | None = None) -> list[Transmission]:
@@ -189,7 +194,7 @@ class WirelessChannel(Channel):
             packet_s = np.where(sends, bits / packets / send_rate, 0.0)
             airtime = np.where(sends, (bits + retransmissions * bits / packets) / send_rate, 0.0)
         compute_s, compute_j = self.compute.cost(states.client_ids, samples)
-        starts = access_block.slot_starts(compute_s, airtime, access_block.is_sequential(cfg.access))
+        starts = access_block.slot_starts(compute_s, airtime, self._slots(states))
         late = starts + airtime > self.deadline_s
         airtime = np.where(late, np.clip(self.deadline_s - starts, 0.0, None), airtime)  # cut off at the deadline
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -210,9 +215,16 @@ class WirelessChannel(Channel):
                 retransmissions=int(retransmissions[k]),
                 compute_s=float(compute_s[k]),
                 compute_energy_j=float(compute_j[k]),
+                start_s=float(starts[k]),
             )
             for k in range(n)
         ]
+
+    def _slots(self, states: ChannelStates) -> np.ndarray | None:
+        """The TDMA slot places of `states` (client order where a caller built states without them); None for FDMA."""
+        if not self.sequential_uploads:
+            return None
+        return states.slot if states.slot is not None else np.arange(len(states))
 
     def round_latency(self, transmissions: list[Transmission]) -> float:
         """When the round's uplink ends. Digital: the last upload's end (its slot start plus airtime). AirComp: the shared
@@ -228,8 +240,7 @@ class WirelessChannel(Channel):
                 return float(compute.max() + airtime.max())
             late = any(t.drop_reason == "deadline" for t in transmissions)
             return float(self.deadline_s if late else compute.max())
-        sequential = access_block.is_sequential(self.config.access)
-        return float(np.max(access_block.slot_starts(compute, airtime, sequential) + airtime))
+        return float(max((t.compute_s if t.start_s is None else t.start_s) + t.latency_s for t in transmissions))
 
     def downlink(self, states: ChannelStates, n_bits: np.ndarray) -> list[Transmission]:
         rate = float(achievable_rate(self.config.downlink_bandwidth_hz, self.config.downlink_snr_db, 1.0))

@@ -96,6 +96,7 @@ class ChannelStates:
     rate_bps: np.ndarray  # achievable rate at this round's fading (the capacity)
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # model-specific columns for the ledger
     send_rate_bps: np.ndarray | None = None  # the rate uploads go at, when not the capacity (a fixed target rate)
+    slot: np.ndarray | None = None  # int: each client's place in the round's sequential (TDMA) slots, lowest first; None: in parallel
 
     def __len__(self) -> int:
         return len(self.client_ids)
@@ -114,6 +115,7 @@ class ChannelStates:
             rate_bps=self.rate_bps[index],
             extra={k: v[index] for k, v in self.extra.items()},
             send_rate_bps=None if self.send_rate_bps is None else self.send_rate_bps[index],
+            slot=None if self.slot is None else self.slot[index],  # places keep their order; only their ranks matter
         )
 
 
@@ -130,6 +132,7 @@ class Transmission:
     retransmissions: int = 0
     compute_s: float = 0.0  # local computation before the upload (0 unless the channel models it)
     compute_energy_j: float = 0.0  # included in energy_j
+    start_s: float | None = None  # when the upload began, from the round's start (None: right after compute_s)
 
 
 @dataclass
@@ -153,7 +156,7 @@ class Observation:
     deadline_s: float = float("inf")  # the round's upload deadline, if any
     upload_tensors: int = 0  # tensors of a full-rank upload, each with a scale when quantised (0: A and B per layer + the head's two)
     compute_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # float [clients]: local training before the upload (empty: none)
-    sequential_uploads: bool = False  # uploads one after another in client order (TDMA), not in parallel
+    sequential_uploads: bool = False  # uploads one after another in the order channel.slot gives (TDMA), not in parallel
     over_the_air: bool = False  # AirComp: the round's updates share one analog slot (`channels.aircomp`)
 
     @property

@@ -142,9 +142,9 @@ def fitting_rank(observation: Observation, deadline_s: float | None = None, marg
     b < 32, one s-bit scale per quantised tensor, n_t of them: `Observation.upload_tensors`, by default
     A and B of L layers plus the head's two; an upper bound, since a rank-0 layer sends no tensor).
     s_k follows `channels.access`: after the client's local training t^comp_k (`Observation.compute_s`) when
-    uploads run in parallel (FDMA); in sequential slots (TDMA, `Observation.sequential_uploads`)
-    s_k = max(e_{k-1}, t^comp_k), with e_{k-1} the end of the previous client's upload at *its* fitting rank
-    (rank 0 where none fits, cut at T), so the slots fill greedily in client order. A policy that sends what
+    uploads run in parallel (FDMA); in sequential slots (TDMA, `Observation.sequential_uploads`, in the round's
+    order `ChannelStates.slot`) s_k = max(e_{k-1}, t^comp_k), with e_{k-1} the end of the previous slot's upload at
+    *its* fitting rank (rank 0 where none fits, cut at T), so the slots fill greedily in their order. A policy that sends what
     fits (channel-greedy) is then never late; one that sends less leaves the later slots more time than
     assumed. HARQ resends are random and not budgeted: with them an upload that fits can still be late.
     Over the air (`Observation.over_the_air`) the round's updates share one analog slot of ceil(S / 2) / B seconds
@@ -178,8 +178,9 @@ def fitting_rank(observation: Observation, deadline_s: float | None = None, marg
         return np.full(n, float(np.clip(np.floor((entries - observation.fixed_params) / per_rank), -1, observation.max_rank)))
     if not observation.sequential_uploads:
         return largest(compute)
+    slot = observation.channel.slot if observation.channel.slot is not None else np.arange(n)
     fitting, end = np.empty(n), 0.0
-    for k in range(n):
+    for k in np.argsort(slot):
         start = max(end, compute[k])
         fitting[k] = largest(np.array([start]), slice(k, k + 1))[0]
         bits = (max(fitting[k], 0.0) * per_rank + observation.fixed_params) * observation.bits_per_param + overhead
