@@ -19,6 +19,7 @@ import io
 import json
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -305,6 +306,33 @@ def results_table(root: str | Path) -> tuple[list[str], list[dict], list[Finishe
                     out.setdefault(cum, totals[key])
             rows.append(out)
     return columns, rows, runs, fields
+
+
+def provenance_note(runs: list[FinishedRun]) -> str | None:
+    """One line when the runs were not all made by one commit of fedsim (+changes: with uncommitted changes), with the
+    same libraries, on one model of CPU (summary.json's `environment`, `fedsim.provenance`): their ledgers then need
+    not compare byte for byte. None when they were, or when no run recorded it (fedsim before 2026-11-27)."""
+    recorded = [run.summary["environment"] for run in runs if isinstance(run.summary.get("environment"), dict)]
+    if not recorded:
+        return None
+    parts = []
+    commits = Counter(f"{(e.get('fedsim_commit') or 'unknown')[:10]}{'+changes' if e.get('fedsim_dirty') else ''}" for e in recorded)
+    if len(commits) > 1:
+        parts.append(f"{len(commits)} fedsim commit{'s' if len(commits) > 1 else ''} ({', '.join(f'{c} x{n}' for c, n in commits.most_common())})")
+    libraries = {json.dumps(e.get("libraries"), sort_keys=True) for e in recorded}
+    if len(libraries) > 1:
+        parts.append(f"{len(libraries)} sets of library versions")
+    cpus = {e.get("cpu") for e in recorded}
+    if len(cpus) > 1:
+        parts.append(f"{len(cpus)} models of CPU")
+    if len(recorded) < len(runs):
+        parts.append(f"{len(runs) - len(recorded)} runs from an older fedsim that recorded none")
+    if not parts:
+        return None
+    return (
+        f"note: these {len(runs)} runs were made by {'; '.join(parts)}: runs repeat byte for byte only with the same code, "
+        "libraries and CPU (each run's summary.json, `environment`)"
+    )
 
 
 def write_results(root: str | Path, table: tuple | None = None) -> tuple[Path, Path | None, int, int]:

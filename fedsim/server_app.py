@@ -22,6 +22,7 @@ from fedsim.client_errors import CLIENT_ERRORS_LOG
 from fedsim.cohort import pack, unpack
 from fedsim.config import Scenario, load_scenario
 from fedsim.ledger import ALGORITHM_STATE, RunClaim, RunDirectory, check_out_path, claim_run_dir
+from fedsim.provenance import environment
 from fedsim.round.downlink import ABSENT_NODE
 from fedsim.runtime import get_runtime
 from fedsim.strategy import RankAdaptiveStrategy, check_node_map
@@ -278,6 +279,7 @@ def finish_run(run_dir: RunDirectory, strategy: RankAdaptiveStrategy, out_dir: P
         "clients_dropped": int(sum(r["clients_dropped"] for r in rounds)),
         "layers": runtime.model.layer_names,
         **storage_summary(runtime.model, rounds),
+        "environment": environment(),  # the code, libraries and CPU that made these numbers (fedsim.provenance)
         "wall_s": round(time.time() - started, 2),
     }
     run_dir.finish(summary)

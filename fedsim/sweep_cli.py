@@ -136,7 +136,7 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_collect(args) -> int:
-    from fedsim.collect import results_table, write_results
+    from fedsim.collect import provenance_note, results_table, write_results
     from fedsim.types import FedsimError
 
     if not Path(args.dir).is_dir():
@@ -148,6 +148,9 @@ def _cmd_collect(args) -> int:
         raise FedsimError(f"{args.dir}: no finished runs (no run directory with summary.json){also}")
     csv_path, parquet_path, n_runs, n_rows = write_results(args.dir, table)
     print(f"{csv_path}: {n_rows} rows from {n_runs} runs" + (f"; also {parquet_path}" if parquet_path else " (install pyarrow for results.parquet)"))
+    note = provenance_note(table[2])
+    if note:
+        print(note)
     if skipped:
         print(f"skipped {_skipped_text(skipped)}")
     return 0

@@ -37,6 +37,19 @@ def test_run_directory_is_complete_and_sealed_by_summary(tmp_path, tiny):
     assert {"config.yaml", "rounds.csv", "clients.csv", "timings.csv", "summary.json", "adapter"} <= names
     assert not any(n.startswith(".") for n in names), "no temporary files left behind"
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    # What made the numbers: fedsim's commit (this checkout's), the libraries' versions, the CPU.
+    import importlib.metadata
+    import subprocess
+    from pathlib import Path
+
+    import torch
+
+    environment = summary["environment"]
+    repo = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() if (repo / ".git").exists() else None
+    assert environment["fedsim_commit"] == head and environment["fedsim_version"] == importlib.metadata.version("fedsim")
+    assert environment["libraries"]["torch"] == importlib.metadata.version("torch") and torch.__version__.startswith(environment["libraries"]["torch"])
+    assert environment["cpu"] and environment["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     rounds = read_rows(out / "rounds.csv")
     clients = read_rows(out / "clients.csv")
     assert [int(r["round"]) for r in rounds] == [1, 2]

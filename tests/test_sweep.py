@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -221,6 +222,26 @@ def test_collect_writes_a_parquet_table_equal_to_the_csv_one(finished_sweep, cap
         assert pd.api.types.is_integer_dtype(table[column]), column
     assert pd.api.types.is_float_dtype(table["channel.snr_db"]) and pd.api.types.is_float_dtype(table["accuracy"])
     pd.testing.assert_frame_equal(table, csv_table, check_dtype=False, rtol=1e-9)
+
+
+def test_collect_notes_runs_made_by_different_code_or_cpus(finished_sweep, tmp_path, capsys):
+    """Runs of one sweep made by one checkout on one machine: no note. Two of them re-made by another commit on another
+    CPU (their summary.json's `environment` edited so): one line saying so, and the results are written as before."""
+    import shutil
+
+    _, out, _ = finished_sweep
+    code, stdout, _ = run_cli(capsys, "collect", out)
+    assert code == 0 and "note:" not in stdout
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    for run_dir in sorted(p for p in copy.iterdir() if p.is_dir())[:2]:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        summary["environment"] |= {"fedsim_commit": "0123456789abcdef", "fedsim_dirty": False, "cpu": "Another CPU"}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+    code, stdout, _ = run_cli(capsys, "collect", copy)
+    assert code == 0 and "16 rows from 8 runs" in stdout
+    (note,) = [line for line in stdout.splitlines() if line.startswith("note:")]
+    assert "these 8 runs were made by 2 fedsim commits (" in note and "0123456789 x2" in note and "2 models of CPU" in note
 
 
 def test_plot_writes_png_and_svg_figures(finished_sweep, tmp_path, capsys):
