@@ -316,13 +316,14 @@ def provenance_note(runs: list[FinishedRun]) -> str | None:
     if not recorded:
         return None
     parts = []
-    commits = Counter(f"{(e.get('fedsim_commit') or 'unknown')[:10]}{'+changes' if e.get('fedsim_dirty') else ''}" for e in recorded)
+    # str(): a hand-edited summary.json must not turn a note into a traceback.
+    commits = Counter(f"{str(e.get('fedsim_commit') or 'unknown')[:10]}{'+changes' if e.get('fedsim_dirty') else ''}" for e in recorded)
     if len(commits) > 1:
         parts.append(f"{len(commits)} fedsim commit{'s' if len(commits) > 1 else ''} ({', '.join(f'{c} x{n}' for c, n in commits.most_common())})")
-    libraries = {json.dumps(e.get("libraries"), sort_keys=True) for e in recorded}
+    libraries = {json.dumps(e.get("libraries"), sort_keys=True, default=str) for e in recorded}
     if len(libraries) > 1:
         parts.append(f"{len(libraries)} sets of library versions")
-    cpus = {e.get("cpu") for e in recorded}
+    cpus = {str(e.get("cpu")) for e in recorded}
     if len(cpus) > 1:
         parts.append(f"{len(cpus)} models of CPU")
     if len(recorded) < len(runs):
