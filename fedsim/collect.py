@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from fedsim.ledger import ROUND_COLUMNS, SUMMARY, atomic_write_text, format_float, later_defaults
+from fedsim.provenance import code_label
 from fedsim.stats import to_target
 from fedsim.types import FedsimError
 
@@ -317,7 +318,7 @@ def provenance_note(runs: list[FinishedRun]) -> str | None:
         return None
     parts = []
     # str(): a hand-edited summary.json must not turn a note into a traceback.
-    commits = Counter(f"{str(e.get('fedsim_commit') or 'unknown')[:10]}{'+changes' if e.get('fedsim_dirty') else ''}" for e in recorded)
+    commits = Counter(code_label(e.get("fedsim_commit"), e.get("fedsim_dirty")) for e in recorded)
     if len(commits) > 1:
         parts.append(f"{len(commits)} fedsim commit{'s' if len(commits) > 1 else ''} ({', '.join(f'{c} x{n}' for c, n in commits.most_common())})")
     libraries = {json.dumps(e.get("libraries"), sort_keys=True, default=str) for e in recorded}

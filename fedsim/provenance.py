@@ -18,9 +18,21 @@ LIBRARIES = ("torch", "transformers", "peft", "flwr", "numpy", "scipy", "stable-
 
 
 @cache
+def fedsim_commit() -> tuple[str | None, bool | None]:
+    """(git commit of the fedsim source this process runs, whether tracked files have uncommitted changes); (None,
+    None) outside a git checkout (an installed wheel) or without git."""
+    return _git_commit(Path(__file__).resolve().parents[1])
+
+
+def code_label(commit: str | None, dirty: bool | None) -> str:
+    """A short name for a fedsim commit, as notes print it: 10 hex digits, '+changes' with uncommitted changes."""
+    return f"{str(commit or 'unknown')[:10]}{'+changes' if dirty else ''}"
+
+
+@cache
 def environment() -> dict:
     """A JSON-ready record of this process's code and machine (computed once per process)."""
-    commit, dirty = _git_commit(Path(__file__).resolve().parents[1])
+    commit, dirty = fedsim_commit()
     return {
         "fedsim_version": _version("fedsim"),
         "fedsim_commit": commit,  # None outside a git checkout (an installed wheel)

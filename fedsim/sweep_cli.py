@@ -108,7 +108,7 @@ def add_commands(sub) -> dict:
 
 
 def _cmd_sweep(args) -> int:
-    from fedsim.sweeps import check_sweep_dir, default_out_dir, load_sweep, preflight_points, run_sweep, status_report
+    from fedsim.sweeps import check_sweep_dir, default_out_dir, load_sweep, made_by_other_code, other_code_note, preflight_points, run_sweep, status_report
     from fedsim.types import FedsimError
 
     if args.workers < 1:
@@ -132,6 +132,9 @@ def _cmd_sweep(args) -> int:
         + (f"; see {out / 'failed.json'}; re-run the same command to retry them" if counts["failed"] else "")
         + f"\nnext: fedsim plot {out}"
     )
+    note = other_code_note(made_by_other_code(sweep, out)) if counts["skipped"] else None
+    if note:
+        print(note)
     return 1 if counts["failed"] else 0
 
 

@@ -51,7 +51,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from fedsim.config import Scenario, read_yaml_mapping, scenario_from_dict
-from fedsim.ledger import atomic_write_text, drop_later_defaults, is_finished
+from fedsim.ledger import SUMMARY, atomic_write_text, drop_later_defaults, is_finished
+from fedsim.provenance import code_label, fedsim_commit
 from fedsim.types import FedsimError
 
 # Fields that choose *how* a run executes, not *what* it computes; left out of the directory hash.
@@ -402,16 +403,50 @@ def point_states(sweep: Sweep, out_dir: Path) -> dict[str, str]:
     return states
 
 
+def made_by_other_code(sweep: Sweep, out_dir: Path) -> dict[str, str]:
+    """Finished run dir name -> the fedsim commit that made it, for those made by another than this process runs (summary.json's
+    `environment`; 'an older fedsim' where it has none). Resuming skips finished runs by their scenario's hash, which
+    does not include the code, so a fix that moves a ledger leaves such runs as they were. Empty outside a git checkout."""
+    commit, dirty = fedsim_commit()
+    if commit is None:
+        return {}
+    here = code_label(commit, dirty)
+    other = {}
+    for point in sweep.points:
+        try:
+            environment = json.loads((out_dir / point.name / SUMMARY).read_text()).get("environment")
+        except (OSError, ValueError, AttributeError):  # not finished, or unreadable: collect and plot say so
+            continue
+        if not isinstance(environment, dict):
+            other[point.name] = "an older fedsim"
+        elif (label := code_label(environment.get("fedsim_commit"), environment.get("fedsim_dirty"))) != here:
+            other[point.name] = label
+    return other
+
+
+def other_code_note(other: dict[str, str]) -> str | None:
+    if not other:
+        return None
+    commit, dirty = fedsim_commit()
+    return (
+        f"note: {len(other)} finished run{'s were' if len(other) > 1 else ' was'} made by another fedsim than this one ({code_label(commit, dirty)}) "
+        "and kept: a change since may move their ledgers; delete a run's directory and re-run the sweep to redo it"
+    )
+
+
 def status_report(sweep: Sweep, out_dir: Path) -> str:
     states = point_states(sweep, out_dir)
     failed = read_failed(out_dir)
+    other = made_by_other_code(sweep, out_dir)
     counts = {s: sum(1 for v in states.values() if v == s) for s in ("done", "unfinished", "failed", "pending")}
     lines = [f"sweep {sweep.path} -> {out_dir}: {len(states)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items())]
     for point in sweep.points:
         state = states[point.name]
         extra = f"  ({failed[point.name].get('error', 'no error recorded')})" if state == "failed" else ""
+        extra += f"  (made by fedsim {other[point.name]})" if point.name in other else ""
         lines.append(f"  {state:<10} {point.name}{extra}")
-    return "\n".join(lines)
+    note = other_code_note(other)
+    return "\n".join(lines + ([note] if note else []))
 
 
 def write_manifest(sweep: Sweep, out_dir: Path) -> None:

@@ -224,12 +224,15 @@ def test_collect_writes_a_parquet_table_equal_to_the_csv_one(finished_sweep, cap
     pd.testing.assert_frame_equal(table, csv_table, check_dtype=False, rtol=1e-9)
 
 
-def test_collect_notes_runs_made_by_different_code_or_cpus(finished_sweep, tmp_path, capsys):
+def test_collect_and_sweep_note_runs_made_by_different_code_or_cpus(finished_sweep, tmp_path, capsys):
     """Runs of one sweep made by one checkout on one machine: no note. Two of them re-made by another commit on another
-    CPU (their summary.json's `environment` edited so): one line saying so, and the results are written as before."""
+    CPU (their summary.json's `environment` edited so): collect says so in one line and writes the results as before;
+    `sweep --status` marks the two, and resuming the sweep keeps them and says so."""
     import shutil
 
-    _, out, _ = finished_sweep
+    from fedsim.provenance import fedsim_commit
+
+    sweep, out, _ = finished_sweep
     code, stdout, _ = run_cli(capsys, "collect", out)
     assert code == 0 and "note:" not in stdout
     copy = tmp_path / "copy"
@@ -242,6 +245,15 @@ def test_collect_notes_runs_made_by_different_code_or_cpus(finished_sweep, tmp_p
     assert code == 0 and "16 rows from 8 runs" in stdout
     (note,) = [line for line in stdout.splitlines() if line.startswith("note:")]
     assert "these 8 runs were made by 2 fedsim commits (" in note and "0123456789 x2" in note and "2 models of CPU" in note
+    if fedsim_commit()[0] is None:
+        return  # not a git checkout: there is no commit to compare the runs' with
+    code, stdout, _ = run_cli(capsys, "sweep", sweep.path, "--out", copy, "--status")
+    assert code == 0 and stdout.count("(made by fedsim 0123456789)") == 2
+    assert stdout.splitlines()[-1].startswith("note: 2 finished runs were made by another fedsim than this one (")
+    code, stdout, _ = run_cli(capsys, "sweep", sweep.path, "--out", copy, "--no-progress")
+    assert code == 0 and "0 ran now, 8 already done" in stdout and "note: 2 finished runs were made by another fedsim" in stdout
+    code, stdout, _ = run_cli(capsys, "sweep", sweep.path, "--out", out, "--status")
+    assert "made by fedsim" not in stdout and "note:" not in stdout
 
 
 def test_plot_writes_png_and_svg_figures(finished_sweep, tmp_path, capsys):
