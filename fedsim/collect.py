@@ -317,10 +317,10 @@ def provenance_note(runs: list[FinishedRun]) -> str | None:
     if not recorded:
         return None
     parts = []
-    # str(): a hand-edited summary.json must not turn a note into a traceback.
     commits = Counter(code_label(e.get("fedsim_commit"), e.get("fedsim_dirty")) for e in recorded)
     if len(commits) > 1:
         parts.append(f"{len(commits)} fedsim commit{'s' if len(commits) > 1 else ''} ({', '.join(f'{c} x{n}' for c, n in commits.most_common())})")
+    # default=str and str(): a hand-edited summary.json must not turn a note into a traceback.
     libraries = {json.dumps(e.get("libraries"), sort_keys=True, default=str) for e in recorded}
     if len(libraries) > 1:
         parts.append(f"{len(libraries)} sets of library versions")

@@ -404,9 +404,10 @@ def point_states(sweep: Sweep, out_dir: Path) -> dict[str, str]:
 
 
 def made_by_other_code(sweep: Sweep, out_dir: Path) -> dict[str, str]:
-    """Finished run dir name -> the fedsim commit that made it, for those made by another than this process runs (summary.json's
-    `environment`; 'an older fedsim' where it has none). Resuming skips finished runs by their scenario's hash, which
-    does not include the code, so a fix that moves a ledger leaves such runs as they were. Empty outside a git checkout."""
+    """Finished run dir name -> the fedsim commit that made it, for the runs that another commit than this process's
+    made (summary.json's `environment`; 'an older fedsim' where it has none). Resuming skips finished runs by their
+    scenario's hash, which leaves out the code, so a fix that moves a ledger leaves such runs as they were. Empty
+    outside a git checkout."""
     commit, dirty = fedsim_commit()
     if commit is None:
         return {}
