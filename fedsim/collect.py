@@ -91,9 +91,9 @@ def read_yaml_object(path: Path) -> dict:
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        from fedsim.config import yaml_problem  # only on this error: the scenario schema is a slow import
+
+        problem, where = yaml_problem(exc)
         raise FedsimError(f"{path}: not valid YAML ({problem}{where}); the file is truncated or corrupt") from None
     if value is None:
         return {}

@@ -560,6 +560,13 @@ def load_yaml_text(text: str) -> Any:
     return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
+def yaml_problem(exc: yaml.YAMLError) -> tuple[str, str]:
+    """(what PyYAML found wrong, " at line L, column C" or ""), for one-line messages about a YAML file."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return getattr(exc, "problem", None) or (str(exc).splitlines() or ["could not parse"])[0], where
+
+
 def read_yaml_mapping(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -575,9 +582,7 @@ def read_yaml_mapping(path: str | Path) -> dict:
     try:
         raw = load_yaml_text(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or (str(exc).splitlines() or ["could not parse"])[0]
+        problem, where = yaml_problem(exc)
         raise FedsimError(f"{path}: invalid YAML{where}: {problem}") from None
     except (ValueError, OverflowError) as exc:  # e.g. a date-like value that is no date (2024-13-45)
         raise FedsimError(f"{path}: invalid YAML: {(str(exc).splitlines() or ['could not parse'])[0]}") from None
