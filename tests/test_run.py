@@ -46,7 +46,8 @@ def test_run_directory_is_complete_and_sealed_by_summary(tmp_path, tiny):
 
     environment = summary["environment"]
     repo = Path(__file__).resolve().parents[1]
-    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() if (repo / ".git").exists() else None
+    git = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True) if (repo / ".git").exists() else None
+    head = git.stdout.strip() if git is not None and git.returncode == 0 else None  # None: no checkout, or git refuses it
     assert environment["fedsim_commit"] == head and environment["fedsim_version"] == importlib.metadata.version("fedsim")
     assert environment["libraries"]["torch"] == importlib.metadata.version("torch") and torch.__version__.startswith(environment["libraries"]["torch"])
     assert environment["cpu"] and environment["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
