@@ -319,7 +319,7 @@ def provenance_note(runs: list[FinishedRun]) -> str | None:
     parts = []
     commits = Counter(code_label(e.get("fedsim_commit"), e.get("fedsim_dirty")) for e in recorded)
     if len(commits) > 1:
-        parts.append(f"{len(commits)} fedsim commit{'s' if len(commits) > 1 else ''} ({', '.join(f'{c} x{n}' for c, n in commits.most_common())})")
+        parts.append(f"{len(commits)} fedsim commits ({', '.join(f'{c} x{n}' for c, n in commits.most_common())})")
     # default=str and str(): a hand-edited summary.json must not turn a note into a traceback.
     libraries = {json.dumps(e.get("libraries"), sort_keys=True, default=str) for e in recorded}
     if len(libraries) > 1:
