@@ -94,6 +94,7 @@ class PpoPolicy(RankPolicy):
     def build(self, env) -> None:
         """Create the SB3 model for `env` (a FederatedRoundEnv while training, a spaces-only env when loading)."""
         from stable_baselines3 import PPO
+        from stable_baselines3.common.logger import Logger
 
         c = self.config
         self.model = PPO(
@@ -112,6 +113,8 @@ class PpoPolicy(RankPolicy):
             device="cpu",
             verbose=0,
         )
+        # SB3's default logger makes an empty /tmp/SB3-<time> folder on every learn(); nothing reads it.
+        self.model.set_logger(Logger(folder=None, output_formats=[]))
 
     def _spaces(self, n_layers: int):
         import gymnasium as gym

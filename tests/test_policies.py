@@ -586,8 +586,10 @@ def test_env_passes_gymnasium_check_env(small_dataset):
 
 
 @pytest.mark.parametrize("name", ["airllm", "ppo"])
-def test_train_policy_cli_writes_a_checkpoint_that_run_uses(tmp_path, capsys, small_dataset, name):
+def test_train_policy_cli_writes_a_checkpoint_that_run_uses(tmp_path, capsys, small_dataset, name, monkeypatch):
     import yaml
+
+    monkeypatch.setenv("SB3_LOGDIR", str(tmp_path / "sb3-log"))  # where SB3's default logger would make a folder per learn()
 
     policy = {"name": name, **({**SMALL_AIRLLM, "n_steps": 2} if name == "airllm" else {"hidden": 8, "n_steps": 3, "batch_size": 3, "full_share_at": 0.5})}
     raw = env_scenario(small_dataset, policy).model_dump(mode="json")
@@ -596,6 +598,7 @@ def test_train_policy_cli_writes_a_checkpoint_that_run_uses(tmp_path, capsys, sm
     assert main(["train-policy", str(path), "--episodes", "2", "--out", str(tmp_path / "ckpt"), "--no-progress"]) == 0
     rows = list(csv.DictReader((tmp_path / "ckpt" / "training.csv").open()))
     assert [int(r["episode"]) for r in rows] == [1, 2] and [int(r["seed"]) for r in rows] == [3, 4]
+    assert not (tmp_path / "sb3-log").exists()
     raw["policy"] = {"name": name, "checkpoint": str(tmp_path / "ckpt")}
     path.write_text(yaml.safe_dump(raw))
     assert main(["run", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
