@@ -102,7 +102,7 @@ class LocalFederation:
         self.num_nodes = num_nodes
         self.warm = warm
         self.poll_interval_s = poll_interval_s = poll_interval_s or default_poll_interval(num_nodes)
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir).resolve()  # the processes run inside it (cwd), so a relative path would nest
         self.log = log
         self.flwr_home = self.workdir / "flwr-home"
         self.superlink_port = free_port()

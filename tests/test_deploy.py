@@ -107,8 +107,9 @@ def test_loopback_deployment_writes_the_same_ledger_as_the_inline_engine(tmp_pat
         # query and a train message) exercises all of it; each message's process costs ~10 s of imports here.
         scenario = deploy_scenario(tiny, small_corpus, rounds=1, clients=1)
         workdir = tmp_path / "flower"
-        summary = deploy_local(scenario, tmp_path / "deployed", num_nodes=1, round_timeout_s=None, workdir=workdir, log=lambda line: None, warm=False)
-        assert flower_pids_under(workdir) == []
+        request.getfixturevalue("monkeypatch").chdir(tmp_path)  # --workdir given relative, as users type it: Flower's processes run inside it
+        summary = deploy_local(scenario, tmp_path / "deployed", num_nodes=1, round_timeout_s=None, workdir="flower", log=lambda line: None, warm=False)
+        assert flower_pids_under(workdir) == [] and (workdir / "flwr-run.log").is_file()
     run_scenario(scenario, tmp_path / "inline", progress=False)
 
     for name in ("rounds.csv", "clients.csv"):
