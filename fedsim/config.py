@@ -109,6 +109,14 @@ class TrainConfig(_Section):
         description="'per-client': each client trains in its own ClientApp call; 'cohort': the round's clients train "
         "together in one batched pass (one ClientApp call per round; same results within float tolerance, faster).",
     )
+    cohort_size: int | None = Field(
+        None,
+        ge=1,
+        description="With engine 'cohort': at most this many clients per batched ClientApp call, the round's selected clients "
+        "cut in their selection order, each cohort sent to its first client's node (null = the whole round in one call). "
+        "Bounds what one call holds per client (factors, head, Adam states) and spreads a round over several SuperNodes; a "
+        "client's numbers move by float rounding only (padding widths differ).",
+    )
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="'bf16' runs forward/backward under bfloat16 autocast (faster on CPUs with bf16 support, not exact)."
     )
@@ -261,6 +269,10 @@ class Scenario(_Section):
             raise ValueError(f"train.engine={self.train.engine} does not support {task_field}; allowed: train.engine={' or '.join(task.engines)}")
         if task.adapter_kinds is not None and self.adapter.kind not in task.adapter_kinds:
             raise ValueError(f"{kind} does not support {task_field}; allowed: adapter.kind={' or '.join(task.adapter_kinds)}")
+        if self.train.cohort_size is not None and self.train.engine != "cohort":
+            raise ValueError(
+                f"train.cohort_size={self.train.cohort_size} needs train.engine=cohort (per-client training calls one client at a time); allowed: --set train.engine=cohort"
+            )
         if self.train.engine == "cohort" and (not adapter.cohort or not aggregator.cohort):
             field = kind if not adapter.cohort else method
             raise ValueError(f"train.engine=cohort does not support {field}; allowed: train.engine=per-client")

@@ -67,7 +67,13 @@ SUMMARY = "summary.json"
 # config.yaml lacks one ran at that default (fedsim.collect reads it so, where its parent section exists), and a
 # sweep leaves a field at its default out of the run-directory hash (fedsim.sweeps.config_digest), so existing
 # sweeps resume rather than rerun.
-LATER_FIELDS = {"task": {"name": "classification"}, "policy.reward.utility_weight": "update", "policy.reward.objective_credit": [], "policy.full_share_at": 1.0}
+LATER_FIELDS = {
+    "task": {"name": "classification"},
+    "policy.reward.utility_weight": "update",
+    "policy.reward.objective_credit": [],
+    "policy.full_share_at": 1.0,
+    "train.cohort_size": None,
+}
 LATER_POLICY_FIELDS = {"policy.full_share_at": "ppo"}  # a LATER_FIELDS field that only this policy has
 
 

@@ -143,9 +143,22 @@ def send_and_collect(grid: Grid, messages: list[Message], timeout: float | None,
     The same push/pull as Flower's `Grid.send_and_receive`, polled every REPLY_POLL_S instead of
     its fixed 3 s sleep (flwr 1.42 HttpGrid), so a deployed round ends as soon as its last reply lands.
     """
+    return push_and_pull(grid, messages, timeout, idle_timeout)[1]
+
+
+def send_and_match(grid: Grid, messages: list[Message], timeout: float | None) -> list[Message | None]:
+    """`send_and_collect`, answering with each message's reply in the messages' order (None where none came)."""
+    ids, replies = push_and_pull(grid, messages, timeout)
+    by_id = {reply.metadata.reply_to_message_id: reply for reply in replies}
+    return [by_id.get(message_id) for message_id in ids]
+
+
+def push_and_pull(grid: Grid, messages: list[Message], timeout: float | None, idle_timeout: float | None = None) -> tuple[list[str], list[Message]]:
+    """The pushed messages' ids (in their order) and the replies that came (in arrival order)."""
     if not messages:
-        return []
-    pending = set(grid.push_messages(messages))
+        return [], []
+    ids = list(grid.push_messages(messages))
+    pending = set(ids)
     deadline = time.monotonic() + timeout if timeout else float("inf")
     last_progress = time.monotonic()
     replies: list[Message] = []
@@ -159,7 +172,7 @@ def send_and_collect(grid: Grid, messages: list[Message], timeout: float | None,
         if not pending or now >= deadline or (idle_timeout is not None and now - last_progress >= idle_timeout):
             break
         time.sleep(REPLY_POLL_S)
-    return replies
+    return ids, replies
 
 
 def run_train_round(grid: Grid, strategy: RankAdaptiveStrategy, server_round: int, routing: dict[int, int], timeout: float | None, ranks=None):
@@ -172,9 +185,12 @@ def run_train_round(grid: Grid, strategy: RankAdaptiveStrategy, server_round: in
     wire_down = {c: content_wire_bytes(m) for c, m in sent}
     client_of_node = {m.metadata.dst_node_id: c for c, m in sent}
     replies = send_and_collect(grid, [m for _, m in sent], timeout) if sent and not cohort else []
-    if sent and cohort:  # the whole round as one `train.cohort` message, answered as one reply per client
+    if sent and cohort:  # `train.cohort` messages of train.cohort_size clients (all by default), each answered as one reply per client
         batch = [m for _, m in sent]
-        replies = unpack(send_and_collect(grid, [pack(batch)], timeout), batch)
+        size = strategy.scenario.train.cohort_size or len(batch)
+        groups = [batch[i : i + size] for i in range(0, len(batch), size)]
+        answers = send_and_match(grid, [pack(group) for group in groups], timeout)
+        replies = [reply for group, answer in zip(groups, answers) for reply in unpack([answer] if answer is not None else [], group)]
     wire_up = {client_of_node[r.metadata.src_node_id]: content_wire_bytes(r) for r in replies if not r.has_error() and r.metadata.src_node_id in client_of_node}
     result = strategy.aggregate_train(server_round, replies)
     for record in result.client_rows:

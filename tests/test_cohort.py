@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+import pytest
 
 from fedsim.adapter_state import truncate
 from fedsim.cohort import cohort_train
@@ -58,3 +59,39 @@ def test_length_chunks_cover_every_row_once_within_the_token_budget(tiny):
     assert padded < 0.75 * one_pass  # sorting and cutting removes most of the padding of one wide pass
     again = length_chunks(lengths, max_padded_tokens=512)
     assert len(again) == len(chunks) and all((a == b).all() for a, b in zip(again, chunks))  # deterministic
+
+
+def test_cohort_size_cuts_each_round_into_calls_of_at_most_that_many_clients_in_selection_order(tmp_path, tiny, monkeypatch):
+    import fedsim.client_app
+
+    calls: list[list[int]] = []
+    real = fedsim.client_app.cohort_train
+
+    def watched(runtime, payloads, client_ids, server_round):
+        calls.append(list(client_ids))
+        return real(runtime, payloads, client_ids, server_round)
+
+    monkeypatch.setattr(fedsim.client_app, "cohort_train", watched)
+    clients = {"num_clients": 6, "per_round": 5}
+    run_scenario(tiny(clients=clients, train={"engine": "cohort", "cohort_size": 2}), tmp_path / "cut", progress=False)
+    cut, calls[:] = list(calls), []
+    run_scenario(tiny(clients=clients, train={"engine": "cohort"}), tmp_path / "whole", progress=False)
+    assert [len(c) for c in calls] == [5, 5]
+    assert [len(c) for c in cut] == [2, 2, 1] * 2
+    assert [sum(cut[3 * r : 3 * r + 3], []) for r in range(2)] == calls  # the same clients, in the same order, cut in cohorts
+    rows = [list(csv.DictReader(open(tmp_path / d / "clients.csv"))) for d in ("cut", "whole")]
+    assert len(rows[0]) == len(rows[1]) == 10
+    for a, b in zip(*rows):
+        assert (a["client"], a["ranks"], a["bytes_up"], a["delivered"]) == (b["client"], b["ranks"], b["bytes_up"], b["delivered"])
+        assert abs(float(a["train_loss"]) - float(b["train_loss"])) < 1e-4
+    for a, b in zip(*[list(csv.DictReader(open(tmp_path / d / "rounds.csv"))) for d in ("cut", "whole")]):
+        assert abs(float(a["accuracy"]) - float(b["accuracy"])) <= 1 / int(a["eval_examples"])  # at most one example flips
+
+
+def test_cohort_size_without_the_cohort_engine_is_refused(tiny):
+    from fedsim.types import FedsimError
+
+    with pytest.raises(FedsimError, match=r"train.cohort_size=2 needs train.engine=cohort .*; allowed: --set train.engine=cohort"):
+        tiny(train={"cohort_size": 2})
+    with pytest.raises(FedsimError, match="cohort_size"):
+        tiny(train={"engine": "cohort", "cohort_size": 0})
