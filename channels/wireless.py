@@ -197,16 +197,17 @@ class WirelessChannel(Channel):
         starts = access_block.slot_starts(compute_s, airtime, self._slots(states))
         late = starts + airtime > self.deadline_s
         airtime = np.where(late, np.clip(self.deadline_s - starts, 0.0, None), airtime)  # cut off at the deadline
+        unsent = sends & late & (airtime <= 0)  # its slot or its training ended at the deadline: nothing went on the air
         with np.errstate(divide="ignore", invalid="ignore"):
             # Only the resends that went out before the cut-off: those after the first pass, whole packets (1e-9: rounding).
             aired_resends = np.floor((airtime - bits / send_rate) / packet_s + 1e-9)
         retransmissions = np.where(late, np.clip(np.nan_to_num(aired_resends, nan=0.0), 0, retransmissions), retransmissions).astype(np.int64)
-        packets = np.where(sends, packets, 0)
-        retransmissions = np.where(sends, retransmissions, 0)
-        reasons = np.where(outage, "outage", np.where(lost, "packet-error", np.where(late, "deadline", "")))
+        packets = np.where(sends & ~unsent, packets, 0)
+        retransmissions = np.where(sends & ~unsent, retransmissions, 0)
+        reasons = np.where(unsent, "deadline", np.where(outage, "outage", np.where(lost, "packet-error", np.where(late, "deadline", ""))))
         return [
             Transmission(
-                n_bits=int(bits[k]),
+                n_bits=0 if unsent[k] else int(bits[k]),
                 latency_s=float(airtime[k]),
                 energy_j=float(cfg.tx_power_w * airtime[k] + compute_j[k]),
                 delivered=not reasons[k],
@@ -227,7 +228,7 @@ class WirelessChannel(Channel):
         return states.slot if states.slot is not None else np.arange(len(states))
 
     def round_latency(self, transmissions: list[Transmission]) -> float:
-        """When the round's uplink ends. Digital: the last upload's end (its slot start plus airtime). AirComp: the shared
+        """When the round's uplink ends. Digital: the last upload's end (its slot start plus airtime), at most the deadline. AirComp: the shared
         slot starts after the slowest computation of every scheduled client, since the server cannot know beforehand who
         will stay silent (as `superpose` decides lateness), and ends one slot later; with nobody sending, the round ends
         at the deadline when the slot would have overrun it, else when the last computation ends."""
@@ -240,7 +241,8 @@ class WirelessChannel(Channel):
                 return float(compute.max() + airtime.max())
             late = any(t.drop_reason == "deadline" for t in transmissions)
             return float(self.deadline_s if late else compute.max())
-        return float(max((t.compute_s if t.start_s is None else t.start_s) + t.latency_s for t in transmissions))
+        # A training or a slot that runs past the deadline ends the round there: the server stops listening.
+        return float(min(max((t.compute_s if t.start_s is None else t.start_s) + t.latency_s for t in transmissions), self.deadline_s))
 
     def downlink(self, states: ChannelStates, n_bits: np.ndarray) -> list[Transmission]:
         rate = float(achievable_rate(self.config.downlink_bandwidth_hz, self.config.downlink_snr_db, 1.0))

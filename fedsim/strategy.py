@@ -188,7 +188,11 @@ class RankAdaptiveStrategy:
         # charged its schedule even without a reply (no-reply, client-error): how far it got is unknown here.
         samples = np.where(np.asarray(pending.nodes) == ABSENT_NODE, 0, self.scheduled_samples(pending.clients))
         bits = self.scenario.quantization.bits_per_param
-        uplink = meter_uplink(pending, got, self.layout, self.channel, bits, self.algorithm, samples, self.scenario.adapter.max_rank, self.rng_channel)
+        # Packet losses, HARQ resends and AirComp noise draw from a stream of their own, per round: how many draws they take
+        # depends on the ranks and on earlier outcomes, and taken from rng_channel they shifted every later round's fading,
+        # so two policies (or two HARQ settings) on one seed saw different channels.
+        losses = np.random.default_rng([self.scenario.seed, 7013, server_round])
+        uplink = meter_uplink(pending, got, self.layout, self.channel, bits, self.algorithm, samples, self.scenario.adapter.max_rank, losses)
         for client, encoded, ok in zip(pending.clients, uplink.encoded, uplink.finite):  # the client keeps its new state, whatever the channel does
             if encoded is not None and ok:
                 self.algorithm.remember(int(client), {k: v for k, v in encoded.items() if k.startswith(MEMORY_PREFIX)})

@@ -123,7 +123,7 @@ class ChannelStates:
 class Transmission:
     """What one upload (or download) cost and whether it arrived."""
 
-    n_bits: int
+    n_bits: int  # bits put on the air: 0 for an upload the deadline stopped before it began, which is charged nothing
     latency_s: float
     energy_j: float
     delivered: bool

@@ -600,6 +600,23 @@ def test_deadline_drops_late_uploads_and_cuts_their_airtime():
     assert channel().deadline_s == np.inf
 
 
+def test_an_upload_the_deadline_stops_before_it_begins_puts_nothing_on_the_air_and_the_round_ends_at_the_deadline():
+    """TDMA: the third 0.5 s slot would start at 1.16 s, after the 1 s deadline; FDMA: 16 samples take 1.6 s to train."""
+    tdma = channel(snr_db=10.0, bandwidth_hz=1e6, access="tdma", deadline_s=1.0, compute={"enabled": True, "cycles_per_sample": 1e7, "cpu_hz": 1e9})
+    bits = np.full(3, 0.5 * 1e6 * np.log2(11))
+    states = tdma.draw(1, np.arange(3), np.random.default_rng(0))
+    sent = tdma.uplink(states, bits, np.random.default_rng(0), samples=np.full(3, 16))
+    last = int(np.argmax(states.slot))
+    assert sent[last].start_s == pytest.approx(1.16) and sent[last].latency_s == 0.0
+    assert (sent[last].n_bits, sent[last].packets, sent[last].drop_reason) == (0, 0, "deadline")
+    assert [t.n_bits for k, t in enumerate(sent) if k != last] == [int(bits[0])] * 2  # the one cut mid-upload is charged in full
+    assert tdma.round_latency(sent) == 1.0  # not 1.16: the server stops listening at the deadline
+    fdma = channel(snr_db=10.0, bandwidth_hz=1e6, deadline_s=1.0, compute={"enabled": True, "cycles_per_sample": 1e8, "cpu_hz": 1e9})
+    sent = fdma.uplink(fdma.draw(1, np.arange(2), np.random.default_rng(0)), np.full(2, 1e4), np.random.default_rng(0), samples=np.full(2, 16))
+    assert [(t.compute_s, t.n_bits, t.packets, t.drop_reason) for t in sent] == [(pytest.approx(1.6), 0, 0, "deadline")] * 2
+    assert fdma.round_latency(sent) == 1.0
+
+
 def test_presets_ideal_never_drops_and_harsh_does():
     rng = np.random.default_rng(0)
     bits = np.full(2000, 150000)

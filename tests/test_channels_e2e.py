@@ -145,3 +145,36 @@ def test_compute_time_counts_the_examples_a_client_processed(tmp_path, tiny):
     assert min(sizes) < 64 < max(sizes)
     for c in clients:  # 1e8 cycles per example at 1 GHz: 0.1 s each
         assert float(c["compute_s"]) == pytest.approx(0.1 * 2 * min(64, sizes[int(c["client"])]))
+
+
+def test_losses_and_aircomp_noise_shift_no_later_rounds_fading(tmp_path):
+    """Seeds share channels: runs that differ only in HARQ resends (which draw a new fade per resend) or in the ranks an
+    AirComp round superposes (one noise draw per entry) see the same fading in every round."""
+    lossy = "channel={kind: rayleigh, snr_db: 0.0, bandwidth_hz: 1.0e+6, packet_error: average, per_m: 0.5, harq_retransmissions: %d}"
+    air = "channel={kind: rayleigh, snr_db: 10.0, mode: aircomp}", "aggregation.method=fedavg-factors"
+    runs = {
+        "harq0": [lossy % 0],
+        "harq3": [lossy % 3],
+        "air-rank2": [*air, "policy={name: fixed, rank: 2}"],
+        "air-rank8": [*air, "policy={name: fixed, rank: 8}"],
+    }
+    fades = {}
+    for name, overrides in runs.items():
+        run_scenario(load_scenario(QUICKSTART, [*FAST, "rounds=3", *overrides]), tmp_path / name, progress=False)
+        rows = read_rows(tmp_path / name / "clients.csv")
+        fades[name] = [(r["round"], r["client"], r["fading_gain"]) for r in rows]
+        if name == "harq3":
+            assert sum(int(r["retransmissions"]) for r in rows) > 0  # the resends did draw
+    assert fades["harq0"] == fades["harq3"]
+    assert fades["air-rank2"] == fades["air-rank8"]
+
+
+def test_a_client_the_deadline_stops_before_its_upload_is_charged_nothing(tmp_path):
+    """Local training of 2 x 16 examples at 1e8 cycles each on a 1 GHz CPU takes 3.2 s, past the 1 s deadline."""
+    compute = "channel={kind: awgn, snr_db: 10.0, deadline_s: 1.0, compute: {enabled: true, cycles_per_sample: 1.0e+8, cpu_hz: 1.0e+9}}"
+    run_scenario(load_scenario(QUICKSTART, [*FAST, compute]), tmp_path / "run", progress=False)
+    clients, rounds = read_rows(tmp_path / "run" / "clients.csv"), read_rows(tmp_path / "run" / "rounds.csv")
+    assert clients and all(float(c["compute_s"]) > 1.0 and c["drop_reason"] == "deadline" for c in clients)
+    for column in ("bytes_up", "bytes_up_adapter", "params_up", "packets", "latency_s"):
+        assert {float(c[column]) for c in clients} == {0.0}, column
+    assert all(float(r["uplink_latency_s"]) == 1.0 and int(r["bytes_up"]) == 0 for r in rounds)

@@ -4,8 +4,9 @@ Bits are those of the arrays the client sent (quantised codes and scales), split
 Fisher estimate, control variate, split-computation activations); the server aggregates their
 dequantised values, so quantisation error is real. A digital upload is charged in full once the client
 transmits it, whether it arrives or is lost to outage, packet errors or the deadline cut-off (its
-latency and energy are the airtime actually used); over the air only the senders are charged, since
-a truncated or late client stays silent. A NaN/inf update would poison the global adapter
+latency and energy are the airtime actually used); one whose TDMA slot or local training ends at or after
+the deadline never transmits and is charged nothing (bytes, parameters, packets: 0); over the air only
+the senders are charged, since a truncated or late client stays silent. A NaN/inf update would poison the global adapter
 (and the SVD): it is never aggregated and is logged as non-finite; over the air a client would not
 superpose it, so it is left out of the AirComp sum too.
 """
@@ -85,6 +86,11 @@ def meter_uplink(pending, replies: Replies, layout, channel, bits_per_param: int
         adapter_bits, fisher_bits, control_bits, params_up = (np.where(silent, 0, x) for x in (adapter_bits, fisher_bits, control_bits, params_up))
     else:
         transmissions = channel.uplink(pending.states, up_bits, rng, samples)
+        # The deadline came before its slot or the end of its training: it never transmitted, so it is charged nothing.
+        unsent = np.array([t.n_bits == 0 for t in transmissions], dtype=bool) & (up_bits > 0)
+        adapter_bits, fisher_bits, control_bits, params_up, activation_bytes = (
+            np.where(unsent, 0, x) for x in (adapter_bits, fisher_bits, control_bits, params_up, activation_bytes)
+        )
     downlinks = channel.downlink(pending.states, (pending.bytes_down + gradient_bytes) * 8)
     return Uplink(
         encoded=encoded,
