@@ -13,8 +13,8 @@ zero-padded to that common shape (A's missing rows and B's missing columns are z
 client sends a vector :math:`x_k \in \mathbb R^D` and the superposition of the padded factors is
 exactly the zero-padded factor average (``aggregation: fedavg-factors``, the only method a
 superposition computes), not the product-space mean. Entries past every sender's rank are not on
-the air: they get no noise, and the server keeps its own value for them, as the digital
-``fedavg-factors`` does. With ``quantization.bits`` below 32 the clients superpose their decoded
+the air and get no noise; as in the digital ``fedavg-factors``, the server then keeps its own value for
+them with ``average: updates`` and sets them to 0 with ``average: models`` (the mean of the padded models). With ``quantization.bits`` below 32 the clients superpose their decoded
 (dequantised) updates: the quantisation error is in the aggregate, the reported error below is
 measured against those decoded updates, and the radio cost does not change with the bits. Client k's mean entry power is
 :math:`m_k = \|x_k\|^2 / D`; its full-power (:math:`P_{max}`) instantaneous SNR is

@@ -1,7 +1,8 @@
 r"""Large-scale SNR of each client: fixed, a per-client distribution, or distance-based.
 
-Every value here is fixed for a client for the whole run (heterogeneity, not
-fading): the per-client draws and the placement come from generators seeded by
+Every draw here is fixed for a client for the whole run (heterogeneity, not
+fading; under ``distance`` the noise, and so the SNR, still follows the client's share of the band,
+which FDMA changes with the round's number of clients): the per-client draws and the placement come from generators seeded by
 (run seed, block of 256 client ids), so a client keeps its SNR whichever rounds it is picked in
 and however many clients the run has.
 

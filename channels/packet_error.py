@@ -2,7 +2,8 @@ r"""Packet errors and HARQ retransmissions (``channel.packet_error``, ``harq``, 
 
 *Decoding model* (waterfall / threshold, Chen et al., "A Joint Learning and Communications Framework
 for Federated Learning over Wireless Networks", IEEE TWC 2021, m = 0.023 by default): a codeword is
-lost iff the SNR at which it is received is below m. The SNR is the large-scale SNR
+lost iff the SNR at which it is received is below m. The paper's Table I prints 0.023 with a dB unit; m is
+read here, as in public reimplementations, as a linear ratio (-16.4 dB); the dB reading is ``per_m: 1.0053``. The SNR is the large-scale SNR
 :math:`\bar\gamma` (path loss, shadowing, configured ``snr_db``) times the fading gain g,
 :math:`\gamma = \bar\gamma g`. m is itself the decoding threshold on the received SNR, so the SNR
 gap of the rate model (``snr_gap_db``, a coding loss relative to capacity) is not applied again.

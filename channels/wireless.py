@@ -186,7 +186,7 @@ class WirelessChannel(Channel):
                 self.fading.cdf,
                 rng,
             )
-            retransmissions = np.where(outage, 0, retransmissions)  # nothing is sent in outage
+            retransmissions = np.where(outage, 0, retransmissions)  # in outage the update goes out once, fails, and is not resent
         else:
             retransmissions, lost = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
         sends = bits > 0  # a client with nothing to send (no reply) puts no packet on the air

@@ -7,7 +7,7 @@ FedAvg aggregate of the delivered updates (`fedsim.aggregation.aggregate`). An a
 - `downlink(client, ranks)`: arrays the server sends beside the adapter (metered, float32), e.g. SCAFFOLD's c;
 - `memory(client, ranks)`: the client's own state, which the simulator carries for it between rounds
   (never metered; see `fedsim.algorithms.scaffold`), under `fedsim.payload.MEMORY_PREFIX`;
-- `upload_shapes(shapes, ranks)`: the shapes of the extra arrays a client sends (for dequantisation);
+- `upload_shapes(shapes)`: the shapes of the extra arrays a client sends (for dequantisation);
 - `remember(client, arrays)`: a client's new state, from every reply (delivered or lost on the air);
 - `server_update(global_state, aggregated, uploads, weights)`: the new global adapter, from the
   FedAvg aggregate (`Aggregated`) of the round's delivered uploads;

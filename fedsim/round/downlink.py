@@ -1,4 +1,7 @@
-"""Stage `downlink`: each selected client's train message, and the bytes its broadcast costs.
+"""Stage `downlink`: each selected client's train message, and the bytes it costs.
+
+Each client's download is counted on its own (a unicast of its truncated payload) and `bytes_down` sums
+them over the round's clients: a physical broadcast of the full-rank adapter would cost the largest once.
 
 A client gets the global adapter truncated to its ranks (plus what its federated algorithm sends
 down, e.g. SCAFFOLD's server control variate), metered as float32 as sent; the state the simulator
