@@ -160,7 +160,7 @@ def test_losses_and_aircomp_noise_shift_no_later_rounds_fading(tmp_path):
     }
     fades = {}
     for name, overrides in runs.items():
-        run_scenario(load_scenario(QUICKSTART, [*FAST, "rounds=3", *overrides]), tmp_path / name, progress=False)
+        run_scenario(load_scenario(QUICKSTART, [*FAST, *overrides]), tmp_path / name, progress=False)
         rows = read_rows(tmp_path / name / "clients.csv")
         fades[name] = [(r["round"], r["client"], r["fading_gain"]) for r in rows]
         if name == "harq3":
