@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from fedsim.collect import find_finished_runs, policy_label, run_metrics
+from fedsim.collect import check_one_policy_config, find_finished_runs, policy_label, run_metrics
 from fedsim.plots import _layer_label, _save, _style
 from fedsim.types import FedsimError, run_script
 
@@ -67,6 +67,8 @@ def main(argv=None) -> int:
     groups: dict[tuple[str, float], list] = defaultdict(list)
     for run in runs:
         groups[(policy_label(run.config), run.config.get(args.by))].append(run)
+    for policy in {p for p, _ in groups}:
+        check_one_policy_config([run for (p, _), members in groups.items() if p == policy for run in members], policy, args.sweep_dir)
     for (policy, level), members in groups.items():  # averaging two configurations under one label would hide both
         seeds = [run.config.get("seed") for run in members]
         if len(set(seeds)) < len(seeds):

@@ -42,7 +42,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from fedsim.collect import FinishedRun, RunMetrics, by_seed, episode_reward, find_finished_runs, policy_label, run_metrics, varying_fields
-from fedsim.stats import format_interval, mean_ci, paired_difference, paired_to_target, target_summary
+from fedsim.stats import confidence_level, format_confidence, format_interval, mean_ci, paired_difference, paired_to_target, target_summary
 from fedsim.types import FedsimError
 
 POLICY = "policy"  # the grouping by policy label (policy.name, and the rank of a fixed policy)
@@ -82,12 +82,12 @@ class Labeller:
         self.policy_extra: list[str] = []
         if role == POLICY or POLICY in rest:
             # Policy fields beyond name and rank (a checkpoint, adalora's schedule) mostly follow the
-            # name; they enter the label only where two runs would otherwise share one.
+            # name; they enter the label where runs that would share one differ in them, on the same seed or not
+            # (a label's seeds are pooled: two configurations on seeds 0-2 and 3-5 would be averaged as one).
             labels = defaultdict(set)
             for run in runs:
-                labels[(policy_label(run.config), run.config.get("seed"), *(run.config.get(f) for f in fields if not _is_policy_field(f)))].add(
-                    tuple(str(run.config.get(f)) for f in fields if _is_policy_field(f))
-                )
+                others = tuple(json.dumps(run.config.get(f), sort_keys=True) for f in fields if not _is_policy_field(f))
+                labels[(policy_label(run.config), *others)].add(tuple(str(run.config.get(f)) for f in fields if _is_policy_field(f)))
             if any(len(v) > 1 for v in labels.values()):
                 self.policy_extra = [f for f in fields if _is_policy_field(f) and f not in ("policy", "policy.name", "policy.rank", "policy.ranks")]
 
@@ -194,7 +194,7 @@ def group_table(
     """Markdown rows for one table: `members` is {group label: {seed: RunMetrics}} in display order."""
     name = reference_name or reference
     with_reward = any(m.reward is not None for seeds in members.values() for m in seeds.values())
-    pct = f"{confidence:.0%}"
+    pct = format_confidence(confidence)
     header = [
         group_title,
         "seeds",
@@ -357,7 +357,7 @@ def report(
     out.append(
         f"Final accuracy: {_eval_note(metrics)}. "
         f"Δ: paired over seeds (the seeds share partitions and channel draws): mean over shared seeds of "
-        f"(row - reference), {confidence:.0%} Student t interval with n-1 dof; significant iff it excludes 0. "
+        f"(row - reference), {format_confidence(confidence)} Student t interval with n-1 dof; significant iff it excludes 0. "
         f"MB to {target:g}: cumulative upload at the first round with accuracy >= {target:g} (a fixed target, "
         f"--target), never = +inf; median over seeds (inf when half or more never reach it); Δ MB over the seeds "
         f"where both reached it. Energy: Σ energy_j (J), mean over seeds. Dropped: updates lost / selected, all seeds.{reward_note}"
@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"fixed accuracy target for 'MB to target' (default {DEFAULT_TARGET}); choose it per study, not from the results",
     )
     parser.add_argument("--split", help="one table per value of this field (default channel.snr_db when it varies)")
-    parser.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
+    parser.add_argument("--confidence", type=confidence_level, default=0.95, help="confidence level of the intervals (default 0.95)")
     args = parser.parse_args(argv)
     try:
         runs_fields = varying_fields(Path(args.sweep_dir), find_finished_runs(args.sweep_dir))

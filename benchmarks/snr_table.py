@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from policy_table import DEFAULT_TARGET, report  # noqa: E402
 
+from fedsim.stats import confidence_level  # noqa: E402
 from fedsim.types import FedsimError  # noqa: E402
 
 
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_TARGET,
         help=f"fixed accuracy target for 'MB to target' (default {DEFAULT_TARGET}); choose it per study, not from the results",
     )
-    parser.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
+    parser.add_argument("--confidence", type=confidence_level, default=0.95, help="confidence level of the intervals (default 0.95)")
     args = parser.parse_args(argv)
     try:
         print(report(args.sweep_dir, args.by, None, args.reference, args.target, args.confidence, largest_value))

@@ -132,7 +132,7 @@ INTEGER_ROUND_COLUMNS = ("round", "eval_examples", "bytes_up", "bytes_down", "cu
 
 def read_rounds(path: Path, rounds: int | None = None) -> list[dict]:
     """A finished run's rounds.csv, checked: the text ends with a line end, every row has every header field,
-    row i is round i, every cell is a number (a whole number in INTEGER_ROUND_COLUMNS; empty only in the extra
+    row i is round i, every cell is a number (a whole number in INTEGER_ROUND_COLUMNS; empty, read as None, only in the extra
     columns), and there are `rounds` rows (summary.json's count, when given; at least one in any case).
     Anything else is a one-line FedsimError naming the file and line."""
     text = _read_text(path)
@@ -168,7 +168,7 @@ def read_rounds(path: Path, rounds: int | None = None) -> list[dict]:
                     raise FedsimError(f"{where}: {column} = {cell!r} is not a number (allowed: {allowed}); the file is corrupt") from None
             if int(row["round"]) != len(rows) + 1:
                 raise FedsimError(f"{where}: round {row['round']} where round {len(rows) + 1} belongs; rows are missing, repeated or out of order")
-            rows.append({k: parse_number(v) for k, v in row.items()})
+            rows.append({k: None if v == "" else parse_number(v) for k, v in row.items()})  # empty: a column that round did not write
     except csv.Error as exc:
         raise FedsimError(f"{path}, line {reader.line_num}: not valid CSV ({exc}); the file is corrupt") from None
     if not rows:
@@ -395,6 +395,18 @@ def policy_label(config: dict) -> str:
     return f"{name}-{config.get('policy.rank')}"
 
 
+def check_one_policy_config(runs: list[FinishedRun], label: str, where: str) -> None:
+    """A one-line FedsimError when the runs of one policy label differ in a policy field (a checkpoint, adalora's
+    schedule): a report pools a label's runs over seeds, so two configurations there would be averaged as one."""
+    for key in sorted({k for run in runs for k in run.config if k.startswith("policy.")}):
+        values = sorted({json.dumps(run.config.get(key), sort_keys=True) for run in runs})
+        if len(values) > 1:
+            raise FedsimError(
+                f"{where}: the {label} runs differ in {key} ({', '.join(values)}), and a report averages a policy's runs over "
+                "seeds; give each configuration its own directory (or compare them with benchmarks/policy_table.py, which labels them apart)"
+            )
+
+
 def episode_reward(run: FinishedRun) -> float | None:
     """The run's episode reward: the sum of rounds.csv's per-round `reward` where present, else a summary
     field (episode_reward / return / reward); None when the run recorded no reward. NaN when a round's reward
@@ -426,7 +438,11 @@ def evaluated_on_whole_test_set(run: FinishedRun, row: dict) -> bool:
     else the per-round subset."""
     samples = _data_field(run.config, "eval_samples")
     examples = row.get("eval_examples")
-    # Fewer examples than a subset the run asked for: its test set is smaller, and the subset is all of it.
+    test_examples = run.summary.get("test_examples")  # recorded since 2026-11-27; older runs leave it to the rules below
+    if isinstance(test_examples, int) and isinstance(examples, (int, float)):
+        return examples == test_examples
+    # Fewer examples than a subset the run asked for: its test set is smaller, and the subset is all of it. (A test set of
+    # exactly eval_samples examples reads as a subset here: without test_examples the two look the same.)
     if samples is None or ("data.eval_samples" in run.config and isinstance(examples, (int, float)) and examples < samples):
         return True
     return bool(_data_field(run.config, "eval_full_final")) and row.get("round") == len(run.rounds)

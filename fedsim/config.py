@@ -34,7 +34,9 @@ class _Section(BaseModel):
 class PartitionConfig(_Section):
     kind: Literal["iid", "dirichlet", "quantity_skew"] = Field("dirichlet", description="How training examples are split across clients.")
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration: small = very non-IID labels (dirichlet), very unequal sizes (quantity_skew).")
-    min_examples: int = Field(8, ge=1, description="Every client gets at least this many examples.")
+    min_examples: int = Field(
+        8, ge=1, description="Every client gets at least this many examples (dirichlet: a starved client is topped up from the largest client's last classes)."
+    )
 
 
 class DataConfig(_Section):
@@ -60,7 +62,8 @@ class DataConfig(_Section):
         ge=0,
         description="Training examples held out from every client (before partitioning) as a validation split: "
         "rank policies then observe and are rewarded by validation metrics, never the test split, and rounds.csv gets "
-        "val_loss, val_accuracy and reward. Learning a policy (train-policy, learn: true) needs it; 0 = none.",
+        "val_loss, val_accuracy and reward. Learning a policy (train-policy, learn: true) needs it; 0 = none. The clients' "
+        "partitions are drawn from what is left, so runs with another value train on other partitions: compare runs that share it.",
     )
 
 

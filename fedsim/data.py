@@ -150,7 +150,9 @@ def partition(labels: np.ndarray, num_clients: int, config: PartitionConfig, see
             cuts = (np.cumsum(props)[:-1] * len(idx)).astype(int)
             for client, chunk in enumerate(np.split(idx, cuts)):
                 buckets[client].extend(chunk.tolist())
-        # Top up starved clients from the largest ones so that every client can train.
+        # Top up starved clients from the largest ones so that every client can train: the donor's last-added examples,
+        # i.e. its highest-numbered classes (deterministic; at the defaults no client is starved, at extreme alphas the
+        # realised skew is then not exactly Dir(alpha)).
         for client in range(num_clients):
             while len(buckets[client]) < config.min_examples:
                 donor = max(range(num_clients), key=lambda c: len(buckets[c]))

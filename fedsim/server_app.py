@@ -282,6 +282,7 @@ def finish_run(run_dir: RunDirectory, strategy: RankAdaptiveStrategy, out_dir: P
         "final_accuracy": rounds[-1]["accuracy"],
         "final_loss": rounds[-1]["loss"],
         "final_eval_examples": rounds[-1]["eval_examples"],
+        "test_examples": len(runtime.test),  # the whole test set, so a report can tell a subset from all of it
         "first_round_accuracy": rounds[0]["accuracy"],
         "first_round_eval_examples": rounds[0]["eval_examples"],
         # Over the rounds evaluated on round 1's examples only: with eval_full_final the last round is measured on the

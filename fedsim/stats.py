@@ -37,7 +37,27 @@ NEVER = math.inf
 def _t_quantile(confidence: float, dof: int) -> float:
     from scipy.stats import t
 
+    if not 0 < confidence < 1:  # t.ppf gives NaN, and a NaN interval reads "not significant" everywhere
+        raise ValueError(f"confidence={confidence}: a confidence level is a fraction strictly between 0 and 1, e.g. 0.95")
     return float(t.ppf(0.5 + confidence / 2, dof))
+
+
+def confidence_level(text: str) -> float:
+    """argparse type of a --confidence option: a fraction strictly between 0 and 1."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: a confidence level is a fraction strictly between 0 and 1, e.g. 0.95 (not 95)")
+    return value
+
+
+def format_confidence(confidence: float) -> str:
+    """'95%', '97.5%' (a percentage to as many digits as it has)."""
+    return f"{confidence * 100:.10g}%"
 
 
 @dataclass(frozen=True)

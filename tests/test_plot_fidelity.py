@@ -18,6 +18,7 @@ from test_stats import REPO, _fake_sweep, _script, _table, _write_run
 
 from fedsim import plots
 from fedsim.collect import episode_reward, policy_label, read_finished_run, results_table
+from fedsim.stats import paired_difference
 from fedsim.types import FedsimError
 
 RUN = "snr_db={snr}_policy={label}_seed={seed}-0000000000"  # _fake_sweep's run directory names
@@ -285,3 +286,65 @@ def test_policy_behaviour_names_what_it_writes_and_compares_dominance_on_shared_
     out = _script("policy_behaviour.py", tmp_path)
     assert "channel.snr_db=5: fixed-8: accuracy 0.450, 16.00 MB: not dominated" in out
     assert "channel.snr_db=5: fixed-2: accuracy 0.567, 4.00 MB: not dominated" in out
+
+
+def _two_adalora_configs(root: Path) -> Path:
+    """fixed-8 on seeds 0-2; adalora with tinit 1 on seeds 0-2 and with tinit 3 on seeds 3-5: one label, two configurations."""
+    for seed in range(6):
+        data = {"eval_full_final": True}
+        if seed < 3:
+            _write_run(root, f"fixed8_{seed}", {"seed": seed, "policy": {"name": "fixed", "rank": 8}, "data": data}, [0.3, 0.5], 1e6, False, 3080)
+        adalora = {"seed": seed, "policy": {"name": "adalora", "tinit": 1 if seed < 3 else 3}, "data": data}
+        _write_run(root, f"adalora_{seed}", adalora, [0.3, 0.45 if seed < 3 else 0.7], 1e6, False, 3080)
+        (root / f"adalora_{seed}" / "clients.csv").write_text("round,client,ranks,snr_db\n1,0,4 4,1.0\n2,0,4 4,2.0\n")
+    return root
+
+
+def test_a_label_whose_runs_differ_in_a_policy_field_on_other_seeds_is_split_by_it_or_refused(tmp_path):
+    root = _two_adalora_configs(tmp_path)
+    table = _table(_script("policy_table.py", root, "--reference", "fixed-8", "--target", "0.3"), "all runs")
+    assert {"adalora tinit=1", "adalora tinit=3"} <= set(table), list(table)  # not one row averaging 0.45 and 0.7
+    assert table["adalora tinit=1"]["seeds"] == "0,1,2" and table["adalora tinit=3"]["seeds"] == "3,4,5"
+    for script, args in (("policy_behaviour.py", ()), ("reward_parts.py", ("--reference", "fixed-8"))):
+        done = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), str(root), *args], capture_output=True, text=True, cwd=REPO)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, (script, done.stderr)
+        assert "the adalora runs differ in policy.tinit (1, 3)" in done.stderr, done.stderr
+
+
+def test_a_confidence_level_outside_0_1_is_refused_in_one_line_and_a_fraction_prints_its_digits(tmp_path):
+    _fake_sweep(tmp_path, False)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "policy_table.py"), str(tmp_path), "--confidence", "95"], capture_output=True, text=True, cwd=REPO
+    )
+    assert done.returncode == 2 and "95: a confidence level is a fraction strictly between 0 and 1" in done.stderr
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        paired_difference({0: 1.0, 1: 2.0}, {0: 0.0, 1: 0.5}, confidence=95)
+    assert "[97.5% CI]" in _script("policy_table.py", tmp_path, "--target", "0.3", "--confidence", "0.975")
+
+
+def test_reward_parts_scores_a_diverged_episode_as_not_available_not_by_its_other_rounds(tmp_path):
+    for seed in (0, 1):
+        for name, rewards in (("fixed", [-2.0, -1.5, -1.0]), ("ppo", [-2.0, -1.9, math.nan if seed == 0 else -0.5])):
+            run = tmp_path / f"{name}_{seed}"
+            run.mkdir()
+            policy = {"name": name, "rank": 8} if name == "fixed" else {"name": name}
+            (run / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "policy": policy}))
+            (run / "summary.json").write_text(json.dumps({"final_accuracy": 0.5, "rounds": 3}))
+            lines = ["round,accuracy,loss,eval_examples,cum_bytes_up,val_loss,reward"]
+            lines += [f"{i},0.5,1.0,32,{i * 100},1.0,{r}" for i, r in enumerate(rewards, start=1)]
+            (run / "rounds.csv").write_text("\n".join(lines) + "\n")
+    out = _script("reward_parts.py", tmp_path, "--reference", "fixed-8")
+    assert "| ppo | 0,1 | n/a (seed 0: a non-finite round reward)" in out, out
+
+
+def test_a_subset_as_large_as_the_test_set_is_the_whole_test_set_and_an_empty_cell_is_missing(tmp_path):
+    """summary.json's test_examples tells a subset of eval_samples from a test set of exactly that size."""
+    from fedsim.collect import FinishedRun, evaluated_on_whole_test_set, read_rounds
+
+    config = {"data.eval_samples": 500, "data.eval_full_final": False}
+    rows = [{"round": 1, "eval_examples": 500}]
+    for test_examples, whole in ((500, True), (3080, False)):
+        assert evaluated_on_whole_test_set(FinishedRun(Path("x"), config, {"test_examples": test_examples}, rows), rows[0]) is whole
+    assert not evaluated_on_whole_test_set(FinishedRun(Path("x"), config, {}, rows), rows[0])  # an older run: read as a subset
+    (tmp_path / "rounds.csv").write_text("round,accuracy,aircomp_mse\n1,0.5,\n2,0.6,0.01\n")
+    assert [r["aircomp_mse"] for r in read_rounds(tmp_path / "rounds.csv")] == [None, 0.01]

@@ -64,7 +64,7 @@ def test_the_summary_says_which_examples_each_accuracy_was_measured_on(tmp_path,
     rounds = read_rows(tmp_path / "run" / "rounds.csv")
     subset = [float(r["accuracy"]) for r in rounds if int(r["eval_examples"]) == 64]
     assert [int(r["eval_examples"]) for r in rounds][:2] == [64, 64] and int(rounds[-1]["eval_examples"]) > 64
-    assert summary["final_eval_examples"] == int(rounds[-1]["eval_examples"]) and summary["first_round_eval_examples"] == 64
+    assert summary["final_eval_examples"] == int(rounds[-1]["eval_examples"]) == summary["test_examples"] and summary["first_round_eval_examples"] == 64
     # The whole-test-set final is not a candidate for the best of the 64-example rounds.
     assert summary["best_accuracy"] == max(subset) and summary["best_accuracy_eval_examples"] == 64
 
