@@ -10,7 +10,9 @@
   groups differ is a paired question over seeds (benchmarks/policy_table.py).
   A curve ends at the last round at which every one of its seeds is finite,
   marked ✕ when a seed diverged after it; two runs of one group with one seed
-  are an error, not two seeds.
+  are an error, not two seeds. A last round measured on another set than the
+  rounds before (the whole test set, with data.eval_full_final) is joined by a
+  dotted line to a hollow marker, and a footnote gives both sets' sizes.
 * ``rank_heatmap``: mean rank over the round's selected clients, layer × round,
   for one run.
 * ``accuracy_at_budget``: per group, the accuracy of the last round whose
@@ -251,18 +253,21 @@ class Curve(NamedTuple):
     high: np.ndarray
     n: int  # seeds
     diverged: bool  # a seed's x or y is not finite in the round after the last one drawn
+    last_examples: tuple = ()  # (last round's, earlier rounds') eval_examples when the last round was measured on another set
 
 
 def _curves(rows: list[dict], x_col: str, y_col: str, hue_fields: list[str], facet_fields: list[str]) -> dict:
     """{facet key: {hue key: Curve}} with rounds aligned across seeds. A curve stops before the first round where a
     seed's value is not finite: averaging only the seeds left would turn it into another curve without saying so."""
     table: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))  # facet -> hue -> round -> [(x, y)]
+    examples: dict = defaultdict(set)  # (facet, hue, round) -> the eval_examples its seeds were measured on
     for row in rows:
         if not isinstance(row.get(y_col), (int, float)) or not isinstance(row.get(x_col), (int, float)):
             continue
         fkey = tuple(row.get(f) for f in facet_fields)
         hkey = tuple(row.get(f) for f in hue_fields)
         table[fkey][hkey][row["round"]].append((row[x_col], row[y_col]))
+        examples[(fkey, hkey, row["round"])].add(row.get("eval_examples"))
     curves: dict = {}
     for fkey, hues in table.items():
         curves[fkey] = {}
@@ -276,7 +281,10 @@ def _curves(rows: list[dict], x_col: str, y_col: str, hue_fields: list[str], fac
             ys = np.array([np.mean([p[1] for p in by_round[r]]) for r in rounds])
             edges = np.array([band(np.array([p[1] for p in by_round[r]])) for r in rounds]).reshape(-1, 2)
             n = min((len(by_round[r]) for r in rounds), default=0)
-            curves[fkey][hkey] = Curve(xs, ys, edges[:, 0], edges[:, 1], n, diverged)
+            # With data.eval_full_final the last round is measured on the whole test set and the others on a subset.
+            last, before = (examples[(fkey, hkey, r)] for r in rounds[-1:] + rounds[-2:-1]) if len(rounds) > 1 else (set(), set())
+            switched = (min(last), min(before)) if last and before and last != before and len(last) == len(before) == 1 else ()
+            curves[fkey][hkey] = Curve(xs, ys, edges[:, 0], edges[:, 1], n, diverged, switched)
     return curves
 
 
@@ -298,6 +306,10 @@ def plot_curves(root: Path, out_dir: Path, x: str, y: str, hue: str | None, face
     footnotes = []
     if any(c.diverged for c in drawn):
         footnotes.append("✕: a seed diverged after this round")
+    switches = sorted({c.last_examples for c in drawn if c.last_examples}, key=str)
+    if switches:
+        sets = "; ".join(f"{_fmt_value(last)} test examples, the rounds before on {_fmt_value(before)}" for last, before in switches)
+        footnotes.append(f"hollow marker, dotted line: the last round, measured on {sets} (data.eval_full_final)")
     unseen = [_group_label(hue_fields, h) for by_hue in curves.values() for h, c in by_hue.items() if not len(c.xs)]
     if unseen:
         footnotes.append(f"no curve (a seed is not finite in the first round): {'; '.join(unseen)}")
@@ -309,9 +321,13 @@ def plot_curves(root: Path, out_dir: Path, x: str, y: str, hue: str | None, face
         for hkey in hue_keys:
             if hkey not in curves[fkey] or not len(curves[fkey][hkey].xs):
                 continue
-            xs, ys, low, high, n, diverged = curves[fkey][hkey]
+            xs, ys, low, high, n, diverged, switched = curves[fkey][hkey]
             xs = xs * scale
-            ax.plot(xs, ys, color=colors[hkey], lw=1.8, marker=markers[hkey], ms=3.5, label=_group_label(hue_fields, hkey))
+            solid = len(xs) - 1 if switched else len(xs)  # the last round, on another evaluation set, is joined dotted
+            ax.plot(xs[:solid], ys[:solid], color=colors[hkey], lw=1.8, marker=markers[hkey], ms=3.5, label=_group_label(hue_fields, hkey))
+            if switched:
+                ax.plot(xs[-2:], ys[-2:], color=colors[hkey], lw=1.4, ls=":")
+                ax.plot(xs[-1:], ys[-1:], ls="none", marker=markers[hkey], ms=7, color=colors[hkey], markerfacecolor="white", markeredgewidth=1.6)
             if diverged:
                 ax.plot(xs[-1:], ys[-1:], ls="none", marker="X", ms=9, color=colors[hkey], markeredgecolor="#222222", zorder=5)
             if len(seeds) > 1:  # the title gives a range then, so each curve says its own

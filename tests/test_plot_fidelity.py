@@ -183,6 +183,21 @@ def test_a_curve_ends_where_a_seed_diverges_and_says_so(tmp_path, figures):
     assert "✕: a seed diverged after this round" in text and "means of 2-3 seeds" in text and "n=2" in text
 
 
+def test_a_last_round_measured_on_the_whole_test_set_is_drawn_apart_and_footnoted(tmp_path, figures):
+    """_fake_sweep's runs evaluate rounds 1-2 on 32 examples and round 3 on 3,080 (data.eval_full_final)."""
+    root = _sweep(tmp_path)
+    _, rows, _, fields = results_table(root)
+    hue, facet = plots._choose_roles(plots.sweep_axes(root, fields), None, None)
+    assert plots._curves(rows, "cum_bytes_up", "accuracy", hue, facet)[(-5,)][("fixed", 8)].last_examples == (3080, 32)
+    plots.make_plots(root, out_dir=tmp_path / "figs")
+    fig = figures["accuracy_vs_bytes_up"]
+    assert "the last round, measured on 3080 test examples, the rounds before on 32" in _texts(fig)
+    dotted = [line for ax in fig.axes for line in ax.get_lines() if line.get_linestyle() == ":"]
+    assert dotted and all(len(line.get_xdata()) == 2 for line in dotted)  # only the step into the last round
+    solid = [line for ax in fig.axes for line in ax.get_lines() if line.get_linestyle() == "-"]
+    assert solid and all(len(line.get_xdata()) == 2 for line in solid)  # rounds 1-2, on one subset
+
+
 # --- 4, 5. labels ---------------------------------------------------------------------------------------------
 
 
