@@ -127,7 +127,8 @@ def paired_difference(a: Mapping | Sequence[float], b: Mapping | Sequence[float]
     `a` and `b` are {seed: value} mappings (only the seeds both have are used) or two sequences
     aligned by seed. The interval is mean(d) ± t_{(1+c)/2, n-1} · sd(d, ddof=1) / sqrt(n): a paired
     t-interval over seeds, valid because runs with the same seed share partitions and channel
-    draws. Verdict "significant" iff the interval excludes 0. With one shared seed the mean is
+    draws. Verdict "significant" iff the interval excludes 0 (differences equal on every seed, such as deterministic
+    byte counts, give a zero-width interval: significant unless they are 0, where a t-test has no p-value). With one shared seed the mean is
     returned with a NaN interval and verdict "n/a (1 seed)".
     """
     seeds, x, y = _paired_values(a, b)
