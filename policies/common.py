@@ -140,7 +140,8 @@ def fitting_rank(observation: Observation, deadline_s: float | None = None, marg
 
     (p_l parameters per rank component of layer l, p_fixed the head's, b bits per parameter, and, when
     b < 32, one s-bit scale per quantised tensor, n_t of them: `Observation.upload_tensors`, by default
-    A and B of L layers plus the head's two; an upper bound, since a rank-0 layer sends no tensor).
+    A and B of L layers plus the head's two; at b = 4, whose codes pack two to a byte, up to 4 bits more per
+    tensor; upper bounds, since a rank-0 layer sends no tensor).
     s_k follows `channels.access`: after the client's local training t^comp_k (`Observation.compute_s`) when
     uploads run in parallel (FDMA); in sequential slots (TDMA, `Observation.sequential_uploads`, in the round's
     order `ChannelStates.slot`) s_k = max(e_{k-1}, t^comp_k), with e_{k-1} the end of the previous slot's upload at
@@ -162,6 +163,8 @@ def fitting_rank(observation: Observation, deadline_s: float | None = None, marg
         return np.full(n, float(observation.max_rank))
     tensors = observation.upload_tensors or 2 * n_layers + 2
     overhead = scale_bits * tensors if observation.bits_per_param < 32 else 0
+    # Codes are packed into whole bytes per tensor (channels.quantization): at 4 bits an odd-sized tensor costs 4 more.
+    overhead += (-observation.bits_per_param % 8) * tensors
     per_rank = max(float(np.sum(observation.params_per_rank)), 1.0)
     rate = np.asarray(observation.channel.upload_rate_bps, dtype=float)
     compute = np.asarray(observation.compute_s, dtype=float) if len(observation.compute_s) == n else np.zeros(n)
@@ -246,6 +249,24 @@ def level_ranks(
     return np.stack(ranks).reshape(len(level), n_layers)
 
 
+def within_reach(ranks: np.ndarray, params_per_rank: np.ndarray, top: np.ndarray, min_rank: int) -> np.ndarray:
+    """Ranks [clients, layers] whose upload costs at most client k's uniform rank `top`_k: Σ_l r_kl p_l <= top_k Σ_l p_l.
+
+    `level_ranks` keeps Σ_l r_kl <= L · top_k, the same bound only when every layer costs the same per rank component;
+    with layers of different sizes an uneven pattern (airllm's, or a spread above 1) can cost more and miss the
+    deadline, so the dearest layer still above r_min gives up a component until the upload fits."""
+    ranks = np.array(ranks, dtype=np.int64, copy=True)
+    cost = np.asarray(params_per_rank, dtype=float)
+    for k, reach in enumerate(np.clip(np.asarray(top, dtype=float), 0, None)):
+        budget = reach * cost.sum() + 1e-9
+        while ranks[k] @ cost > budget:
+            above = np.flatnonzero(ranks[k] > min_rank)
+            if not len(above):
+                break
+            ranks[k, above[np.argmax(cost[above])]] -= 1
+    return ranks
+
+
 def action_to_level(action: np.ndarray, full_share_at: float = 1.0) -> np.ndarray:
     """[-1, 1] -> level in [0, 1]: (a + 1) / (a_full + 1), and 1 from a_full = `full_share_at` up."""
     return np.clip((np.clip(np.asarray(action, dtype=float), -1.0, 1.0) + 1.0) / (full_share_at + 1.0), 0.0, 1.0)
@@ -256,7 +277,8 @@ def ranks_from_action(action: np.ndarray, observation: Observation, min_rank: in
     [clients, layers], the share (a + 1) / (a_full + 1), at most 1, of each client's `fitting_rank`."""
     top = np.clip(fitting_rank(observation), 0, observation.max_rank)
     level = action_to_level(np.asarray(action, dtype=float).reshape(observation.n_clients), full_share_at)
-    return level_ranks(level, observation.n_layers, min_rank, observation.max_rank, weights, top)
+    ranks = level_ranks(level, observation.n_layers, min_rank, observation.max_rank, weights, top)
+    return within_reach(ranks, observation.params_per_rank, np.maximum(top, min_rank), min_rank)
 
 
 DEFAULT_UTILITY_CURVE = [[0.0, 0.0], [0.125, 0.81], [0.25, 0.86], [0.5, 0.93], [1.0, 1.0]]  # scenarios/rank_sweep.yaml, 3 seeds

@@ -891,3 +891,48 @@ def test_the_upload_a_policy_budgets_for_is_the_upload_sent(tmp_path, settings):
     with open(tmp_path / "run" / "clients.csv", newline="") as fh:
         sent = {int(c["bytes_up"]) * 8 for c in csv.DictReader(fh)}
     assert sent == {full_rank_bits(observation) + 32 * observation.upload_tensors}
+
+
+def test_what_fits_counts_the_half_byte_a_4_bit_tensor_of_odd_size_rounds_up_to():
+    """One layer, A (r x 3) and B (2 x r), a 3 x 3 head and a 3-entry bias at 4 bits, 200 bits of airtime: rank 1 sends
+    (5 + 12) x 4 + 4 x 32 scale bits = 196 by the count of parameters, but the odd-sized tensors pack into whole bytes
+    (208 bits), so it would be late; rank 0 (184 bits) is what fits."""
+    from channels.quantization import expected_bytes
+    from channels.wireless import ChannelConfig, WirelessChannel
+
+    channel = WirelessChannel(ChannelConfig(snr_db=10, bandwidth_hz=1e3, deadline_s=1.0), seed=0)
+    states = channel.draw(1, np.array([0]), np.random.default_rng(0))
+    channel.deadline_s = 200 / float(states.rate_bps[0])
+    observation = Observation(
+        round=1, total_rounds=1, channel=states, layer_names=["l0"], max_rank=4, params_per_rank=np.array([5]), fixed_params=12,
+        bits_per_param=4, last_ranks=np.full((1, 1), 4), last_loss=np.nan, last_accuracy=np.nan, layer_importance=np.zeros(1),
+        deadline_s=channel.deadline_s, upload_tensors=4,
+    )  # fmt: skip
+
+    def sent(rank: int) -> str:
+        bits = expected_bytes({"A.0": (rank, 3), "B.0": (2, rank), "head.weight": (3, 3), "head.bias": (3,)}, 4) * 8
+        return channel.uplink(states, np.array([bits]), np.random.default_rng(0))[0].drop_reason
+
+    assert ChannelGreedyPolicy(ChannelGreedyConfig()).ranks(observation)[0, 0] == 0
+    assert (sent(0), sent(1)) == ("", "deadline")
+
+
+def test_an_uneven_pattern_over_layers_of_different_sizes_stays_within_what_fits():
+    """airllm's per-layer pattern (here with spread 3) may give the large layer more than the uniform fitting rank; its
+    upload must still cost no more than that rank's: Σ_l r_l p_l <= r_fit Σ_l p_l."""
+    from policies.common import within_reach
+
+    policy = AirLlmPolicy(AirLlmConfig(**SMALL_AIRLLM, spread=3, sharpness=3.0, seed=0))
+    rng = np.random.default_rng(4)
+    over_before = 0
+    for _ in range(40):
+        observation = make_observation(rng.uniform(0, 20, 3), rng.uniform(1e5, 2e6, 3), n_layers=2, deadline_s=0.5, ppr=100, fixed=0)
+        observation.params_per_rank = np.array([100, 2000])
+        fit = np.clip(fitting_rank(observation), 1, 8)
+        ranks = policy.ranks(observation)
+        assert np.all(ranks @ observation.params_per_rank <= fit * 2100 + 1e-9), (ranks, fit)
+        coarse, pattern = torch.ones(3, 2), torch.tensor([[-1.0, 1.0]] * 3)  # all that fits, in the pattern that favours the large layer
+        uneven = policy.to_ranks(coarse, pattern, 8, top=fitting_rank(observation))
+        over_before += int(np.sum(uneven @ observation.params_per_rank > fit * 2100))
+        assert np.all(within_reach(uneven, observation.params_per_rank, fit, 1) @ observation.params_per_rank <= fit * 2100)
+    assert over_before > 0  # without the bound, such patterns do cost more than what fits

@@ -61,7 +61,7 @@ import torch.nn as nn
 from fedsim.types import FedsimError, Observation
 from policies.airllm.config import AirLlmConfig
 from policies.base import RankPolicy, assign_tensors, clip_ranks
-from policies.common import client_features, fitting_rank, free_decisions, importance_share, learning_terms, level_ranks, n_features
+from policies.common import client_features, fitting_rank, free_decisions, importance_share, learning_terms, level_ranks, n_features, within_reach
 
 # --- networks ---------------------------------------------------------------------------------
 
@@ -283,7 +283,9 @@ class AirLlmPolicy(RankPolicy):
                     "x": x.numpy(),
                     "free": free_decisions(observation, c.min_rank),
                 }
-        return self.to_ranks(coarse, x, observation.max_rank, top=fitting_rank(observation))
+        top = fitting_rank(observation)
+        ranks = self.to_ranks(coarse, x, observation.max_rank, top=top)
+        return within_reach(ranks, observation.params_per_rank, np.clip(top, self.config.min_rank, observation.max_rank), self.config.min_rank)
 
     def condition(self, coarse: torch.Tensor, share: np.ndarray) -> torch.Tensor:
         """The denoiser's condition c_k: the coarse action and the layer-importance shares."""
