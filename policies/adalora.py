@@ -33,6 +33,15 @@ policy gives rank 0 is not measured again, its uncertainty term decays and so do
 score of a component AdaLoRA has masked decays (its sensitivity is 0 once its singular value is).
 
 With `rate_scaling`, client k's budget is b(t) · min(1, C_k / mean(C)): slow clients send less.
+
+Where this differs from PEFT's AdaLoRA (`peft/tuners/adalora`), so that a paper can say what it compared with:
+
+- it allocates whole layers' ranks in proportion to their importance (above), where AdaLoRA keeps the top-b
+  singular-value triplets over all layers;
+- it keeps reallocating every ΔT rounds in the final t_final rounds, at the fixed budget b_T, where PEFT's
+  `update_and_allocate` freezes the rank pattern from step T - t_final on and only re-applies it;
+- b(t) is rounded to the nearest whole rank (`allocate_ranks`), where PEFT truncates (`int()`): a budget can be
+  one rank higher here in a round of the cubic's decay.
 """
 
 from __future__ import annotations
