@@ -115,7 +115,7 @@ def _cmd_sweep(args) -> int:
         raise FedsimError(f"--workers {args.workers}: must be at least 1")
     sweep = load_sweep(args.sweep_file, engine=args.engine, workers=args.workers)
     out = Path(args.out) if args.out else default_out_dir(args.sweep_file)
-    check_sweep_dir(out, writable=not args.status)
+    check_sweep_dir(out, writable=not args.status, points=[p.name for p in sweep.points])
     if args.status:
         print(status_report(sweep, out))
         return 0

@@ -360,9 +360,11 @@ def preflight_points(sweep: Sweep, points: list[GridPoint] | None = None) -> int
 # ----------------------------------------------------------------------------- state of a sweep directory
 
 
-def check_sweep_dir(out_dir: str | Path, writable: bool = True) -> None:
+def check_sweep_dir(out_dir: str | Path, writable: bool = True, points: list[str] | None = None) -> None:
     """--out of a sweep: a directory (an existing sweep directory resumes) or a path where one can be made.
-    A file in the way or (with `writable`) an unwritable parent is a one-line FedsimError, before anything is made or run."""
+    A file in the way or (with `writable`) an unwritable parent, a run's directory, or a directory holding anything
+    but a sweep.json or this sweep's own run directories (`points`) is a one-line FedsimError, before anything is
+    made or run."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise FedsimError(f"--out {out_dir}: is a file, not a directory; allowed: a new directory, or the directory of this sweep to resume it")
@@ -373,6 +375,15 @@ def check_sweep_dir(out_dir: str | Path, writable: bool = True) -> None:
         raise FedsimError(f"--out {out_dir}: {anchor} is a file, not a directory; allowed: a path whose parents are directories")
     if writable and not os.access(anchor, os.W_OK | os.X_OK):
         raise FedsimError(f"--out {out_dir}: {anchor} is not writable")
+    if writable and out_dir.is_dir() and not (out_dir / MANIFEST).exists():
+        # A sweep writes its runs and sweep.json beside what is there, and collect/plot read only the runs sweep.json
+        # lists: another run's or sweep's results in it would be hidden, or look like this sweep's.
+        allowed = "allowed: a new or empty directory, or the directory of a sweep to resume or extend it"
+        if (out_dir / SUMMARY).exists() or (out_dir / "rounds.csv").exists():
+            raise FedsimError(f"--out {out_dir}: is a run's directory (it holds {SUMMARY} or rounds.csv), not a sweep's; {allowed}")
+        entries = sorted(p.name for p in out_dir.iterdir() if p.name not in {LOCK, FAILED, *(points or [])})
+        if entries:
+            raise FedsimError(f"--out {out_dir}: holds {len(entries)} entries (e.g. {entries[0]}) but no {MANIFEST}, so it is no sweep's directory; {allowed}")
 
 
 def read_failed(out_dir: Path) -> dict[str, dict]:
@@ -517,7 +528,7 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, workers: int = 1, progress: boo
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
-    check_sweep_dir(out_dir)
+    check_sweep_dir(out_dir, points=[p.name for p in sweep.points])
     if ray_address is not None or workers > 1:
         from fedsim.plugins import refuse_other_processes
 
@@ -530,11 +541,16 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, workers: int = 1, progress: boo
     except OSError as exc:
         raise FedsimError(f"--out {out_dir}: cannot create the sweep directory ({exc.strerror or exc})") from None
     with _SweepLock(out_dir):
+        before = _manifest_points(out_dir)
         write_manifest(sweep, out_dir)
         failed = read_failed(out_dir)
         todo = _unfinished_points(sweep, out_dir, failed)
         skipped = len(sweep.points) - len(todo)
         _write_failed(out_dir, failed)
+        if todo or before != [p.name for p in sweep.points]:
+            removed = remove_derived_outputs(out_dir)
+            if removed:
+                print(f"note: removed {', '.join(removed)}, made from this directory's earlier runs; `fedsim plot {out_dir}` makes them anew", flush=True)
         bar = tqdm(total=len(sweep.points), initial=skipped, desc="sweep", unit="run", disable=not progress, dynamic_ncols=True, smoothing=0.0)
         counts = {"ran": 0, "failed": 0}
 
@@ -567,6 +583,38 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, workers: int = 1, progress: boo
         bar.close()
     ran = counts["ran"]
     return {"done": skipped + ran, "ran": ran, "skipped": skipped, "failed": counts["failed"], "total": len(sweep.points)}
+
+
+def _manifest_points(out_dir: Path) -> list[str] | None:
+    """The run directories an existing sweep.json lists (None: none, or unreadable)."""
+    try:
+        return [p["dir"] for p in json.loads((out_dir / MANIFEST).read_text())["points"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# What `fedsim collect` and `fedsim plot` (and benchmarks/policy_behaviour.py --plot) write into a sweep directory.
+DERIVED_FILES = ("results.csv", "results.parquet")
+FIGURE = re.compile(r"((accuracy|loss)_vs_\w+|rank_heatmap|accuracy_at_budget|rank_profile_.+)\.(png|svg)")
+
+
+def remove_derived_outputs(out_dir: Path) -> list[str]:
+    """Delete the results tables and the figures in plots/ that were made from the directory's runs before this sweep
+    changed them (they would pass for this sweep's); other files are left. Returns what was removed, relative names."""
+    removed = []
+    for name in DERIVED_FILES:
+        if (out_dir / name).is_file():
+            (out_dir / name).unlink()
+            removed.append(name)
+    plots = out_dir / "plots"
+    figures = sorted(p for p in plots.iterdir() if p.is_file() and FIGURE.fullmatch(p.name)) if plots.is_dir() else []
+    for figure in figures:
+        figure.unlink()
+    if figures:
+        removed.append(f"{len(figures)} figure{'s' if len(figures) > 1 else ''} in plots/")
+        if not any(plots.iterdir()):
+            plots.rmdir()
+    return removed
 
 
 def _unfinished_points(sweep: Sweep, out_dir: Path, failed: dict) -> list[GridPoint]:

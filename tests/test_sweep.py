@@ -256,6 +256,36 @@ def test_collect_and_sweep_note_runs_made_by_different_code_or_cpus(finished_swe
     assert "made by fedsim" not in stdout and "note:" not in stdout
 
 
+def test_a_sweep_refuses_a_directory_that_is_not_a_sweeps_and_removes_what_was_made_from_its_earlier_runs(finished_sweep, tmp_path, capsys):
+    import shutil
+
+    sweep, out, _ = finished_sweep
+    run = tmp_path / "run"
+    shutil.copytree(next(p for p in out.iterdir() if p.is_dir()), run)
+    code, _, err = run_cli(capsys, "sweep", sweep.path, "--out", run, "--no-progress")
+    assert code == 2 and err.count("\n") == 0 and "is a run's directory (it holds summary.json or rounds.csv), not a sweep's" in err
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    code, _, err = run_cli(capsys, "sweep", sweep.path, "--out", mine, "--no-progress")
+    assert code == 2 and "holds 1 entries (e.g. notes.txt) but no sweep.json" in err and not (mine / "sweep.json").exists()
+    # A finished sweep's directory, with the tables and figures made from it, swept again with one seed fewer:
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    assert run_cli(capsys, "collect", copy)[0] == 0 and (copy / "results.csv").is_file()
+    (copy / "plots").mkdir()
+    (copy / "plots" / "accuracy_vs_bytes_up.png").write_bytes(b"figure")
+    (copy / "plots" / "my_notes.txt").write_text("kept")
+    fewer = write_sweep(tmp_path, "base: base.yaml\ngrid:\n  channel.snr_db: [0, 20]\n  policy.rank: [2, 4]\nseeds: [0]\n", "fewer.yaml")
+    code, stdout, _ = run_cli(capsys, "sweep", fewer, "--out", copy, "--no-progress")
+    assert code == 0 and "0 ran now, 4 already done" in stdout
+    assert "note: removed results.csv, results.parquet, 1 figure in plots/" in stdout or "note: removed results.csv, 1 figure in plots/" in stdout
+    assert not (copy / "results.csv").exists() and not (copy / "plots" / "accuracy_vs_bytes_up.png").exists()
+    assert (copy / "plots" / "my_notes.txt").read_text() == "kept"
+    code, stdout, _ = run_cli(capsys, "sweep", fewer, "--out", copy, "--no-progress")  # nothing changed: nothing removed
+    assert code == 0 and "note: removed" not in stdout
+
+
 def test_plot_writes_png_and_svg_figures(finished_sweep, tmp_path, capsys):
     _, out, _ = finished_sweep
     figures = tmp_path / "figs"
