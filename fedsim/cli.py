@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from fedsim.types import FedsimError
+from fedsim.types import FedsimError, Terminated
 
 DESCRIPTION = """\
 fedsim: simulate federated fine-tuning of a language model over a wireless uplink.
@@ -92,10 +92,10 @@ def _cmd_run(args) -> int:
     interrupted = False
     try:
         summary = execute_run(scenario, claim, progress=not args.no_progress)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if not is_finished(out):
-            print(f"fedsim run: interrupted; {out} is unfinished (no summary.json)", file=sys.stderr)
-            return stop_after_interrupt()
+            print(f"fedsim run: {_stopped(exc)}; {out} is unfinished (no summary.json)", file=sys.stderr)
+            return stop_after_interrupt(_exit_code(exc))
         # Ctrl-C while the engine shut down, after the run had written its summary: the run is complete.
         import json
 
@@ -122,26 +122,44 @@ def _cmd_validate(args) -> int:
     return 0
 
 
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _stopped(exc: BaseException) -> str:
+    return "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+
+
+def _exit_code(exc: BaseException) -> int:
+    return TERMINATED if isinstance(exc, Terminated) else INTERRUPTED
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
         return args.handler(args)
     except FedsimError as exc:
         print(f"fedsim {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # a command may say what it left behind
-        print(f"fedsim {args.command}: interrupted" + (f"; {exc}" if str(exc) else ""), file=sys.stderr)
-        return stop_after_interrupt()
+        print(f"fedsim {args.command}: {_stopped(exc)}" + (f"; {exc}" if str(exc) else ""), file=sys.stderr)
+        return stop_after_interrupt(_exit_code(exc))
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 INTERRUPTED = 130
+TERMINATED = 143
 
 
-def stop_after_interrupt(grace_s: float = 4.0) -> int:
+def stop_after_interrupt(code: int = INTERRUPTED, grace_s: float = 4.0) -> int:
     """After Ctrl-C: a second Ctrl-C ends the process at once (no traceback); threads an engine left
     running (Flower's ServerApp and worker threads) get `grace_s` to end, then the process exits anyway.
 
@@ -157,10 +175,10 @@ def stop_after_interrupt(grace_s: float = 4.0) -> int:
     if any(t is not main and not t.daemon and t.is_alive() for t in threading.enumerate()):
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(INTERRUPTED)  # interpreter shutdown would wait for those threads forever
+        os._exit(code)  # interpreter shutdown would wait for those threads forever
     if in_main:
         signal.signal(signal.SIGINT, previous)
-    return INTERRUPTED
+    return code
 
 
 if __name__ == "__main__":

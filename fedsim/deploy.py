@@ -39,7 +39,7 @@ import psutil
 
 from fedsim.config import Scenario
 from fedsim.ledger import accuracy_line, is_finished
-from fedsim.types import ERROR_LINE_PREFIX, FedsimError
+from fedsim.types import ERROR_LINE_PREFIX, FedsimError, Terminated
 
 CONNECTION = "fedsim-local"
 STOP_GRACE_S = 8.0
@@ -414,7 +414,7 @@ def _signal(pid: int, sig: int) -> None:
 
 
 def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def _tail(path: Path, lines: int = 20) -> str:

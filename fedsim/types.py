@@ -76,6 +76,11 @@ class FedsimError(Exception):
     """Bad user input (config, data, checkpoint, CLI). The CLI prints it as one line and exits 2."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what `kill`, `timeout`, SLURM and `docker stop` send), handled as Ctrl-C is: the same cleanup (worker
+    processes, Ray, a run's lock) and one line, with the shell's exit code for it, 128 + 15."""
+
+
 def run_script(main: Callable[[], int], name: str) -> None:
     """Exit with a script's `main()` status; a FedsimError becomes one line on stderr and exit 2, as in `fedsim`."""
     try:

@@ -466,7 +466,11 @@ def test_ctrl_c_after_the_run_finished_reports_the_finished_run(tmp_path, monkey
     assert (out / "summary.json").exists()
 
 
-def test_ctrl_c_on_an_inline_run_stops_cleanly(tmp_path):
+@pytest.mark.parametrize(
+    "sig, code, said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")], ids=["ctrl-c", "sigterm"]
+)
+def test_ctrl_c_or_sigterm_on_an_inline_run_stops_cleanly(tmp_path, sig, code, said):
+    """SIGTERM is what `kill`, `timeout`, SLURM and `docker stop` send: the same clean stop as Ctrl-C, exit 128 + 15."""
     out = tmp_path / "run"
     argv = [PY, "-m", "fedsim.cli", "run", QUICKSTART, *TINY, "--set", "rounds=500", "--set", "data.eval_samples=8", "--out", str(out)]
     # As from a terminal: SIGINT at its default. A child inherits an ignored SIGINT, and Python then installs no
@@ -481,19 +485,19 @@ def test_ctrl_c_on_an_inline_run_stops_cleanly(tmp_path):
             time.sleep(0.2)
         assert proc.poll() is None, proc.communicate()
         started = time.monotonic()
-        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does: the whole process group
+        os.killpg(proc.pid, sig)  # what the terminal does (Ctrl-C), or a job scheduler: the whole process group
         try:
             _, err = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             out_text, err = proc.communicate()
-            raise AssertionError(f"no exit 60 s after Ctrl-C; stderr: {err[-2000:]!r}; stdout: {out_text[-500:]!r}") from None
+            raise AssertionError(f"no exit 60 s after {sig!r}; stderr: {err[-2000:]!r}; stdout: {out_text[-500:]!r}") from None
         assert time.monotonic() - started < 60
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, err
-    assert err.strip().splitlines() == [f"fedsim run: interrupted; {out} is unfinished (no summary.json)"], err
+    assert proc.returncode == code, err
+    assert err.strip().splitlines() == [f"fedsim run: {said}; {out} is unfinished (no summary.json)"], err
     assert not (out / "summary.json").exists() and not (out / LOCK).exists()
 
 

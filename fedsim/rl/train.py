@@ -63,9 +63,9 @@ def _cmd_train_policy(args) -> int:
     )
     try:
         rows = train_policy(scenario, args.episodes, out, progress=not args.no_progress, command=command, overwrite=args.overwrite)
-    except KeyboardInterrupt:  # the CLI prints "interrupted; <this>" and exits 130
+    except KeyboardInterrupt as exc:  # the CLI prints "interrupted; <this>" (or "terminated (SIGTERM)") and exits 130 (143)
         state = "left as it was" if out.exists() else "not created"
-        raise KeyboardInterrupt(f"no checkpoint written, {out} {state}") from None
+        raise type(exc)(f"no checkpoint written, {out} {state}") from None
     first, last = rows[: max(1, len(rows) // 5)], rows[-max(1, len(rows) // 5) :]
     print(
         f"checkpoint: {args.out}\n"
