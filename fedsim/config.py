@@ -390,11 +390,16 @@ def boolean_for_number(raw: Any, model: Any, prefix: str = "") -> str | None:
     return None
 
 
+SWEEP_FILE_KEYS = ("base", "grid", "zip", "seeds")  # a sweep file's own keys (fedsim.sweeps), which no scenario has
+
+
 def _describe_validation_error(exc: ValidationError, source: str) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
+        if len(err["loc"]) == 1 and loc in SWEEP_FILE_KEYS:
+            return f"{source}: unknown key '{loc}': this is a sweep file (base, grid, zip, seeds); run it with `fedsim sweep {source}`"
         allowed = _allowed_keys(err["loc"][:-1])
         return f"{source}: unknown key '{loc}'; allowed: {', '.join(allowed)}" if allowed else f"{source}: unknown key '{loc}'"
     if err["type"] == "value_error":
@@ -584,6 +589,8 @@ def yaml_problem(exc: yaml.YAMLError) -> tuple[str, str]:
 
 def read_yaml_mapping(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise FedsimError(f"{path}: is a directory; expected a YAML file")
     if not path.is_file():
         raise FedsimError(f"{path}: no such file")
     try:
@@ -621,12 +628,31 @@ def scenario_from_dict(raw: dict, source: str = "scenario") -> Scenario:
     return scenario
 
 
+def _refuse_a_preset_the_file_overrides(path, raw: dict, overrides: list[str]) -> None:
+    """`--set channel.preset=P` keeps the file's channel fields, and fields written beside a preset win over it: a
+    file that sets the preset's own fields (kind, snr_db, ...) would run a hybrid labelled P. One line instead."""
+    from channels.presets import PRESETS
+
+    section = raw.get("channel") if isinstance(raw.get("channel"), dict) else {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        if keys == ["channel", "preset"] and isinstance(value, str) and value in PRESETS:
+            kept = sorted(k for k in section if k != "preset" and k in PRESETS[value])
+            if kept:
+                raise FedsimError(
+                    f"{path}: --set {text} keeps the scenario's channel fields, and its {', '.join(kept)} would win over those of "
+                    f"preset '{value}'; replace the whole section instead: --set 'channel={{preset: {value}}}' (add fields beside it to override)"
+                )
+
+
 # Sections chosen by their `name` (tagged unions): switching the name alone keeps fields the new kind lacks.
 _NAMED_SECTIONS = ("policy", "algorithm")
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
-    raw = apply_overrides(read_yaml_mapping(path), overrides or [])
+    raw = read_yaml_mapping(path)
+    _refuse_a_preset_the_file_overrides(path, raw, overrides or [])
+    raw = apply_overrides(raw, overrides or [])
     try:
         return scenario_from_dict(raw, str(path))
     except FedsimError as exc:

@@ -228,6 +228,8 @@ def load_sweep(path: str | Path, engine: str | None = None, workers: int = 1) ->
     raw = read_yaml_mapping(path)
     unknown = sorted(set(raw) - SWEEP_KEYS)
     if unknown:
+        if "base" not in raw and set(unknown) <= set(Scenario.model_fields):
+            raise FedsimError(f"{path}: unknown key '{unknown[0]}': this is a scenario, not a sweep file; run it with `fedsim run {path}`")
         raise FedsimError(f"{path}: unknown key '{unknown[0]}'; allowed: {', '.join(sorted(SWEEP_KEYS))}")
     if "base" not in raw or not isinstance(raw["base"], str):
         raise FedsimError(f"{path}: 'base' is missing; give the base scenario's path (relative to the sweep file)")

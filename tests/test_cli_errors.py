@@ -73,6 +73,29 @@ def test_missing_file(capsys, tmp_path):
     assert code == 2 and "no such file" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (
+            ["run", "scenarios/snr_sweep.yaml"],
+            "unknown key 'base': this is a sweep file (base, grid, zip, seeds); run it with `fedsim sweep scenarios/snr_sweep.yaml`",
+        ),
+        (["sweep", QUICKSTART], f"unknown key 'adapter': this is a scenario, not a sweep file; run it with `fedsim run {QUICKSTART}`"),
+        (["validate", "scenarios"], "scenarios: is a directory; expected a YAML file"),
+        (
+            ["validate", QUICKSTART, "--set", "channel.preset=harsh"],
+            "--set channel.preset=harsh keeps the scenario's channel fields, and its kind, snr_db would win over those of preset 'harsh'; "
+            "replace the whole section instead: --set 'channel={preset: harsh}'",
+        ),
+    ],
+)
+def test_a_file_of_the_wrong_kind_or_a_preset_the_file_overrides_is_named_in_one_line(capsys, argv, expected):
+    code, err = run_cli(capsys, *argv)
+    assert code == 2 and expected in err and len(err.splitlines()) == 1, err
+    assert main(["validate", QUICKSTART, "--set", "channel={preset: harsh}"]) == 0  # the whole section: the preset's fields
+    capsys.readouterr()
+
+
 def test_validate_prints_resolved_scenario(capsys):
     code = main(["validate", QUICKSTART, "--set", "adapter.max_rank=4", "--set", "policy.rank=4"])
     out = capsys.readouterr().out

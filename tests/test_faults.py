@@ -466,9 +466,7 @@ def test_ctrl_c_after_the_run_finished_reports_the_finished_run(tmp_path, monkey
     assert (out / "summary.json").exists()
 
 
-@pytest.mark.parametrize(
-    "sig, code, said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")], ids=["ctrl-c", "sigterm"]
-)
+@pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_or_sigterm_on_an_inline_run_stops_cleanly(tmp_path, sig, code, said):
     """SIGTERM is what `kill`, `timeout`, SLURM and `docker stop` send: the same clean stop as Ctrl-C, exit 128 + 15."""
     out = tmp_path / "run"
