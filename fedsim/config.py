@@ -401,7 +401,13 @@ def _describe_validation_error(exc: ValidationError, source: str) -> str:
         if len(err["loc"]) == 1 and loc in SWEEP_FILE_KEYS:
             return f"{source}: unknown key '{loc}': this is a sweep file (base, grid, zip, seeds); run it with `fedsim sweep {source}`"
         allowed = _allowed_keys(err["loc"][:-1])
-        return f"{source}: unknown key '{loc}'; allowed: {', '.join(allowed)}" if allowed else f"{source}: unknown key '{loc}'"
+        if not allowed:
+            return f"{source}: unknown key '{loc}'"
+        import difflib
+
+        close = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
+        hint = f"did you mean '{'.'.join([*loc.split('.')[:-1], close[0]])}'? " if close else ""
+        return f"{source}: unknown key '{loc}'; {hint}allowed: {', '.join(allowed)}"
     if err["type"] == "value_error":
         msg = msg.removeprefix("Value error, ")
         return f"{source}: {msg}" if not loc else f"{source}: {loc}: {msg}"
@@ -617,11 +623,13 @@ def read_yaml_mapping(path: str | Path) -> dict:
     return raw
 
 
-def scenario_from_dict(raw: dict, source: str = "scenario") -> Scenario:
+def scenario_from_dict(raw: dict, source: str = "scenario", overrides: list[str] | None = None) -> Scenario:
+    """The scenario `raw` describes; a problem is one FedsimError naming `source`, or the `--set` among `overrides`
+    that wrote the field at fault."""
     try:
         scenario = Scenario.model_validate(raw)
     except ValidationError as exc:
-        raise FedsimError(_describe_validation_error(exc, source)) from None
+        raise FedsimError(_describe_validation_error(exc, _override_at(exc, overrides) or source)) from None
     problem = boolean_for_number(raw, scenario)
     if problem:
         raise FedsimError(f"{source}: {problem}")
@@ -645,6 +653,16 @@ def _refuse_a_preset_the_file_overrides(path, raw: dict, overrides: list[str]) -
                 )
 
 
+def _override_at(exc: ValidationError, overrides: list[str] | None) -> str | None:
+    """'FILE with --set TEXT' when the last override whose path leads to (or into) the error's location wrote it."""
+    loc = [str(p) for p in exc.errors()[0]["loc"] if not (isinstance(p, str) and p in _UNION_TAGS)]
+    for text in reversed(overrides or []):
+        keys, _ = parse_override(text)
+        if keys == loc[: len(keys)] or loc == keys[: len(loc)]:
+            return f"--set {text}"
+    return None
+
+
 # Sections chosen by their `name` (tagged unions): switching the name alone keeps fields the new kind lacks.
 _NAMED_SECTIONS = ("policy", "algorithm")
 
@@ -654,7 +672,7 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
     _refuse_a_preset_the_file_overrides(path, raw, overrides or [])
     raw = apply_overrides(raw, overrides or [])
     try:
-        return scenario_from_dict(raw, str(path))
+        return scenario_from_dict(raw, str(path), overrides)
     except FedsimError as exc:
         for text in overrides or []:
             keys, value = parse_override(text)

@@ -25,7 +25,7 @@ def write(tmp_path, text):
     "text, overrides, expected",
     [
         ("rounds: 2\nadapter: {max_rank: 8, colour: red}\n", [], "unknown key 'adapter.colour'; allowed: alpha, kind, layers, max_rank, target_modules"),
-        ("policy: {name: fixed, rnak: 2}\n", [], "unknown key 'policy.rnak'; allowed: name, rank, ranks"),
+        ("policy: {name: fixed, rnak: 2}\n", [], "unknown key 'policy.rnak'; did you mean 'policy.rank'? allowed: name, rank, ranks"),
         ("policy: {name: fixed, rank: -1}\n", [], "policy.rank = -1 is invalid"),
         ("policy: {name: fixed, rank: 9}\nadapter: {max_rank: 8}\n", [], "policy.rank=9 exceeds adapter.max_rank=8"),
         ("clients: {num_clients: 4, per_round: 5}\n", [], "clients.per_round=5 exceeds clients.num_clients=4"),
