@@ -44,9 +44,29 @@ def _add_scenario_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose 'unrecognized arguments' error says how scenario fields are set when one looks like one."""
+
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments:"):
+            field = next((a[2:].split("=", 1)[0] for a in message.split()[2:] if a.startswith("--")), None)
+            if field and field.split(".", 1)[0] in _scenario_fields():
+                message += f"; scenario fields are set with --set {field}=VALUE"
+        super().error(message)
+
+
+def _scenario_fields() -> set[str]:
+    from fedsim.config import Scenario
+
+    return set(Scenario.model_fields)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedsim", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from fedsim import __version__
+
+    parser = _Parser(prog="fedsim", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"fedsim {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     run = sub.add_parser(
         "run",
@@ -103,8 +123,8 @@ def _cmd_run(args) -> int:
     print(
         f"run directory: {out}\n"
         f"{accuracy_line(summary)}\n"
-        f"uploaded: {summary['total_bytes_up'] / 1e6:.2f} MB in {summary['rounds']} rounds, "
-        f"{summary['clients_dropped']} updates dropped, wall time {summary['wall_s']:.0f} s"
+        f"uploaded: {summary['total_bytes_up'] / 1e6:.2f} MB in {summary['rounds']} round{'s' if summary['rounds'] != 1 else ''}, "
+        f"{summary['clients_dropped']} update{'s' if summary['clients_dropped'] != 1 else ''} dropped, wall time {summary['wall_s']:.0f} s"
     )
     if interrupted:
         stop_after_interrupt()  # the engine's leftover threads get their grace period

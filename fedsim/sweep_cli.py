@@ -107,6 +107,10 @@ def add_commands(sub) -> dict:
     return {"sweep": _cmd_sweep, "collect": _cmd_collect, "plot": _cmd_plot}
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _cmd_sweep(args) -> int:
     from fedsim.sweeps import check_sweep_dir, default_out_dir, load_sweep, made_by_other_code, other_code_note, preflight_points, run_sweep, status_report
     from fedsim.types import FedsimError
@@ -121,7 +125,7 @@ def _cmd_sweep(args) -> int:
         return 0
     if args.dry_run:
         preflight_points(sweep)  # what each run checks first (data files, backbone, policy checkpoint), for every point
-        print(f"{len(sweep.points)} runs, all valid, into {out}:")
+        print(f"{_count(len(sweep.points), 'run')}, all valid, into {out}:")
         for point in sweep.points:
             print(f"  {point.name}")
         return 0
@@ -150,7 +154,10 @@ def _cmd_collect(args) -> int:
         also = f"; skipped {_skipped_text(skipped)}" if skipped else ""
         raise FedsimError(f"{args.dir}: no finished runs (no run directory with summary.json){also}")
     csv_path, parquet_path, n_runs, n_rows = write_results(args.dir, table)
-    print(f"{csv_path}: {n_rows} rows from {n_runs} runs" + (f"; also {parquet_path}" if parquet_path else " (install pyarrow for results.parquet)"))
+    print(
+        f"{csv_path}: {_count(n_rows, 'row')} from {_count(n_runs, 'run')}"
+        + (f"; also {parquet_path}" if parquet_path else " (install pyarrow for results.parquet)")
+    )
     note = provenance_note(table[2])
     if note:
         print(note)

@@ -116,3 +116,13 @@ def test_a_backbone_directory_without_weights_is_refused_by_validate(tmp_path, c
     (tmp_path / "model" / "config.json").write_text('{"model_type": "bert", "hidden_size": 32}')
     code, err = run_cli(capsys, "validate", QUICKSTART, "--set", f"model.backbone={tmp_path / 'model'}")
     assert code == 2 and "the directory has no weights" in err and len(err.splitlines()) == 1
+
+
+def test_an_option_named_like_a_scenario_field_says_how_fields_are_set_and_version_prints(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", QUICKSTART, "--rounds", "2"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "unrecognized arguments: --rounds 2; scenario fields are set with --set rounds=VALUE" in err
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("fedsim ")

@@ -200,7 +200,7 @@ def test_what_a_normal_ledger_writes_is_accepted(sweep_copy, capsys):
     ledger.write_text(header + ",clients_online\n" + ",".join(cells) + ",\n")
     code, err, out = run_cli(capsys, "collect", root)
     assert code == 0, err
-    assert "1 rows from 1 runs" in out
+    assert "1 row from 1 run" in out
     import csv
 
     with open(root / "results.csv", newline="") as fh:
