@@ -654,7 +654,7 @@ def _refuse_a_preset_the_file_overrides(path, raw: dict, overrides: list[str]) -
 
 
 def _override_at(exc: ValidationError, overrides: list[str] | None) -> str | None:
-    """'FILE with --set TEXT' when the last override whose path leads to (or into) the error's location wrote it."""
+    """'--set TEXT' for the last override whose path leads to (or into) the error's location: it wrote the field at fault."""
     loc = [str(p) for p in exc.errors()[0]["loc"] if not (isinstance(p, str) and p in _UNION_TAGS)]
     for text in reversed(overrides or []):
         keys, _ = parse_override(text)
