@@ -83,10 +83,12 @@ class RankPolicy(ABC):
         weights, meta_file = path / "weights.safetensors", path / "policy.json"
         temporary = [path / f".{name}.tmp-{os.getpid()}" for name in (weights.name, meta_file.name)]
         try:
+            temporary[1].write_text(text, encoding="utf-8")
             if tensors:
                 save_file(tensors, str(temporary[0]))
+                # safetensors creates its file 0600; give it the mode the umask gives any new file, as policy.json has.
+                os.chmod(temporary[0], temporary[1].stat().st_mode & 0o777)
                 os.replace(temporary[0], weights)
-            temporary[1].write_text(text, encoding="utf-8")
             os.replace(temporary[1], meta_file)
         finally:
             for tmp in temporary:

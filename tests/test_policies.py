@@ -467,6 +467,8 @@ def test_ppo_checkpoint_round_trip_gives_the_same_ranks(tmp_path):
     moved = policy.ranks(observation)
     assert not np.array_equal(moved, initial)
     policy.save(tmp_path / "ppo")
+    mode = {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "ppo").iterdir()}
+    assert mode["weights.safetensors"] == mode["policy.json"], mode  # as the umask gives any new file (safetensors: 0600)
     loaded = PpoPolicy(PpoConfig(seed=2)).load(tmp_path / "ppo")
     assert np.array_equal(loaded.ranks(observation), moved)
     for key, value in policy.tensors().items():
