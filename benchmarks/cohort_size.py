@@ -24,17 +24,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-COMMON = [
-    "model.backbone=minilm",
-    "engine=inline",
-    "clients.per_round=8",
-    "train.local_steps=10",
-    "train.batch_size=16",
-    "policy.rank=8",
-    "data.eval_samples=32",
-    "data.eval_full_final=false",
-]
+from round_speed import COMMON as ROUND_SPEED  # noqa: E402
+
+# round_speed.py's scenario, on the inline engine: the training calls' time, without Ray.
+COMMON = [s for s in ROUND_SPEED if not s.startswith("engine=")] + ["engine=inline"]
 
 # One run in a child process; prints the run's per-round wall times and its peak RSS as JSON.
 CHILD = """
